@@ -1,0 +1,1 @@
+"""Typed, frozen settings loaded once from environment, TOML file and CLI flags."""

@@ -1,0 +1,217 @@
+"""The daemon's own settings: the ``[daemon]`` and ``[source]`` tables of the TOML file.
+
+HEC, acks, retries, batching and the backsplash come from ``config.loader.load_settings`` as
+for every other mode; this module only adds what a long-running process needs (where to read,
+where to checkpoint, how to shut down, where to serve metrics). Each key may also be set in
+the environment as ``FORWARDER_DAEMON_<KEY>`` / ``FORWARDER_SOURCE_<KEY>`` (upper case), which
+wins over the file. Every invalid value raises ``ConfigError`` naming the key
+(``source.stream_name``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final, Literal, cast
+
+from config.loader import ConfigError, parse_bool
+
+SourceType = Literal["kinesis", "sqs-s3", "files", "stdin"]
+StartPosition = Literal["TRIM_HORIZON", "LATEST"]
+CheckpointStore = Literal["file", "dynamodb", "none"]
+
+DAEMON_TABLES: Final = ("daemon", "source")
+
+
+@dataclass(frozen=True)
+class SourceSettings:
+    """Where the daemon reads (``[source]``)."""
+
+    type: SourceType = "stdin"
+    # kinesis
+    stream_name: str | None = None
+    shard_ids: tuple[str, ...] = ()
+    start_position: StartPosition = "TRIM_HORIZON"
+    max_records: int = 1000
+    poll_interval_s: float = 1.0
+    shard_refresh_interval_s: float = 30.0
+    throttle_backoff_s: float = 1.0
+    throttle_backoff_max_s: float = 30.0
+    # sqs-s3
+    queue_url: str | None = None
+    visibility_timeout_s: int = 300
+    wait_time_s: int = 10
+    max_messages: int = 10
+    chunk_lines: int = 5000
+    # files / stdin
+    paths: tuple[str, ...] = ()
+    log_group: str | None = None
+
+
+@dataclass(frozen=True)
+class DaemonSettings:
+    """How the daemon runs (``[daemon]``) and what it reads (``[source]``)."""
+
+    source: SourceSettings = SourceSettings()
+    checkpoint_store: CheckpointStore = "file"
+    checkpoint_path: str = "forwarder-checkpoints.json"
+    checkpoint_table: str | None = None
+    checkpoint_interval_s: float = 5.0
+    checkpoint_max_records: int = 5000
+    shutdown_grace_s: float = 30.0
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 9108
+    metrics_enabled: bool = True
+    spool_drain_interval_s: float = 30.0
+    health_check_interval_s: float = 15.0
+
+
+# --- parsers: (key, value from TOML or env) -> value -----------------------------------------
+
+
+def _str(key: str, value: object) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(key, "must be a non-empty string")
+    return value.strip()
+
+
+def _list(key: str, value: object) -> tuple[str, ...]:
+    if isinstance(value, str):
+        items = [item.strip() for item in value.split(",")]
+    elif isinstance(value, list) and all(isinstance(item, str) for item in value):
+        items = [item.strip() for item in value]
+    else:
+        raise ConfigError(key, "must be a list of strings (or a comma-separated string)")
+    return tuple(item for item in items if item)
+
+
+def _num(
+    kind: type[int] | type[float], low: float, high: float
+) -> Callable[[str, object], int | float]:
+    def parse(key: str, value: object) -> int | float:
+        if isinstance(value, bool):
+            raise ConfigError(key, f"expected a number, got {value!r}")
+        try:
+            number = kind(value.strip()) if isinstance(value, str) else kind(cast(Any, value))
+        except (TypeError, ValueError):
+            raise ConfigError(key, f"expected a number, got {value!r}") from None
+        if kind is int and isinstance(value, float) and not value.is_integer():
+            raise ConfigError(key, f"expected a whole number, got {value!r}")
+        if not low <= number <= high:
+            raise ConfigError(key, f"must be between {low:g} and {high:g}, got {number!r}")
+        return number
+
+    return parse
+
+
+def _choice(*allowed: str) -> Callable[[str, object], str]:
+    def parse(key: str, value: object) -> str:
+        if not isinstance(value, str) or value.strip() not in allowed:
+            raise ConfigError(key, f"expected one of {', '.join(allowed)}, got {value!r}")
+        return value.strip()
+
+    return parse
+
+
+def _bool(key: str, value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        return parse_bool(key, value)
+    raise ConfigError(key, f"expected true or false, got {value!r}")
+
+
+_SOURCE_KEYS: Final[Mapping[str, Callable[[str, object], object]]] = {
+    "type": _choice("kinesis", "sqs-s3", "files", "stdin"),
+    "stream_name": _str,
+    "shard_ids": _list,
+    "start_position": _choice("TRIM_HORIZON", "LATEST"),
+    "max_records": _num(int, 1, 10_000),
+    "poll_interval_s": _num(float, 0.0, 300),
+    "shard_refresh_interval_s": _num(float, 0.1, 3600),
+    "throttle_backoff_s": _num(float, 0.001, 60),
+    "throttle_backoff_max_s": _num(float, 0.001, 600),
+    "queue_url": _str,
+    "visibility_timeout_s": _num(int, 2, 43_200),
+    "wait_time_s": _num(int, 0, 20),
+    "max_messages": _num(int, 1, 10),
+    "chunk_lines": _num(int, 1, 1_000_000),
+    "paths": _list,
+    "log_group": _str,
+}
+
+_DAEMON_KEYS: Final[Mapping[str, Callable[[str, object], object]]] = {
+    "checkpoint_store": _choice("file", "dynamodb", "none"),
+    "checkpoint_path": _str,
+    "checkpoint_table": _str,
+    "checkpoint_interval_s": _num(float, 0.0, 3600),
+    "checkpoint_max_records": _num(int, 1, 1_000_000),
+    "shutdown_grace_s": _num(float, 0.0, 3600),
+    "metrics_host": _str,
+    "metrics_port": _num(int, 0, 65535),
+    "metrics_enabled": _bool,
+    "spool_drain_interval_s": _num(float, 0.01, 86_400),
+    "health_check_interval_s": _num(float, 0.01, 3600),
+}
+
+
+def _table(
+    document: Mapping[str, Any],
+    name: str,
+    keys: Mapping[str, Callable[[str, object], object]],
+    environ: Mapping[str, str],
+) -> dict[str, object]:
+    table = document.get(name, {})
+    if not isinstance(table, dict):
+        raise ConfigError(name, f"[{name}] must be a table")
+    unknown = sorted(set(table) - set(keys))
+    if unknown:
+        raise ConfigError(
+            f"{name}.{unknown[0]}", f"unknown key; allowed: {', '.join(sorted(keys))}"
+        )
+    raw: dict[str, object] = dict(table)
+    for key in keys:
+        env_name = f"FORWARDER_{name.upper()}_{key.upper()}"
+        if environ.get(env_name, "").strip():
+            raw[key] = environ[env_name]
+    return {key: keys[key](f"{name}.{key}", value) for key, value in raw.items()}
+
+
+def load_daemon_settings(
+    document: Mapping[str, Any], environ: Mapping[str, str] | None = None
+) -> DaemonSettings:
+    """Build ``DaemonSettings`` from a parsed TOML document (``config.loader.read_toml``).
+
+    Args:
+        document: the whole TOML document; only ``[daemon]`` and ``[source]`` are read.
+        environ: environment (``FORWARDER_DAEMON_*`` / ``FORWARDER_SOURCE_*`` override).
+
+    Returns:
+        Validated, frozen daemon settings.
+
+    Raises:
+        ConfigError: a value is missing or invalid; the key is named (``source.stream_name``).
+    """
+    env = environ if environ is not None else {}
+    source_values = _table(document, "source", _SOURCE_KEYS, env)
+    daemon_values = _table(document, "daemon", _DAEMON_KEYS, env)
+    source = SourceSettings(**cast(Any, source_values))
+    settings = DaemonSettings(source=source, **cast(Any, daemon_values))
+    if source.type == "kinesis" and not source.stream_name:
+        raise ConfigError("source.stream_name", "is required for a kinesis source")
+    if source.type == "sqs-s3" and not source.queue_url:
+        raise ConfigError("source.queue_url", "is required for an sqs-s3 source")
+    if source.type == "files" and not source.paths:
+        raise ConfigError("source.paths", "is required for a files source")
+    if source.throttle_backoff_max_s < source.throttle_backoff_s:
+        raise ConfigError("source.throttle_backoff_max_s", "must not be below throttle_backoff_s")
+    if settings.checkpoint_store == "dynamodb" and not settings.checkpoint_table:
+        raise ConfigError("daemon.checkpoint_table", "is required with checkpoint_store dynamodb")
+    return settings
+
+
+def split_document(document: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split a TOML document into (settings part for ``load_settings``, daemon tables)."""
+    rest = {k: v for k, v in document.items() if k not in DAEMON_TABLES}
+    daemon = {k: v for k, v in document.items() if k in DAEMON_TABLES}
+    return rest, daemon

@@ -1,0 +1,438 @@
+"""Turns environment variables, an optional TOML file and CLI flags into one ``Settings``.
+
+This is the only module that knows key names. Precedence: CLI flag > environment > TOML >
+default. TOML keys are the environment names in lower case (``splunk_hec_url = "..."``),
+plus ``[[routes]]`` tables. Every invalid value raises ``ConfigError`` naming the key.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, TypeVar, cast
+from urllib.parse import urlsplit
+
+from config.settings import (
+    LAMBDA_RESPONSE_LIMIT_BYTES,
+    AckSettings,
+    BacksplashSettings,
+    BatchSettings,
+    FirehoseSettings,
+    HecSettings,
+    LogSettings,
+    RetrySettings,
+    Settings,
+)
+from transforms.options import Route, TransformOptions
+
+T = TypeVar("T")
+
+#: Acks below this are accepted with a warning: indexers flush partial batches after about
+#: two minutes, so a shorter timeout re-sends data that is merely slow to index.
+RECOMMENDED_MIN_ACK_TIMEOUT_S = 180.0
+
+_COLLECTOR_PATH = re.compile(r"/services/collector(/(event|raw|ack|health)(/1\.0)?)?/?$")
+_BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+
+class ConfigError(Exception):
+    """A missing or invalid setting; the message names the key and what is allowed."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(f"{key}: {problem}")
+        self.key = key
+        self.problem = problem
+
+
+# --- value parsers: (key, raw) -> value, raising ConfigError --------------------------------
+
+
+def _show(raw: str) -> str:
+    return repr(raw if len(raw) <= 80 else raw[:77] + "...")
+
+
+def parse_bool(key: str, raw: str) -> bool:
+    """Parse true/false, 1/0, yes/no, on/off (any case)."""
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ConfigError(key, f"expected true or false, got {_show(raw)}")
+
+
+def _number(
+    kind: Callable[[str], T], low: float | None = None, high: float | None = None
+) -> Callable[[str, str], T]:
+    def parse(key: str, raw: str) -> T:
+        try:
+            value = kind(raw.strip())
+        except ValueError:
+            raise ConfigError(key, f"expected a number, got {_show(raw)}") from None
+        number = cast(float, value)
+        if isinstance(number, float) and not math.isfinite(number):
+            raise ConfigError(key, f"expected a finite number, got {_show(raw)}")
+        if (low is not None and number < low) or (high is not None and number > high):
+            bounds = f"between {low:g} and {high:g}" if high is not None else f"at least {low:g}"
+            raise ConfigError(key, f"must be {bounds}, got {_show(raw)}")
+        return value
+
+    return parse
+
+
+def _choice(*allowed: str) -> Callable[[str, str], str]:
+    def parse(key: str, raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in allowed:
+            raise ConfigError(key, f"must be one of {', '.join(allowed)}; got {_show(raw)}")
+        return value
+
+    return parse
+
+
+def _text(key: str, raw: str) -> str:
+    value = raw.strip()
+    if not value:
+        raise ConfigError(key, "must not be empty")
+    return value
+
+
+def parse_hec_urls(key: str, raw: str) -> tuple[str, ...]:
+    """Split a comma-separated list of HEC base URLs, dropping any collector path."""
+    urls = []
+    for part in raw.split(","):
+        url = part.strip()
+        if not url:
+            continue
+        pieces = urlsplit(url)
+        if pieces.scheme not in ("http", "https") or not pieces.hostname:
+            raise ConfigError(
+                key, f"each URL must look like https://splunk.example.com:8088, got {_show(url)}"
+            )
+        if pieces.username or pieces.password:
+            raise ConfigError(key, "credentials do not belong in the URL; use SPLUNK_HEC_TOKEN")
+        path = _COLLECTOR_PATH.sub("", pieces.path).rstrip("/")
+        urls.append(f"{pieces.scheme}://{pieces.netloc}{path}")
+    if not urls:
+        raise ConfigError(key, "must name at least one URL")
+    return tuple(dict.fromkeys(urls))
+
+
+def parse_token(key: str, raw: str) -> str:
+    """Accept a HEC token without ever echoing it back in an error."""
+    token = raw.strip()
+    if not token:
+        raise ConfigError(key, "must not be empty")
+    if any(ch.isspace() for ch in token) or not token.isprintable():
+        raise ConfigError(key, "must not contain spaces or control characters (value hidden)")
+    return token
+
+
+def parse_bucket(key: str, raw: str) -> str:
+    """Check an S3 bucket name against S3's naming rules."""
+    name = raw.strip()
+    if name.startswith("s3://"):
+        raise ConfigError(key, f"give the bucket name only, without s3://, got {_show(raw)}")
+    if not _BUCKET_NAME.match(name) or ".." in name:
+        raise ConfigError(
+            key,
+            f"not a valid S3 bucket name (3-63 lowercase letters, digits, '.', '-'): {_show(raw)}",
+        )
+    return name
+
+
+def parse_prefix(key: str, raw: str) -> str:
+    """Normalise an S3 key prefix so that it is empty or ends with '/'."""
+    prefix = raw.strip().lstrip("/")
+    return prefix if not prefix or prefix.endswith("/") else prefix + "/"
+
+
+def parse_existing_file(key: str, raw: str) -> str:
+    """A path that must name a readable file (CA bundles)."""
+    path = Path(raw.strip()).expanduser()
+    if not path.is_file():
+        raise ConfigError(key, f"no such file: {_show(raw)}")
+    return str(path)
+
+
+def parse_flow_format(key: str, raw: str) -> tuple[str, ...]:
+    """A VPC flow log format (``${version} ${account-id} ...``) checked against known fields."""
+    from transforms.errors import FlowLogFormatError  # noqa: PLC0415 - keep start-up light
+    from transforms.vpc_flow import parse_format  # noqa: PLC0415
+
+    try:
+        return parse_format(raw)
+    except FlowLogFormatError as exc:
+        raise ConfigError(key, str(exc)) from None
+
+
+def _log_level(key: str, raw: str) -> str:
+    level = raw.strip().upper()
+    if level not in _LOG_LEVELS:
+        raise ConfigError(key, f"must be one of {', '.join(_LOG_LEVELS)}; got {_show(raw)}")
+    return level
+
+
+@dataclass(frozen=True)
+class Key:
+    """One setting: its environment name, where it lands, how it is parsed, what it means."""
+
+    env: str
+    section: str
+    attribute: str
+    parse: Callable[[str, str], Any]
+    help: str
+
+
+KEYS: tuple[Key, ...] = (
+    Key("SPLUNK_HEC_URL", "hec", "urls", parse_hec_urls,
+        "HEC base URL(s), comma-separated; load is spread across them"),
+    Key("SPLUNK_HEC_TOKEN", "hec", "token", parse_token, "HEC token (never logged)"),
+    Key("SPLUNK_HEC_TOKEN_SECRET_ARN", "hec", "token_secret_arn", _text,
+        "Secrets Manager ARN holding the token (Lambda), instead of SPLUNK_HEC_TOKEN"),
+    Key("SPLUNK_HEC_ENDPOINT", "hec", "endpoint", _choice("event", "raw"), "event or raw"),
+    Key("SPLUNK_HEC_GZIP", "hec", "gzip", parse_bool, "gzip request bodies"),
+    Key("SPLUNK_HEC_VERIFY_TLS", "hec", "verify_tls", parse_bool, "verify HEC's certificate"),
+    Key("SPLUNK_HEC_CA_BUNDLE", "hec", "ca_bundle", parse_existing_file,
+        "CA bundle (PEM) to verify HEC's certificate"),
+    Key("SPLUNK_HEC_CONNECT_TIMEOUT", "hec", "connect_timeout_s", _number(float, 0.1, 300),
+        "seconds to wait for a TCP/TLS connection"),
+    Key("SPLUNK_HEC_READ_TIMEOUT", "hec", "read_timeout_s", _number(float, 0.1, 900),
+        "seconds to wait for HEC's answer"),
+    Key("SPLUNK_HEC_UNHEALTHY_COOLDOWN", "hec", "unhealthy_cooldown_s",
+        _number(float, 0.01, 3600), "seconds an unhealthy URL stays out of rotation"),
+    Key("SPLUNK_HEC_ACK", "acks", "enabled", parse_bool, "use indexer acknowledgment"),
+    Key("SPLUNK_HEC_ACK_TIMEOUT", "acks", "timeout_s", _number(float, 0.01, 86400),
+        "seconds to wait for an ack before re-sending (180+ in production)"),
+    Key("SPLUNK_HEC_ACK_POLL_INTERVAL", "acks", "poll_interval_s", _number(float, 0.01, 600),
+        "seconds between ack polls"),
+    Key("SPLUNK_HEC_MAX_PENDING_ACKS", "acks", "max_pending", _number(int, 1, 100_000),
+        "unacknowledged requests per channel before sending waits"),
+    Key("SPLUNK_HEC_RETRY_DURATION", "retry", "duration_s", _number(float, 0, 7200),
+        "seconds to keep retrying a batch before backsplashing it (0-7200)"),
+    Key("SPLUNK_HEC_RETRY_MAX_ATTEMPTS", "retry", "max_attempts", _number(int, 0, 1_000_000),
+        "attempts per batch before backsplashing it (0: bounded by duration only)"),
+    Key("SPLUNK_HEC_RETRY_BACKOFF_BASE", "retry", "backoff_base_s", _number(float, 0.001, 60),
+        "first backoff step in seconds (exponential, full jitter)"),
+    Key("SPLUNK_HEC_RETRY_BACKOFF_MAX", "retry", "backoff_max_s", _number(float, 0.001, 600),
+        "longest backoff step in seconds"),
+    Key("SPLUNK_HEC_RETRY_AFTER_MAX", "retry", "retry_after_max_s", _number(float, 0, 3600),
+        "cap in seconds on a Retry-After header HEC sends"),
+    Key("SPLUNK_HEC_BATCH_MAX_BYTES", "batching", "max_bytes", _number(int, 1024, 100_000_000),
+        "bytes per HEC request before gzip (Splunk Cloud caps at 1 MB)"),
+    Key("SPLUNK_HEC_BATCH_MAX_EVENTS", "batching", "max_events", _number(int, 1, 10_000_000),
+        "events per HEC request"),
+    Key("SPLUNK_HEC_BATCH_LINGER", "batching", "linger_s", _number(float, 0, 600),
+        "seconds a partial batch may wait for more events"),
+    Key("SPLUNK_INDEX", "transform", "default_index", _text,
+        "index for events no route names one (default: the token's)"),
+    Key("SPLUNK_SOURCETYPE", "transform", "default_sourcetype", _text,
+        "sourcetype for events no route names one"),
+    Key("VPC_FLOW_LOG_FORMAT", "transform", "flow_log_format", parse_flow_format,
+        "flow-log format string (${field} ...); default: version 2"),
+    Key("EVENT_FORMAT", "transform", "event_format", _choice("auto", "raw", "json"),
+        "flow-log event shape: auto, raw or json"),
+    Key("MAX_DECOMPRESSED_BYTES", "transform", "max_decompressed_bytes",
+        _number(int, 1_048_576, 2**34), "ceiling on one decompressed payload"),
+    Key("FIREHOSE_RESPONSE_LIMIT_BYTES", "firehose", "response_limit_bytes",
+        _number(int, 1024, LAMBDA_RESPONSE_LIMIT_BYTES),
+        "bytes the transform's answer may take (Lambda's limit is 6291456)"),
+    Key("BACKSPLASH_BUCKET", "backsplash", "bucket", parse_bucket,
+        "S3 bucket for undeliverable events"),
+    Key("BACKSPLASH_PREFIX", "backsplash", "prefix", parse_prefix, "key prefix in that bucket"),
+    Key("BACKSPLASH_SPOOL_DIR", "backsplash", "spool_dir", _text,
+        "local directory used while the bucket is unreachable (daemon)"),
+    Key("LOG_LEVEL", "log", "level", _log_level, "DEBUG, INFO, WARNING, ERROR or CRITICAL"),
+    Key("LOG_FORMAT", "log", "format", _choice("auto", "json", "console"),
+        "auto (console on a TTY), json or console"),
+)  # fmt: skip
+
+KEYS_BY_ENV = {key.env: key for key in KEYS}
+_TABLES = ("routes",)
+_ROUTE_PATTERN_KEYS = ("log_group", "log_stream", "account", "origin")
+_ROUTE_VALUE_KEYS = ("sourcetype", "index", "source", "host")
+_ROUTE_KEYS = frozenset(
+    (*_ROUTE_PATTERN_KEYS, *_ROUTE_VALUE_KEYS, "fields", "flow_log_format", "event_format")
+)
+
+
+def _toml_scalar(key: str, value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float | str):
+        return str(value)
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        return ",".join(value)
+    raise ConfigError(key, f"expected a string, number or boolean, got {type(value).__name__}")
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """Read a TOML settings file, naming the file in every error."""
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError("FORWARDER_CONFIG", f"no such file: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("FORWARDER_CONFIG", f"{path} is not valid TOML: {exc}") from None
+
+
+def _route(index: int, table: object) -> Route:
+    where = f"routes[{index}]"
+    if not isinstance(table, dict):
+        raise ConfigError(where, "each [[routes]] entry must be a table")
+    unknown = sorted(set(table) - _ROUTE_KEYS)
+    if unknown:
+        raise ConfigError(
+            f"{where}.{unknown[0]}", f"unknown route key; allowed: {', '.join(sorted(_ROUTE_KEYS))}"
+        )
+    values: dict[str, Any] = {}
+    for name in (*_ROUTE_PATTERN_KEYS, *_ROUTE_VALUE_KEYS):
+        if name in table:
+            raw = table[name]
+            if not isinstance(raw, str) or not raw:
+                raise ConfigError(f"{where}.{name}", "must be a non-empty string")
+            if name in _ROUTE_PATTERN_KEYS and raw.startswith("re:"):
+                try:
+                    re.compile(raw[3:])
+                except re.error as exc:
+                    raise ConfigError(
+                        f"{where}.{name}", f"invalid regular expression: {exc}"
+                    ) from None
+            values[name] = raw
+    if "fields" in table:
+        fields = table["fields"]
+        if not isinstance(fields, dict) or not all(
+            isinstance(v, str | int | float | bool) for v in fields.values()
+        ):
+            raise ConfigError(f"{where}.fields", "must be a table of string values")
+        values["fields"] = tuple((str(k), str(v)) for k, v in fields.items())
+    if "flow_log_format" in table:
+        values["flow_log_format"] = parse_flow_format(
+            f"{where}.flow_log_format", str(table["flow_log_format"])
+        )
+    if "event_format" in table:
+        values["event_format"] = _choice("auto", "raw", "json")(
+            f"{where}.event_format", str(table["event_format"])
+        )
+    if not any(
+        name in values for name in (*_ROUTE_VALUE_KEYS, "fields", "flow_log_format", "event_format")
+    ):
+        raise ConfigError(where, "a route must set at least one value (sourcetype, index, ...)")
+    return Route(**values)
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None,
+    path: Path | None = None,
+    overrides: Mapping[str, str] | None = None,
+) -> Settings:
+    """Build the one ``Settings`` object.
+
+    Args:
+        environ: environment variables (``os.environ`` when None); tests pass a dict.
+        path: TOML file; defaults to ``FORWARDER_CONFIG`` when set.
+        overrides: values from CLI flags, keyed by environment name; they win over all else.
+
+    Returns:
+        Validated, frozen settings.
+
+    Raises:
+        ConfigError: a value is missing or invalid; the message names the key.
+    """
+    env = os.environ if environ is None else environ
+    overrides = overrides or {}
+    config_path = path
+    if config_path is None:
+        location = overrides.get("FORWARDER_CONFIG") or env.get("FORWARDER_CONFIG")
+        config_path = Path(location) if location else None
+    document = read_toml(config_path) if config_path is not None else {}
+
+    layered: dict[str, str] = {}
+    for name, value in document.items():
+        if name in _TABLES:
+            continue
+        key = KEYS_BY_ENV.get(name.upper())
+        if key is None or name != name.lower():
+            raise ConfigError(name, f"unknown setting in {config_path}; see README for the keys")
+        layered[key.env] = _toml_scalar(name, value)
+    for source in (env, overrides):
+        for name, value in source.items():
+            if name in KEYS_BY_ENV and value is not None:
+                layered[name] = value
+
+    sections: dict[str, dict[str, Any]] = {
+        "hec": {}, "acks": {}, "retry": {}, "batching": {}, "backsplash": {},
+        "transform": {}, "firehose": {}, "log": {},
+    }  # fmt: skip
+    for name, raw in layered.items():
+        key = KEYS_BY_ENV[name]
+        if raw.strip() == "" and name not in ("BACKSPLASH_PREFIX",):
+            continue  # an empty variable means "unset", as CloudFormation leaves optional ones
+        sections[key.section][key.attribute] = key.parse(name, raw)
+
+    routes_table = document.get("routes", [])
+    if not isinstance(routes_table, list):
+        raise ConfigError("routes", "use [[routes]] tables")
+    routes = tuple(_route(i, table) for i, table in enumerate(routes_table))
+
+    hec = HecSettings(**sections["hec"])
+    transform = TransformOptions(routes=routes, endpoint=hec.endpoint, **sections["transform"])
+    settings = Settings(
+        hec=hec,
+        acks=AckSettings(**sections["acks"]),
+        retry=RetrySettings(**sections["retry"]),
+        batching=BatchSettings(**sections["batching"]),
+        backsplash=BacksplashSettings(**sections["backsplash"]),
+        transform=transform,
+        firehose=FirehoseSettings(**sections["firehose"]),
+        log=LogSettings(**sections["log"]),
+    )
+    if settings.retry.backoff_max_s < settings.retry.backoff_base_s:
+        raise ConfigError(
+            "SPLUNK_HEC_RETRY_BACKOFF_MAX", "must not be below SPLUNK_HEC_RETRY_BACKOFF_BASE"
+        )
+    return settings
+
+
+def warnings_for(settings: Settings) -> list[str]:
+    """Settings that are valid but probably not what production wants."""
+    found = []
+    if settings.acks.enabled and settings.acks.timeout_s < RECOMMENDED_MIN_ACK_TIMEOUT_S:
+        found.append(
+            f"SPLUNK_HEC_ACK_TIMEOUT={settings.acks.timeout_s:g}s is below "
+            f"{RECOMMENDED_MIN_ACK_TIMEOUT_S:g}s; indexers may ack later than that and batches "
+            "would be re-sent (fine for tests)"
+        )
+    if not settings.hec.verify_tls:
+        found.append("SPLUNK_HEC_VERIFY_TLS=false: HEC's certificate is not checked")
+    if settings.batching.max_bytes > 1_000_000:
+        found.append("SPLUNK_HEC_BATCH_MAX_BYTES above 1 MB is refused by Splunk Cloud")
+    insecure = [url for url in settings.hec.urls if url.startswith("http://")]
+    if insecure:
+        found.append(f"HEC over plain HTTP sends the token unencrypted: {', '.join(insecure)}")
+    return found
+
+
+def require_hec(settings: Settings) -> Settings:
+    """Check that delivery is possible: a URL and a token."""
+    if not settings.hec.urls:
+        raise ConfigError("SPLUNK_HEC_URL", "is required to deliver to Splunk")
+    if not settings.hec.token:
+        raise ConfigError("SPLUNK_HEC_TOKEN", "is required to deliver to Splunk")
+    return settings
+
+
+def with_token(settings: Settings, token: str) -> Settings:
+    """A copy of ``settings`` with the token set (from Secrets Manager or a CLI flag)."""
+    return replace(
+        settings, hec=replace(settings.hec, token=parse_token("SPLUNK_HEC_TOKEN", token))
+    )

@@ -1,0 +1,134 @@
+"""structlog configured once: JSON lines in Lambda and daemons, readable output on a TTY.
+
+Event names are stable identifiers (``<noun>_<past verb>``); dashboards and alerts key on
+them. The full list:
+
+Transform (``transforms.firehose``):
+    firehose_invocation_summarized  one per invocation: records_in, ok, dropped,
+                                    processing_failed, control_messages, empty_batches,
+                                    events_out, unparsed_lines, bytes_in, bytes_out,
+                                    response_bytes, reingested_records, split_records,
+                                    reingested_pieces, reingested_bytes
+    record_failed                   a record became ProcessingFailed (reason, recordId)
+    record_dropped                  a record was dropped (reason: control_message,
+                                    empty_batch, split, reingested; per record at debug)
+    records_reingested              overflow put back into the source stream
+    reingest_retry_scheduled        a PutRecordBatch/PutRecords call is retried (failed count)
+    reingest_failed                 re-ingestion gave up; the invocation fails so Firehose retries
+
+Delivery (``forwarder``):
+    batch_sent                      HEC accepted a request (url, events, bytes, ack_id)
+    retry_scheduled                 a retryable HEC answer or network error; backoff follows
+    ack_confirmed                   an indexer acknowledged a batch
+    ack_expired                     no ack within the timeout; the batch is re-sent
+    hec_ack_unavailable             the token has acknowledgment disabled (warned once)
+    hec_rejected                    HEC refused data (code, text); it goes to the backsplash
+    hec_fatal                       token or channel problem; delivery stops
+    hec_url_unhealthy               a URL left the rotation; hec_url_recovered when it returns
+    hec_url_recovered
+    backsplash_written              events stored in S3 (key, events, reason)
+    backsplash_failed               S3 refused the write after retries (spooled=True when a
+                                    local spool took the events instead)
+    hec_url_probe_failed            an unhealthy URL's health probe failed (debug)
+    ack_poll_failed                 an ack poll request failed; it is retried (debug)
+    delivery_summarized             the ledger: in = acknowledged + backsplashed + dropped
+
+Replay (``forwarder.replay``):
+    replay_started                  the run begins (uri, selection)
+    replay_object_started           an object is being read (debug)
+    replay_object_finished          an object is done (events delivered, failed again)
+    replay_object_skipped           already done or outside the selection (debug)
+    replay_object_failed            an object could not be read
+    replay_record_corrupt           a line that is not a backsplash record (key, line number)
+    replay_records_exhausted        records past --max-attempts, left in place
+    replay_object_archived          moved under replayed/ (--archive)
+    replay_object_deleted           deleted after success (--delete)
+    replay_object_kept              not archived/deleted: it still holds unreplayed records
+    replay_progressed               periodic progress (when not on a terminal)
+    replay_stopped                  interrupted; the state file lets the next run resume
+    replay_summarized               the run's totals (also one delivery_summarized, replay=True)
+
+HEC emulator (``forwarder.emulator``):
+    hec_emulator_started            listening (url); hec_emulator_stopped at the end
+    hec_emulator_stopped
+    hec_emulator_faults_set         the fault plan changed
+    hec_emulator_connection_failed  a client connection broke (debug)
+
+Configuration:
+    settings_warning                a valid but risky setting (printed at start-up)
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import MutableMapping
+from typing import Any, TextIO
+
+import structlog
+
+from config.settings import LogSettings
+
+REDACTED = "[REDACTED]"
+_AUTH_HEADER = re.compile(r"(Splunk)\s+[A-Za-z0-9._~+/=-]{8,}")
+_secrets: set[str] = set()
+
+
+def register_secret(secret: str | None) -> None:
+    """Make every later log line replace this value with [REDACTED]."""
+    if secret and len(secret) >= 4:
+        _secrets.add(secret)
+
+
+def redact_text(text: str) -> str:
+    """Remove registered secrets and ``Splunk <token>`` headers from a string."""
+    for secret in _secrets:
+        if secret in text:
+            text = text.replace(secret, REDACTED)
+    return _AUTH_HEADER.sub(rf"\1 {REDACTED}", text) if "Splunk" in text else text
+
+
+def _redact_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact_text(value)
+    if isinstance(value, dict):
+        return {k: _redact_value(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_redact_value(v) for v in value)
+    return value
+
+
+def redact_secrets(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """structlog processor: no token survives into a rendered line, whatever field holds it."""
+    for key, value in event_dict.items():
+        event_dict[key] = _redact_value(value)
+    return event_dict
+
+
+def configure_logging(settings: LogSettings, *, stream: TextIO | None = None) -> None:
+    """Configure structlog for this process. Safe to call more than once (last call wins)."""
+    out = stream if stream is not None else sys.stderr
+    use_console = settings.format == "console" or (settings.format == "auto" and out.isatty())
+    renderer: Any = (
+        structlog.dev.ConsoleRenderer(colors=False)
+        if use_console
+        else structlog.processors.JSONRenderer()
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            redact_secrets,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelNamesMapping()[settings.level]
+        ),
+        logger_factory=structlog.PrintLoggerFactory(file=out),
+        cache_logger_on_first_use=False,
+    )

@@ -1,0 +1,98 @@
+"""Shared fixtures: settings built from dicts, a moto server on loopback, log capture hygiene."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+
+from config.loader import load_settings
+from config.settings import Settings
+
+SAMPLES = Path(__file__).parent / "samples"
+TEST_TOKEN = "00000000-test-token-0000-000000000000"
+
+
+def make_settings(**environ: str) -> Settings:
+    """Settings from environment-style keys, e.g. make_settings(SPLUNK_HEC_ACK="false")."""
+    return load_settings(environ={key: str(value) for key, value in environ.items()})
+
+
+def load_sample(name: str) -> bytes:
+    """The bytes of a file under tests/samples."""
+    return (SAMPLES / name).read_bytes()
+
+
+def free_port() -> int:
+    """A TCP port that was free a moment ago on loopback."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture(autouse=True)
+def _reset_structlog() -> Iterator[None]:
+    """Each test starts from structlog's defaults, so capture_logs() sees everything."""
+    structlog.reset_defaults()
+    yield
+    structlog.reset_defaults()
+
+
+@pytest.fixture(name="aws_env")
+def fixture_aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Dummy credentials and a region, so no test can reach a real AWS account."""
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SESSION_TOKEN": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_REGION": "us-east-1",
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+
+
+@pytest.fixture(name="moto_server", scope="session")
+def fixture_moto_server() -> Iterator[str]:
+    """A moto server in server mode on loopback, shared by the session; yields its URL."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
+
+
+@pytest.fixture(name="aws_endpoint")
+def fixture_aws_endpoint(
+    moto_server: str, aws_env: None, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[str]:
+    """Point every boto3 client at the moto server through AWS_ENDPOINT_URL, then reset it."""
+    import requests
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_server)
+    yield moto_server
+    with requests.Session() as session:
+        session.post(f"{moto_server}/moto-api/reset", timeout=10)
+
+
+def boto_client(service: str, endpoint: str) -> Any:
+    """A boto3 client against the moto server."""
+    import boto3
+
+    return boto3.client(
+        service,  # type: ignore[call-overload]
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )

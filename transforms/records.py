@@ -1,0 +1,165 @@
+"""Frozen records shared by every part: log events, batches, flow-log records, HEC events."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Literal, NamedTuple, TypedDict, overload
+
+#: Where a record came from, which decides how it is decoded and routed.
+#: ``cloudwatch``: gzip CloudWatch Logs subscription payload;
+#: ``direct``: a flow log sent straight to Firehose as ``{"message": "<line>"}``;
+#: ``text``: anything else (plain text or JSON that is neither of the above);
+#: ``s3``: lines of a flow-log or log file read from S3.
+Origin = Literal["cloudwatch", "direct", "text", "s3"]
+
+#: HEC endpoint an encoded batch is shaped for.
+Endpoint = Literal["event", "raw"]
+
+#: How text that cannot be UTF-8 (lone surrogates from ``\\udXXX`` JSON escapes) is written:
+#: as the ``\\udXXX`` escape again, which inside a JSON string is exactly the original.
+WIRE_ERRORS = "backslashreplace"
+
+
+@dataclass(frozen=True, slots=True)
+class LogEvent:
+    """One CloudWatch Logs event (``logEvents[i]``); ``id`` is the natural dedup key."""
+
+    id: str | None
+    timestamp_ms: int | None
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class LogBatch:
+    """One decoded payload: the CloudWatch Logs subscription envelope and its events."""
+
+    origin: Origin
+    events: tuple[LogEvent, ...]
+    log_group: str | None = None
+    log_stream: str | None = None
+    owner: str | None = None
+    subscription_filters: tuple[str, ...] = ()
+    is_control: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class FlowLogRecord:
+    """A parsed flow-log line: AWS field names and their values (``None`` for ``-``)."""
+
+    fields: tuple[str, ...]
+    values: tuple[str | None, ...]
+
+
+class HecEvent(TypedDict, total=False):
+    """One object for HEC's event endpoint (``/services/collector/event``)."""
+
+    time: float
+    host: str
+    source: str
+    sourcetype: str
+    index: str
+    event: str | dict[str, object]
+    fields: dict[str, str]
+
+
+class RawTarget(NamedTuple):
+    """Metadata the raw endpoint takes as query parameters; one value per batch."""
+
+    source: str | None
+    sourcetype: str | None
+    index: str | None  # type: ignore[assignment]  # HEC's name; shadows tuple.index on purpose
+    host: str | None
+
+
+class EncodedEvent(NamedTuple):
+    """One event ready for the wire.
+
+    ``payload`` is one JSON object for the event endpoint, or one line (no newline) for
+    the raw endpoint. ``event_id`` is the CloudWatch event id where there is one.
+    """
+
+    payload: bytes
+    event_id: str | None
+
+
+class EncodedEvents(Sequence[EncodedEvent]):
+    """The events of an ``EncodedBatch``: one text per event, encoded to bytes on access.
+
+    The pipeline builds texts (a JSON object, or a raw line); the Firehose path joins them
+    into one record without ever creating an ``EncodedEvent`` per event (``body``), while
+    callers that batch per event (the daemon) iterate ``EncodedEvent`` values.
+    """
+
+    __slots__ = ("_ids", "_texts")
+
+    def __init__(self, texts: Sequence[str], ids: Sequence[str | None] | None = None) -> None:
+        if ids is not None and len(ids) != len(texts):
+            raise ValueError(f"{len(texts)} texts but {len(ids)} event ids")
+        self._texts = texts
+        self._ids = ids
+
+    @property
+    def texts(self) -> Sequence[str]:
+        """Per event: the JSON object (event endpoint) or the line (raw endpoint)."""
+        return self._texts
+
+    @property
+    def ids(self) -> Sequence[str | None]:
+        """Per event: the CloudWatch event id, or None."""
+        return self._ids if self._ids is not None else [None] * len(self._texts)
+
+    def __len__(self) -> int:
+        return len(self._texts)
+
+    @overload
+    def __getitem__(self, index: int) -> EncodedEvent: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> EncodedEvents: ...
+
+    def __getitem__(self, index: int | slice) -> EncodedEvent | EncodedEvents:
+        if isinstance(index, slice):
+            ids = self._ids[index] if self._ids is not None else None
+            return EncodedEvents(self._texts[index], ids)
+        event_id = self._ids[index] if self._ids is not None else None
+        return EncodedEvent(self._texts[index].encode("utf-8", WIRE_ERRORS), event_id)
+
+    def __iter__(self) -> Iterator[EncodedEvent]:
+        for text, event_id in zip(self._texts, self.ids, strict=True):
+            yield EncodedEvent(text.encode("utf-8", WIRE_ERRORS), event_id)
+
+    def body(self, separator: str = "", terminator: str = "") -> bytes:
+        """All texts joined with ``separator``, plus ``terminator`` when not empty, as bytes."""
+        if not self._texts:
+            return b""
+        return (separator.join(self._texts) + terminator).encode("utf-8", WIRE_ERRORS)
+
+    def __repr__(self) -> str:
+        return f"EncodedEvents(<{len(self._texts)} events>)"
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedBatch:
+    """One payload transformed: its events shaped for one HEC endpoint, and what happened.
+
+    ``events`` holds one JSON object per event for the event endpoint, or one line (no
+    newline) per event for the raw endpoint, whose metadata is ``raw_target``. ``unparsed``
+    counts flow-log lines that did not fit their format (still delivered, as raw text).
+    A control message has ``is_control`` and no events.
+    """
+
+    origin: Origin
+    endpoint: Endpoint
+    events: Sequence[EncodedEvent]
+    raw_target: RawTarget | None = None
+    is_control: bool = False
+    unparsed: int = 0
+    log_group: str | None = None
+    log_stream: str | None = None
+    owner: str | None = None
+
+    @property
+    def event_count(self) -> int:
+        """Number of events to deliver."""
+        return len(self.events)
