@@ -1,0 +1,524 @@
+"""The transform: one record's bytes in, HEC-ready events out (``EncodedBatch``).
+
+Per batch: decode, resolve the route once, serialize the constant part of the event objects
+once (``hec_event.envelope``). Per event only the minimum: the time, the escaped message and
+one f-string. Flow-log lines in raw mode are not parsed one by one: when a batch is plain
+single-spaced ASCII with the right number of spaces on every line (what AWS writes), the
+``start`` values come out of one C-level pass over the batch; any other batch takes the
+per-line path, which gives the same bytes (``tests/unit/test_pipeline.py`` checks both against
+``hec_event.to_hec_event``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Sequence
+from itertools import chain
+from json.encoder import encode_basestring
+from operator import itemgetter
+from typing import cast
+
+from transforms.cloudwatch import GZIP_MAGIC, decode_record, read_subscription
+from transforms.errors import DecodeError
+from transforms.hec_event import envelope
+from transforms.options import Endpoint, TransformOptions
+from transforms.records import (
+    EncodedBatch,
+    EncodedEvents,
+    LogBatch,
+    Origin,
+    RawTarget,
+)
+from transforms.routing import Destination, resolve
+from transforms.vpc_flow import (
+    FlowFormat,
+    compile_format,
+    epoch_seconds,
+    fields_from_header,
+    is_header_line,
+)
+
+__all__ = [
+    "EncodedBatch",
+    "firehose_payload",
+    "transform_batch",
+    "transform_lines",
+    "transform_payload",
+]
+
+#: Characters JSON strings must escape, most likely first; a batch without any is copied as is.
+_ESCAPED_BUT_NEWLINE = ('"', "\\", "\t", "\r", *map(chr, (*range(0, 9), 11, 12, *range(14, 32))))
+_ESCAPED = ("\n", *_ESCAPED_BUT_NEWLINE)
+_NEWLINE_FREE = ("\n", "\r")
+_PLAN_CACHE_SIZE = 4096
+_CHUNK = 1024  # lines per batch-wide pass (see _in_chunks)
+_LEADING_ZERO = re.compile(" 0[0-9]").search
+_SECONDS_MAX_DIGITS = 11  # up to 1e11 a start/end is seconds (vpc_flow.epoch_seconds)
+_MS_13_DIGITS_MIN = 1_000_000_000_000  # 13-digit millisecond timestamps: seconds are 10 digits
+_MS_13_DIGITS_END = 10_000_000_000_000
+
+
+def transform_payload(data: bytes, options: TransformOptions) -> EncodedBatch:
+    """Transform one Firehose or Kinesis record (see ``cloudwatch.decode_record``).
+
+    Args:
+        data: the record's bytes (base64 already decoded).
+        options: routing, formats, endpoint and limits.
+
+    Returns:
+        The encoded batch; a control message gives ``is_control`` and no events.
+
+    Raises:
+        PayloadTooLargeError: inflates past ``options.max_decompressed_bytes``.
+        DecodeError: gzip that is not a valid subscription payload.
+    """
+    if data.startswith(GZIP_MAGIC):
+        payload = read_subscription(data, max_decompressed_bytes=options.max_decompressed_bytes)
+        if payload.is_control:
+            return _control(options.endpoint, payload.log_group, payload.log_stream, payload.owner)
+        return _encode(
+            options,
+            origin="cloudwatch",
+            log_group=payload.log_group,
+            log_stream=payload.log_stream,
+            owner=payload.owner,
+            ids=payload.ids,
+            timestamps=payload.timestamps,
+            messages=payload.messages,
+        )
+    return transform_batch(
+        decode_record(data, max_decompressed_bytes=options.max_decompressed_bytes), options
+    )
+
+
+def transform_batch(batch: LogBatch, options: TransformOptions) -> EncodedBatch:
+    """Transform a decoded batch (a ``LogBatch`` from any source)."""
+    if batch.is_control:
+        return _control(options.endpoint, batch.log_group, batch.log_stream, batch.owner)
+    events = batch.events
+    return _encode(
+        options,
+        origin=batch.origin,
+        log_group=batch.log_group,
+        log_stream=batch.log_stream,
+        owner=batch.owner,
+        ids=[event.id for event in events],
+        timestamps=[event.timestamp_ms for event in events],
+        messages=[event.message for event in events],
+    )
+
+
+def transform_lines(
+    lines: Iterable[str],
+    *,
+    log_group: str | None,
+    log_stream: str | None,
+    origin: Origin = "s3",
+    options: TransformOptions,
+    flow_fields: tuple[str, ...] | None = None,
+    account: str | None = None,
+) -> EncodedBatch:
+    """Transform the lines of a file (an S3 flow-log file, a local file).
+
+    Lines carry no timestamp: events without a usable ``start`` get no ``time`` (HEC then
+    uses the arrival time). Blank lines are skipped, line endings removed.
+
+    Args:
+        lines: the file's lines.
+        log_group: the bucket (S3) or a name for the source.
+        log_stream: the object key (S3) or file name.
+        origin: ``s3`` by default.
+        options: routing, formats and endpoint.
+        flow_fields: the fields the file's header names. When None and the first line is a
+            header (nothing but flow-log field names), the fields come from it; a header
+            line is never sent as an event.
+        account: the account the file belongs to, for routing.
+
+    Raises:
+        FlowLogFormatError: the header names an unknown field.
+    """
+    messages = [line.rstrip("\r\n") for line in lines]
+    messages = [line for line in messages if line.strip()]
+    if messages and is_header_line(messages[0]):
+        header = fields_from_header(messages.pop(0))
+        flow_fields = flow_fields or header
+    return _encode(
+        options,
+        origin=origin,
+        log_group=log_group,
+        log_stream=log_stream,
+        owner=account,
+        ids=None,
+        timestamps=None,
+        messages=messages,
+        flow_fields=flow_fields,
+    )
+
+
+def firehose_payload(batch: EncodedBatch, endpoint: Endpoint | None = None) -> bytes:
+    """The bytes Firehose delivers for one record.
+
+    Event endpoint: the JSON objects concatenated; raw endpoint: the lines joined with
+    ``\\n`` plus a trailing ``\\n``. No events: empty bytes.
+
+    Raises:
+        ValueError: ``endpoint`` is not the one the batch was encoded for.
+    """
+    if endpoint is not None and endpoint != batch.endpoint:
+        raise ValueError(f"batch was encoded for the {batch.endpoint} endpoint, not {endpoint}")
+    separator, terminator = ("", "") if batch.endpoint == "event" else ("\n", "\n")
+    events = batch.events
+    if isinstance(events, EncodedEvents):
+        return events.body(separator, terminator)
+    payloads = [event.payload for event in events]
+    if not payloads:
+        return b""
+    return separator.encode().join(payloads) + terminator.encode()
+
+
+def _control(
+    endpoint: Endpoint, log_group: str | None, log_stream: str | None, owner: str | None
+) -> EncodedBatch:
+    return EncodedBatch(
+        origin="cloudwatch",
+        endpoint=endpoint,
+        events=EncodedEvents([]),
+        is_control=True,
+        log_group=log_group,
+        log_stream=log_stream,
+        owner=owner,
+    )
+
+
+def _cloudwatch_time(timestamp_ms: int | None) -> str | None:
+    """HEC ``time`` text (seconds, millisecond fraction) for a CloudWatch timestamp.
+
+    Raises:
+        DecodeError: a timestamp too large for a float (not a real time).
+    """
+    if timestamp_ms is None:
+        return None
+    if _MS_13_DIGITS_MIN <= timestamp_ms < _MS_13_DIGITS_END:
+        text = str(timestamp_ms)
+        return f"{text[:-3]}.{text[-3:]}"
+    try:
+        return repr(timestamp_ms / 1000)
+    except OverflowError:
+        raise DecodeError("a logEvents timestamp is out of range for a time") from None
+
+
+def _cloudwatch_times(timestamps: Sequence[int | None]) -> list[str | None]:
+    """``_cloudwatch_time`` for each timestamp (C-level passes for the usual 13 digits)."""
+    if timestamps and set(map(type, timestamps)) == {int}:
+        ints = cast("Sequence[int]", timestamps)
+        if min(ints) >= _MS_13_DIGITS_MIN and max(ints) < _MS_13_DIGITS_END:
+            return [f"{text[:-3]}.{text[-3:]}" for text in map(str, ints)]
+    return list(map(_cloudwatch_time, timestamps))
+
+
+def _encode(
+    options: TransformOptions,
+    *,
+    origin: Origin,
+    log_group: str | None,
+    log_stream: str | None,
+    owner: str | None,
+    ids: Sequence[str | None] | None,
+    timestamps: Sequence[int | None] | None,
+    messages: list[str],
+    flow_fields: tuple[str, ...] | None = None,
+) -> EncodedBatch:
+    dest = resolve(
+        options,
+        log_group=log_group,
+        log_stream=log_stream,
+        account=owner,
+        origin=origin,
+        flow_fields=flow_fields,
+    )
+    _, env, fmt = _plan(dest)
+    raw_target = None
+    unparsed = 0
+    if options.endpoint == "raw":
+        # Lines go untouched and the metadata rides in the query string: nothing is parsed,
+        # so nothing is counted as unparsed (Splunk's sourcetype does the extraction).
+        texts = _raw_lines(messages)
+        raw_target = RawTarget(dest.source, dest.sourcetype, dest.index, dest.host)
+    elif fmt is None:
+        texts = _plain_events(env, timestamps, messages)
+    elif dest.event_format == "json":
+        texts, unparsed = _flow_json_events(env, fmt, timestamps, messages)
+    else:
+        texts, unparsed = _flow_raw_events(env, fmt, timestamps, messages)
+    return EncodedBatch(
+        origin=origin,
+        endpoint=options.endpoint,
+        events=EncodedEvents(texts, ids),
+        raw_target=raw_target,
+        unparsed=unparsed,
+        log_group=log_group,
+        log_stream=log_stream,
+        owner=owner,
+    )
+
+
+_Plan = tuple[Destination, str, FlowFormat | None]
+_plans: dict[int, _Plan] = {}
+
+
+def _plan(dest: Destination) -> _Plan:
+    """The envelope and compiled flow format of a destination, cached by identity.
+
+    ``resolve`` returns the same object for the same route, so an ``id`` lookup replaces
+    hashing the whole destination once per batch; the plan keeps its destination alive, so
+    the id cannot be reused while cached.
+    """
+    plan = _plans.get(id(dest))
+    if plan is None or plan[0] is not dest:
+        fmt = compile_format(dest.flow_fields) if dest.flow_fields is not None else None
+        plan = (dest, envelope(dest), fmt)
+        if len(_plans) >= _PLAN_CACHE_SIZE:
+            _plans.clear()
+        _plans[id(dest)] = plan
+    return plan
+
+
+def _needs_escaping(text: str, escaped: tuple[str, ...] = _ESCAPED) -> bool:
+    """Whether any character of ``text`` needs a JSON escape (memchr-speed scans)."""
+    return any(map(text.__contains__, escaped))
+
+
+def _raw_lines(messages: list[str]) -> list[str]:
+    """Raw-endpoint lines: each message without its trailing line break."""
+    joined = "".join(messages)
+    if not any(map(joined.__contains__, _NEWLINE_FREE)):
+        return messages
+    return [message.rstrip("\r\n") for message in messages]
+
+
+def _plain_events(
+    env: str, timestamps: Sequence[int | None] | None, messages: list[str]
+) -> list[str]:
+    """Event objects whose event is the message string."""
+    if _needs_escaping("".join(messages)):
+        bodies, quote = list(map(encode_basestring, messages)), ""
+    else:
+        bodies, quote = messages, '"'
+    if timestamps is None:
+        return [f"{{{env}{quote}{body}{quote}}}" for body in bodies]
+    times = _cloudwatch_times(timestamps)
+    return [
+        f'{{"time":{time},{env}{quote}{body}{quote}}}'
+        if time is not None
+        else f"{{{env}{quote}{body}{quote}}}"
+        for time, body in zip(times, bodies, strict=True)
+    ]
+
+
+def _fast_starts(fmt: FlowFormat, messages: list[str]) -> list[str] | None:
+    """The ``start`` values of a batch written the way AWS writes it, else None.
+
+    AWS writes plain ASCII values separated by single spaces. When nothing in the batch needs
+    a JSON escape (so there is no whitespace but spaces) and the batch has exactly
+    ``fields - 1`` spaces per line, the lines fit their format; when every ``start`` is also a
+    plain 10-digit epoch second, it is its own HEC ``time``. All of it is checked with a few
+    C-level passes over the batch instead of a split per line; anything else returns None and
+    takes the per-line path.
+
+    The price of counting spaces per batch rather than per line: lines whose faults cancel
+    out (one with a value missing or a double space, another with one value too many) are
+    not counted as unparsed. They are delivered untouched either way, as every raw line is,
+    with a ``time`` that is a valid epoch second from the line.
+    """
+    if not messages or fmt.start_index is None:
+        return None
+    plain = "".join(messages)
+    if (
+        not plain.isascii()
+        or _needs_escaping(plain)
+        or plain.count(" ") != len(messages) * (fmt.size - 1)
+    ):
+        return None
+    pick, maxsplit = fmt.start_pick, fmt.start_maxsplit
+    if fmt.start_from_end:
+        starts = [line.rsplit(" ", maxsplit)[pick] for line in messages]
+    else:
+        starts = [line.split(" ", maxsplit)[pick] for line in messages]
+    digits = "".join(starts)
+    if (
+        set(map(len, starts)) == {10}
+        and digits.encode().isdigit()  # bytes.isdigit: ASCII digits only, at C speed
+        and "0" not in digits[::10]  # no leading zero (JSON numbers have none)
+    ):
+        return starts
+    return None
+
+
+def _start_time(start: str) -> str | None:
+    """HEC ``time`` text for a ``start`` value, or None if it is not an integer."""
+    if not (start.isascii() and start.isdigit()):
+        return None
+    if len(start) == 10 and start[0] != "0":
+        return start
+    return repr(epoch_seconds(start))
+
+
+_Encoder = Callable[
+    [str, FlowFormat, Sequence[int | None] | None, list[str]], tuple[list[str], int]
+]
+
+
+def _in_chunks(encoder: _Encoder) -> _Encoder:
+    """Run an encoder over slices of at most ``_CHUNK`` lines.
+
+    A large record's batch-wide passes then work on data that stays in the CPU caches, and a
+    line that sends its chunk to the per-line path costs only that chunk.
+    """
+
+    def chunked(
+        env: str, fmt: FlowFormat, timestamps: Sequence[int | None] | None, messages: list[str]
+    ) -> tuple[list[str], int]:
+        if len(messages) <= _CHUNK:
+            return encoder(env, fmt, timestamps, messages)
+        texts: list[str] = []
+        unparsed = 0
+        for low in range(0, len(messages), _CHUNK):
+            high = low + _CHUNK
+            part = timestamps[low:high] if timestamps is not None else None
+            chunk_texts, chunk_unparsed = encoder(env, fmt, part, messages[low:high])
+            texts += chunk_texts
+            unparsed += chunk_unparsed
+        return texts, unparsed
+
+    return chunked
+
+
+@_in_chunks
+def _flow_raw_events(
+    env: str, fmt: FlowFormat, timestamps: Sequence[int | None] | None, messages: list[str]
+) -> tuple[list[str], int]:
+    """Flow lines sent untouched, ``time`` from ``start``; and how many did not fit."""
+    starts = _fast_starts(fmt, messages)
+    if starts is not None:
+        return [
+            f'{{"time":{start},{env}"{line}"}}'
+            for start, line in zip(starts, messages, strict=True)
+        ], 0
+    texts = []
+    unparsed = 0
+    size, start_index = fmt.size, fmt.start_index
+    for position, line in enumerate(messages):
+        time = _cloudwatch_time(timestamps[position]) if timestamps is not None else None
+        values = line.split()
+        if len(values) != size:
+            unparsed += 1
+        elif start_index is not None:
+            start_time = _start_time(values[start_index])
+            if start_time is None:
+                unparsed += 1
+            else:
+                time = start_time
+        body = encode_basestring(line)
+        texts.append(f'{{"time":{time},{env}{body}}}' if time is not None else f"{{{env}{body}}}")
+    return texts, unparsed
+
+
+@_in_chunks
+def _flow_json_events(
+    env: str, fmt: FlowFormat, timestamps: Sequence[int | None] | None, messages: list[str]
+) -> tuple[list[str], int]:
+    """Flow lines as add-on-named JSON records; lines that do not fit go as raw text."""
+    fast = _flow_json_fast(env, fmt, timestamps, messages)
+    if fast is not None:
+        return fast
+    texts = []
+    unparsed = 0
+    size, start_index = fmt.size, fmt.start_index
+    to_json = fmt.to_json
+    for position, line in enumerate(messages):
+        time = _cloudwatch_time(timestamps[position]) if timestamps is not None else None
+        values = line.split()
+        body = to_json(values) if len(values) == size else None
+        if body is None:
+            unparsed += 1
+            body = encode_basestring(line)
+        elif start_index is not None and values[start_index] != "-":
+            time = _start_time(values[start_index])
+        texts.append(f'{{"time":{time},{env}{body}}}' if time is not None else f"{{{env}{body}}}")
+    return texts, unparsed
+
+
+def _flow_json_fast(
+    env: str, fmt: FlowFormat, timestamps: Sequence[int | None] | None, messages: list[str]
+) -> tuple[list[str], int] | None:
+    """``_flow_json_events`` for a batch written the way AWS writes it, else None.
+
+    The batch must need no escaping (so its only whitespace is spaces) and every line must
+    have one value per field. Each line then fills the ``%`` template for its pattern of
+    ``-`` values; the integers of the whole batch are checked at once afterwards (plain
+    digits without leading zeros, ``start``/``end`` in seconds), and any doubt sends the
+    batch to the per-line path, which gives the same result.
+    """
+    plain = "".join(messages)
+    if not messages or not plain.isascii() or _needs_escaping(plain):
+        return None
+    rows = list(map(str.split, messages))
+    if set(map(len, rows)) != {fmt.size}:
+        return None
+    bodies = []
+    integers: list[tuple[str, ...]] = []
+    template_for = fmt.json_template
+    full = template_for()
+    full_template, full_integers = full.template, full.integers
+    for row in rows:
+        dashes = row.count("-")
+        if dashes:
+            index = row.index
+            position = index("-")
+            positions = [position]
+            for _ in range(dashes - 1):
+                position = index("-", position + 1)
+                positions.append(position)
+            plan = template_for(tuple(positions))
+            bodies.append(plan.template % plan.values(row))
+            integers.append(plan.integers(row))
+        else:
+            bodies.append(full_template % tuple(row))
+            integers.append(full_integers(row))
+    numbers = " ".join(chain.from_iterable(integers))
+    if numbers and (
+        not numbers.replace(" ", "").encode().isdigit() or _LEADING_ZERO(" " + numbers)
+    ):
+        return None
+    if fmt.time_values is not None and (
+        max(map(len, chain.from_iterable(map(fmt.time_values, rows)))) > _SECONDS_MAX_DIGITS
+    ):
+        return None  # milliseconds somewhere: the per-line path converts them
+    if fmt.start_index is None:
+        times = _cloudwatch_times(timestamps) if timestamps is not None else None
+    else:
+        starts: list[str | None] = list(map(itemgetter(fmt.start_index), rows))
+        if "-" in starts:
+            fallback = _cloudwatch_times(timestamps) if timestamps is not None else None
+            starts = [
+                (fallback[i] if fallback is not None else None) if start == "-" else start
+                for i, start in enumerate(starts)
+            ]
+        times = starts
+    if times is None:
+        return [f"{{{env}{body}}}" for body in bodies], 0
+    return [
+        f'{{"time":{time},{env}{body}}}' if time is not None else f"{{{env}{body}}}"
+        for time, body in zip(times, bodies, strict=True)
+    ], 0
+
+
+def destination_for(batch: LogBatch, options: TransformOptions) -> Destination:
+    """The destination a batch resolves to (for ``forwarder transform`` and tests)."""
+    return resolve(
+        options,
+        log_group=batch.log_group,
+        log_stream=batch.log_stream,
+        account=batch.owner,
+        origin=batch.origin,
+    )
