@@ -1,0 +1,701 @@
+"""The Firehose transformation handler: answers, bad records, the size limit, re-ingestion."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import json
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import pytest
+import structlog
+from structlog.testing import capture_logs
+
+from config.settings import Settings
+from tests.conftest import make_settings
+from tests.factories import (
+    make_control_payload,
+    make_cwl_payload,
+    make_firehose_event,
+    make_flow_lines,
+    make_gzip_bomb,
+)
+from transforms import firehose, pipeline
+from transforms.cloudwatch import decode_subscription_batch
+from transforms.firehose import (
+    FirehoseResponse,
+    entry_size,
+    handler,
+    response_budget,
+    transform_event,
+    transform_file_contents,
+)
+from transforms.reingest import (
+    FirehoseReingester,
+    KinesisReingester,
+    ReingestError,
+    ReingestPolicy,
+    ReingestRecord,
+    chunk_records,
+)
+
+FLOW_GROUP = "/aws/vpc/flowlogs"
+LAMBDA_GROUP = "/aws/lambda/orders"
+DELIVERY_STREAM_ARN = "arn:aws:firehose:us-east-1:123456789012:deliverystream/to-splunk"
+KINESIS_STREAM_ARN = "arn:aws:kinesis:us-east-1:123456789012:stream/cwl"
+
+
+class RecordingReingester:
+    """An in-memory reingester: remembers what it was given, in order."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[ReingestRecord]] = []
+
+    def put(self, records: Sequence[ReingestRecord]) -> None:
+        self.calls.append(list(records))
+
+    @property
+    def records(self) -> list[ReingestRecord]:
+        return [record for call in self.calls for record in call]
+
+
+class RefusingReingester:
+    """Fails like a source stream that stays unavailable."""
+
+    def put(self, records: Sequence[ReingestRecord]) -> None:
+        raise ReingestError("source stream unavailable", failed=len(records))
+
+
+def hec_objects(data: str) -> list[dict[str, Any]]:
+    """The concatenated HEC event objects in one Ok record's base64 data."""
+    text = base64.b64decode(data).decode()
+    decoder, objects, index = json.JSONDecoder(), [], 0
+    while index < len(text):
+        value, index = decoder.raw_decode(text, index)
+        objects.append(value)
+    return objects
+
+
+def results(response: FirehoseResponse) -> list[tuple[str, str]]:
+    return [(entry["recordId"], entry["result"]) for entry in response["records"]]
+
+
+def response_size(response: FirehoseResponse) -> int:
+    return len(json.dumps(response).encode())
+
+
+def run(
+    event: dict[str, Any], settings: Settings | None = None, reingester: Any = None
+) -> FirehoseResponse:
+    return transform_event(
+        event, settings or make_settings(), reingester=reingester or RefusingReingester()
+    )
+
+
+def flow_payload(count: int, *, seed: int = 0, log_stream: str = "eni-0a1b2c3d") -> bytes:
+    return make_cwl_payload(
+        make_flow_lines(count, seed=seed), log_group=FLOW_GROUP, log_stream=log_stream
+    )
+
+
+@pytest.fixture(autouse=True)
+def _forget_settings() -> Iterator[None]:
+    """Each test starts with no container settings cached."""
+    firehose.use_settings(None)
+    yield
+    firehose.use_settings(None)
+
+
+# --- Ok: HEC events ---------------------------------------------------------------------------
+
+
+def test_flow_log_record_becomes_hec_events_with_time_in_seconds() -> None:
+    """GIVEN a CloudWatch batch of VPC flow lines WHEN transformed THEN one HEC event per line."""
+    lines = make_flow_lines(3)
+    event = make_firehose_event(
+        [make_cwl_payload(lines, log_group=FLOW_GROUP, log_stream="eni-0a1b2c3d")]
+    )
+
+    response = run(event)
+
+    [entry] = response["records"]
+    assert entry["result"] == "Ok"
+    objects = hec_objects(entry["data"])
+    assert [obj["event"] for obj in objects] == lines
+    for obj, line in zip(objects, lines, strict=True):
+        assert obj["sourcetype"] == "aws:cloudwatchlogs:vpcflow"
+        assert obj["source"] == f"{FLOW_GROUP}:eni-0a1b2c3d"
+        assert obj["time"] == int(line.split()[10])  # `start`, epoch seconds
+
+
+def test_lambda_log_record_routes_to_lambda_sourcetype_with_millisecond_fraction() -> None:
+    """CloudWatch milliseconds become HEC seconds with a millisecond fraction."""
+    payload = make_cwl_payload(
+        ["START RequestId: 1", "END RequestId: 1"],
+        log_group=LAMBDA_GROUP,
+        log_stream="2025/11/26/[$LATEST]abc",
+        timestamp_ms=1_764_000_000_123,
+    )
+
+    [entry] = run(make_firehose_event([payload]))["records"]
+
+    objects = hec_objects(entry["data"])
+    assert {obj["sourcetype"] for obj in objects} == {"aws:cloudwatchlogs:lambda"}
+    assert objects[0]["time"] == pytest.approx(1_764_000_000.123)
+    assert objects[0]["event"] == "START RequestId: 1"
+
+
+def test_raw_endpoint_delivers_lines() -> None:
+    lines = make_flow_lines(2)
+    event = make_firehose_event([make_cwl_payload(lines, log_group=FLOW_GROUP)])
+
+    [entry] = run(event, make_settings(SPLUNK_HEC_ENDPOINT="raw"))["records"]
+
+    assert entry["result"] == "Ok"
+    assert base64.b64decode(entry["data"]).decode() == "".join(f"{line}\n" for line in lines)
+
+
+def test_plain_text_record_is_delivered_not_failed() -> None:
+    [entry] = run(make_firehose_event([b"just some text\nand more"]))["records"]
+
+    assert entry["result"] == "Ok"
+    assert [obj["event"] for obj in hec_objects(entry["data"])] == ["just some text", "and more"]
+
+
+# --- Dropped ----------------------------------------------------------------------------------
+
+
+def test_control_message_is_dropped_and_counted() -> None:
+    event = make_firehose_event([make_control_payload(), flow_payload(2)])
+
+    with capture_logs() as logs:
+        response = run(event)
+
+    assert [result for _, result in results(response)] == ["Dropped", "Ok"]
+    [summary] = [line for line in logs if line["event"] == "firehose_invocation_summarized"]
+    assert summary["control_messages"] == 1
+    assert summary["dropped"] == 1
+    assert any(
+        line["event"] == "record_dropped" and line["reason"] == "control_message" for line in logs
+    )
+
+
+def test_batch_without_events_is_dropped_as_empty() -> None:
+    event = make_firehose_event([make_cwl_payload([], log_group=FLOW_GROUP)])
+
+    with capture_logs() as logs:
+        response = run(event)
+
+    assert results(response) == [(event["records"][0]["recordId"], "Dropped")]
+    [summary] = [line for line in logs if line["event"] == "firehose_invocation_summarized"]
+    assert summary["empty_batches"] == 1
+
+
+def test_no_records_gives_an_empty_answer() -> None:
+    assert run(make_firehose_event([])) == {"records": []}
+    assert run({"invocationId": "x", "deliveryStreamArn": DELIVERY_STREAM_ARN}) == {"records": []}
+
+
+# --- ProcessingFailed -------------------------------------------------------------------------
+
+
+BAD_PAYLOADS = {
+    "truncated_gzip": flow_payload(5)[:-12],
+    "gzip_bomb": make_gzip_bomb(3 * 1024 * 1024),  # 1 MiB ceiling below
+    "not_gzip": b"\x1f\x8b\x08\x00garbage that only looks like gzip",
+    "not_json": gzip.compress(b"this is not JSON"),
+    "json_list": gzip.compress(b"[1, 2, 3]"),
+    "unknown_message_type": gzip.compress(
+        json.dumps({"messageType": "SURPRISE", "logEvents": []}).encode()
+    ),
+    "missing_log_events": gzip.compress(json.dumps({"messageType": "DATA_MESSAGE"}).encode()),
+    "log_events_not_list": gzip.compress(
+        json.dumps({"messageType": "DATA_MESSAGE", "logEvents": {"id": "1"}}).encode()
+    ),
+    "event_without_message": gzip.compress(
+        json.dumps(
+            {"messageType": "DATA_MESSAGE", "logEvents": [{"id": "1", "timestamp": 1}]}
+        ).encode()
+    ),
+}
+
+
+@pytest.mark.parametrize("payload", BAD_PAYLOADS.values(), ids=BAD_PAYLOADS.keys())
+def test_bad_record_fails_alone_with_its_original_data(payload: bytes) -> None:
+    """GIVEN a bad record between good ones THEN it is ProcessingFailed, the others Ok."""
+    event = make_firehose_event([flow_payload(2), payload, flow_payload(2, seed=9)])
+    settings = make_settings(MAX_DECOMPRESSED_BYTES=str(1024 * 1024))
+
+    with capture_logs() as logs:
+        response = run(event, settings)
+
+    ids = [record["recordId"] for record in event["records"]]
+    assert results(response) == [(ids[0], "Ok"), (ids[1], "ProcessingFailed"), (ids[2], "Ok")]
+    assert response["records"][1]["data"] == event["records"][1]["data"]
+    assert [line["record_id"] for line in logs if line["event"] == "record_failed"] == [ids[1]]
+
+
+@pytest.mark.parametrize(
+    ("record", "reason"),
+    [
+        ({"recordId": "r-1", "approximateArrivalTimestamp": 1}, "missing_data"),
+        ({"recordId": "r-1", "data": None}, "missing_data"),
+        ({"recordId": "r-1", "data": 42}, "missing_data"),
+        ({"recordId": "r-1", "data": "not base64!"}, "invalid_base64"),
+        ({"recordId": "r-1", "data": "QUJDRA"}, "invalid_base64"),  # missing padding
+    ],
+)
+def test_record_without_usable_data_fails(record: dict[str, Any], reason: str) -> None:
+    event = make_firehose_event([flow_payload(1)])
+    event["records"].insert(0, record)
+
+    with capture_logs() as logs:
+        response = run(event)
+
+    assert [result for _, result in results(response)] == ["ProcessingFailed", "Ok"]
+    data = record.get("data")
+    assert response["records"][0]["data"] == (data if isinstance(data, str) else "")
+    assert {"event": "record_failed", "record_id": "r-1", "reason": reason}.items() <= next(
+        line for line in logs if line["event"] == "record_failed"
+    ).items()
+
+
+def test_unexpected_error_fails_the_record_not_the_invocation(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A bug deep in the pipeline costs one record, logged with its traceback."""
+
+    def explode_on_text(data: bytes, options: Any) -> Any:
+        if data.startswith(b"boom"):
+            raise KeyError("bug")
+        return pipeline.transform_payload(data, options)
+
+    monkeypatch.setattr(firehose, "transform_payload", explode_on_text)
+    event = make_firehose_event([b"boom", flow_payload(1)])
+
+    with capture_logs() as logs:
+        response = run(event)
+
+    assert [result for _, result in results(response)] == ["ProcessingFailed", "Ok"]
+    failed = next(line for line in logs if line["event"] == "record_failed")
+    assert failed["reason"] == "internal_error"
+    assert failed["log_level"] == "error"
+
+
+def test_record_without_record_id_is_an_invalid_event() -> None:
+    with pytest.raises(firehose.InvalidEventError):
+        run({"records": [{"data": "AA=="}]})
+
+
+# --- the summary line -------------------------------------------------------------------------
+
+
+def test_summary_line_counts_everything() -> None:
+    lines = make_flow_lines(4)
+    malformed = "2 123456789012 eni-1 this line is short"
+    event = make_firehose_event(
+        [
+            make_cwl_payload([*lines, malformed], log_group=FLOW_GROUP),
+            make_control_payload(),
+            b"\x1f\x8bnot gzip",
+        ]
+    )
+
+    with capture_logs() as logs:
+        response = run(event)
+
+    [summary] = [line for line in logs if line["event"] == "firehose_invocation_summarized"]
+    ok_bytes = len(base64.b64decode(response["records"][0]["data"]))
+    raw_sizes = [len(base64.b64decode(record["data"])) for record in event["records"]]
+    assert summary == {
+        "event": "firehose_invocation_summarized",
+        "log_level": "info",
+        "records_in": 3,
+        "ok": 1,
+        "dropped": 1,
+        "processing_failed": 1,
+        "control_messages": 1,
+        "empty_batches": 0,
+        "events_out": 5,
+        "unparsed_lines": 1,
+        "bytes_in": sum(raw_sizes),
+        "bytes_out": ok_bytes,
+        "response_bytes": summary["response_bytes"],
+        "reingested_records": 0,
+        "split_records": 0,
+        "reingested_pieces": 0,
+        "reingested_bytes": 0,
+    }
+    assert summary["response_bytes"] >= response_size(response) - 4 * 2  # exact, bar separators
+
+
+# --- the response size limit ------------------------------------------------------------------
+
+
+def test_entry_size_matches_json_dumps() -> None:
+    for record_id, result, data in [
+        ("49546986683135544286507457936321625675700192471156785154", "Ok", "QUJD"),
+        ('é\u2603\U0001f600"\\', "ProcessingFailed", ""),
+        ("", "Dropped", ""),
+    ]:
+        entry = {"recordId": record_id, "result": result, "data": data}
+        assert entry_size(record_id, result, len(data)) == len(json.dumps(entry))  # type: ignore[arg-type]
+
+
+def test_overflow_is_reingested_with_original_data_and_the_answer_fits() -> None:
+    """GIVEN outputs larger than the limit THEN the rest goes back to the source, Dropped."""
+    payloads = [flow_payload(40, seed=i * 100) for i in range(12)]
+    event = make_firehose_event(payloads)
+    limit = 24 * 1024
+    settings = make_settings(FIREHOSE_RESPONSE_LIMIT_BYTES=str(limit))
+    reingester = RecordingReingester()
+
+    with capture_logs() as logs:
+        response = run(event, settings, reingester)
+
+    outcome = [result for _, result in results(response)]
+    assert [record["recordId"] for record in response["records"]] == [
+        record["recordId"] for record in event["records"]
+    ]
+    assert "Ok" in outcome and "Dropped" in outcome
+    assert response_size(response) <= response_budget(limit)
+    dropped = [payloads[i] for i, result in enumerate(outcome) if result == "Dropped"]
+    assert reingester.records == [(payload, None) for payload in dropped]
+    assert len(reingester.calls) == 1
+    [summary] = [line for line in logs if line["event"] == "firehose_invocation_summarized"]
+    assert summary["reingested_records"] == len(dropped) == summary["dropped"]
+    reingested = next(line for line in logs if line["event"] == "records_reingested")
+    assert reingested["records"] == len(dropped)
+
+
+def test_overflow_keeps_kinesis_partition_keys() -> None:
+    payloads = [flow_payload(40, seed=i * 100) for i in range(6)]
+    event = make_firehose_event(payloads, kinesis_stream_arn=KINESIS_STREAM_ARN)
+    keys = [record["kinesisRecordMetadata"]["partitionKey"] for record in event["records"]]
+    reingester = RecordingReingester()
+
+    response = run(event, make_settings(FIREHOSE_RESPONSE_LIMIT_BYTES="16384"), reingester)
+
+    dropped = [i for i, (_, result) in enumerate(results(response)) if result == "Dropped"]
+    assert dropped
+    assert reingester.records == [(payloads[i], keys[i]) for i in dropped]
+
+
+def test_processing_failed_echoes_are_kept_before_ok_outputs() -> None:
+    """Echoing bad records is reserved first: an earlier large Ok overflows instead."""
+    bad = b"\x1f\x8b" + b"x" * 3000
+    event = make_firehose_event([flow_payload(30), bad])
+    reingester = RecordingReingester()
+
+    response = run(event, make_settings(FIREHOSE_RESPONSE_LIMIT_BYTES="8192"), reingester)
+
+    assert [result for _, result in results(response)] == ["Dropped", "ProcessingFailed"]
+    assert response["records"][1]["data"] == event["records"][1]["data"]
+    assert response_size(response) <= 8192
+
+
+def test_reingestion_failure_fails_the_invocation() -> None:
+    event = make_firehose_event([flow_payload(40, seed=i * 100) for i in range(6)])
+
+    with pytest.raises(ReingestError):
+        run(event, make_settings(FIREHOSE_RESPONSE_LIMIT_BYTES="8192"), RefusingReingester())
+
+
+def _settle(
+    payloads: list[bytes], settings: Settings, *, max_rounds: int = 20
+) -> tuple[list[dict[str, Any]], list[str], int]:
+    """Feed re-ingested records back like Firehose would, until nothing overflows.
+
+    Returns the HEC objects delivered, the results of failed records, and the rounds taken.
+    """
+    delivered: list[dict[str, Any]] = []
+    failed: list[str] = []
+    pending = payloads
+    for round_number in range(1, max_rounds + 1):
+        reingester = RecordingReingester()
+        response = run(make_firehose_event(pending), settings, reingester)
+        for entry in response["records"]:
+            if entry["result"] == "Ok":
+                delivered.extend(hec_objects(entry["data"]))
+            elif entry["result"] == "ProcessingFailed":
+                failed.append(entry["data"])
+        pending = [data for data, _key in reingester.records]
+        if not pending:
+            return delivered, failed, round_number
+    raise AssertionError("re-ingestion did not settle")
+
+
+def test_record_too_large_alone_is_split_into_halves_and_reingested() -> None:
+    """GIVEN one record whose output fits in no answer THEN its events go back in halves."""
+    lines = make_flow_lines(400)
+    payload = make_cwl_payload(lines, log_group=FLOW_GROUP, log_stream="eni-0a1b2c3d")
+    limit = 32 * 1024
+    settings = make_settings(FIREHOSE_RESPONSE_LIMIT_BYTES=str(limit))
+    reingester = RecordingReingester()
+
+    event = make_firehose_event([payload], kinesis_stream_arn=KINESIS_STREAM_ARN)
+    key = event["records"][0]["kinesisRecordMetadata"]["partitionKey"]
+
+    with capture_logs() as logs:
+        response = run(event, settings, reingester)
+
+    assert [result for _, result in results(response)] == ["Dropped"]
+    pieces = reingester.records
+    assert len(pieces) >= 2
+    original = decode_subscription_batch(payload, max_decompressed_bytes=2**26)
+    decoded = [decode_subscription_batch(data, max_decompressed_bytes=2**26) for data, _ in pieces]
+    assert [event for piece in decoded for event in piece.events] == list(original.events)
+    assert {(piece.log_group, piece.log_stream, piece.owner) for piece in decoded} == {
+        (original.log_group, original.log_stream, original.owner)
+    }
+    assert {piece_key for _, piece_key in pieces} == {key}
+    split = next(line for line in logs if line["event"] == "record_dropped")
+    assert split["reason"] == "split"
+    assert split["pieces"] == len(pieces)
+
+    delivered, failed, _rounds = _settle([payload], settings)
+    assert failed == []
+    assert [obj["event"] for obj in delivered] == lines
+
+
+def test_split_settles_even_when_pieces_are_still_too_large() -> None:
+    """A piece that is still too large is split again when it comes back: all arrive."""
+    # Quotes double in JSON: the first half's output is twice its share of the message
+    # bytes, so the first estimate is low and its pieces must be split again later.
+    lines = [f"{i:03d}" + '"' * 1500 for i in range(16)] + [
+        f"{i:03d}" + "x" * 1500 for i in range(16)
+    ]
+    payload = make_cwl_payload(lines, log_group="/app/noisy", log_stream="s")
+
+    with capture_logs() as logs:
+        delivered, failed, _rounds = _settle(
+            [payload], make_settings(FIREHOSE_RESPONSE_LIMIT_BYTES="8192"), max_rounds=60
+        )
+
+    assert failed == []
+    assert sorted(obj["event"] for obj in delivered) == sorted(lines)
+    splits = [line for line in logs if line.get("reason") == "split"]
+    assert len(splits) >= 2  # the first pieces were split again
+
+
+def test_single_event_too_large_alone_fails_with_original_data() -> None:
+    payload = make_cwl_payload(["y" * 20_000], log_group="/app/huge", log_stream="s")
+    event = make_firehose_event([payload, flow_payload(1)])
+    reingester = RecordingReingester()
+
+    with capture_logs() as logs:
+        response = run(event, make_settings(FIREHOSE_RESPONSE_LIMIT_BYTES="8192"), reingester)
+
+    assert [result for _, result in results(response)] == ["ProcessingFailed", "Ok"]
+    assert response["records"][0]["data"] == event["records"][0]["data"]
+    assert reingester.calls == []
+    assert any(
+        line["event"] == "record_failed" and line["reason"] == "event_too_large" for line in logs
+    )
+
+
+# --- the Lambda entry point -------------------------------------------------------------------
+
+
+class FakeContext:
+    aws_request_id = "c6af9ac6-7b61-11e6-9a41-93e8deadbeef"
+
+    def get_remaining_time_in_millis(self) -> int:
+        return 60_000
+
+
+def test_handler_loads_settings_once_and_binds_the_request_id(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("LOG_FORMAT", "json")
+    monkeypatch.setenv("SPLUNK_SOURCETYPE", "custom:default")
+    event = make_firehose_event([make_cwl_payload(["hello"], log_group="/app/one", log_stream="s")])
+
+    first = handler(event, FakeContext())
+    monkeypatch.setenv("SPLUNK_SOURCETYPE", "changed:later")
+    second = handler(event, FakeContext())
+
+    assert first == second
+    assert hec_objects(first["records"][0]["data"])[0]["sourcetype"] == "custom:default"
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    summaries = [line for line in lines if line["event"] == "firehose_invocation_summarized"]
+    assert len(summaries) == 2
+    assert {line["aws_request_id"] for line in summaries} == {FakeContext.aws_request_id}
+    assert structlog.contextvars.get_contextvars() == {}
+
+
+def test_handler_fails_loudly_on_bad_configuration(monkeypatch: pytest.MonkeyPatch) -> None:
+    from config.loader import ConfigError
+
+    monkeypatch.setenv("EVENT_FORMAT", "xml")
+    with pytest.raises(ConfigError, match="EVENT_FORMAT"):
+        handler(make_firehose_event([]), FakeContext())
+
+
+def test_importing_and_running_the_handler_does_not_import_boto3() -> None:
+    """Cold starts stay light: boto3 arrives only with the first overflow."""
+    code = (
+        "import sys, base64\n"
+        "import transforms.firehose as f\n"
+        "assert 'boto3' not in sys.modules, 'imported at import time'\n"
+        "event = {'records': [{'recordId': '1', 'data': base64.b64encode(b'hi').decode()}]}\n"
+        "assert f.handler(event, None)['records'][0]['result'] == 'Ok'\n"
+        "assert 'boto3' not in sys.modules, 'imported by an invocation without overflow'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, env={"LOG_LEVEL": "ERROR", "PATH": ""})
+
+
+# --- forwarder transform FILE -----------------------------------------------------------------
+
+
+def test_transform_file_contents_reads_a_firehose_event() -> None:
+    lines = make_flow_lines(2)
+    event = make_firehose_event(
+        [make_cwl_payload(lines, log_group=FLOW_GROUP), b"\x1f\x8bbad", b"plain"]
+    )
+
+    texts = transform_file_contents(json.dumps(event).encode(), make_settings())
+
+    assert [json.loads(text)["event"] for text in texts] == [*lines, "plain"]
+
+
+def test_transform_file_contents_reads_a_gzip_payload_and_push_events() -> None:
+    payload = make_cwl_payload(["a", "b"], log_group=LAMBDA_GROUP, log_stream="2025/11/26/[1]a")
+    push = json.dumps({"awslogs": {"data": base64.b64encode(payload).decode()}}).encode()
+
+    for data in (payload, push):
+        texts = transform_file_contents(data, make_settings())
+        assert [json.loads(text)["sourcetype"] for text in texts] == [
+            "aws:cloudwatchlogs:lambda"
+        ] * 2
+
+
+def test_transform_file_contents_reads_direct_flow_records() -> None:
+    lines = make_flow_lines(2)
+    data = "\n".join(json.dumps({"message": line}) for line in lines).encode()
+
+    objects = [json.loads(text) for text in transform_file_contents(data, make_settings())]
+
+    assert [obj["event"] for obj in objects] == lines
+    assert {obj["sourcetype"] for obj in objects} == {"aws:cloudwatchlogs:vpcflow"}
+
+
+def test_transform_file_contents_reads_a_flow_log_file_with_or_without_header() -> None:
+    lines = make_flow_lines(3)
+    header = (
+        "version account-id interface-id srcaddr dstaddr srcport dstport protocol packets "
+        "bytes start end action log-status"
+    )
+    for text in ("\n".join(lines) + "\n", "\n".join([header, *lines])):
+        texts = transform_file_contents(text.encode(), make_settings(), name="flows.log")
+        objects = [json.loads(item) for item in texts]
+        assert [obj["event"] for obj in objects] == lines
+        assert {obj["sourcetype"] for obj in objects} == {"aws:cloudwatchlogs:vpcflow"}
+
+
+# --- transforms.reingest without a network ----------------------------------------------------
+
+
+def test_chunks_respect_count_and_byte_limits() -> None:
+    small = [(b"x" * 10, None)] * 1201
+    assert [len(chunk) for chunk in chunk_records(
+        small, max_records=500, max_bytes=4 * 1024 * 1024, max_record_bytes=1000 * 1024
+    )] == [500, 500, 201]  # fmt: skip
+    big = [(b"x" * (1000 * 1024), "k")] * 9
+    chunks = chunk_records(
+        big, max_records=500, max_bytes=5 * 1024 * 1024, max_record_bytes=1024**2
+    )
+    assert [len(chunk) for chunk in chunks] == [5, 4]
+    with pytest.raises(ReingestError):
+        chunk_records(big, max_records=500, max_bytes=4 * 1024**2, max_record_bytes=1000 * 1024 - 1)
+
+
+class FakeFirehoseClient:
+    """Answers PutRecordBatch like Firehose, failing the first entries of the first calls."""
+
+    def __init__(self, fail: list[int]) -> None:
+        self.fail = fail
+        self.calls: list[list[bytes]] = []
+
+    def put_record_batch(self, DeliveryStreamName: str, Records: list[dict[str, bytes]]) -> Any:
+        self.calls.append([record["Data"] for record in Records])
+        failing = self.fail.pop(0) if self.fail else 0
+        entries = [
+            {"ErrorCode": "ServiceUnavailableException", "ErrorMessage": "slow down"}
+            if i < failing
+            else {"RecordId": f"id-{i}"}
+            for i in range(len(Records))
+        ]
+        return {"FailedPutCount": min(failing, len(Records)), "RequestResponses": entries}
+
+
+def test_failed_entries_are_retried_alone_with_backoff() -> None:
+    client = FakeFirehoseClient(fail=[3, 1])
+    sleeps: list[float] = []
+    reingester = FirehoseReingester(
+        client,  # type: ignore[arg-type]
+        "s",
+        policy=ReingestPolicy(max_attempts=5, backoff_base_s=0.5, backoff_max_s=2.0),
+        sleep=sleeps.append,
+    )
+    records = [(f"r{i}".encode(), None) for i in range(5)]
+
+    with capture_logs() as logs:
+        reingester.put(records)
+
+    assert client.calls == [[b"r0", b"r1", b"r2", b"r3", b"r4"], [b"r0", b"r1", b"r2"], [b"r0"]]
+    assert len(sleeps) == 2 and all(0 <= s <= 2.0 for s in sleeps)
+    retries = [line for line in logs if line["event"] == "reingest_retry_scheduled"]
+    assert [line["failed"] for line in retries] == [3, 1]
+    assert retries[0]["error_codes"] == ["ServiceUnavailableException"]
+
+
+def test_entries_that_keep_failing_raise_after_the_last_attempt() -> None:
+    client = FakeFirehoseClient(fail=[2] * 10)
+    reingester = FirehoseReingester(
+        client,  # type: ignore[arg-type]
+        "s",
+        policy=ReingestPolicy(max_attempts=3),
+        sleep=lambda _s: None,
+    )
+
+    with capture_logs() as logs, pytest.raises(ReingestError) as caught:
+        reingester.put([(b"a", None), (b"b", None), (b"c", None)])
+
+    assert caught.value.failed == 2
+    assert len(client.calls) == 3
+    assert [line["event"] for line in logs][-1] == "reingest_failed"
+
+
+def test_retries_stop_before_the_lambda_runs_out_of_time() -> None:
+    client = FakeFirehoseClient(fail=[1] * 10)
+    remaining = iter([10.0, 3.05, 3.0, 2.0, 1.0])
+    reingester = FirehoseReingester(
+        client,  # type: ignore[arg-type]
+        "s",
+        policy=ReingestPolicy(max_attempts=10, backoff_base_s=0.01, time_margin_s=3.0),
+        remaining_s=lambda: next(remaining),
+        sleep=lambda _s: None,
+    )
+
+    with pytest.raises(ReingestError):
+        reingester.put([(b"a", None)])
+
+    assert 2 <= len(client.calls) <= 3
+
+
+def test_kinesis_entries_without_a_partition_key_get_a_stable_one() -> None:
+    sent: list[dict[str, Any]] = []
+
+    class Client:
+        def put_records(self, StreamName: str, Records: list[dict[str, Any]]) -> Any:
+            sent.extend(Records)
+            return {"FailedRecordCount": 0, "Records": [{"ShardId": "s"} for _ in Records]}
+
+    KinesisReingester(Client(), "cwl").put([(b"a", "key-1"), (b"b", None), (b"b", None)])  # type: ignore[arg-type]
+
+    assert sent[0]["PartitionKey"] == "key-1"
+    assert sent[1]["PartitionKey"] == sent[2]["PartitionKey"] != ""

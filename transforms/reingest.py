@@ -1,0 +1,397 @@
+"""Re-ingestion: put back into the source stream what does not fit in Firehose's response.
+
+The only boto3 user in ``transforms/``; ``transforms.firehose`` imports it lazily, on the first
+invocation that overflows, so the transform's cold start never pays for boto3.
+
+Firehose sources get ``PutRecordBatch`` (at most 500 records and 4 MiB per call, 1000 KiB per
+record); Kinesis sources get ``PutRecords`` (500 records and 5 MiB per call, partition keys
+counted, 1 MiB per record). Both answer 200 even when some entries failed: the per-entry
+``ErrorCode`` (with ``FailedPutCount`` / ``FailedRecordCount``) says which, and only those are
+sent again, with exponential backoff and full jitter, within the Lambda's remaining time. When
+entries still fail, ``ReingestError`` is raised so the invocation fails and Firehose retries it:
+nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+import boto3
+import structlog
+import tenacity
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+if TYPE_CHECKING:
+    from mypy_boto3_firehose import FirehoseClient
+    from mypy_boto3_kinesis import KinesisClient
+
+#: One record to put back: its bytes and, for Kinesis, its partition key.
+ReingestRecord = tuple[bytes, str | None]
+
+#: PutRecordBatch limits (Firehose API reference, "PutRecordBatch").
+FIREHOSE_MAX_BATCH_RECORDS = 500
+FIREHOSE_MAX_BATCH_BYTES = 4 * 1024 * 1024
+FIREHOSE_MAX_RECORD_BYTES = 1000 * 1024
+
+#: PutRecords limits (Kinesis API reference, "PutRecords"); the partition key counts.
+KINESIS_MAX_BATCH_RECORDS = 500
+KINESIS_MAX_BATCH_BYTES = 5 * 1024 * 1024
+KINESIS_MAX_RECORD_BYTES = 1024 * 1024
+
+log = structlog.get_logger()
+
+
+@dataclass(frozen=True, slots=True)
+class ReingestPolicy:
+    """How hard to retry failed entries: the numbers, not the code.
+
+    Attributes:
+        max_attempts: calls per chunk, the first included.
+        backoff_base_s: first backoff step (exponential, full jitter).
+        backoff_max_s: longest single backoff step.
+        time_margin_s: Lambda time kept free for answering Firehose; no retry starts
+            (nor sleeps) into it.
+    """
+
+    max_attempts: int = 8
+    backoff_base_s: float = 0.1
+    backoff_max_s: float = 4.0
+    time_margin_s: float = 3.0
+
+
+class ReingestError(Exception):
+    """Re-ingestion gave up; the invocation must fail so Firehose retries the whole batch."""
+
+    def __init__(self, message: str, *, failed: int, error_codes: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.failed = failed
+        self.error_codes = tuple(error_codes)
+
+
+class _PartialFailure(Exception):
+    """Some entries of one call failed; carries their error codes (internal retry signal)."""
+
+    def __init__(self, error_codes: list[str]) -> None:
+        super().__init__(f"{len(error_codes)} entries failed: {sorted(set(error_codes))}")
+        self.error_codes = error_codes
+
+
+class Reingester(Protocol):
+    """Something that durably puts records back into the source stream or raises."""
+
+    def put(self, records: Sequence[ReingestRecord]) -> None:
+        """Put every record, or raise ``ReingestError``."""
+
+
+def chunk_records(
+    records: Sequence[ReingestRecord], *, max_records: int, max_bytes: int, max_record_bytes: int
+) -> list[list[ReingestRecord]]:
+    """Group records into API calls that respect the service's count and byte limits.
+
+    Args:
+        records: data and partition key of each record, in order.
+        max_records: records per call.
+        max_bytes: bytes per call (data plus partition key).
+        max_record_bytes: bytes per record (data plus partition key).
+
+    Returns:
+        Consecutive chunks, in the input order.
+
+    Raises:
+        ReingestError: a record is larger than one record may be.
+    """
+    chunks: list[list[ReingestRecord]] = []
+    current: list[ReingestRecord] = []
+    current_bytes = 0
+    for data, key in records:
+        size = len(data) + (len(key.encode()) if key else 0)
+        if size > max_record_bytes:
+            raise ReingestError(
+                f"a record of {size} bytes exceeds the {max_record_bytes}-byte record limit",
+                failed=len(records),
+            )
+        if current and (len(current) >= max_records or current_bytes + size > max_bytes):
+            chunks.append(current)
+            current, current_bytes = [], 0
+        current.append((data, key))
+        current_bytes += size
+    if current:
+        chunks.append(current)
+    return chunks
+
+
+def arn_parts(arn: str) -> tuple[str, str]:
+    """The region and resource name of a Firehose or Kinesis stream ARN.
+
+    ``arn:aws:firehose:us-east-1:123456789012:deliverystream/NAME`` -> ("us-east-1", "NAME").
+
+    Raises:
+        ValueError: not a stream ARN.
+    """
+    parts = arn.split(":", 5)
+    if len(parts) != 6 or parts[0] != "arn" or "/" not in parts[5] or not parts[3]:
+        raise ValueError(f"not a stream ARN: {arn!r}")
+    return parts[3], parts[5].split("/", 1)[1]
+
+
+def make_client(service: str, region: str) -> Any:
+    """A boto3 client for ``service`` in ``region``; endpoints follow ``AWS_ENDPOINT_URL*``."""
+    return boto3.client(  # type: ignore[call-overload]
+        service, region_name=region, config=Config(retries={"mode": "standard"})
+    )
+
+
+class _StreamReingester:
+    """Chunking and the retry loop; subclasses make one API call and report failed entries."""
+
+    max_records: int
+    max_bytes: int
+    max_record_bytes: int
+    operation: str
+
+    def __init__(
+        self,
+        *,
+        policy: ReingestPolicy,
+        remaining_s: Callable[[], float] | None,
+        sleep: Callable[[float], None],
+    ) -> None:
+        self.policy = policy
+        self.remaining_s = remaining_s
+        self.sleep = sleep
+        self.calls = 0
+
+    def _send(self, records: list[ReingestRecord]) -> list[tuple[ReingestRecord, str]]:
+        """One API call; returns the records that failed with their error codes, in order."""
+        raise NotImplementedError
+
+    def put(self, records: Sequence[ReingestRecord]) -> None:
+        """Put every record, chunked to the API's limits, retrying failed entries.
+
+        Raises:
+            ReingestError: entries still failed when attempts or Lambda time ran out, or the
+                API call itself failed after botocore's own retries.
+        """
+        chunks = chunk_records(
+            records,
+            max_records=self.max_records,
+            max_bytes=self.max_bytes,
+            max_record_bytes=self.max_record_bytes,
+        )
+        for chunk in chunks:
+            self._put_chunk(chunk)
+
+    def _put_chunk(self, chunk: list[ReingestRecord]) -> None:
+        pending = chunk
+        attempts = 0
+
+        def attempt() -> None:
+            nonlocal pending, attempts
+            self.calls += 1
+            attempts += 1
+            failed = self._send(pending)
+            if failed:
+                pending = [record for record, _code in failed]
+                raise _PartialFailure([code for _record, code in failed])
+
+        def before_sleep(state: tenacity.RetryCallState) -> None:
+            log.warning(
+                "reingest_retry_scheduled",
+                operation=self.operation,
+                failed=len(pending),
+                attempt=state.attempt_number,
+                sleep_s=round(state.upcoming_sleep, 3),
+                error_codes=_error_codes(state),
+            )
+
+        retrying = tenacity.Retrying(
+            stop=tenacity.stop_any(
+                tenacity.stop_after_attempt(self.policy.max_attempts),
+                _StopBeforeDeadline(self.remaining_s, self.policy.time_margin_s),
+            ),
+            wait=tenacity.wait_random_exponential(
+                multiplier=self.policy.backoff_base_s, max=self.policy.backoff_max_s
+            ),
+            retry=tenacity.retry_if_exception_type(_PartialFailure),
+            sleep=self.sleep,
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+        try:
+            retrying(attempt)
+        except _PartialFailure as exc:
+            failure = exc
+        except (BotoCoreError, ClientError) as exc:
+            log.exception(
+                "reingest_failed", operation=self.operation, failed=len(pending), of=len(chunk)
+            )
+            raise ReingestError(f"{self.operation} failed: {exc}", failed=len(pending)) from exc
+        else:
+            return
+        codes = sorted(set(failure.error_codes))
+        log.error(
+            "reingest_failed",
+            operation=self.operation,
+            failed=len(pending),
+            of=len(chunk),
+            attempts=attempts,
+            error_codes=codes,
+        )
+        raise ReingestError(
+            f"{self.operation}: {len(pending)} of {len(chunk)} records still failed ({codes})",
+            failed=len(pending),
+            error_codes=failure.error_codes,
+        ) from failure
+
+
+class _StopBeforeDeadline(tenacity.stop.stop_base):
+    """Stop when the next sleep would eat into the Lambda time kept for answering."""
+
+    def __init__(self, remaining_s: Callable[[], float] | None, margin_s: float) -> None:
+        self.remaining_s = remaining_s
+        self.margin_s = margin_s
+
+    def __call__(self, retry_state: tenacity.RetryCallState) -> bool:
+        if self.remaining_s is None:
+            return False
+        return self.remaining_s() - retry_state.upcoming_sleep < self.margin_s
+
+
+def _error_codes(state: tenacity.RetryCallState) -> list[str]:
+    exc = state.outcome.exception() if state.outcome is not None else None
+    return sorted(set(exc.error_codes)) if isinstance(exc, _PartialFailure) else []
+
+
+class FirehoseReingester(_StreamReingester):
+    """``PutRecordBatch`` into a Firehose delivery stream (DirectPut sources)."""
+
+    max_records = FIREHOSE_MAX_BATCH_RECORDS
+    max_bytes = FIREHOSE_MAX_BATCH_BYTES
+    max_record_bytes = FIREHOSE_MAX_RECORD_BYTES
+    operation = "PutRecordBatch"
+
+    def __init__(
+        self,
+        client: FirehoseClient,
+        stream_name: str,
+        *,
+        policy: ReingestPolicy = ReingestPolicy(),
+        remaining_s: Callable[[], float] | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        super().__init__(policy=policy, remaining_s=remaining_s, sleep=sleep)
+        self.client = client
+        self.stream_name = stream_name
+
+    def close(self) -> None:
+        """Close the client's connections."""
+        self.client.close()
+
+    def _send(self, records: list[ReingestRecord]) -> list[tuple[ReingestRecord, str]]:
+        response = self.client.put_record_batch(
+            DeliveryStreamName=self.stream_name,
+            Records=[{"Data": data} for data, _key in records],
+        )
+        if not response.get("FailedPutCount"):
+            return []
+        return [
+            (record, entry.get("ErrorCode") or "Unknown")
+            for record, entry in zip(records, response["RequestResponses"], strict=True)
+            if "ErrorCode" in entry
+        ]
+
+
+class KinesisReingester(_StreamReingester):
+    """``PutRecords`` into a Kinesis stream, keeping each record's partition key."""
+
+    max_records = KINESIS_MAX_BATCH_RECORDS
+    max_bytes = KINESIS_MAX_BATCH_BYTES
+    max_record_bytes = KINESIS_MAX_RECORD_BYTES
+    operation = "PutRecords"
+
+    def __init__(
+        self,
+        client: KinesisClient,
+        stream_name: str,
+        *,
+        policy: ReingestPolicy = ReingestPolicy(),
+        remaining_s: Callable[[], float] | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        super().__init__(policy=policy, remaining_s=remaining_s, sleep=sleep)
+        self.client = client
+        self.stream_name = stream_name
+
+    def close(self) -> None:
+        """Close the client's connections."""
+        self.client.close()
+
+    def _send(self, records: list[ReingestRecord]) -> list[tuple[ReingestRecord, str]]:
+        response = self.client.put_records(
+            StreamName=self.stream_name,
+            Records=[
+                {"Data": data, "PartitionKey": key or default_partition_key(data)}
+                for data, key in records
+            ],
+        )
+        if not response.get("FailedRecordCount"):
+            return []
+        return [
+            (record, entry.get("ErrorCode") or "Unknown")
+            for record, entry in zip(records, response["Records"], strict=True)
+            if "ErrorCode" in entry
+        ]
+
+
+def default_partition_key(data: bytes) -> str:
+    """A partition key for a record that arrived without one: stable for the same bytes."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def reingester_for(
+    *,
+    delivery_stream_arn: str | None,
+    kinesis_stream_arn: str | None,
+    policy: ReingestPolicy = ReingestPolicy(),
+    remaining_s: Callable[[], float] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> FirehoseReingester | KinesisReingester:
+    """The reingester for an invocation's source: its Kinesis stream if any, else its Firehose.
+
+    Args:
+        delivery_stream_arn: the event's ``deliveryStreamArn``.
+        kinesis_stream_arn: the event's ``sourceKinesisStreamArn`` (Kinesis-sourced streams).
+        policy: retry numbers.
+        remaining_s: seconds the Lambda has left (from the context); None means no deadline.
+        sleep: how to wait between retries (tests pass a recorder).
+
+    Raises:
+        ReingestError: the event names no usable stream ARN.
+    """
+    try:
+        if kinesis_stream_arn:
+            region, name = arn_parts(kinesis_stream_arn)
+            return KinesisReingester(
+                make_client("kinesis", region),
+                name,
+                policy=policy,
+                remaining_s=remaining_s,
+                sleep=sleep,
+            )
+        if delivery_stream_arn:
+            region, name = arn_parts(delivery_stream_arn)
+            return FirehoseReingester(
+                make_client("firehose", region),
+                name,
+                policy=policy,
+                remaining_s=remaining_s,
+                sleep=sleep,
+            )
+    except ValueError as exc:
+        raise ReingestError(f"cannot re-ingest: {exc}", failed=0) from exc
+    raise ReingestError("cannot re-ingest: the event names no source stream ARN", failed=0)
