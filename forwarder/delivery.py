@@ -1,0 +1,824 @@
+"""The deliverer: batch, send with retries, await indexer acks, backsplash what cannot go.
+
+Every event handed to :meth:`Deliverer.submit` ends *acknowledged* (HEC's ack turned true, or a
+200 when the token has acks off), or *backsplashed* with a reason; the :class:`Ledger` counts
+both and balances after :meth:`Deliverer.flush`. If the backsplash itself fails,
+``BacksplashError`` propagates and the events stay counted in flight: the caller decides (the
+daemon spools, a Lambda fails its invocation).
+
+Design: synchronous, one thread. Requests go out one at a time; between and during sends
+(backoff sleeps, backpressure waits) the same thread polls acks for every channel. That keeps
+the bookkeeping simple and exact, and is fast enough because the per-event work is a length
+and a join (see ``forwarder.batching``). One :class:`HecClient` (channel) per URL; URLs take
+turns (round-robin); a URL with connection errors or an unhealthy answer (503 codes 18-20)
+leaves the rotation for ``unhealthy_cooldown_s`` and comes back after a passing health probe.
+Acks are always polled on the channel that took the request; a re-send may go to another URL.
+
+What HEC says, and what happens (DESIGN.md §4):
+    retry (busy, 5xx, timeouts)  back off (full jitter, ``Retry-After``), up to the retry
+                                 duration from the first failure; then backsplash
+    413                          halve and send both halves; a single event: backsplash
+    bad event (6, 12, 13, 15)    cut it out (``invalid-event-number``) or bisect, send the rest,
+                                 backsplash the bad one; 7 (incorrect index) likewise
+    token / channel / URL        fatal: backsplash everything pending and whatever is submitted
+                                 later; ``hec_fatal`` logged with HEC's text and code
+    ack disabled (code 14)       warn once, count, treat the 200 as delivery
+    ack timeout                  re-send (counted as a possible duplicate) within the duration
+"""
+
+from __future__ import annotations
+
+import gzip
+import threading
+import time
+from array import array
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import requests
+import structlog
+from tenacity import RetryCallState
+
+from config.settings import Settings
+from forwarder.acks import AckTracker
+from forwarder.backsplash import BacksplashWriter, NullBacksplash
+from forwarder.batching import Batch, Batcher, halve, isolate, pack
+from forwarder.errors import (
+    AckUnavailableError,
+    BacksplashError,
+    DeliveryError,
+    FatalHecError,
+    RejectedBatchError,
+    RetryableError,
+)
+from forwarder.hec_client import DEFAULT_GZIP_LEVEL, HecClient, SendResult, gzip_body
+from forwarder.hec_protocol import UNHEALTHY_CODES, Outcome
+from forwarder.ledger import Ledger
+from forwarder.retry import RetryBudget, budget_exhausted, build_retrying
+from transforms.records import EncodedEvent, RawTarget
+
+#: While blocked on acks (backpressure, flush), polls start this soon and double up to the
+#: configured poll interval: an ack that is already true is not waited for a whole interval.
+_FIRST_BLOCKED_POLL_S: Final = 0.02
+_MIN_SLEEP_S: Final = 0.001
+
+
+@dataclass(slots=True, eq=False)
+class _Work:
+    """A batch on its way, with its retry budget (shared across re-sends).
+
+    While it waits for its ack the batch is *parked*: only the request body as sent (gzip,
+    about a seventh of the events' size), the payload lengths and the event ids are kept, so
+    ``max_pending`` unacknowledged requests cost little memory. A re-send reuses the body as
+    is; a backsplash cuts it back into the exact payloads.
+    """
+
+    batch: Batch | None
+    count: int
+    raw_target: RawTarget | None
+    arrival_ms: int
+    budget: RetryBudget = field(default_factory=RetryBudget)
+    wire: bytes | None = None  # the request body as sent (gzip-compressed when gzip is on)
+    lengths: array[int] | None = None  # parked: payload sizes, to cut the body into events
+    ids: list[str | None] | None = None  # parked: the events' ids
+
+    @classmethod
+    def of(cls, batch: Batch, budget: RetryBudget | None = None) -> _Work:
+        return cls(batch, len(batch), batch.raw_target, batch.arrival_ms, budget or RetryBudget())
+
+    def park(self) -> None:
+        """Drop the events, keeping what restores them exactly (``wire`` must be set)."""
+        if self.batch is not None and self.wire is not None:
+            events = self.batch.events
+            self.lengths = array("I", [len(event[0]) for event in events])
+            self.ids = [event[1] for event in events]
+            self.batch = None
+
+    def restore(self, gzipped: bool) -> Batch:
+        """The batch, rebuilt from the parked body when it was parked."""
+        if self.batch is not None:
+            return self.batch
+        assert self.wire is not None and self.lengths is not None and self.ids is not None
+        body = gzip.decompress(self.wire) if gzipped else self.wire
+        events: list[EncodedEvent] = []
+        offset = 0
+        for length, event_id in zip(self.lengths, self.ids, strict=True):
+            events.append(EncodedEvent(body[offset : offset + length], event_id))
+            offset += length + 1
+        self.batch = Batch(events, len(body), self.raw_target, self.arrival_ms)
+        self.lengths = self.ids = None
+        return self.batch
+
+
+@dataclass(slots=True, eq=False)
+class _Route:
+    """One HEC URL: its client (channel), its pending acks, its health."""
+
+    client: HecClient
+    acks: AckTracker[_Work]
+    acks_on: bool
+    unhealthy_until: float | None = None
+
+    @property
+    def url(self) -> str:
+        return self.client.url
+
+
+class _GiveUp(Exception):
+    """No attempt can be made (deadline passed while waiting for capacity)."""
+
+    def __init__(self, error_code: str, message: str) -> None:
+        super().__init__(message)
+        self.error_code = error_code
+        self.message = message
+
+
+class Deliverer:
+    """Delivers encoded events to HEC with acks, retries and the backsplash.
+
+    Not thread-safe: one thread submits, flushes and closes (the ledger may be read from any).
+
+    Args:
+        settings: HEC, acks, retry and batching settings.
+        session: a ``requests.Session`` to share; one is made (and closed) when None.
+        backsplash: where undeliverable events go; None: nowhere, so giving up raises
+            ``BacksplashError`` (nothing is ever dropped silently).
+        clock: monotonic clock (ack timeouts, retry duration, linger, deadlines).
+        sleep: how to wait; by default a sleep that a shutdown (``stop_event``) interrupts.
+        stop_event: set on shutdown: no new retries or re-sends; what cannot be sent is
+            backsplashed with ``Splunk.Shutdown``.
+        wall_clock: epoch seconds for arrival timestamps.
+        gzip_level: zlib level for request bodies.
+        log: a structlog logger (bound context welcome).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        session: requests.Session | None = None,
+        backsplash: BacksplashWriter | None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], object] | None = None,
+        stop_event: threading.Event | None = None,
+        wall_clock: Callable[[], float] = time.time,
+        gzip_level: int = DEFAULT_GZIP_LEVEL,
+        log: Any = None,
+    ) -> None:
+        hec = settings.hec
+        if not hec.urls:
+            raise ValueError("no HEC URL configured (SPLUNK_HEC_URL)")
+        self._settings = settings
+        self._endpoint = hec.endpoint
+        self._gzip = hec.gzip
+        self._gzip_level = gzip_level
+        self._policy = settings.retry
+        self._acks_wanted = settings.acks.enabled
+        self._cooldown = hec.unhealthy_cooldown_s
+        self._own_session = session is None
+        self._session = session if session is not None else requests.Session()
+        self._routes = [
+            _Route(
+                HecClient(self._session, hec, url, gzip_level=gzip_level),
+                AckTracker(
+                    timeout_s=settings.acks.timeout_s,
+                    poll_interval_s=settings.acks.poll_interval_s,
+                    max_pending=settings.acks.max_pending,
+                ),
+                acks_on=settings.acks.enabled,
+            )
+            for url in hec.urls
+        ]
+        self._next_route = 0
+        self._clock = clock
+        self._wall_clock = wall_clock
+        self._stop = stop_event if stop_event is not None else threading.Event()
+        self._sleep: Callable[[float], object] = sleep if sleep is not None else self._nap
+        self._batcher = Batcher(
+            settings.batching.max_bytes,
+            settings.batching.max_events,
+            settings.batching.linger_s,
+            clock=clock,
+            wall_ms=lambda: int(wall_clock() * 1000),
+        )
+        self._backsplash: BacksplashWriter = (
+            backsplash if backsplash is not None else NullBacksplash()
+        )
+        self._queue: deque[_Work] = deque()
+        self._fatal: FatalHecError | None = None
+        self._deadline: float | None = None
+        self._ack_unavailable_warned = False
+        self._closed = False
+        self._log = log if log is not None else structlog.get_logger("forwarder.delivery")
+        self.ledger = Ledger()
+
+    # ------------------------------------------------------------------ public API
+
+    @property
+    def fatal(self) -> FatalHecError | None:
+        """The token/channel/URL error that stopped delivery, if any (exit status HEC_FATAL)."""
+        return self._fatal
+
+    @property
+    def pending_acks(self) -> int:
+        """Requests accepted by HEC and not yet acknowledged, over all channels."""
+        return sum(len(route.acks) for route in self._routes)
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        """The HEC URLs, in rotation order."""
+        return tuple(route.url for route in self._routes)
+
+    def submit(self, events: Sequence[EncodedEvent], raw_target: RawTarget | None = None) -> None:
+        """Hand events over for delivery; full batches are sent before this returns.
+
+        May block: while a channel has ``max_pending`` unacknowledged requests (backpressure)
+        and during retry backoff. Partial batches wait for more events, their linger time or
+        :meth:`flush`.
+
+        Args:
+            events: encoded events (payload bytes and CloudWatch event id).
+            raw_target: raw-endpoint metadata for these events (ignored on the event endpoint;
+                batches never mix targets).
+
+        Raises:
+            BacksplashError: events had to be backsplashed and the write failed.
+            RuntimeError: the deliverer is closed.
+        """
+        count = len(events)
+        if not count:
+            return
+        self._check_open()
+        self.ledger.add(events_in=count)
+        if self._endpoint == "event":
+            raw_target = None
+        if self._fatal is not None:
+            message = f"not sent: delivery stopped ({self._fatal.message})"
+            arrival_ms = int(self._wall_clock() * 1000)
+            for batch in pack(events, self._batcher.max_bytes, self._batcher.max_events):
+                self._store(
+                    batch.events,
+                    raw_target=raw_target,
+                    arrival_ms=arrival_ms,
+                    attempts=0,
+                    error_code=self._fatal.error_code,
+                    message=message,
+                )
+            return
+        self._queue.extend(_Work.of(batch) for batch in self._batcher.add(events, raw_target))
+        self._pump()
+
+    def service(self) -> None:
+        """Do what is due without waiting: send aged partial batches, poll due acks, re-send.
+
+        The daemon calls this when idle (see :meth:`next_wakeup`).
+
+        Raises:
+            BacksplashError: a backsplash write failed.
+        """
+        self._check_open()
+        self._pump()
+
+    def next_wakeup(self) -> float | None:
+        """Clock time at which :meth:`service` has something to do, or None."""
+        due = [t for t in (self._batcher.next_due(), self._next_ack_event()) if t is not None]
+        return min(due) if due else None
+
+    def _next_ack_event(self) -> float | None:
+        """Clock time of the next due ack poll or expiry over all channels, or None."""
+        times = [
+            t
+            for route in self._routes
+            for t in (route.acks.next_poll_at(), route.acks.next_expiry_at())
+            if t is not None
+        ]
+        return min(times) if times else None
+
+    def flush(self, deadline: float | None = None) -> None:
+        """Send every partial batch and wait until everything is acknowledged or backsplashed.
+
+        Args:
+            deadline: a time on this deliverer's clock (``time.monotonic()`` by default): what
+                is not acknowledged by then is backsplashed (``Splunk.Deadline``). None: wait
+                as long as acks and retries take (both are bounded by settings).
+
+        Raises:
+            BacksplashError: a backsplash write failed.
+        """
+        self._check_open()
+        self._deadline = deadline
+        try:
+            self._queue.extend(_Work.of(batch) for batch in self._batcher.drain())
+            delay = _FIRST_BLOCKED_POLL_S
+            while True:
+                self._drain_queue()
+                if not self.pending_acks:
+                    break
+                now = self._clock()
+                if deadline is not None and now >= deadline:
+                    break
+                self._poll_routes(force=True)
+                self._expire(self._clock())
+                if self._queue or not self.pending_acks:
+                    continue
+                self._wait(delay)
+                delay = min(delay * 2, self._settings.acks.poll_interval_s)
+            for route in self._routes:
+                for work in route.acks.drain():
+                    self._store_work(
+                        work,
+                        "Splunk.Deadline",
+                        f"not acknowledged by {route.url} before the flush deadline",
+                    )
+        finally:
+            self._deadline = None
+
+    def close(self, deadline: float | None = None, *, summarize: bool = True) -> None:
+        """Flush, log the ledger (``delivery_summarized``) and release the session.
+
+        Args:
+            deadline: as for :meth:`flush`.
+            summarize: log the ledger summary.
+
+        Raises:
+            BacksplashError: a backsplash write failed while flushing.
+        """
+        if self._closed:
+            return
+        try:
+            self.flush(deadline)
+        finally:
+            self._closed = True
+            if summarize:
+                self.ledger.log_summary(self._log, fatal=self._fatal is not None)
+            if self._own_session:
+                self._session.close()
+
+    def __enter__(self) -> Deliverer:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ the send loop
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("Deliverer is closed")
+
+    def _nap(self, seconds: float) -> None:
+        # Wakes early on shutdown; once shut down, waits (for acks) are plain sleeps.
+        if self._stop.is_set():
+            time.sleep(seconds)
+        else:
+            self._stop.wait(seconds)
+
+    def _past_deadline(self) -> bool:
+        return self._deadline is not None and self._clock() >= self._deadline
+
+    def _abort_retries(self) -> bool:
+        return self._fatal is not None or self._past_deadline()
+
+    def _pump(self) -> None:
+        self._queue.extend(_Work.of(batch) for batch in self._batcher.due())
+        self._drain_queue()
+
+    def _drain_queue(self) -> None:
+        while True:
+            while self._queue:
+                self._deliver(self._queue.popleft())
+            self._poll_routes(force=False)
+            self._expire(self._clock())
+            if not self._queue:
+                return
+
+    def _deliver(self, work: _Work) -> None:
+        if self._fatal is not None:
+            self._store_work(
+                work, self._fatal.error_code, f"delivery stopped: {self._fatal.message}"
+            )
+            return
+        if self._past_deadline() or (work.budget.attempts and self._stop.is_set()):
+            self._give_up(work, None)
+            return
+        if work.wire is None:
+            body = work.restore(self._gzip).body()
+            if not body or body.isspace():
+                self._store_work(work, "Splunk.InvalidEvent", "empty payload (HEC code 5 No data)")
+                return
+            work.wire = gzip_body(body, self._gzip_level) if self._gzip else body
+            del body
+        retrying = build_retrying(
+            self._policy,
+            self._stop,
+            clock=self._clock,
+            sleep=self._backoff,
+            budget=work.budget,
+            abort=self._abort_retries,
+            on_retry=self._count_retry,
+            log=self._log.bind(events=work.count),
+        )
+        result: SendResult | None = None
+        route: _Route | None = None
+        try:
+            for attempt in retrying:
+                with attempt:
+                    route = self._choose_route()
+                    result = self._attempt(route, work)
+        except RetryableError as exc:
+            self._give_up(work, exc)
+            return
+        except _GiveUp as exc:
+            self._store_work(work, exc.error_code, exc.message)
+            return
+        except FatalHecError as exc:
+            self._go_fatal(exc, route.url if route is not None else None)
+            self._store_work(work, exc.error_code, exc.message)
+            return
+        assert result is not None and route is not None  # the loop ended without raising
+        self._handle(work, route, result)
+
+    def _attempt(self, route: _Route, work: _Work) -> SendResult:
+        self.ledger.add(requests=1)
+        assert work.wire is not None
+        try:
+            result = route.client.send(
+                work.wire,
+                endpoint=self._endpoint,
+                raw_target=work.raw_target,
+                event_count=work.count,
+                compressed=True,
+            )
+        except RetryableError as exc:
+            self._mark_unhealthy(route, exc.message)
+            if exc.maybe_delivered:
+                self.ledger.add(duplicates_possible=work.count)
+            raise
+        outcome = result.outcome
+        if outcome.action == "retry":
+            if outcome.code in UNHEALTHY_CODES:
+                self._mark_unhealthy(route, outcome.reason)
+            raise RetryableError(
+                f"{route.url}: {outcome.reason}",
+                error_code=outcome.error_code,
+                hec_code=outcome.code,
+                retry_after=outcome.retry_after,
+                url=route.url,
+            )
+        return result
+
+    def _count_retry(self, retry_state: RetryCallState) -> None:
+        self.ledger.add(retries=1)
+
+    def _backoff(self, seconds: float) -> None:
+        """tenacity's sleep: wait, polling acks of every channel meanwhile."""
+        end = self._clock() + seconds
+        while True:
+            self._poll_routes(force=False)
+            now = self._clock()
+            self._expire(now)
+            remaining = end - now
+            if remaining <= 0 or self._stop.is_set() or self._fatal is not None:
+                return
+            wake = self._next_ack_event()  # partial batches wait: we are mid-send
+            step = remaining if wake is None else min(remaining, max(wake - now, _MIN_SLEEP_S))
+            self._sleep(step)
+
+    def _give_up(self, work: _Work, exc: RetryableError | None) -> None:
+        attempts = work.budget.attempts
+        last = f"; last error: {exc.message}" if exc is not None else ""
+        if self._fatal is not None:
+            code, message = self._fatal.error_code, f"delivery stopped: {self._fatal.message}"
+        elif self._past_deadline():
+            code, message = (
+                "Splunk.Deadline",
+                f"flush deadline reached after {attempts} attempts{last}",
+            )
+        elif self._stop.is_set():
+            code, message = "Splunk.Shutdown", f"shutdown after {attempts} attempts{last}"
+        elif exc is not None:
+            code = exc.error_code
+            message = f"gave up after {attempts} attempts{last}"
+        else:
+            code, message = "Splunk.ServerError", f"gave up after {attempts} attempts"
+        self._store_work(work, code, message)
+
+    def _handle(self, work: _Work, route: _Route, result: SendResult) -> None:
+        outcome = result.outcome
+        action = outcome.action
+        if action == "ok":
+            self.ledger.add(batches_sent=1, bytes_sent=result.wire_bytes)
+            self._log.debug(
+                "batch_sent",
+                url=route.url,
+                events=work.count,
+                bytes=result.wire_bytes,
+                ack_id=result.ack_id,
+            )
+            if route.acks_on and result.ack_id is not None:
+                work.park()
+                displaced = route.acks.add(result.ack_id, work, self._clock())
+                if displaced is not None:
+                    self._ack_expired(displaced, route, "HEC reused its ackId")
+            elif route.acks_on:
+                # Acks wanted, none given: the token has indexer acknowledgment off.
+                self._acks_unavailable(route, f"{route.url} answered 200 without an ackId")
+                self._acknowledge(work, unconfirmed=True)
+            else:
+                self._acknowledge(work, unconfirmed=self._acks_wanted)
+            return
+        batch = work.restore(self._gzip)
+        work.wire = None  # any re-send of these events builds a new body
+        if action == "split":
+            if len(batch) > 1:
+                self._requeue_front(work, halve(batch))
+            else:
+                self._reject(
+                    work,
+                    route,
+                    outcome,
+                    f"{outcome.reason}: one event of {batch.nbytes} bytes is more than HEC takes",
+                )
+        elif action == "isolate":
+            self._isolate(work, route, outcome)
+        elif action == "ack_unavailable" and route.acks_on:
+            # 400 code 14 on a data request: send it again without expecting an ack.
+            self._acks_unavailable(route, f"{route.url}: {outcome.reason}")
+            self._queue.appendleft(work)
+        elif action == "fatal":
+            self._go_fatal(
+                FatalHecError(
+                    f"{route.url}: {outcome.reason}",
+                    error_code=outcome.error_code,
+                    hec_code=outcome.code,
+                ),
+                route.url,
+            )
+            self._store_work(work, outcome.error_code, f"{route.url}: {outcome.reason}")
+        else:  # reject, or ack_unavailable again with acks already off
+            self._reject(work, route, outcome, outcome.reason)
+
+    def _requeue_front(self, work: _Work, parts: Sequence[Batch | None]) -> None:
+        for part in reversed(parts):
+            if part is not None:
+                self._queue.appendleft(_Work.of(part, work.budget.copy()))
+
+    def _reject(self, work: _Work, route: _Route, outcome: Outcome, message: str) -> None:
+        self._log.error(
+            "hec_rejected",
+            url=route.url,
+            code=outcome.code,
+            reason=message,
+            events=work.count,
+            error_code=outcome.error_code,
+        )
+        self._store_work(work, outcome.error_code, f"{route.url}: {message}")
+
+    def _isolate(self, work: _Work, route: _Route, outcome: Outcome) -> None:
+        batch = work.restore(self._gzip)
+        index = outcome.invalid_event
+        if index is not None and 0 <= index < len(batch):
+            before, bad, after = isolate(batch, index)
+            self._log.error(
+                "hec_rejected",
+                url=route.url,
+                code=outcome.code,
+                reason=outcome.reason,
+                events=1,
+                event_number=index,
+                error_code=outcome.error_code,
+            )
+            if before is not None:
+                # Splunk may have indexed the events ahead of the bad one: sending them again
+                # is the at-least-once choice, and a possible duplicate.
+                self.ledger.add(duplicates_possible=len(before))
+            self._requeue_front(work, (before, after))
+            self._store(
+                [bad],
+                raw_target=batch.raw_target,
+                arrival_ms=batch.arrival_ms,
+                attempts=work.budget.attempts,
+                error_code=outcome.error_code,
+                message=f"{route.url}: {outcome.reason} (event {index} of the request)",
+            )
+        elif len(batch) > 1:
+            self._requeue_front(work, halve(batch))  # bisect towards the bad event
+        else:
+            self._reject(work, route, outcome, outcome.reason)
+
+    def _acknowledge(self, work: _Work, *, unconfirmed: bool = False) -> None:
+        count = work.count
+        if unconfirmed:
+            self.ledger.add(acknowledged=count, ack_unavailable=1)
+        else:
+            self.ledger.add(acknowledged=count)
+
+    # ------------------------------------------------------------------ URLs and health
+
+    def _choose_route(self) -> _Route:
+        """The next URL in rotation with room for another unacknowledged request."""
+        delay = _FIRST_BLOCKED_POLL_S
+        while True:
+            now = self._clock()
+            routes = self._routes
+            healthy = [route for route in routes if self._in_rotation(route, now)]
+            candidates = healthy or routes  # all unwell: keep trying, the backoff paces us
+            count = len(routes)
+            for step in range(count):
+                index = (self._next_route + step) % count
+                route = routes[index]
+                if route in candidates and not (route.acks_on and route.acks.full):
+                    self._next_route = index + 1
+                    return route
+            # Backpressure: every usable channel is full. Poll acks until one has room.
+            if self._past_deadline():
+                raise _GiveUp("Splunk.Deadline", "flush deadline reached waiting for acks")
+            self._poll_routes(force=True)
+            self._expire(self._clock())
+            if any(not (r.acks_on and r.acks.full) for r in candidates):
+                continue
+            self._wait(delay)
+            delay = min(delay * 2, self._settings.acks.poll_interval_s)
+
+    def _in_rotation(self, route: _Route, now: float) -> bool:
+        if route.unhealthy_until is None:
+            return True
+        if now < route.unhealthy_until:
+            return False
+        healthy, code, reason = route.client.health()
+        if healthy:
+            route.unhealthy_until = None
+            self._log.info("hec_url_recovered", url=route.url, code=code)
+            return True
+        route.unhealthy_until = self._clock() + self._cooldown
+        self._log.debug("hec_url_probe_failed", url=route.url, code=code, reason=reason)
+        return False
+
+    def _mark_unhealthy(self, route: _Route, reason: str) -> None:
+        if route.unhealthy_until is None:
+            self._log.warning(
+                "hec_url_unhealthy", url=route.url, reason=reason, cooldown_s=self._cooldown
+            )
+        route.unhealthy_until = self._clock() + self._cooldown
+
+    # ------------------------------------------------------------------ acks
+
+    def _wait(self, seconds: float) -> None:
+        """Sleep up to ``seconds``, no later than the deadline or the next due poll/expiry."""
+        now = self._clock()
+        limit = seconds
+        if self._deadline is not None:
+            limit = min(limit, self._deadline - now)
+        for route in self._routes:
+            expiry = route.acks.next_expiry_at()
+            if expiry is not None:
+                limit = min(limit, expiry - now)
+        self._sleep(max(limit, _MIN_SLEEP_S))
+
+    def _poll_routes(self, *, force: bool) -> None:
+        now = self._clock()
+        for route in self._routes:
+            if route.acks_on and len(route.acks) and (force or route.acks.poll_due(now)):
+                self._poll(route)
+
+    def _poll(self, route: _Route) -> None:
+        ids = route.acks.ids()
+        self.ledger.add(ack_polls=1)
+        try:
+            answer = route.client.query_acks(ids)
+        except AckUnavailableError as exc:
+            route.acks.polled(self._clock())
+            self._acks_unavailable(route, exc.message)
+            return
+        except FatalHecError as exc:
+            route.acks.polled(self._clock())
+            self._go_fatal(exc, route.url)
+            return
+        except (RetryableError, RejectedBatchError) as exc:
+            route.acks.polled(self._clock())
+            self._log.debug("ack_poll_failed", url=route.url, reason=exc.message)
+            return
+        route.acks.polled(self._clock())
+        for work in route.acks.confirm(answer):
+            self._acknowledge(work)
+            self._log.debug("ack_confirmed", url=route.url, events=work.count)
+
+    def _expire(self, now: float) -> None:
+        for route in self._routes:
+            for work in route.acks.expire(now):
+                self._ack_expired(work, route, f"no ack within {route.acks.timeout_s:g}s")
+
+    def _ack_expired(self, work: _Work, route: _Route, why: str) -> None:
+        now = self._clock()
+        if work.budget.started_at is None:
+            work.budget.started_at = now  # the ack timeout is this batch's first failure
+        message = f"{route.url}: {why}"
+        if self._fatal is not None:
+            self._store_work(
+                work, self._fatal.error_code, f"delivery stopped: {self._fatal.message}"
+            )
+            return
+        exhausted = budget_exhausted(self._policy, work.budget, now)
+        resend = not (exhausted or self._stop.is_set() or self._past_deadline())
+        self._log.warning(
+            "ack_expired",
+            url=route.url,
+            events=work.count,
+            reason=why,
+            resend=resend,
+            attempts=work.budget.attempts,
+        )
+        if resend:
+            self.ledger.add(resends=1, duplicates_possible=work.count)
+            self._queue.append(work)
+        else:
+            self._store_work(
+                work, "Splunk.AckTimeout", f"{message} after {work.budget.attempts} attempts"
+            )
+
+    def _acks_unavailable(self, route: _Route, reason: str) -> None:
+        """The token has acks off: what this channel was waiting for is delivered on its 200."""
+        route.acks_on = False
+        if not self._ack_unavailable_warned:
+            self._ack_unavailable_warned = True
+            self._log.warning("hec_ack_unavailable", url=route.url, reason=reason)
+        for work in route.acks.drain():
+            self._acknowledge(work, unconfirmed=True)
+
+    # ------------------------------------------------------------------ giving up
+
+    def _go_fatal(self, exc: DeliveryError, url: str | None) -> None:
+        if self._fatal is not None:
+            return
+        self._fatal = (
+            exc
+            if isinstance(exc, FatalHecError)
+            else FatalHecError(exc.message, error_code=exc.error_code, hec_code=exc.hec_code)
+        )
+        self._log.critical(
+            "hec_fatal",
+            url=url,
+            code=exc.hec_code,
+            reason=exc.message,
+            error_code=exc.error_code,
+            action="stopped; everything pending goes to the backsplash",
+        )
+        message = f"delivery stopped: {exc.message}"
+        for route in self._routes:
+            if route.acks_on and len(route.acks):
+                self._poll(route)  # last chance: what is already acknowledged is not re-stored
+            for work in route.acks.drain():
+                self._store_work(work, exc.error_code, message)
+        while self._queue:
+            self._store_work(self._queue.popleft(), exc.error_code, message)
+        for batch in self._batcher.drain():
+            self._store_work(_Work.of(batch), exc.error_code, message)
+
+    def _store_work(self, work: _Work, error_code: str, message: str) -> None:
+        batch = work.restore(self._gzip)
+        self._store(
+            batch.events,
+            raw_target=batch.raw_target,
+            arrival_ms=batch.arrival_ms,
+            attempts=work.budget.attempts,
+            error_code=error_code,
+            message=message,
+        )
+
+    def _store(
+        self,
+        events: Sequence[EncodedEvent],
+        *,
+        raw_target: RawTarget | None,
+        arrival_ms: int,
+        attempts: int,
+        error_code: str,
+        message: str,
+    ) -> None:
+        count = len(events)
+        try:
+            key = self._backsplash.write(
+                events,
+                error_code=error_code,
+                error_message=message,
+                attempts=attempts,
+                endpoint=self._endpoint,
+                raw_target=raw_target,
+                arrival_ms=arrival_ms,
+            )
+        except BacksplashError as exc:
+            self.ledger.add(backsplash_failed=count)
+            self._log.critical(
+                "backsplash_failed",
+                reason=exc.message,
+                events=count,
+                error_code=error_code,
+                error_message=message,
+            )
+            raise
+        self.ledger.add(backsplashed=count, backsplash_objects=1)
+        self._log.warning(
+            "backsplash_written", key=key, events=count, error_code=error_code, reason=message
+        )

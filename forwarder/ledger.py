@@ -1,0 +1,126 @@
+"""The delivery ledger: every event in ends acknowledged, backsplashed or dropped with a reason.
+
+``events_in == acknowledged + backsplashed + dropped + in_flight``; after a flush ``in_flight``
+is 0 and the ledger *balances*. Events whose backsplash write failed stay in flight (they are
+neither delivered nor stored: the caller must fail loudly). Counts are per event unless named
+otherwise (requests, polls and resends count HTTP requests and batches). Thread-safe.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import structlog
+
+_COUNTERS = (
+    "events_in",
+    "acknowledged",
+    "backsplashed",
+    "backsplash_failed",
+    "requests",
+    "retries",
+    "ack_polls",
+    "resends",
+    "duplicates_possible",
+    "ack_unavailable",
+    "bytes_sent",
+    "batches_sent",
+    "backsplash_objects",
+)
+
+
+class Ledger:
+    """Counters for one invocation, run or process.
+
+    Attributes:
+        events_in: events handed to the deliverer (plus those dropped before it, see ``drop``).
+        acknowledged: events Splunk acknowledged (or accepted with a 200 when acks are off).
+        backsplashed: events durably written to the backsplash.
+        backsplash_failed: events whose backsplash write failed (still in flight).
+        dropped: events dropped on purpose, by reason (control messages, filtered).
+        requests: data requests sent (first attempts, retries and re-sends).
+        retries: backoff sleeps scheduled.
+        ack_polls: ack queries sent.
+        resends: batches re-sent because their ack expired.
+        duplicates_possible: events re-sent although HEC may already have them (ack expired,
+            read timeout, events before a bad one).
+        ack_unavailable: requests accepted without indexer acknowledgment (token has acks off).
+        bytes_sent: request bytes on the wire (after gzip).
+        batches_sent: requests HEC accepted.
+        backsplash_objects: backsplash objects written.
+    """
+
+    events_in: int
+    acknowledged: int
+    backsplashed: int
+    backsplash_failed: int
+    requests: int
+    retries: int
+    ack_polls: int
+    resends: int
+    duplicates_possible: int
+    ack_unavailable: int
+    bytes_sent: int
+    batches_sent: int
+    backsplash_objects: int
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        for name in _COUNTERS:
+            setattr(self, name, 0)
+        self.dropped: dict[str, int] = {}
+
+    def add(self, **counts: int) -> None:
+        """Add to counters atomically: ``ledger.add(requests=1, bytes_sent=n)``.
+
+        Raises:
+            AttributeError: an unknown counter name.
+        """
+        with self._lock:
+            for name, n in counts.items():
+                if name not in _COUNTERS:
+                    raise AttributeError(f"unknown ledger counter {name!r}")
+                setattr(self, name, getattr(self, name) + n)
+
+    def drop(self, reason: str, count: int = 1) -> None:
+        """Record events that came in and were dropped on purpose (counts them in, too)."""
+        with self._lock:
+            self.events_in += count
+            self.dropped[reason] = self.dropped.get(reason, 0) + count
+
+    @property
+    def dropped_total(self) -> int:
+        """All dropped events, whatever the reason."""
+        return sum(self.dropped.values())
+
+    @property
+    def in_flight(self) -> int:
+        """Events neither acknowledged, backsplashed nor dropped (yet)."""
+        return self.events_in - self.acknowledged - self.backsplashed - self.dropped_total
+
+    def balanced(self) -> bool:
+        """True when every event in is acknowledged, backsplashed or dropped."""
+        return self.in_flight == 0
+
+    def summary(self) -> dict[str, Any]:
+        """All counters as a dict (``dropped`` by reason), plus ``in_flight`` and ``balanced``."""
+        with self._lock:
+            data: dict[str, Any] = {name: getattr(self, name) for name in _COUNTERS}
+            data["dropped"] = dict(self.dropped)
+        data["in_flight"] = (
+            data["events_in"]
+            - data["acknowledged"]
+            - data["backsplashed"]
+            - sum(data["dropped"].values())
+        )
+        data["balanced"] = data["in_flight"] == 0
+        return data
+
+    def log_summary(self, log: Any = None, **context: Any) -> dict[str, Any]:
+        """Log ``delivery_summarized`` (warning when unbalanced) and return the summary."""
+        logger = log if log is not None else structlog.get_logger("forwarder.ledger")
+        data = self.summary()
+        method = logger.info if data["balanced"] else logger.warning
+        method("delivery_summarized", **context, **data)
+        return data
