@@ -1,0 +1,296 @@
+"""Replay state: a local SQLite file recording finished objects and handled records.
+
+An object is identified by bucket, key and ETag (a rewritten object is a new object). While an
+object is being replayed, every *handled* record (its events acknowledged by HEC, or stored
+under ``replay-failed/``) gets a row with its record number (0-based position in the object)
+and its ``EventId``; rows are written in one transaction per chunk, after the deliverer
+flushed that chunk, so a crash loses at most the chunk in flight (which is then re-sent: at
+least once). When every record of an object is handled the object is marked ``done`` and its
+record rows are deleted: the ``objects`` row is what makes a second run skip it unread.
+
+Schema (``PRAGMA user_version`` = 1)::
+
+    objects(id INTEGER PRIMARY KEY, bucket, key, etag, size, kind,
+            status 'partial'|'done', records_handled, events_delivered, events_failed,
+            disposition 'kept'|'archived'|'deleted'|NULL, started_at, updated_at, finished_at,
+            UNIQUE(bucket, key, etag))
+    records(object_id, record_no, event_id, events, outcome 'delivered'|'replay-failed'|'mixed',
+            PRIMARY KEY(object_id, record_no)) WITHOUT ROWID
+
+The file uses WAL journaling, so one connection per thread can work at once.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Final, Literal
+
+SCHEMA_VERSION: Final = 1
+Outcome = Literal["delivered", "replay-failed", "mixed"]
+
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS objects (
+    id INTEGER PRIMARY KEY,
+    bucket TEXT NOT NULL,
+    key TEXT NOT NULL,
+    etag TEXT NOT NULL,
+    size INTEGER,
+    kind TEXT,
+    status TEXT NOT NULL DEFAULT 'partial' CHECK (status IN ('partial', 'done')),
+    records_handled INTEGER NOT NULL DEFAULT 0,
+    events_delivered INTEGER NOT NULL DEFAULT 0,
+    events_failed INTEGER NOT NULL DEFAULT 0,
+    disposition TEXT,
+    started_at REAL,
+    updated_at REAL,
+    finished_at REAL,
+    UNIQUE (bucket, key, etag)
+);
+CREATE TABLE IF NOT EXISTS records (
+    object_id INTEGER NOT NULL REFERENCES objects (id),
+    record_no INTEGER NOT NULL,
+    event_id TEXT,
+    events INTEGER NOT NULL,
+    outcome TEXT NOT NULL,
+    PRIMARY KEY (object_id, record_no)
+) WITHOUT ROWID;
+"""
+
+
+class HandledRecords:
+    """Which record numbers of an object are handled, as sorted disjoint ranges.
+
+    Built once per object from the state; costs memory per *gap*, not per record, so a
+    resumed huge object stays cheap (an uninterrupted run leaves one range).
+    """
+
+    __slots__ = ("_ends", "_starts")
+
+    def __init__(self, numbers: Iterable[int] = ()) -> None:
+        starts: list[int] = []
+        ends: list[int] = []  # inclusive
+        for number in numbers:  # ascending
+            if ends and number == ends[-1] + 1:
+                ends[-1] = number
+            elif not ends or number > ends[-1]:
+                starts.append(number)
+                ends.append(number)
+        self._starts = starts
+        self._ends = ends
+
+    def __contains__(self, number: object) -> bool:
+        if not isinstance(number, int) or not self._starts:
+            return False
+        position = bisect.bisect_right(self._starts, number) - 1
+        return position >= 0 and number <= self._ends[position]
+
+    def __len__(self) -> int:
+        return sum(end - start + 1 for start, end in zip(self._starts, self._ends, strict=True))
+
+    @property
+    def ranges(self) -> list[tuple[int, int]]:
+        """The handled ranges, inclusive."""
+        return list(zip(self._starts, self._ends, strict=True))
+
+
+class ReplayState:
+    """One connection to the state file (open one per thread).
+
+    Args:
+        path: the SQLite file (parent directories are created), or ``:memory:``.
+        readonly: open without writing (dry runs); a missing file reads as empty.
+        clock: wall clock for the timestamps.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        readonly: bool = False,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.path = str(path)
+        self.readonly = readonly
+        self._clock = clock
+        self._conn: sqlite3.Connection | None
+        if readonly:
+            if self.path != ":memory:" and not Path(self.path).is_file():
+                self._conn = None
+                return
+            uri = f"file:{Path(self.path).resolve()}?mode=ro" if self.path != ":memory:" else ""
+            self._conn = (
+                sqlite3.connect(uri, uri=True, timeout=30)
+                if uri
+                else sqlite3.connect(":memory:", timeout=30)
+            )
+            return
+        if self.path != ":memory:":
+            Path(self.path).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        conn.execute("PRAGMA journal_mode=WAL")
+        # NORMAL in WAL mode: a power cut may forget the last chunks (re-sent: at least once),
+        # never corrupt the file.
+        conn.execute("PRAGMA synchronous=NORMAL")
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version not in (0, SCHEMA_VERSION):
+            conn.close()
+            raise ValueError(
+                f"{self.path}: replay state schema {version} is newer than this forwarder "
+                f"({SCHEMA_VERSION})"
+            )
+        conn.executescript(_SCHEMA)
+        conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        self._conn = conn
+
+    def close(self) -> None:
+        """Close the connection."""
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def __enter__(self) -> ReplayState:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _tables_exist(self) -> bool:
+        if self._conn is None:
+            return False
+        row = self._conn.execute(
+            "SELECT count(*) FROM sqlite_master WHERE type='table' AND name='objects'"
+        ).fetchone()
+        return bool(row[0])
+
+    def _write_conn(self) -> sqlite3.Connection:
+        if self._conn is None or self.readonly:
+            raise RuntimeError("the replay state is open read-only")
+        return self._conn
+
+    # ------------------------------------------------------------------ reads
+
+    def is_done(self, bucket: str, key: str, etag: str) -> bool:
+        """Whether this object (this ETag) was fully replayed."""
+        if not self._tables_exist():
+            return False
+        assert self._conn is not None
+        row = self._conn.execute(
+            "SELECT status FROM objects WHERE bucket=? AND key=? AND etag=?", (bucket, key, etag)
+        ).fetchone()
+        return row is not None and row[0] == "done"
+
+    def handled(self, bucket: str, key: str, etag: str) -> HandledRecords:
+        """The record numbers of this object already handled by earlier runs."""
+        if not self._tables_exist():
+            return HandledRecords()
+        assert self._conn is not None
+        cursor = self._conn.execute(
+            "SELECT r.record_no FROM records r JOIN objects o ON o.id = r.object_id "
+            "WHERE o.bucket=? AND o.key=? AND o.etag=? ORDER BY r.record_no",
+            (bucket, key, etag),
+        )
+        return HandledRecords(row[0] for row in cursor)
+
+    def objects(self) -> list[dict[str, object]]:
+        """Every object row, for reports and tests."""
+        if not self._tables_exist():
+            return []
+        assert self._conn is not None
+        cursor = self._conn.execute("SELECT * FROM objects ORDER BY bucket, key")
+        names = [column[0] for column in cursor.description]
+        return [dict(zip(names, row, strict=True)) for row in cursor]
+
+    def record_rows(self, bucket: str, key: str) -> list[tuple[int, str | None, int, str]]:
+        """``(record_no, event_id, events, outcome)`` rows of an object's current versions."""
+        if not self._tables_exist():
+            return []
+        assert self._conn is not None
+        return list(
+            self._conn.execute(
+                "SELECT r.record_no, r.event_id, r.events, r.outcome FROM records r "
+                "JOIN objects o ON o.id = r.object_id WHERE o.bucket=? AND o.key=? "
+                "ORDER BY r.record_no",
+                (bucket, key),
+            )
+        )
+
+    # ------------------------------------------------------------------ writes
+
+    def begin_object(self, bucket: str, key: str, etag: str, size: int, kind: str | None) -> int:
+        """The object's row id, creating the row (status ``partial``) on first sight."""
+        conn = self._write_conn()
+        now = self._clock()
+        conn.execute(
+            "INSERT INTO objects (bucket, key, etag, size, kind, started_at, updated_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (bucket, key, etag) DO NOTHING",
+            (bucket, key, etag, size, kind, now, now),
+        )
+        row = conn.execute(
+            "SELECT id FROM objects WHERE bucket=? AND key=? AND etag=?", (bucket, key, etag)
+        ).fetchone()
+        return int(row[0])
+
+    def record_chunk(
+        self,
+        object_id: int,
+        rows: Sequence[tuple[int, str | None, int, Outcome]],
+        *,
+        delivered: int,
+        failed: int,
+    ) -> None:
+        """Mark records handled, in one transaction.
+
+        Args:
+            object_id: from :meth:`begin_object`.
+            rows: ``(record_no, event_id, events, outcome)`` per handled record.
+            delivered: events of these records HEC acknowledged.
+            failed: events of these records stored under ``replay-failed/``.
+        """
+        conn = self._write_conn()
+        with _transaction(conn):
+            conn.executemany(
+                "INSERT OR REPLACE INTO records (object_id, record_no, event_id, events, outcome) "
+                "VALUES (?, ?, ?, ?, ?)",
+                ((object_id, *row) for row in rows),
+            )
+            conn.execute(
+                "UPDATE objects SET records_handled = records_handled + ?, "
+                "events_delivered = events_delivered + ?, events_failed = events_failed + ?, "
+                "updated_at = ? WHERE id = ?",
+                (len(rows), delivered, failed, self._clock(), object_id),
+            )
+
+    def finish_object(self, object_id: int) -> None:
+        """Mark the object done and forget its per-record rows."""
+        conn = self._write_conn()
+        now = self._clock()
+        with _transaction(conn):
+            conn.execute(
+                "UPDATE objects SET status='done', finished_at=?, updated_at=? WHERE id=?",
+                (now, now, object_id),
+            )
+            conn.execute("DELETE FROM records WHERE object_id=?", (object_id,))
+
+    def set_disposition(self, object_id: int, disposition: str) -> None:
+        """Record what happened to a done object: ``kept``, ``archived`` or ``deleted``."""
+        self._write_conn().execute(
+            "UPDATE objects SET disposition=?, updated_at=? WHERE id=?",
+            (disposition, self._clock(), object_id),
+        )
+
+
+@contextlib.contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error) on an autocommit connection."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
