@@ -1,0 +1,517 @@
+"""``forwarder daemon``: read a source, deliver with acks, checkpoint, serve health and metrics.
+
+The loop, in cycles: poll the source, transform each record, hand the events to the
+:class:`~forwarder.delivery.Deliverer`; every ``checkpoint_interval_s`` seconds or
+``checkpoint_max_records`` records, :meth:`Deliverer.flush` (everything acknowledged or
+backsplashed) and only then commit the source (Kinesis checkpoint, SQS delete). So a
+checkpoint never passes a record with an event still in doubt, and a ``kill -9`` costs at most
+one cycle of duplicates.
+
+Signals (two stages): the first SIGTERM/SIGINT stops reading; what is in flight is flushed
+with a deadline of ``shutdown_grace_s`` (what is still unacknowledged then is backsplashed,
+``Splunk.Deadline``), the source is committed and the exit status is 0. A second signal
+aborts the wait: everything pending is backsplashed at once, committed, exit 130.
+
+The backsplash is S3 with the local spool behind it (``BACKSPLASH_SPOOL_DIR``): while S3 is
+unreachable objects go to the spool, which is drained to S3 every ``spool_drain_interval_s``
+and at start-up (so it survives restarts). If even the spool fails, the daemon stops without
+committing (exit 6): a restart resumes from the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from types import FrameType
+from typing import Any, BinaryIO, Final
+
+import requests
+import structlog
+
+from config.daemon import DaemonSettings, load_daemon_settings
+from config.loader import read_toml, require_hec
+from config.settings import Settings
+from forwarder.backsplash import BacksplashWriter, FallbackBacksplash, backsplash_from_settings
+from forwarder.checkpoints import (
+    CheckpointStore,
+    DynamoCheckpointStore,
+    FileCheckpointStore,
+    MemoryCheckpointStore,
+)
+from forwarder.delivery import Deliverer
+from forwarder.errors import BacksplashError
+from forwarder.hec_client import HecClient
+from forwarder.ledger import Ledger
+from forwarder.metrics import DaemonState, MetricsServer
+from forwarder.sources import (
+    FileSource,
+    KinesisSource,
+    Source,
+    SourceRecord,
+    SqsS3Source,
+    store_unprocessable,
+)
+from transforms.errors import TransformError
+from transforms.pipeline import EncodedBatch, transform_lines, transform_payload
+
+EXIT_OK: Final = 0
+EXIT_FAILURE: Final = 1
+EXIT_USAGE: Final = 2
+EXIT_HEC_FATAL: Final = 4
+EXIT_INCOMPLETE: Final = 5
+EXIT_BACKSPLASH_FAILED: Final = 6
+EXIT_INTERRUPTED: Final = 130
+
+#: How far the clock jumps on the second signal: every deadline and ack timeout is then past,
+#: so the deliverer backsplashes what is pending at once (see :class:`_AbortableClock`).
+_ABORT_JUMP_S: Final = 1e9
+_ATTACH_RETRY_S: Final = 5.0
+_GRACE_SLACK_S: Final = 1.0
+
+_log = structlog.get_logger("forwarder.daemon")
+
+
+class _AbortableClock:
+    """``time.monotonic`` that can jump far ahead, to make a flush end now.
+
+    The Deliverer has no "abort" call; its flush ends when its clock passes the deadline. On
+    the second signal the clock jumps, so every deadline and ack timeout is past and what is
+    pending is backsplashed right away (the deliverer's sleeps also end: its stop event is set).
+    """
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.monotonic() + self.offset
+
+    def jump(self) -> None:
+        self.offset += _ABORT_JUMP_S
+
+
+def _boto_client(service: str) -> Any:
+    import boto3  # noqa: PLC0415 - only the daemon's AWS sources need it
+    from botocore.config import Config  # noqa: PLC0415
+
+    return boto3.client(service, config=Config(retries={"mode": "standard"}))  # type: ignore[call-overload]
+
+
+class Daemon:
+    """One daemon run; usable in-process (tests, ``make demo``) or from :func:`main`.
+
+    Args:
+        settings: HEC, delivery and backsplash settings (token resolved).
+        daemon_settings: the ``[daemon]`` and ``[source]`` settings.
+        client_factory: builds boto3 clients by service name.
+        source: a ready-made source (tests); built from ``daemon_settings`` when None.
+        backsplash: a ready-made backsplash; from settings (S3 + spool) when None.
+        stdin: the stream for the stdin source.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        daemon_settings: DaemonSettings,
+        *,
+        client_factory: Callable[[str], Any] = _boto_client,
+        source: Source | None = None,
+        backsplash: BacksplashWriter | None = None,
+        stdin: BinaryIO | None = None,
+    ) -> None:
+        self.settings = settings
+        self.daemon_settings = daemon_settings
+        self.stop_event = threading.Event()
+        self.abort_event = threading.Event()
+        self._clock = _AbortableClock()
+        self._clients = client_factory
+        self._signals = 0
+        self._forced = False
+        self._stop_deadline: float | None = None
+        self._grace_timer: threading.Timer | None = None
+        self.backsplash: BacksplashWriter = (
+            backsplash
+            if backsplash is not None
+            else backsplash_from_settings(
+                settings.backsplash,
+                s3_client=client_factory("s3") if settings.backsplash.bucket else None,
+                use_spool=True,
+            )
+        )
+        self.deliverer = Deliverer(
+            settings,
+            backsplash=self.backsplash,
+            clock=self._clock,
+            stop_event=self.abort_event,
+            log=_log,
+        )
+        self.source: Source = source if source is not None else self._build_source(stdin)
+        self.state = DaemonState(
+            ledger=self.deliverer.ledger,
+            pending_acks=lambda: self.deliverer.pending_acks,
+            source_lag=self.source.lag_seconds,
+            source_attached=lambda: self.source.attached,
+            hec_probe=self._probe_hec,
+            spool_dir=settings.backsplash.spool_dir,
+            stall_after_s=max(300.0, daemon_settings.shutdown_grace_s * 2),
+            probe_ttl_s=daemon_settings.health_check_interval_s,
+        )
+        self.metrics: MetricsServer | None = None
+        self._probe_session = requests.Session()
+        self._next_drain = 0.0
+
+    # ------------------------------------------------------------------ building
+
+    def _checkpoint_store(self) -> CheckpointStore:
+        daemon = self.daemon_settings
+        if daemon.checkpoint_store == "dynamodb":
+            assert daemon.checkpoint_table is not None
+            return DynamoCheckpointStore(self._clients("dynamodb"), daemon.checkpoint_table)
+        if daemon.checkpoint_store == "file":
+            return FileCheckpointStore(daemon.checkpoint_path)
+        return MemoryCheckpointStore()
+
+    def _build_source(self, stdin: BinaryIO | None) -> Source:
+        source = self.daemon_settings.source
+        if source.type == "kinesis":
+            return KinesisSource(
+                self._clients("kinesis"),
+                source,
+                self._checkpoint_store(),
+                stop_event=self.stop_event,
+            )
+        if source.type == "sqs-s3":
+            return SqsS3Source(
+                self._clients("sqs"), self._clients("s3"), source, stop_event=self.stop_event
+            )
+        return FileSource(source, stdin=stdin)
+
+    def _probe_hec(self) -> tuple[bool, str]:
+        reasons = []
+        for url in self.settings.hec.urls:
+            client = HecClient(self._probe_session, self.settings.hec, url)
+            healthy, code, reason = client.health()
+            if healthy:
+                return True, "ok"
+            reasons.append(f"{url}: {reason} (code {code})")
+        return False, "; ".join(reasons) or "no HEC URL"
+
+    # ------------------------------------------------------------------ signals
+
+    def request_stop(self) -> None:
+        """First stage: stop reading, flush within the grace period, commit, exit 0.
+
+        A second call is the second stage (:meth:`request_abort`). When the grace period
+        ends, whatever still waits (acks, retry backoffs inside a send) is cut short and
+        backsplashed, as on the second signal but with exit status 0.
+        """
+        self._signals += 1
+        if self._signals == 1:
+            grace = self.daemon_settings.shutdown_grace_s
+            _log.warning("shutdown_requested", grace_s=grace)
+            self._stop_deadline = self._clock() + grace
+            self.stop_event.set()
+            # a little after the flush deadline: the flush ends itself at the deadline; the
+            # timer only cuts waits that know no deadline (retry backoff inside a send)
+            self._grace_timer = threading.Timer(grace + _GRACE_SLACK_S, self._cut_short)
+            self._grace_timer.daemon = True
+            self._grace_timer.start()
+        else:
+            self.request_abort()
+
+    def _cut_short(self) -> None:
+        """The grace period is over: end every wait now (what is pending is backsplashed)."""
+        if not self.abort_event.is_set():
+            _log.warning("shutdown_grace_expired")
+            self.abort_event.set()
+            self._clock.jump()
+
+    def request_abort(self) -> None:
+        """Second stage: backsplash everything pending now, commit, exit 130."""
+        self._forced = True
+        if not self.abort_event.is_set():
+            _log.warning("shutdown_forced")
+        self.stop_event.set()
+        self.abort_event.set()
+        self._clock.jump()
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self.request_stop()
+
+    def install_signal_handlers(self) -> None:
+        """SIGTERM and SIGINT start the two-stage shutdown (main thread only)."""
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
+
+    # ------------------------------------------------------------------ the loop
+
+    def run(self) -> int:
+        """Run until the source is exhausted or a signal arrives; returns the exit status."""
+        daemon = self.daemon_settings
+        if daemon.metrics_enabled:
+            self.metrics = MetricsServer(self.state, daemon.metrics_host, daemon.metrics_port)
+            self.metrics.start()
+            _log.info("metrics_started", url=self.metrics.url)
+        try:
+            return self._run()
+        finally:
+            self.state.stopped = True
+            self.source.close()
+            if self.metrics is not None:
+                self.metrics.stop()
+            self._probe_session.close()
+
+    def _attach(self) -> bool:
+        while not self.stop_event.is_set():
+            try:
+                self.source.attach()
+            except Exception as exc:  # noqa: BLE001 - any failure: report, retry, stay up
+                _log.error(
+                    "source_attach_failed",
+                    source=self.source.name,
+                    reason=f"{type(exc).__name__}: {exc}",
+                )
+                self.stop_event.wait(_ATTACH_RETRY_S)
+            else:
+                return True
+        return False
+
+    def _run(self) -> int:
+        daemon = self.daemon_settings
+        self._drain_spool(force=True)
+        _log.info("daemon_started", source=self.source.name)
+        if not self._attach():
+            return self._finish()
+        max_records = daemon.source.max_records
+        cycle_records = 0
+        cycle_start = self._clock()
+        try:
+            while not self.stop_event.is_set():
+                self.state.beat()
+                want = max(1, min(max_records, daemon.checkpoint_max_records - cycle_records))
+                records = self.source.poll(want)
+                for record in records:
+                    self._deliver(record)
+                cycle_records += len(records)
+                elapsed = self._clock() - cycle_start
+                if (
+                    cycle_records >= daemon.checkpoint_max_records
+                    or (cycle_records and elapsed >= daemon.checkpoint_interval_s)
+                    or self.source.exhausted
+                ):
+                    self._checkpoint(deadline=None)
+                    cycle_records = 0
+                    cycle_start = self._clock()
+                    if self.deliverer.fatal is not None:
+                        _log.critical("daemon_stopped", reason=self.deliverer.fatal.message)
+                        break
+                else:
+                    self.deliverer.service()
+                self._drain_spool()
+                if self.source.exhausted:
+                    break
+        except BacksplashError as exc:
+            return self._backsplash_failed(exc)
+        return self._finish()
+
+    def _deliver(self, record: SourceRecord) -> None:
+        options = self.settings.transform
+        try:
+            if record.payload is not None:
+                batch: EncodedBatch = transform_payload(record.payload, options)
+            else:
+                batch = transform_lines(
+                    record.lines or (),
+                    log_group=record.log_group,
+                    log_stream=record.log_stream,
+                    origin=record.origin,
+                    options=options,
+                    flow_fields=record.flow_fields,
+                )
+        except TransformError as exc:
+            self._unprocessable(record, exc)
+            return
+        if batch.is_control:
+            self.deliverer.ledger.drop("control_message")
+            return
+        if batch.events:
+            self.deliverer.submit(batch.events, batch.raw_target)
+
+    def _unprocessable(self, record: SourceRecord, exc: TransformError) -> None:
+        data = (
+            record.payload if record.payload is not None else "\n".join(record.lines or ()).encode()
+        )
+        key = store_unprocessable(
+            self.backsplash,
+            data,
+            error_code="Transform.DecodeError",
+            message=f"{type(exc).__name__}: {exc}",
+            endpoint=self.settings.hec.endpoint,
+        )
+        self.deliverer.ledger.add(events_in=1, backsplashed=1, backsplash_objects=1)
+        _log.error("record_unprocessable", key=key, reason=f"{type(exc).__name__}: {exc}")
+
+    def _checkpoint(self, deadline: float | None) -> None:
+        """Flush (everything acknowledged or backsplashed), then commit the source."""
+        self.deliverer.flush(deadline)
+        committed = self.source.commit()
+        self.state.checkpoints += 1
+        summary = self.deliverer.ledger.summary()
+        _log.info("checkpoint_saved", source=self.source.name, committed=committed, **summary)
+
+    def _drain_spool(self, *, force: bool = False) -> None:
+        if not isinstance(self.backsplash, FallbackBacksplash):
+            return
+        now = self._clock()
+        if not force and now < self._next_drain:
+            return
+        self._next_drain = now + self.daemon_settings.spool_drain_interval_s
+        if not self.backsplash.spool.list_keys():
+            return
+        try:
+            moved = self.backsplash.drain()
+        except BacksplashError as exc:
+            _log.warning("spool_drain_failed", reason=exc.message)
+            return
+        if moved:
+            _log.info("spool_drained", objects=moved)
+
+    def _finish(self) -> int:
+        """Shutdown: flush within the grace period, commit, close; the exit status."""
+        if self.abort_event.is_set():
+            deadline = self._clock()
+        elif self._stop_deadline is not None:
+            deadline = self._stop_deadline
+        else:  # the source ended (files, stdin) or delivery stopped: same grace
+            deadline = self._clock() + self.daemon_settings.shutdown_grace_s
+        try:
+            self._checkpoint(deadline=deadline)
+            self.deliverer.close(summarize=False)
+        except BacksplashError as exc:
+            return self._backsplash_failed(exc)
+        self._drain_spool(force=True)
+        ledger = self.deliverer.ledger
+        status = EXIT_OK
+        if self._grace_timer is not None:
+            self._grace_timer.cancel()
+        if self._forced:
+            status = EXIT_INTERRUPTED
+        elif self.deliverer.fatal is not None:
+            status = EXIT_HEC_FATAL
+        elif self.source.exhausted and (ledger.backsplashed or ledger.dropped_total):
+            status = EXIT_INCOMPLETE  # a finite run: say that not everything was indexed
+        ledger.log_summary(_log, source=self.source.name, exit_status=status)
+        _log.info("daemon_stopped", exit_status=status)
+        return status
+
+    def _backsplash_failed(self, exc: BacksplashError) -> int:
+        _log.critical(
+            "daemon_stopped",
+            reason=f"backsplash and spool both failed: {exc.message}; nothing committed",
+            exit_status=EXIT_BACKSPLASH_FAILED,
+        )
+        self.deliverer.ledger.log_summary(_log, source=self.source.name)
+        return EXIT_BACKSPLASH_FAILED
+
+
+# --------------------------------------------------------------------- in-process runs
+
+
+def run_daemon_demo(
+    settings: Settings,
+    daemon_settings: DaemonSettings,
+    *,
+    until: Callable[[Ledger], bool],
+    timeout_s: float = 60.0,
+    client_factory: Callable[[str], Any] = _boto_client,
+) -> tuple[int, str]:
+    """Run a daemon in a thread until ``until(ledger)`` holds (or the timeout), then stop it.
+
+    For ``make demo``: the daemon reads, delivers and checkpoints as in production; the
+    caller decides when enough is delivered.
+
+    Returns:
+        (exit status, the Prometheus metrics text at the end).
+    """
+    daemon = Daemon(settings, daemon_settings, client_factory=client_factory)
+    result: list[int] = []
+    thread = threading.Thread(target=lambda: result.append(daemon.run()), name="daemon")
+    thread.start()
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end and thread.is_alive() and not until(daemon.deliverer.ledger):
+        time.sleep(0.05)
+    daemon.request_stop()
+    thread.join(timeout=daemon_settings.shutdown_grace_s + 30)
+    metrics = daemon.metrics.exposition().decode() if daemon.metrics is not None else ""
+    return (result[0] if result else EXIT_FAILURE), metrics
+
+
+# --------------------------------------------------------------------- command line
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``forwarder daemon`` flags."""
+    parser.add_argument(
+        "--config", metavar="FILE", help="TOML settings file (default: $FORWARDER_CONFIG)"
+    )
+    parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"])
+    parser.add_argument("--log-format", choices=["auto", "json", "console"])
+    parser.add_argument("--hec-url", help="HEC URL(s), comma-separated ($SPLUNK_HEC_URL)")
+    parser.add_argument("--metrics-port", type=int, help="metrics port (overrides the file)")
+
+
+def _resolve_token(settings: Settings) -> Settings:
+    from config.loader import with_token  # noqa: PLC0415
+
+    if not settings.hec.token and settings.hec.token_secret_arn:
+        from forwarder.secrets import get_hec_token  # noqa: PLC0415
+
+        settings = with_token(settings, get_hec_token(settings.hec.token_secret_arn))
+    return require_hec(settings)
+
+
+def _config_path(args: argparse.Namespace, environ: Mapping[str, str]) -> Path | None:
+    location = getattr(args, "config", None) or environ.get("FORWARDER_CONFIG")
+    return Path(location) if location else None
+
+
+def run(
+    args: argparse.Namespace,
+    settings_loader: Callable[[], Settings],
+    environ: Mapping[str, str] | None = None,
+) -> int:
+    """``forwarder daemon``: the cli's entry (``settings_loader`` is ``CommandContext.settings``).
+
+    Raises:
+        ConfigError: a setting is invalid (the cli maps it to exit status 2).
+    """
+    env = os.environ if environ is None else environ
+    path = _config_path(args, env)
+    document = read_toml(path) if path is not None else {}
+    daemon_settings = load_daemon_settings(document, env)
+    port = getattr(args, "metrics_port", None)
+    if port is not None:
+        from dataclasses import replace  # noqa: PLC0415
+
+        daemon_settings = replace(daemon_settings, metrics_port=port)
+    settings = _resolve_token(settings_loader())
+    daemon = Daemon(settings, daemon_settings)
+    if threading.current_thread() is threading.main_thread():
+        daemon.install_signal_handlers()
+    return daemon.run()
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    """``python -m forwarder.daemon ARGS``: the same as ``forwarder daemon ARGS``."""
+    from forwarder.cli import main as cli_main  # noqa: PLC0415
+
+    return cli_main(["daemon", *(sys.argv[1:] if argv is None else argv)], environ)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

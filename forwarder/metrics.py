@@ -1,0 +1,227 @@
+"""Health and Prometheus metrics for the daemon, on a local HTTP port.
+
+``GET /healthz``  liveness: 200 while the main loop turns (503 once it stalled or stopped).
+``GET /readyz``   readiness: 200 when the source is attached and HEC answered its health
+                  probe (``/services/collector/health``) recently; else 503 with the reason.
+``GET /metrics``  the Prometheus exposition (``prometheus_client``, a private registry).
+
+Counters are read from the delivery ledger at scrape time, so the metrics *are* the ledger:
+``forwarder_events_in_total``, ``forwarder_events_acknowledged_total``,
+``forwarder_events_backsplashed_total``, ``forwarder_events_dropped_total{reason}``,
+``forwarder_retries_total``, ``forwarder_resends_total``, ``forwarder_duplicates_possible_total``,
+``forwarder_requests_total``, ``forwarder_backsplash_failed_total``; gauges
+``forwarder_pending_acks``, ``forwarder_events_in_flight``, ``forwarder_source_lag_seconds``,
+``forwarder_spool_objects``, ``forwarder_spool_bytes``, ``forwarder_ready``,
+``forwarder_checkpoints_total`` (a counter).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from forwarder.ledger import Ledger
+
+
+@dataclass
+class DaemonState:
+    """What the daemon tells the metrics server; read from the server's threads.
+
+    Attributes:
+        ledger: the deliverer's ledger.
+        pending_acks: unacknowledged requests (a callable, read at scrape time).
+        source_lag: the source's lag in seconds, when known.
+        source_attached: the source is attached.
+        hec_probe: probes HEC's health: (healthy, reason).
+        spool_dir: the local spool directory, if any.
+        heartbeat: monotonic time the main loop last turned.
+        stall_after_s: liveness fails when the loop has not turned for this long.
+    """
+
+    ledger: Ledger
+    pending_acks: Callable[[], int] = lambda: 0
+    source_lag: Callable[[], float | None] = lambda: None
+    source_attached: Callable[[], bool] = lambda: False
+    hec_probe: Callable[[], tuple[bool, str]] = lambda: (True, "not probed")
+    spool_dir: str | None = None
+    heartbeat: float = field(default_factory=time.monotonic)
+    stall_after_s: float = 300.0
+    stopped: bool = False
+    checkpoints: int = 0
+    probe_ttl_s: float = 15.0
+    _probe_at: float = -1e18
+    _probe: tuple[bool, str] = (False, "not probed yet")
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def beat(self) -> None:
+        """The main loop turned."""
+        self.heartbeat = time.monotonic()
+
+    def live(self) -> tuple[bool, str]:
+        """Liveness: the loop turns."""
+        if self.stopped:
+            return False, "stopped"
+        idle = time.monotonic() - self.heartbeat
+        if idle > self.stall_after_s:
+            return False, f"main loop stalled for {idle:.0f}s"
+        return True, "ok"
+
+    def ready(self) -> tuple[bool, str]:
+        """Readiness: source attached and HEC healthy (probe cached for ``probe_ttl_s``)."""
+        if not self.source_attached():
+            return False, "source not attached"
+        with self._lock:
+            now = time.monotonic()
+            if now - self._probe_at >= self.probe_ttl_s:
+                self._probe = self.hec_probe()
+                self._probe_at = now
+            healthy, reason = self._probe
+        return (True, "ok") if healthy else (False, f"HEC unhealthy: {reason}")
+
+    def spool_size(self) -> tuple[int, int]:
+        """(objects, bytes) waiting in the spool."""
+        if not self.spool_dir:
+            return 0, 0
+        directory = Path(self.spool_dir)
+        if not directory.is_dir():
+            return 0, 0
+        files = [p for p in directory.rglob("*.gz") if p.is_file()]
+        return len(files), sum(p.stat().st_size for p in files)
+
+
+class _LedgerCollector(Collector):
+    def __init__(self, state: DaemonState) -> None:
+        self._state = state
+
+    def collect(self) -> Iterator[Metric]:
+        state = self._state
+        data = state.ledger.summary()
+        for name, key, text in (
+            ("forwarder_events_in", "events_in", "Events handed to delivery (or dropped)."),
+            ("forwarder_events_acknowledged", "acknowledged", "Events Splunk acknowledged."),
+            ("forwarder_events_backsplashed", "backsplashed", "Events written to the backsplash."),
+            ("forwarder_backsplash_failed", "backsplash_failed", "Events whose backsplash failed."),
+            ("forwarder_retries", "retries", "Backoff sleeps scheduled."),
+            ("forwarder_resends", "resends", "Batches re-sent after an ack timeout."),
+            ("forwarder_duplicates_possible", "duplicates_possible", "Events possibly duplicated."),
+            ("forwarder_requests", "requests", "HEC data requests sent."),
+            ("forwarder_batches_sent", "batches_sent", "HEC requests accepted."),
+            ("forwarder_ack_polls", "ack_polls", "Ack queries sent."),
+        ):
+            yield CounterMetricFamily(name, text, value=data[key])
+        dropped = CounterMetricFamily(
+            "forwarder_events_dropped", "Events dropped on purpose.", labels=["reason"]
+        )
+        for reason, count in sorted(data["dropped"].items()):
+            dropped.add_metric([reason], count)
+        yield dropped
+        yield CounterMetricFamily(
+            "forwarder_checkpoints", "Checkpoints committed.", value=state.checkpoints
+        )
+        yield GaugeMetricFamily(
+            "forwarder_events_in_flight", "Events not yet settled.", value=data["in_flight"]
+        )
+        yield GaugeMetricFamily(
+            "forwarder_pending_acks", "Requests awaiting an ack.", value=state.pending_acks()
+        )
+        lag = state.source_lag()
+        yield GaugeMetricFamily(
+            "forwarder_source_lag_seconds",
+            "Source delay (Kinesis MillisBehindLatest, SQS message age); NaN when unknown.",
+            value=float("nan") if lag is None else lag,
+        )
+        objects, size = state.spool_size()
+        yield GaugeMetricFamily("forwarder_spool_objects", "Objects in the spool.", value=objects)
+        yield GaugeMetricFamily("forwarder_spool_bytes", "Bytes in the spool.", value=size)
+        yield GaugeMetricFamily(
+            "forwarder_ready", "1 when ready (see /readyz).", value=1 if state.ready()[0] else 0
+        )
+
+
+def build_registry(state: DaemonState) -> CollectorRegistry:
+    """A private registry holding the daemon's metrics."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_LedgerCollector(state))
+    return registry
+
+
+class MetricsServer:
+    """Serves /healthz, /readyz and /metrics from a daemon thread.
+
+    Args:
+        state: the daemon's state.
+        host: address to bind (loopback by default: metrics are not for the world).
+        port: port; 0 picks a free one (see :attr:`port`).
+    """
+
+    def __init__(self, state: DaemonState, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.state = state
+        self.registry = build_registry(state)
+        handler = _handler_for(self)
+        self._server = ThreadingHTTPServer((host, port), handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="metrics", daemon=True
+        )
+
+    @property
+    def port(self) -> int:
+        """The bound port."""
+        return int(self._server.server_address[1])
+
+    @property
+    def url(self) -> str:
+        """Base URL."""
+        host = self._server.server_address[0]
+        return f"http://{host!s}:{self.port}"
+
+    def start(self) -> MetricsServer:
+        """Start serving."""
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving."""
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+    def exposition(self) -> bytes:
+        """The current metrics text."""
+        return generate_latest(self.registry)
+
+
+def _handler_for(server: MetricsServer) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            """Quiet: access logs would drown the daemon's own."""
+
+        def _send(self, status: int, body: bytes, content_type: str) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self) -> None:
+            path = self.path.split("?", 1)[0]
+            if path == "/metrics":
+                self._send(200, server.exposition(), CONTENT_TYPE_LATEST)
+                return
+            if path in ("/healthz", "/readyz"):
+                check = server.state.live if path == "/healthz" else server.state.ready
+                ok, reason = check()
+                self._send(200 if ok else 503, (reason + "\n").encode(), "text/plain")
+                return
+            self._send(404, b"not found\n", "text/plain")
+
+    return Handler

@@ -1,0 +1,931 @@
+"""Daemon inputs: Kinesis shards, an SQS queue of S3 notifications, local files and stdin.
+
+Every source has the same small contract, which the daemon's loop relies on:
+
+- :meth:`attach` connects and checks (readiness reports it);
+- :meth:`poll` returns the next records (:class:`SourceRecord`), waiting at most a short,
+  bounded time when there is nothing, and never blocking a shutdown for long;
+- :meth:`commit` is called only after everything :meth:`poll` returned so far is acknowledged
+  or backsplashed: that is when a Kinesis checkpoint advances and an SQS message is deleted;
+- ``exhausted`` turns true when a finite source (files, stdin) has nothing more;
+- ``lag_seconds`` is the source's delay (Kinesis ``MillisBehindLatest``, SQS message age).
+
+Kinesis follows splits and merges: a child shard is read only once all its parents are read to
+their end and that end is checkpointed (``SHARD_END``). Throttling (``ProvisionedThroughput
+ExceededException``) backs the shard off exponentially. One daemon per stream (DESIGN.md §8).
+
+SQS: each message names S3 objects (S3 event notifications, plain or wrapped in SNS; the
+``s3:TestEvent`` is deleted, nothing to do). Objects are read as streams, line by line (gzip
+or plain), in chunks of ``chunk_lines``; a flow-log header names the fields for the whole
+object. A message is deleted only once every chunk of every object it names is delivered; a
+heartbeat thread extends the visibility of every message in flight meanwhile.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import io
+import json
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO, Final, Protocol
+from urllib.parse import unquote_plus
+
+import structlog
+from botocore.exceptions import BotoCoreError, ClientError
+
+from config.daemon import SourceSettings
+from forwarder.checkpoints import SHARD_END, CheckpointStore
+from transforms.cloudwatch import GZIP_MAGIC
+from transforms.records import Origin
+from transforms.vpc_flow import fields_from_header, is_header_line
+
+_log = structlog.get_logger("forwarder.sources")
+
+#: Key parts that mark backsplash objects (ours and Firehose's); replay handles those.
+BACKSPLASH_MARKERS: Final = ("splunk-failed/", "processing-failed/")
+_READ_SIZE: Final = 1 << 16
+
+
+@dataclass(frozen=True, slots=True)
+class SourceRecord:
+    """One unit of input: a payload (Kinesis record) or a chunk of text lines (a file).
+
+    Attributes:
+        payload: record bytes for ``transforms.pipeline.transform_payload``.
+        lines: text lines for ``transforms.pipeline.transform_lines``.
+        log_group: the bucket or a name for the file source (lines only).
+        log_stream: the object key or file name (lines only).
+        flow_fields: the fields a flow-log header named (lines only).
+        origin: ``s3`` or ``text`` (lines only).
+    """
+
+    payload: bytes | None = None
+    lines: Sequence[str] | None = None
+    log_group: str | None = None
+    log_stream: str | None = None
+    flow_fields: tuple[str, ...] | None = None
+    origin: Origin = "s3"
+
+
+class Source(Protocol):
+    """What the daemon needs from a source (see the module docstring)."""
+
+    name: str
+
+    @property
+    def exhausted(self) -> bool:
+        """True when a finite source has nothing more to give."""
+        ...
+
+    @property
+    def attached(self) -> bool:
+        """True once :meth:`attach` succeeded."""
+        ...
+
+    def lag_seconds(self) -> float | None:
+        """The source's delay, when known."""
+        ...
+
+    def attach(self) -> None:
+        """Connect and load positions."""
+        ...
+
+    def poll(self, max_records: int) -> list[SourceRecord]:
+        """The next records; may wait briefly when there are none."""
+        ...
+
+    def commit(self) -> int:
+        """Everything polled so far is delivered: checkpoint / delete; returns items committed."""
+        ...
+
+    def close(self) -> None:
+        """Release threads and handles."""
+        ...
+
+
+# --- reading objects and files line by line ---------------------------------------------------
+
+
+class _StreamReader(io.RawIOBase):
+    """A raw binary stream over anything with ``read(n)`` (botocore's StreamingBody)."""
+
+    def __init__(self, body: Any) -> None:
+        self._body = body
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data: bytes = self._body.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+
+def text_lines(body: Any) -> Iterator[str]:
+    """The lines of a gzip or plain byte stream, decoded as UTF-8 (bad bytes replaced)."""
+    buffered = io.BufferedReader(_StreamReader(body), buffer_size=_READ_SIZE)
+    binary: BinaryIO = buffered
+    if buffered.peek(2)[:2] == GZIP_MAGIC:
+        binary = gzip.GzipFile(fileobj=buffered, mode="rb")  # type: ignore[assignment]
+    with io.TextIOWrapper(binary, encoding="utf-8", errors="replace", newline=None) as text:
+        yield from text
+
+
+def line_chunks(
+    lines: Iterator[str], chunk_lines: int
+) -> Iterator[tuple[list[str], tuple[str, ...] | None]]:
+    """Cut lines into chunks; a flow-log header (first non-blank line) is removed and returned
+    with every chunk as the fields of the whole object.
+
+    Raises:
+        FlowLogFormatError: the header names an unknown field.
+    """
+    fields: tuple[str, ...] | None = None
+    chunk: list[str] = []
+    first = True
+    for line in lines:
+        stripped = line.rstrip("\r\n")
+        if not stripped.strip():
+            continue
+        if first:
+            first = False
+            if is_header_line(stripped):
+                fields = fields_from_header(stripped)
+                continue
+        chunk.append(stripped)
+        if len(chunk) >= chunk_lines:
+            yield chunk, fields
+            chunk = []
+    if chunk:
+        yield chunk, fields
+
+
+# --- S3 notifications ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class S3Object:
+    """An object named by an S3 event notification."""
+
+    bucket: str
+    key: str
+    size: int | None = None
+
+    @property
+    def is_backsplash(self) -> bool:
+        """A backsplash object (ours or Firehose's): ``forwarder replay`` takes those."""
+        return any(marker in self.key for marker in BACKSPLASH_MARKERS)
+
+
+def parse_s3_notification(body: str) -> list[S3Object] | None:
+    """The objects an SQS message body names (S3 event notification, plain or SNS-wrapped).
+
+    Returns:
+        The created objects (empty for ``s3:TestEvent`` and non-create events), or None when
+        the body is not an S3 notification at all.
+    """
+    try:
+        document = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(document, dict):
+        return None
+    if document.get("Type") == "Notification" and isinstance(document.get("Message"), str):
+        try:
+            document = json.loads(document["Message"])
+        except ValueError:
+            return None
+        if not isinstance(document, dict):
+            return None
+    if document.get("Event") == "s3:TestEvent":
+        return []
+    records = document.get("Records")
+    if not isinstance(records, list):
+        return None
+    objects: list[S3Object] = []
+    for record in records:
+        if not isinstance(record, dict):
+            continue
+        name = str(record.get("eventName", ""))
+        s3 = record.get("s3")
+        if not name.startswith("ObjectCreated") or not isinstance(s3, dict):
+            continue
+        bucket = s3.get("bucket", {}).get("name")
+        obj = s3.get("object", {})
+        key = obj.get("key")
+        if isinstance(bucket, str) and isinstance(key, str):
+            size = obj.get("size")
+            objects.append(
+                S3Object(bucket, unquote_plus(key), size if isinstance(size, int) else None)
+            )
+    return objects
+
+
+def object_chunks(
+    s3: Any, obj: S3Object, chunk_lines: int
+) -> Iterator[tuple[list[str], tuple[str, ...] | None]]:
+    """Stream an object's lines in chunks (see :func:`line_chunks`).
+
+    Raises:
+        ClientError, BotoCoreError: S3 refused the read.
+    """
+    body = s3.get_object(Bucket=obj.bucket, Key=obj.key)["Body"]
+    try:
+        yield from line_chunks(text_lines(body), chunk_lines)
+    finally:
+        body.close()
+
+
+# --- files and stdin -------------------------------------------------------------------------
+
+
+class FileSource:
+    """Local files (or stdin with ``-``), read once, line by line, in chunks.
+
+    No checkpoints: a file is read from its start on every run.
+    """
+
+    def __init__(self, settings: SourceSettings, *, stdin: BinaryIO | None = None) -> None:
+        self.name = "stdin" if settings.type == "stdin" else "files"
+        self._paths = list(settings.paths) if settings.type == "files" else ["-"]
+        self._stdin = stdin
+        self._chunk_lines = settings.chunk_lines
+        self._log_group = settings.log_group
+        self._chunks: Iterator[SourceRecord] | None = None
+        self._exhausted = False
+        self._attached = False
+
+    @property
+    def exhausted(self) -> bool:
+        return self._exhausted
+
+    @property
+    def attached(self) -> bool:
+        return self._attached
+
+    def lag_seconds(self) -> float | None:
+        return None
+
+    def attach(self) -> None:
+        """Check every file can be opened."""
+        for path in self._paths:
+            if path != "-":
+                with open(path, "rb"):
+                    pass
+        self._chunks = self._records()
+        self._attached = True
+
+    def _records(self) -> Iterator[SourceRecord]:
+        for path in self._paths:
+            if path == "-":
+                stream = self._stdin if self._stdin is not None else sys.stdin.buffer
+                chunks = line_chunks(text_lines(stream), self._chunk_lines)
+                name = "stdin"
+                for lines, fields in chunks:
+                    yield self._record(lines, fields, name)
+            else:
+                with open(path, "rb") as handle:
+                    for lines, fields in line_chunks(text_lines(handle), self._chunk_lines):
+                        yield self._record(lines, fields, path)
+
+    def _record(self, lines: list[str], fields: tuple[str, ...] | None, name: str) -> SourceRecord:
+        return SourceRecord(
+            lines=lines,
+            log_group=self._log_group or self.name,
+            log_stream=name,
+            flow_fields=fields,
+            origin="text",
+        )
+
+    def poll(self, max_records: int) -> list[SourceRecord]:
+        """Up to ``max_records`` chunks."""
+        assert self._chunks is not None, "attach() first"
+        out: list[SourceRecord] = []
+        for record in self._chunks:
+            out.append(record)
+            if len(out) >= max_records:
+                break
+        else:
+            self._exhausted = True
+        return out
+
+    def commit(self) -> int:
+        """Nothing to checkpoint."""
+        return 0
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+# --- Kinesis ---------------------------------------------------------------------------------
+
+
+@dataclass(slots=True, eq=False)
+class _Shard:
+    shard_id: str
+    parents: tuple[str, ...]
+    closed: bool
+    ending_seq: str | None = None
+    iterator: str | None = None
+    read_seq: str | None = None
+    committed: str | None = None
+    ended: bool = False
+    finished: bool = False
+    next_at: float = 0.0
+    backoff_s: float = 0.0
+    lag_ms: int | None = None
+
+
+def _error_code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+class KinesisSource:
+    """All shards of a stream (or a list and their descendants), checkpointed per shard.
+
+    Args:
+        client: a boto3 Kinesis client.
+        settings: the ``[source]`` settings.
+        checkpoints: where positions live.
+        stop_event: set on shutdown; waits end early.
+        clock: monotonic clock.
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        settings: SourceSettings,
+        checkpoints: CheckpointStore,
+        *,
+        stop_event: threading.Event | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        assert settings.stream_name is not None
+        self.name = "kinesis"
+        self.stream_name = settings.stream_name
+        self._client = client
+        self._settings = settings
+        self._checkpoints = checkpoints
+        self._stop = stop_event if stop_event is not None else threading.Event()
+        self._clock = clock
+        self._shards: dict[str, _Shard] = {}
+        self._positions: dict[str, str] = {}
+        self._next_refresh = 0.0
+        self._turn = 0
+        self._attached = False
+
+    @property
+    def exhausted(self) -> bool:
+        return False
+
+    @property
+    def attached(self) -> bool:
+        return self._attached
+
+    def lag_seconds(self) -> float | None:
+        """The largest ``MillisBehindLatest`` over the shards being read, in seconds."""
+        lags = [s.lag_ms for s in self._shards.values() if s.lag_ms is not None and not s.finished]
+        return max(lags) / 1000.0 if lags else None
+
+    def shard_positions(self) -> dict[str, str | None]:
+        """Each known shard's committed position (for tests and logs)."""
+        return {shard_id: shard.committed for shard_id, shard in self._shards.items()}
+
+    def attach(self) -> None:
+        """Load checkpoints and list the shards.
+
+        Raises:
+            ClientError, BotoCoreError: the stream cannot be described.
+        """
+        self._positions = self._checkpoints.load(self.stream_name)
+        self._refresh()
+        self._attached = True
+        _log.info(
+            "source_attached",
+            source="kinesis",
+            stream=self.stream_name,
+            shards=len(self._shards),
+            checkpoints=len(self._positions),
+        )
+
+    def _list_shards(self) -> list[dict[str, Any]]:
+        shards: list[dict[str, Any]] = []
+        token: str | None = None
+        while True:
+            if token is None:
+                page = self._client.list_shards(StreamName=self.stream_name)
+            else:
+                page = self._client.list_shards(NextToken=token)
+            shards.extend(page.get("Shards", []))
+            token = page.get("NextToken")
+            if not token:
+                return shards
+
+    def _wanted(self, shard_id: str, parents: dict[str, tuple[str, ...]]) -> bool:
+        configured = self._settings.shard_ids
+        if not configured:
+            return True
+        seen: set[str] = set()
+        pending = [shard_id]
+        while pending:
+            current = pending.pop()
+            if current in configured:
+                return True
+            if current in seen:
+                continue
+            seen.add(current)
+            pending.extend(parents.get(current, ()))
+        return False
+
+    def _refresh(self) -> None:
+        listed = self._list_shards()
+        parents = {
+            item["ShardId"]: tuple(
+                p for p in (item.get("ParentShardId"), item.get("AdjacentParentShardId")) if p
+            )
+            for item in listed
+        }
+        for item in listed:
+            shard_id = item["ShardId"]
+            ending = item.get("SequenceNumberRange", {}).get("EndingSequenceNumber")
+            known = self._shards.get(shard_id)
+            if known is not None:
+                known.closed = ending is not None
+                known.ending_seq = ending
+                continue
+            if not self._wanted(shard_id, parents):
+                continue
+            shard = _Shard(shard_id, parents[shard_id], ending is not None, ending)
+            position = self._positions.get(shard_id)
+            if position == SHARD_END:
+                shard.ended = shard.finished = True
+                shard.committed = SHARD_END
+            elif position:
+                shard.committed = shard.read_seq = position
+            self._shards[shard_id] = shard
+            _log.info(
+                "shard_discovered",
+                stream=self.stream_name,
+                shard=shard_id,
+                parents=list(shard.parents),
+                closed=shard.closed,
+                position=position,
+            )
+        self._next_refresh = self._clock() + self._settings.shard_refresh_interval_s
+
+    def _ready(self, shard: _Shard) -> bool:
+        """Not finished, and every parent we know is finished (parents before children)."""
+        if shard.finished or shard.ended:
+            return False
+        return all(
+            self._shards[parent].finished for parent in shard.parents if parent in self._shards
+        )
+
+    def _iterator(self, shard: _Shard) -> str:
+        arguments: dict[str, Any] = {"StreamName": self.stream_name, "ShardId": shard.shard_id}
+        if shard.read_seq:
+            arguments.update(
+                ShardIteratorType="AFTER_SEQUENCE_NUMBER", StartingSequenceNumber=shard.read_seq
+            )
+        elif any(parent in self._shards for parent in shard.parents):
+            arguments["ShardIteratorType"] = "TRIM_HORIZON"  # a child: from its very start
+        else:
+            arguments["ShardIteratorType"] = self._settings.start_position
+        iterator: str = self._client.get_shard_iterator(**arguments)["ShardIterator"]
+        return iterator
+
+    def poll(self, max_records: int) -> list[SourceRecord]:
+        """Read the shards that are due, round-robin, up to ``max_records`` records.
+
+        When no shard is due, wait (interruptibly) until one is, at most ``poll_interval_s``.
+        """
+        now = self._clock()
+        if now >= self._next_refresh:
+            self._refresh()
+        ready = [shard for shard in self._shards.values() if self._ready(shard)]
+        out: list[SourceRecord] = []
+        if ready:
+            start = self._turn % len(ready)
+            self._turn += 1
+            for shard in ready[start:] + ready[:start]:
+                if len(out) >= max_records:
+                    break
+                if shard.next_at > self._clock():
+                    continue
+                out.extend(self._read(shard, max_records - len(out)))
+        if not out:
+            due = [s.next_at for s in self._shards.values() if self._ready(s)]
+            wait = self._settings.poll_interval_s
+            if due:
+                wait = min(wait, max(min(due) - self._clock(), 0.0))
+            if wait > 0:
+                self._stop.wait(wait)
+        return out
+
+    def _read(self, shard: _Shard, limit: int) -> list[SourceRecord]:
+        settings = self._settings
+        try:
+            if shard.iterator is None:
+                shard.iterator = self._iterator(shard)
+            answer = self._client.get_records(
+                ShardIterator=shard.iterator, Limit=min(limit, settings.max_records)
+            )
+        except ClientError as exc:
+            code = _error_code(exc)
+            if code in ("ProvisionedThroughputExceededException", "LimitExceededException"):
+                shard.backoff_s = min(
+                    max(shard.backoff_s * 2, settings.throttle_backoff_s),
+                    settings.throttle_backoff_max_s,
+                )
+                shard.next_at = self._clock() + shard.backoff_s
+                _log.warning(
+                    "source_throttled", shard=shard.shard_id, code=code, backoff_s=shard.backoff_s
+                )
+                return []
+            if code == "ExpiredIteratorException":
+                shard.iterator = None
+                return []
+            if code == "ResourceNotFoundException":
+                shard.iterator = None
+                shard.next_at = self._clock() + settings.poll_interval_s
+                self._next_refresh = 0.0
+                _log.warning("source_read_failed", shard=shard.shard_id, code=code)
+                return []
+            raise
+        shard.backoff_s = 0.0
+        records = answer.get("Records", [])
+        shard.lag_ms = answer.get("MillisBehindLatest")
+        shard.iterator = answer.get("NextShardIterator")
+        out = [SourceRecord(payload=bytes(record["Data"])) for record in records]
+        if records:
+            shard.read_seq = records[-1]["SequenceNumber"]
+            shard.next_at = 0.0
+        else:
+            shard.next_at = self._clock() + settings.poll_interval_s
+        if shard.iterator is None or self._closed_and_drained(shard, bool(records)):
+            shard.ended = True
+            self._next_refresh = 0.0  # its children may be new to us
+            _log.info("shard_ended", stream=self.stream_name, shard=shard.shard_id)
+        return out
+
+    def _closed_and_drained(self, shard: _Shard, got_records: bool) -> bool:
+        """A closed shard read past its last sequence number (or empty and not behind).
+
+        Kinesis says SHARD_END with a null NextShardIterator; this also covers servers
+        (emulators) that keep handing out iterators for closed shards.
+        """
+        if not shard.closed:
+            return False
+        if shard.read_seq is not None and shard.ending_seq is not None:
+            with contextlib.suppress(ValueError):
+                if int(shard.read_seq) >= int(shard.ending_seq):
+                    return True
+        return not got_records and shard.lag_ms == 0
+
+    def commit(self) -> int:
+        """Checkpoint every shard past what it returned; ended shards become ``SHARD_END``."""
+        positions: dict[str, str] = {}
+        for shard in self._shards.values():
+            if shard.finished:
+                continue
+            if shard.ended:
+                positions[shard.shard_id] = SHARD_END
+            elif shard.read_seq is not None and shard.read_seq != shard.committed:
+                positions[shard.shard_id] = shard.read_seq
+        if positions:
+            self._checkpoints.save(self.stream_name, positions)
+            for shard_id, position in positions.items():
+                shard = self._shards[shard_id]
+                shard.committed = position
+                if position == SHARD_END:
+                    shard.finished = True
+        return len(positions)
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+# --- SQS queue of S3 notifications -----------------------------------------------------------
+
+
+@dataclass(slots=True, eq=False)
+class _Message:
+    message_id: str
+    receipt: str
+    objects: list[S3Object]
+    read_all: bool = False
+    failed: bool = False
+    sent_ms: int | None = None
+
+
+@dataclass(slots=True, eq=False)
+class _Cursor:
+    message: _Message
+    remaining: list[S3Object]
+    chunks: Iterator[tuple[list[str], tuple[str, ...] | None]] | None = None
+    current: S3Object | None = None
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+class SqsS3Source:
+    """S3 objects announced on an SQS queue; several daemons may share one queue.
+
+    Args:
+        sqs: a boto3 SQS client.
+        s3: a boto3 S3 client.
+        settings: the ``[source]`` settings.
+        stop_event: set on shutdown.
+        wall_clock: epoch seconds (message age).
+    """
+
+    def __init__(
+        self,
+        sqs: Any,
+        s3: Any,
+        settings: SourceSettings,
+        *,
+        stop_event: threading.Event | None = None,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        assert settings.queue_url is not None
+        self.name = "sqs-s3"
+        self.queue_url = settings.queue_url
+        self._sqs = sqs
+        self._s3 = s3
+        self._settings = settings
+        self._stop = stop_event if stop_event is not None else threading.Event()
+        self._wall_clock = wall_clock
+        self._lock = threading.Lock()
+        self._in_flight: dict[str, _Message] = {}  # by receipt handle
+        self._cursor: _Cursor | None = None
+        self._backlog: list[_Message] = []
+        self._lag: float | None = None
+        self._attached = False
+        self._heartbeat: threading.Thread | None = None
+        self._closing = threading.Event()
+        self.visibility_extensions = 0
+        self.messages_deleted = 0
+        self.objects_skipped = 0
+        self.objects_failed = 0
+
+    @property
+    def exhausted(self) -> bool:
+        return False
+
+    @property
+    def attached(self) -> bool:
+        return self._attached
+
+    def lag_seconds(self) -> float | None:
+        """Age of the newest message received (from its ``SentTimestamp``)."""
+        return self._lag
+
+    def attach(self) -> None:
+        """Check the queue and start the visibility heartbeat.
+
+        Raises:
+            ClientError, BotoCoreError: the queue cannot be read.
+        """
+        self._sqs.get_queue_attributes(QueueUrl=self.queue_url, AttributeNames=["QueueArn"])
+        self._heartbeat = threading.Thread(
+            target=self._extend_loop, name="sqs-visibility", daemon=True
+        )
+        self._heartbeat.start()
+        self._attached = True
+        _log.info("source_attached", source="sqs-s3", queue=self.queue_url)
+
+    # heartbeat ------------------------------------------------------------------------------
+
+    def _extend_loop(self) -> None:
+        interval = max(self._settings.visibility_timeout_s / 3.0, 0.5)
+        while not self._closing.wait(interval):
+            self.extend_visibility()
+
+    def extend_visibility(self) -> int:
+        """Give every message in flight another ``visibility_timeout_s``; returns how many."""
+        with self._lock:
+            receipts = [r for r, m in self._in_flight.items() if not m.failed]
+        extended = 0
+        for receipt in receipts:
+            try:
+                self._sqs.change_message_visibility(
+                    QueueUrl=self.queue_url,
+                    ReceiptHandle=receipt,
+                    VisibilityTimeout=self._settings.visibility_timeout_s,
+                )
+                extended += 1
+            except (ClientError, BotoCoreError) as exc:
+                _log.warning("visibility_extension_failed", reason=str(exc))
+        if extended:
+            self.visibility_extensions += extended
+            _log.debug("visibility_extended", messages=extended)
+        return extended
+
+    # reading --------------------------------------------------------------------------------
+
+    def _receive(self) -> None:
+        settings = self._settings
+        answer = self._sqs.receive_message(
+            QueueUrl=self.queue_url,
+            MaxNumberOfMessages=settings.max_messages,
+            WaitTimeSeconds=settings.wait_time_s,
+            VisibilityTimeout=settings.visibility_timeout_s,
+            AttributeNames=["SentTimestamp"],
+        )
+        now_ms = int(self._wall_clock() * 1000)
+        for raw in answer.get("Messages", []):
+            objects = parse_s3_notification(raw.get("Body", ""))
+            sent = raw.get("Attributes", {}).get("SentTimestamp")
+            message = _Message(
+                raw["MessageId"],
+                raw["ReceiptHandle"],
+                objects or [],
+                sent_ms=int(sent) if sent else None,
+            )
+            if message.sent_ms is not None:
+                self._lag = max(now_ms - message.sent_ms, 0) / 1000.0
+            if objects is None:
+                # Not an S3 notification: leave it; the queue's redrive policy moves it.
+                _log.error("message_unrecognized", message_id=message.message_id)
+                continue
+            with self._lock:
+                self._in_flight[message.receipt] = message
+            if not objects:
+                message.read_all = True  # s3:TestEvent or nothing created: delete on commit
+                _log.info("message_ignored", message_id=message.message_id)
+                continue
+            self._backlog.append(message)
+
+    def _next_cursor(self) -> _Cursor | None:
+        if not self._backlog:
+            self._receive()
+        if not self._backlog:
+            return None
+        message = self._backlog.pop(0)
+        return _Cursor(message, list(message.objects))
+
+    def poll(self, max_records: int) -> list[SourceRecord]:
+        """Up to ``max_records`` chunks of lines from the objects of received messages."""
+        out: list[SourceRecord] = []
+        while len(out) < max_records and not self._stop.is_set():
+            if self._cursor is None:
+                self._cursor = self._next_cursor()
+                if self._cursor is None:
+                    break
+            cursor = self._cursor
+            record = self._next_chunk(cursor)
+            if record is None:
+                self._cursor = None
+                if out:
+                    break  # hand over what we have before long-polling again
+                continue
+            out.append(record)
+        return out
+
+    def _next_chunk(self, cursor: _Cursor) -> SourceRecord | None:
+        """The next chunk of this message's objects, or None when the message is read."""
+        chunk_lines = self._settings.chunk_lines
+        while True:
+            if cursor.chunks is None:
+                if not cursor.remaining:
+                    cursor.message.read_all = True
+                    return None
+                obj = cursor.remaining.pop(0)
+                if obj.is_backsplash:
+                    self.objects_skipped += 1
+                    _log.warning(
+                        "object_skipped",
+                        bucket=obj.bucket,
+                        key=obj.key,
+                        reason="backsplash object: replay it with forwarder replay",
+                    )
+                    continue
+                cursor.current = obj
+                cursor.chunks = object_chunks(self._s3, obj, chunk_lines)
+            try:
+                lines, fields = next(cursor.chunks)
+            except StopIteration:
+                cursor.chunks = None
+                continue
+            except (ClientError, BotoCoreError, OSError, EOFError, ValueError) as exc:
+                self._fail(cursor, exc)
+                return None
+            current = cursor.current
+            assert current is not None
+            return SourceRecord(
+                lines=lines,
+                log_group=current.bucket,
+                log_stream=current.key,
+                flow_fields=fields,
+                origin="s3",
+            )
+
+    def _fail(self, cursor: _Cursor, exc: BaseException) -> None:
+        """An object cannot be read: its message is left for SQS to hand out again."""
+        message = cursor.message
+        message.failed = True
+        self.objects_failed += 1
+        obj = cursor.current
+        _log.error(
+            "object_failed",
+            bucket=obj.bucket if obj else None,
+            key=obj.key if obj else None,
+            message_id=message.message_id,
+            reason=f"{type(exc).__name__}: {exc}",
+        )
+        with self._lock:
+            self._in_flight.pop(message.receipt, None)
+
+    def commit(self) -> int:
+        """Delete every message whose objects are entirely delivered."""
+        with self._lock:
+            done = [m for m in self._in_flight.values() if m.read_all and not m.failed]
+        for message in done:
+            self._sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=message.receipt)
+            with self._lock:
+                self._in_flight.pop(message.receipt, None)
+            self.messages_deleted += 1
+            _log.debug("message_deleted", message_id=message.message_id)
+        return len(done)
+
+    def in_flight(self) -> int:
+        """Messages received and not yet deleted."""
+        with self._lock:
+            return len(self._in_flight)
+
+    def close(self) -> None:
+        """Stop the heartbeat (messages not deleted come back after their visibility)."""
+        self._closing.set()
+        if self._heartbeat is not None:
+            self._heartbeat.join(timeout=5)
+
+
+# --- input that cannot be transformed ----------------------------------------------------------
+
+
+def store_unprocessable(
+    writer: Any,
+    data: bytes,
+    *,
+    error_code: str,
+    message: str,
+    endpoint: Any,
+    clock: Callable[[], float] = time.time,
+) -> str:
+    """Store an input record the transform refused under ``processing-failed/`` (its bytes
+    as they came, in Firehose's backup layout), so nothing is lost and replay can see it.
+
+    Args:
+        writer: a ``Backsplash``, ``LocalSpool`` or ``FallbackBacksplash``.
+        data: the original record bytes.
+        error_code: e.g. ``Transform.DecodeError``.
+        message: what was wrong.
+        endpoint: the HEC endpoint in use (stored with the record).
+        clock: wall clock.
+
+    Returns:
+        The key written (``spool:<key>`` when it went to the spool).
+
+    Raises:
+        BacksplashError: nowhere to store it.
+    """
+    from forwarder.backsplash import (  # noqa: PLC0415 - avoids a cycle at import time
+        Backsplash,
+        FallbackBacksplash,
+        LocalSpool,
+        encode_records,
+    )
+    from forwarder.errors import BacksplashError  # noqa: PLC0415
+    from transforms.records import EncodedEvent  # noqa: PLC0415
+
+    now_ms = int(clock() * 1000)
+    body = encode_records(
+        [EncodedEvent(data, None)],
+        error_code=error_code,
+        error_message=message,
+        attempts=0,
+        endpoint=endpoint,
+        raw_target=None,
+        arrival_ms=now_ms,
+        ending_ms=now_ms,
+    )
+    kind = "processing-failed"
+    if isinstance(writer, FallbackBacksplash):
+        try:
+            key = writer.primary.object_key(kind=kind)
+            writer.primary.put_object(key, body)
+        except BacksplashError:
+            key = writer.spool.object_key(kind=kind)
+            writer.spool.put_object(key, body)
+            return "spool:" + key
+        return key
+    if isinstance(writer, Backsplash | LocalSpool):
+        key = writer.object_key(kind=kind)
+        writer.put_object(key, body)
+        return key
+    raise BacksplashError("no backsplash bucket configured (BACKSPLASH_BUCKET)")

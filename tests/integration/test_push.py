@@ -1,0 +1,232 @@
+"""The push Lambda end to end: each event shape against the HEC emulator and moto's S3."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from forwarder import push
+from forwarder.emulator import FaultPlan, HecEmulator
+from forwarder.errors import BacksplashError
+from forwarder.synthetic import FlowLogGenerator, cloudwatch_payload, control_payload
+from tests.conftest import boto_client
+from tests.integration.conftest import BUCKET, backsplashed, delivery_settings
+
+pytestmark = pytest.mark.integration
+
+FLOW_BUCKET = "flow-logs-test"
+HEADER = "version account-id interface-id srcaddr dstaddr srcport dstport protocol packets bytes start end action log-status"  # noqa: E501
+
+
+class FakeContext:
+    """A Lambda context whose remaining time counts down from ``remaining_ms`` (real time)."""
+
+    aws_request_id = "req-1"
+
+    def __init__(self, remaining_ms: float = 30_000, steps: list[float] | None = None) -> None:
+        import time
+
+        self._end = time.monotonic() + remaining_ms / 1000
+        self._steps = list(steps or [])
+
+    def get_remaining_time_in_millis(self) -> int:
+        import time
+
+        if self._steps:
+            return int(self._steps.pop(0))
+        return max(int((self._end - time.monotonic()) * 1000), 0)
+
+
+@pytest.fixture(name="configure")
+def fixture_configure(s3: Any, aws_endpoint: str) -> Iterator[Any]:
+    """Configure the push container against the emulator and moto; reset afterwards."""
+    s3.create_bucket(Bucket=FLOW_BUCKET)
+
+    def factory(service: str) -> Any:
+        return boto_client(service, aws_endpoint)
+
+    def configure(emulator: HecEmulator, **environ: str) -> None:
+        push.configure(delivery_settings(emulator.url, **environ), client_factory=factory)
+
+    yield configure
+    push.reset()
+
+
+def awslogs_event(payload: bytes) -> dict[str, Any]:
+    return {"awslogs": {"data": base64.b64encode(payload).decode()}}
+
+
+def kinesis_event(payloads: list[bytes]) -> dict[str, Any]:
+    return {
+        "Records": [
+            {
+                "eventSource": "aws:kinesis",
+                "eventID": f"shardId-000000000000:{i}",
+                "kinesis": {
+                    "sequenceNumber": f"4959{i:020d}",
+                    "partitionKey": "p",
+                    "data": base64.b64encode(payload).decode(),
+                },
+            }
+            for i, payload in enumerate(payloads)
+        ]
+    }
+
+
+def s3_body(bucket: str, key: str) -> str:
+    return json.dumps(
+        {
+            "Records": [
+                {
+                    "eventSource": "aws:s3",
+                    "eventName": "ObjectCreated:Put",
+                    "s3": {"bucket": {"name": bucket}, "object": {"key": key, "size": 1}},
+                }
+            ]
+        }
+    )
+
+
+def sqs_event(bodies: list[str]) -> dict[str, Any]:
+    return {
+        "Records": [
+            {"eventSource": "aws:sqs", "messageId": f"m-{i}", "receiptHandle": "r", "body": body}
+            for i, body in enumerate(bodies)
+        ]
+    }
+
+
+def put_flow_file(s3: Any, key: str, count: int, *, gz: bool = True, offset: int = 0) -> None:
+    lines = [HEADER, *FlowLogGenerator().lines(count, offset=offset)]
+    data = ("\n".join(lines) + "\n").encode()
+    s3.put_object(Bucket=FLOW_BUCKET, Key=key, Body=gzip.compress(data) if gz else data)
+
+
+def test_awslogs_subscription_is_delivered(emulator: HecEmulator, configure: Any) -> None:
+    configure(emulator)
+    payload = cloudwatch_payload([f"line {i}" for i in range(25)], log_group="/app/test")
+    result = push.handler(awslogs_event(payload), FakeContext())
+    assert result["ledger"]["acknowledged"] == 25
+    assert result["ledger"]["balanced"]
+    assert len(emulator.indexed_events()) == 25
+
+
+def test_control_message_is_dropped(emulator: HecEmulator, configure: Any) -> None:
+    configure(emulator)
+    result = push.handler(awslogs_event(control_payload()), FakeContext())
+    assert result["ledger"]["dropped"] == {"control_message": 1}
+    assert emulator.indexed_events() == []
+
+
+def test_kinesis_batch_is_delivered(emulator: HecEmulator, configure: Any, s3: Any) -> None:
+    configure(emulator)
+    payloads = [
+        cloudwatch_payload([f"k{b}-{i}" for i in range(10)], first_id=b * 10) for b in range(3)
+    ]
+    garbage = b"\x1f\x8bnot really gzip"
+    result = push.handler(kinesis_event([*payloads, garbage]), FakeContext())
+    assert result == {"batchItemFailures": []}
+    assert len(emulator.indexed_events()) == 30
+    # the undecodable record is kept under processing-failed/, not lost
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET).get("Contents", [])]
+    assert any("processing-failed/" in key for key in keys)
+
+
+def test_sqs_s3_flow_files_plain_sns_and_test_event(
+    emulator: HecEmulator, configure: Any, s3: Any
+) -> None:
+    configure(emulator)
+    put_flow_file(s3, "AWSLogs/1/vpcflowlogs/a.log.gz", 40)
+    put_flow_file(s3, "AWSLogs/1/vpcflowlogs/b.log", 30, gz=False, offset=100)
+    sns = json.dumps(
+        {"Type": "Notification", "Message": s3_body(FLOW_BUCKET, "AWSLogs/1/vpcflowlogs/b.log")}
+    )
+    test_event = json.dumps(
+        {"Service": "Amazon S3", "Event": "s3:TestEvent", "Bucket": FLOW_BUCKET}
+    )
+    backsplash_obj = s3_body(BUCKET, "failed/splunk-failed/2026/01/01/00/x.gz")
+    event = sqs_event(
+        [s3_body(FLOW_BUCKET, "AWSLogs/1/vpcflowlogs/a.log.gz"), sns, test_event, backsplash_obj]
+    )
+    result = push.handler(event, FakeContext())
+    assert result == {"batchItemFailures": []}
+    events = emulator.indexed_events()
+    assert len(events) == 70
+    assert all("version" not in str(e["event"])[:10] for e in events)  # header never sent
+
+
+def test_sqs_partial_failure_names_the_message(
+    emulator: HecEmulator, configure: Any, s3: Any
+) -> None:
+    configure(emulator)
+    put_flow_file(s3, "AWSLogs/ok.log.gz", 10)
+    event = sqs_event(
+        [
+            s3_body(FLOW_BUCKET, "AWSLogs/ok.log.gz"),
+            s3_body(FLOW_BUCKET, "AWSLogs/missing.log.gz"),
+            "this is not json",
+        ]
+    )
+    result = push.handler(event, FakeContext())
+    assert result == {"batchItemFailures": [{"itemIdentifier": "m-1"}, {"itemIdentifier": "m-2"}]}
+    assert len(emulator.indexed_events()) == 10
+
+
+def test_kinesis_items_deferred_when_time_runs_short(emulator: HecEmulator, configure: Any) -> None:
+    """GIVEN little time left after the first record WHEN handled THEN the rest are reported."""
+    configure(emulator)
+    payloads = [cloudwatch_payload([f"d{b}"], first_id=b) for b in range(3)]
+    context = FakeContext(remaining_ms=30_000, steps=[30_000, 100, 30_000])
+    result = push.handler(kinesis_event(payloads), context)
+    ids = [item["itemIdentifier"] for item in result["batchItemFailures"]]
+    assert ids == [f"4959{1:020d}", f"4959{2:020d}"]
+    assert len(emulator.indexed_events()) == 1
+
+
+def test_deadline_backsplashes_unacknowledged(
+    emulator: HecEmulator, configure: Any, s3: Any
+) -> None:
+    """GIVEN acks that never come WHEN the invocation nears its end THEN backsplash, return."""
+    configure(emulator, SPLUNK_HEC_ACK_TIMEOUT="60")
+    emulator.set_faults(FaultPlan(lost_acks=100))
+    payload = cloudwatch_payload([f"late {i}" for i in range(5)], log_group="/app/test")
+    result = push.handler(awslogs_event(payload), FakeContext(remaining_ms=1500))
+    ledger = result["ledger"]
+    assert ledger["backsplashed"] == 5 and ledger["balanced"]
+    records = backsplashed(s3)
+    assert {r["errorCode"] for r in records} == {"Splunk.Deadline"}
+
+
+def test_backsplash_failure_raises(emulator: HecEmulator, configure: Any, s3: Any) -> None:
+    configure(emulator, SPLUNK_HEC_ACK_TIMEOUT="60", BACKSPLASH_BUCKET="no-such-bucket-here")
+    emulator.set_faults(FaultPlan(lost_acks=100))
+    payload = cloudwatch_payload(["x"], log_group="/app/test")
+    with pytest.raises(BacksplashError):
+        push.handler(awslogs_event(payload), FakeContext(remaining_ms=1000))
+
+
+def test_token_from_secrets_manager(emulator: HecEmulator, aws_endpoint: str, s3: Any) -> None:
+    from forwarder import secrets
+    from tests.conftest import TEST_TOKEN, make_settings
+
+    sm = boto_client("secretsmanager", aws_endpoint)
+    arn = sm.create_secret(Name="hec", SecretString=json.dumps({"hec_token": TEST_TOKEN}))["ARN"]
+    secrets.clear_cache()
+    settings = make_settings(
+        SPLUNK_HEC_URL=emulator.url,
+        SPLUNK_HEC_TOKEN_SECRET_ARN=arn,
+        SPLUNK_HEC_ACK_POLL_INTERVAL="0.02",
+        BACKSPLASH_BUCKET=BUCKET,
+    )
+    try:
+        push.configure(settings, client_factory=lambda service: boto_client(service, aws_endpoint))
+        result = push.handler(awslogs_event(cloudwatch_payload(["s"])), FakeContext())
+        assert result["ledger"]["acknowledged"] == 1
+    finally:
+        push.reset()
+        secrets.clear_cache()

@@ -1,0 +1,263 @@
+"""Daemon sources against moto's Kinesis, SQS and S3 (server mode)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import threading
+import time
+from typing import Any
+
+import pytest
+from botocore.exceptions import ClientError
+
+from config.daemon import SourceSettings
+from forwarder.checkpoints import SHARD_END, MemoryCheckpointStore
+from forwarder.sources import KinesisSource, SqsS3Source
+from forwarder.synthetic import cloudwatch_payload
+from tests.conftest import boto_client
+
+pytestmark = pytest.mark.integration
+
+STREAM = "cwl-stream"
+
+
+def kinesis_settings(**overrides: Any) -> SourceSettings:
+    values: dict[str, Any] = {
+        "type": "kinesis",
+        "stream_name": STREAM,
+        "poll_interval_s": 0.01,
+        "shard_refresh_interval_s": 0.1,
+        "throttle_backoff_s": 0.05,
+        "throttle_backoff_max_s": 0.2,
+    }
+    values.update(overrides)
+    return SourceSettings(**values)
+
+
+def drain(source: Any, rounds: int = 200, idle_rounds: int = 5) -> list[bytes]:
+    """Poll and commit until nothing new comes for a few rounds."""
+    got: list[bytes] = []
+    idle = 0
+    for _ in range(rounds):
+        records = source.poll(100)
+        got.extend(r.payload or b"" for r in records)
+        source.commit()
+        idle = 0 if records else idle + 1
+        if idle >= idle_rounds:
+            break
+    return got
+
+
+def test_kinesis_split_on_moto(aws_endpoint: str) -> None:
+    """GIVEN a split shard on moto WHEN read THEN the closed parent ends with SHARD_END.
+
+    moto keeps routing writes to the closed parent (and moves a parent's records into the
+    children on a split), so the ordering itself is checked with :class:`SplitKinesis`.
+    """
+    kinesis = boto_client("kinesis", aws_endpoint)
+    kinesis.create_stream(StreamName=STREAM, ShardCount=1)
+    parent = kinesis.list_shards(StreamName=STREAM)["Shards"][0]["ShardId"]
+    kinesis.split_shard(StreamName=STREAM, ShardToSplit=parent, NewStartingHashKey=str(2**127))
+    payloads = [cloudwatch_payload([f"m{i}"], first_id=i) for i in range(6)]
+    for payload in payloads:
+        kinesis.put_record(StreamName=STREAM, Data=payload, PartitionKey="p")
+    store = MemoryCheckpointStore()
+    source = KinesisSource(kinesis, kinesis_settings(), store)
+    source.attach()
+    got = drain(source)
+    assert sorted(got) == sorted(payloads)
+    positions = store.load(STREAM)
+    assert positions[parent] == SHARD_END
+    assert len(source.shard_positions()) == 3
+
+    # a restart resumes from the checkpoints: nothing is read again
+    again = KinesisSource(kinesis, kinesis_settings(), store)
+    again.attach()
+    assert drain(again) == []
+
+
+class SplitKinesis:
+    """A stream whose shard 0 was split into 1 and 2, with Kinesis's SHARD_END semantics."""
+
+    def __init__(self) -> None:
+        self.records = {
+            "s0": [b"p0", b"p1", b"p2"],
+            "s1": [b"c1-0", b"c1-1"],
+            "s2": [b"c2-0"],
+        }
+        self.reads: list[str] = []
+
+    def list_shards(self, **kwargs: Any) -> dict[str, Any]:
+        return {
+            "Shards": [
+                {"ShardId": "s0", "SequenceNumberRange": {"EndingSequenceNumber": "2"}},
+                {"ShardId": "s1", "ParentShardId": "s0", "SequenceNumberRange": {}},
+                {"ShardId": "s2", "ParentShardId": "s0", "SequenceNumberRange": {}},
+            ]
+        }
+
+    def get_shard_iterator(self, **kwargs: Any) -> dict[str, Any]:
+        start = 0
+        if kwargs["ShardIteratorType"] == "AFTER_SEQUENCE_NUMBER":
+            start = int(kwargs["StartingSequenceNumber"]) + 1
+        return {"ShardIterator": f"{kwargs['ShardId']}:{start}"}
+
+    def get_records(self, ShardIterator: str, Limit: int) -> dict[str, Any]:
+        shard, _, start_text = ShardIterator.partition(":")
+        start = int(start_text)
+        self.reads.append(shard)
+        data = self.records[shard][start : start + 2]
+        end = start + len(data)
+        closed = shard == "s0"
+        return {
+            "Records": [
+                {"Data": item, "SequenceNumber": str(start + i)} for i, item in enumerate(data)
+            ],
+            "NextShardIterator": None
+            if closed and end >= len(self.records[shard])
+            else f"{shard}:{end}",
+            "MillisBehindLatest": 0,
+        }
+
+
+def test_kinesis_parents_drained_before_children() -> None:
+    client = SplitKinesis()
+    store = MemoryCheckpointStore()
+    source = KinesisSource(client, kinesis_settings(stream_name="s"), store)
+    source.attach()
+    got = drain(source)
+    assert got[:3] == [b"p0", b"p1", b"p2"]
+    assert sorted(got[3:]) == [b"c1-0", b"c1-1", b"c2-0"]
+    first_child = min(client.reads.index("s1"), client.reads.index("s2"))
+    assert set(client.reads[:first_child]) == {"s0"}
+    assert store.load("s") == {"s0": SHARD_END, "s1": "1", "s2": "0"}
+
+
+def test_kinesis_checkpoint_resume_and_latest(aws_endpoint: str) -> None:
+    kinesis = boto_client("kinesis", aws_endpoint)
+    kinesis.create_stream(StreamName=STREAM, ShardCount=2)
+    for i in range(4):
+        kinesis.put_record(StreamName=STREAM, Data=f"r{i}".encode(), PartitionKey=str(i))
+    latest = KinesisSource(
+        kinesis, kinesis_settings(start_position="LATEST"), MemoryCheckpointStore()
+    )
+    latest.attach()
+    assert drain(latest, rounds=10) == []
+    store = MemoryCheckpointStore()
+    source = KinesisSource(kinesis, kinesis_settings(), store)
+    source.attach()
+    records = source.poll(2)
+    assert len(records) == 2
+    # not committed: a new reader starts over
+    fresh = KinesisSource(kinesis, kinesis_settings(), store)
+    fresh.attach()
+    assert len(drain(fresh)) == 4
+
+
+class ThrottlingKinesis:
+    """Delegates to moto, but refuses the first ``throttles`` GetRecords calls."""
+
+    def __init__(self, real: Any, throttles: int) -> None:
+        self._real = real
+        self.throttles = throttles
+        self.calls: list[float] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+    def get_records(self, **kwargs: Any) -> Any:
+        self.calls.append(time.monotonic())
+        if self.throttles:
+            self.throttles -= 1
+            raise ClientError(
+                {"Error": {"Code": "ProvisionedThroughputExceededException", "Message": "slow"}},
+                "GetRecords",
+            )
+        return self._real.get_records(**kwargs)
+
+
+def test_kinesis_throttling_backs_off(aws_endpoint: str) -> None:
+    kinesis = boto_client("kinesis", aws_endpoint)
+    kinesis.create_stream(StreamName=STREAM, ShardCount=1)
+    kinesis.put_record(StreamName=STREAM, Data=b"x", PartitionKey="p")
+    client = ThrottlingKinesis(kinesis, throttles=3)
+    source = KinesisSource(client, kinesis_settings(), MemoryCheckpointStore())
+    source.attach()
+    assert drain(source, idle_rounds=60) == [b"x"]
+    gaps = [b - a for a, b in zip(client.calls, client.calls[1:], strict=False)][:3]
+    assert gaps[0] >= 0.04 and gaps[1] >= 0.09  # exponential: 0.05, 0.1, 0.2
+
+
+QUEUE = "flow-notices"
+FLOW_BUCKET = "flow-bucket"
+
+
+def notice(key: str) -> str:
+    return json.dumps(
+        {
+            "Records": [
+                {
+                    "eventName": "ObjectCreated:Put",
+                    "s3": {"bucket": {"name": FLOW_BUCKET}, "object": {"key": key}},
+                }
+            ]
+        }
+    )
+
+
+def test_sqs_deletes_only_after_commit_and_extends_visibility(aws_endpoint: str) -> None:
+    sqs = boto_client("sqs", aws_endpoint)
+    s3 = boto_client("s3", aws_endpoint)
+    s3.create_bucket(Bucket=FLOW_BUCKET)
+    lines = "version srcaddr dstaddr action\n" + "".join(
+        f"2 10.0.0.{i} 10.0.1.1 ACCEPT\n" for i in range(12)
+    )
+    s3.put_object(Bucket=FLOW_BUCKET, Key="AWSLogs/a.log.gz", Body=gzip.compress(lines.encode()))
+    url = sqs.create_queue(QueueName=QUEUE)["QueueUrl"]
+    sqs.send_message(QueueUrl=url, MessageBody=notice("AWSLogs/a.log.gz"))
+    sqs.send_message(QueueUrl=url, MessageBody=json.dumps({"Event": "s3:TestEvent"}))
+    settings = SourceSettings(
+        type="sqs-s3", queue_url=url, visibility_timeout_s=2, wait_time_s=0, chunk_lines=5
+    )
+    source = SqsS3Source(sqs, s3, settings)
+    source.attach()
+    try:
+        records: list[Any] = []
+        for _ in range(5):
+            records.extend(source.poll(10))
+        assert [len(r.lines) for r in records] == [5, 5, 2]
+        assert records[0].flow_fields == ("version", "srcaddr", "dstaddr", "action")
+        # a slow delivery: longer than the visibility timeout, the heartbeat keeps it ours
+        time.sleep(3.0)
+        assert source.visibility_extensions >= 1
+        other = sqs.receive_message(QueueUrl=url, WaitTimeSeconds=0, MaxNumberOfMessages=10)
+        assert other.get("Messages", []) == []
+        assert source.in_flight() == 2
+        assert source.commit() == 2
+        attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+        assert attributes["ApproximateNumberOfMessages"] == "0"
+        assert attributes["ApproximateNumberOfMessagesNotVisible"] == "0"
+    finally:
+        source.close()
+
+
+def test_sqs_unreadable_object_leaves_the_message(aws_endpoint: str) -> None:
+    sqs = boto_client("sqs", aws_endpoint)
+    s3 = boto_client("s3", aws_endpoint)
+    s3.create_bucket(Bucket=FLOW_BUCKET)
+    url = sqs.create_queue(QueueName=QUEUE)["QueueUrl"]
+    sqs.send_message(QueueUrl=url, MessageBody=notice("AWSLogs/missing.log.gz"))
+    settings = SourceSettings(type="sqs-s3", queue_url=url, visibility_timeout_s=2, wait_time_s=0)
+    stop = threading.Event()
+    source = SqsS3Source(sqs, s3, settings, stop_event=stop)
+    source.attach()
+    try:
+        assert source.poll(10) == []
+        assert source.commit() == 0
+        assert source.objects_failed == 1
+        time.sleep(2.2)
+        again = sqs.receive_message(QueueUrl=url, WaitTimeSeconds=0)
+        assert len(again.get("Messages", [])) == 1  # back on the queue, for a retry or the DLQ
+    finally:
+        source.close()

@@ -1,0 +1,87 @@
+"""The daemon's [daemon] and [source] tables: defaults, validation, environment overrides."""
+
+from __future__ import annotations
+
+import pytest
+
+from config.daemon import DaemonSettings, SourceSettings, load_daemon_settings, split_document
+from config.loader import ConfigError
+
+
+def test_defaults_are_a_stdin_daemon() -> None:
+    settings = load_daemon_settings({})
+    assert settings == DaemonSettings()
+    assert settings.source == SourceSettings(type="stdin")
+    assert settings.shutdown_grace_s == 30.0
+
+
+def test_kinesis_with_dynamodb() -> None:
+    settings = load_daemon_settings(
+        {
+            "source": {
+                "type": "kinesis",
+                "stream_name": "logs",
+                "shard_ids": ["shardId-000000000000"],
+                "start_position": "LATEST",
+                "poll_interval_s": 0.5,
+            },
+            "daemon": {
+                "checkpoint_store": "dynamodb",
+                "checkpoint_table": "ckpt",
+                "shutdown_grace_s": 10,
+                "metrics_port": 0,
+            },
+        }
+    )
+    assert settings.source.shard_ids == ("shardId-000000000000",)
+    assert settings.source.start_position == "LATEST"
+    assert settings.checkpoint_table == "ckpt"
+    assert settings.shutdown_grace_s == 10.0
+    assert settings.metrics_port == 0
+
+
+@pytest.mark.parametrize(
+    ("document", "key"),
+    [
+        ({"source": {"type": "kinesis"}}, "source.stream_name"),
+        ({"source": {"type": "sqs-s3"}}, "source.queue_url"),
+        ({"source": {"type": "files"}}, "source.paths"),
+        ({"source": {"type": "tcp"}}, "source.type"),
+        ({"source": {"type": "kinesis", "stream_name": ""}}, "source.stream_name"),
+        ({"source": {"type": "stdin", "max_records": 0}}, "source.max_records"),
+        ({"source": {"type": "stdin", "start_position": "AT_TIMESTAMP"}}, "source.start_position"),
+        ({"source": {"type": "stdin", "wait_time_s": 21}}, "source.wait_time_s"),
+        ({"source": {"nonsense": 1}}, "source.nonsense"),
+        ({"daemon": {"shutdown_grace_s": "soon"}}, "daemon.shutdown_grace_s"),
+        ({"daemon": {"metrics_port": 70000}}, "daemon.metrics_port"),
+        ({"daemon": {"metrics_port": 1.5}}, "daemon.metrics_port"),
+        ({"daemon": {"metrics_enabled": "maybe"}}, "daemon.metrics_enabled"),
+        ({"daemon": {"checkpoint_store": "dynamodb"}}, "daemon.checkpoint_table"),
+        ({"daemon": {"checkpoint_store": "redis"}}, "daemon.checkpoint_store"),
+        ({"daemon": 3}, "daemon"),
+    ],
+)
+def test_invalid_values_name_their_key(document: dict[str, object], key: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_daemon_settings(document)
+    assert caught.value.key == key
+
+
+def test_environment_overrides_the_file() -> None:
+    settings = load_daemon_settings(
+        {"source": {"type": "kinesis", "stream_name": "a"}, "daemon": {"metrics_port": 1}},
+        {"FORWARDER_SOURCE_STREAM_NAME": "b", "FORWARDER_DAEMON_METRICS_PORT": "9200"},
+    )
+    assert settings.source.stream_name == "b"
+    assert settings.metrics_port == 9200
+
+
+def test_files_paths_from_a_comma_list() -> None:
+    settings = load_daemon_settings({"source": {"type": "files", "paths": "a.log, b.log"}})
+    assert settings.source.paths == ("a.log", "b.log")
+
+
+def test_split_document() -> None:
+    rest, daemon = split_document({"splunk_index": "x", "source": {}, "daemon": {}, "routes": []})
+    assert rest == {"splunk_index": "x", "routes": []}
+    assert set(daemon) == {"source", "daemon"}
