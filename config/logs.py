@@ -33,6 +33,34 @@ Delivery (``forwarder``):
     ack_poll_failed                 an ack poll request failed; it is retried (debug)
     delivery_summarized             the ledger: in = acknowledged + backsplashed + dropped
 
+Push Lambda (``forwarder.push``):
+    push_invocation_summarized      one per invocation: shape, items, failures, the ledger
+    event_unrecognized              an event of no known shape (the invocation fails)
+    items_deferred                  Kinesis/SQS items not started before the deadline
+                                    (reported in batchItemFailures)
+
+Daemon (``forwarder.daemon``, ``forwarder.sources``, ``forwarder.metrics``):
+    daemon_started, daemon_stopped  start and end, with the exit status
+    shutdown_requested              first signal: stop reading, drain within the grace
+    shutdown_grace_expired          the grace ran out; the rest is backsplashed
+    shutdown_forced                 second signal: backsplash everything, exit 130
+    metrics_started                 health and metrics server listening
+    checkpoint_saved                a checkpoint advanced (carries the ledger)
+    record_unprocessable            a record the transform refused (stored under
+                                    processing-failed/)
+    spool_drained, spool_drain_failed   the local spool to S3
+    source_attached, source_attach_failed
+    shard_discovered, shard_ended   Kinesis shards appearing (splits, merges) and finishing
+    source_throttled                Kinesis throttling; backing off
+    source_read_failed              a read failed; retried
+    visibility_extended             an in-flight SQS message kept invisible (debug)
+    visibility_extension_failed
+    message_unrecognized            an SQS body that is not an S3 notification
+    message_ignored                 s3:TestEvent and the like
+    message_deleted                 after delivery (debug)
+    object_skipped                  an S3 object left for another tool (backsplash objects)
+    object_failed                   an S3 object could not be read; its message stays queued
+
 Replay (``forwarder.replay``):
     replay_started                  the run begins (uri, selection)
     replay_object_started           an object is being read (debug)

@@ -1,0 +1,276 @@
+"""The ``forwarder`` command: argparse subcommands, exit statuses mapped in one place."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from enum import IntEnum
+from pathlib import Path
+from typing import TextIO
+
+import structlog
+
+from config.loader import ConfigError, load_settings, warnings_for
+from config.logs import configure_logging, register_secret
+from config.settings import Settings
+
+
+class ExitStatus(IntEnum):
+    """Exit statuses; the README lists them. 0 means everything delivered and acknowledged."""
+
+    OK = 0
+    FAILURE = 1
+    USAGE = 2  # also every configuration error (DESIGN.md section 7)
+    HEC_FATAL = 4  # token or channel refused by HEC; data went to the backsplash
+    INCOMPLETE = 5  # some events were backsplashed or dropped as unparsable input
+    BACKSPLASH_FAILED = 6  # events could be neither delivered nor stored: see the log
+    INTERRUPTED = 130
+
+
+Command = Callable[[argparse.Namespace, "CommandContext"], int]
+
+
+class CommandContext:
+    """What every subcommand gets: the environment, lazily loaded settings, output streams."""
+
+    def __init__(self, args: argparse.Namespace, environ: Mapping[str, str], out: TextIO) -> None:
+        self._args = args
+        self.environ = environ
+        self.out = out
+        self._settings: Settings | None = None
+
+    def settings(self, **extra_overrides: str) -> Settings:
+        """Settings from flags > environment > TOML; loaded once; logging configured here."""
+        if self._settings is None:
+            overrides = {k: v for k, v in _flag_overrides(self._args).items() if v is not None}
+            overrides.update(extra_overrides)
+            config_path = getattr(self._args, "config", None)
+            settings = load_settings(
+                self.environ, Path(config_path) if config_path else None, overrides
+            )
+            register_secret(settings.hec.token)
+            configure_logging(settings.log)
+            log = structlog.get_logger()
+            for warning in warnings_for(settings):
+                log.warning("settings_warning", problem=warning)
+            self._settings = settings
+        return self._settings
+
+
+def _flag_overrides(args: argparse.Namespace) -> dict[str, str | None]:
+    return {
+        "SPLUNK_HEC_URL": getattr(args, "hec_url", None),
+        "SPLUNK_HEC_TOKEN": getattr(args, "token", None),
+        "LOG_LEVEL": getattr(args, "log_level", None),
+        "LOG_FORMAT": getattr(args, "log_format", None),
+    }
+
+
+def _add_common(parser: argparse.ArgumentParser, *, hec: bool = True) -> None:
+    parser.add_argument(
+        "--config", metavar="FILE", help="TOML settings file (default: $FORWARDER_CONFIG)"
+    )
+    parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"])
+    parser.add_argument("--log-format", choices=["auto", "json", "console"])
+    if hec:
+        parser.add_argument("--hec-url", help="HEC URL(s), comma-separated ($SPLUNK_HEC_URL)")
+        parser.add_argument(
+            "--token",
+            help="HEC token; prefer $SPLUNK_HEC_TOKEN, which other users cannot see in ps",
+        )
+
+
+def _cmd_transform(args: argparse.Namespace, ctx: CommandContext) -> int:
+    from transforms.errors import TransformError  # noqa: PLC0415
+    from transforms.firehose import transform_file_contents  # noqa: PLC0415
+
+    data = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
+    name = None if args.file == "-" else Path(args.file).name
+    try:
+        lines = transform_file_contents(data, ctx.settings(), name=name)
+    except TransformError as exc:
+        print(f"forwarder: cannot transform {args.file}: {exc}", file=sys.stderr)
+        return ExitStatus.FAILURE
+    for line in lines:
+        ctx.out.write(line + "\n")
+    return ExitStatus.OK
+
+
+def _cmd_hec_emulator(args: argparse.Namespace, ctx: CommandContext) -> int:
+    from forwarder.emulator import serve  # noqa: PLC0415
+
+    return serve(args)
+
+
+def _cmd_forward(args: argparse.Namespace, ctx: CommandContext) -> int:
+    from forwarder.forward import run_forward  # noqa: PLC0415
+
+    return run_forward(args, ctx.settings(), ctx.out)
+
+
+def _cmd_check(args: argparse.Namespace, ctx: CommandContext) -> int:
+    from forwarder.forward import run_check  # noqa: PLC0415
+
+    return run_check(ctx.settings(), ctx.out)
+
+
+def _cmd_daemon(args: argparse.Namespace, ctx: CommandContext) -> int:
+    from forwarder.daemon import run  # noqa: PLC0415
+
+    return run(args, ctx.settings, ctx.environ)
+
+
+def _cmd_replay(args: argparse.Namespace, ctx: CommandContext) -> int:
+    from forwarder.replay import run  # noqa: PLC0415
+
+    return run(args, ctx)
+
+
+def _cmd_demo(args: argparse.Namespace, ctx: CommandContext) -> int:
+    from forwarder.demo import run_demo  # noqa: PLC0415
+
+    return run_demo(args, ctx.out)
+
+
+def _cmd_package(args: argparse.Namespace, ctx: CommandContext) -> int:
+    from forwarder.packaging import run  # noqa: PLC0415
+
+    return run(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line; each subcommand sets ``func``."""
+    parser = argparse.ArgumentParser(
+        prog="forwarder",
+        description="Move CloudWatch Logs and VPC flow logs into Splunk HEC, losing nothing.",
+    )
+    from forwarder import __version__  # noqa: PLC0415
+
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    forward = commands.add_parser(
+        "forward",
+        help="transform and deliver a payload file or stdin once, with acknowledgment",
+        description="Send a Firehose event, push-Lambda event, gzip CloudWatch Logs payload, "
+        "flow-log file or text file through the transform and delivery engine once. "
+        "Exit status 0 means every event was acknowledged.",
+    )
+    from forwarder.forward import add_forward_arguments  # noqa: PLC0415
+
+    add_forward_arguments(forward)
+    _add_common(forward)
+    forward.set_defaults(func=_cmd_forward)
+
+    check = commands.add_parser(
+        "check",
+        help="validate settings and probe each HEC URL's health and token",
+        description="Validate the settings, then ask every HEC URL for its health and "
+        "whether it accepts the token, and say what is wrong in plain words.",
+    )
+    _add_common(check)
+    check.set_defaults(func=_cmd_check)
+
+    daemon = commands.add_parser(
+        "daemon",
+        help="run until SIGTERM: read Kinesis, SQS/S3, files or stdin and deliver with acks",
+        description="A long-running forwarder with checkpoints, graceful shutdown, a local "
+        "spool, health and Prometheus metrics. Sources and checkpoints are configured in the "
+        "[source] and [daemon] tables of the TOML file.",
+    )
+    from forwarder.daemon import add_arguments as add_daemon_arguments  # noqa: PLC0415
+
+    add_daemon_arguments(daemon)
+    daemon.set_defaults(func=_cmd_daemon)
+
+    replay = commands.add_parser(
+        "replay",
+        help="re-deliver backsplash objects (Firehose's and ours) from S3, once",
+        description="Stream splunk-failed/, processing-failed/ and replay-failed/ objects "
+        "from S3 and deliver them with acknowledgment; a local state file makes a second "
+        "run send nothing. Failures go to replay-failed/, never back into the source.",
+    )
+    from forwarder.replay import add_arguments as add_replay_arguments  # noqa: PLC0415
+
+    add_replay_arguments(replay)
+    _add_common(replay, hec=False)
+    replay.set_defaults(func=_cmd_replay)
+
+    transform = commands.add_parser(
+        "transform",
+        help="show the HEC events the transform makes of a payload file",
+        description="Run the transform locally on a Firehose event JSON, a gzip CloudWatch "
+        "Logs payload or a flow-log text file, and print one HEC event per line.",
+    )
+    transform.add_argument("file", metavar="FILE", help="payload file, or - for stdin")
+    _add_common(transform, hec=False)
+    transform.set_defaults(func=_cmd_transform)
+
+    emulator = commands.add_parser(
+        "hec-emulator",
+        help="run a local Splunk HEC for trials and tests",
+        description="A local HEC with acknowledgments, channels and injectable faults.",
+    )
+    from forwarder.emulator import add_arguments as add_emulator_arguments  # noqa: PLC0415
+
+    add_emulator_arguments(emulator)
+    emulator.set_defaults(func=_cmd_hec_emulator)
+
+    demo = commands.add_parser(
+        "demo",
+        help="run the whole job locally: emulator, local S3, generated flow logs",
+        description="End to end on this machine: a local HEC emulator with faults, a local "
+        "S3 server and generated VPC flow log batches; prints what was delivered, "
+        "acknowledged and backsplashed.",
+    )
+    from forwarder.demo import add_arguments as add_demo_arguments  # noqa: PLC0415
+
+    add_demo_arguments(demo)
+    demo.set_defaults(func=_cmd_demo)
+
+    package = commands.add_parser(
+        "package",
+        help="build the Lambda deployment zip (and optionally upload it)",
+        description="Build a reproducible Lambda zip of forwarder, transforms, config and "
+        "their runtime dependencies (boto3 excluded: the Lambda runtime provides it).",
+    )
+    from forwarder.packaging import add_arguments as add_package_arguments  # noqa: PLC0415
+
+    add_package_arguments(package)
+    package.set_defaults(func=_cmd_package)
+    return parser
+
+
+def exit_status_for(exc: BaseException) -> ExitStatus:
+    """Map an exception that escaped a command to its exit status."""
+    if isinstance(exc, ConfigError):
+        return ExitStatus.USAGE
+    if isinstance(exc, KeyboardInterrupt):
+        return ExitStatus.INTERRUPTED
+    return ExitStatus.FAILURE
+
+
+def main(
+    argv: Sequence[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    out: TextIO | None = None,
+) -> int:
+    """Run the command line; returns the exit status instead of exiting."""
+    env = os.environ if environ is None else environ
+    stream = out if out is not None else sys.stdout
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    ctx = CommandContext(args, env, stream)
+    func: Command = args.func
+    try:
+        return int(func(args, ctx))
+    except ConfigError as exc:
+        print(f"forwarder: configuration error: {exc}", file=sys.stderr)
+        return ExitStatus.USAGE
+    except KeyboardInterrupt:
+        return ExitStatus.INTERRUPTED
+    except OSError as exc:
+        print(f"forwarder: {exc}", file=sys.stderr)
+        return exit_status_for(exc)

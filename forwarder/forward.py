@@ -1,0 +1,426 @@
+"""``forwarder forward`` and ``forwarder check``: one-shot delivery of a file, and a HEC probe.
+
+``forward`` reads a payload file or stdin, recognises what it holds, transforms it and delivers
+it through the same engine as the daemon: a Firehose transformation event (JSON with
+``records``), a push-Lambda event (``{"awslogs": {"data": ...}}``), a gzip CloudWatch Logs
+payload, a flow-log file (plain or gzip, with or without its header line), or plain text
+lines. Text is read in chunks, so memory stays bounded whatever the input size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import binascii
+import gzip
+import io
+import json
+import signal
+import threading
+import time
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from types import FrameType
+from typing import IO, Any, cast
+
+import structlog
+
+from config.loader import require_hec
+from config.settings import Settings
+from forwarder.backsplash import backsplash_from_settings
+from forwarder.delivery import Deliverer
+from forwarder.errors import BacksplashError
+from forwarder.hec_client import HecClient
+from forwarder.ledger import Ledger
+from transforms.errors import TransformError
+from transforms.pipeline import transform_lines, transform_payload
+from transforms.records import EncodedBatch
+from transforms.vpc_flow import fields_from_header, is_header_line
+
+_GZIP_MAGIC = b"\x1f\x8b"
+_SNIFF_BYTES = 64 * 1024
+#: Lines handed to the transform at once: big enough to amortise per-call work, small enough
+#: that a million-line file never sits in memory.
+CHUNK_LINES = 20_000
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A piece of input that could not be transformed (counted as dropped, with its reason)."""
+
+    reason: str
+    detail: str
+    count: int = 1
+
+
+Unit = EncodedBatch | Failure
+
+
+def _sniff_gzip_json(head: bytes) -> bool:
+    """Whether a gzip stream starts with a JSON object (a CloudWatch Logs payload)."""
+    try:
+        start = zlib.decompressobj(31).decompress(head, 256)
+    except zlib.error:
+        return False
+    return start.lstrip()[:1] == b"{"
+
+
+def _lines(binary: IO[bytes]) -> Iterator[str]:
+    """Decoded lines of a binary stream, leaving the stream open for its owner to close."""
+    text = io.TextIOWrapper(binary, encoding="utf-8", errors="replace", newline=None)
+    try:
+        yield from text
+    finally:
+        text.detach()  # a collected TextIOWrapper would close the caller's stream
+
+
+def _text_units(
+    lines: Iterator[str],
+    settings: Settings,
+    *,
+    log_group: str | None,
+    log_stream: str | None,
+    stop: threading.Event,
+) -> Iterator[Unit]:
+    options = settings.transform
+    flow_fields: tuple[str, ...] | None = None
+    origin: Any = "text"
+    chunk: list[str] = []
+    first = True
+    for line in lines:
+        if first:
+            first = False
+            if is_header_line(line.strip()):
+                flow_fields = fields_from_header(line.strip())
+                origin = "s3"
+                continue
+        chunk.append(line)
+        if len(chunk) >= CHUNK_LINES:
+            yield transform_lines(
+                chunk,
+                log_group=log_group,
+                log_stream=log_stream,
+                origin=origin,
+                options=options,
+                flow_fields=flow_fields,
+            )
+            chunk = []
+            if stop.is_set():
+                return
+    if chunk:
+        yield transform_lines(
+            chunk,
+            log_group=log_group,
+            log_stream=log_stream,
+            origin=origin,
+            options=options,
+            flow_fields=flow_fields,
+        )
+
+
+def _json_document_units(document: Any, settings: Settings) -> Iterator[Unit] | None:
+    """Units of a Firehose, push-Lambda or Kinesis event document; None for other JSON."""
+    options = settings.transform
+    if isinstance(document, dict) and isinstance(document.get("awslogs"), dict):
+        payloads = [document["awslogs"].get("data")]
+    elif isinstance(document, dict) and isinstance(document.get("records"), list):
+        payloads = [r.get("data") if isinstance(r, dict) else None for r in document["records"]]
+    elif isinstance(document, dict) and isinstance(document.get("Records"), list):
+        payloads = [
+            r.get("kinesis", {}).get("data") if isinstance(r, dict) else None
+            for r in document["Records"]
+        ]
+    else:
+        return None
+
+    def units() -> Iterator[Unit]:
+        for index, encoded in enumerate(payloads):
+            if not isinstance(encoded, str):
+                yield Failure("undecodable_record", f"record {index} has no base64 data")
+                continue
+            try:
+                data = base64.b64decode(encoded, validate=True)
+                yield transform_payload(data, options)
+            except (binascii.Error, ValueError, TransformError) as exc:
+                yield Failure("undecodable_record", f"record {index}: {exc}")
+
+    return units()
+
+
+def read_units(
+    stream: IO[bytes],
+    settings: Settings,
+    *,
+    log_group: str | None = None,
+    log_stream: str | None = None,
+    stop: threading.Event | None = None,
+) -> Iterator[Unit]:
+    """Recognise what ``stream`` holds and yield transformed batches (or failures).
+
+    Args:
+        stream: the input, read once from the start.
+        settings: transform options and the decompression ceiling.
+        log_group: the name to route text and flow-log files by (DESIGN.md section 3).
+        log_stream: likewise; default ``source`` is ``<log_group>:<log_stream>``.
+        stop: when set, stop reading at the next chunk boundary.
+    """
+    stop = stop or threading.Event()
+    limit = settings.transform.max_decompressed_bytes
+    # Sniffing needs peek(); files opened "rb" and stdin's buffer have it already.
+    buffered: Any = (
+        stream
+        if hasattr(stream, "peek")
+        else io.BufferedReader(cast(io.RawIOBase, stream), buffer_size=_SNIFF_BYTES)
+    )
+    head = buffered.peek(_SNIFF_BYTES)[:_SNIFF_BYTES]
+    if head.startswith(_GZIP_MAGIC):
+        if _sniff_gzip_json(head):
+            data = buffered.read(limit + 1)
+            try:
+                yield transform_payload(data, settings.transform)
+            except TransformError as exc:
+                yield Failure("undecodable_record", str(exc))
+            return
+        yield from _text_units(
+            _lines(cast(IO[bytes], gzip.GzipFile(fileobj=buffered))),
+            settings,
+            log_group=log_group,
+            log_stream=log_stream,
+            stop=stop,
+        )
+        return
+    if head.lstrip()[:1] == b"{":
+        data = buffered.read(limit + 1)
+        try:
+            document = json.loads(data)
+        except ValueError:
+            document = None  # JSON lines, not one document: treat as text below
+        units = _json_document_units(document, settings) if document is not None else None
+        if units is not None:
+            yield from units
+            return
+        if document is not None:
+            yield from _text_units(
+                iter([data.decode("utf-8", "replace")]),
+                settings,
+                log_group=log_group,
+                log_stream=log_stream,
+                stop=stop,
+            )
+            return
+        buffered = io.BytesIO(data)
+    yield from _text_units(
+        _lines(buffered), settings, log_group=log_group, log_stream=log_stream, stop=stop
+    )
+
+
+@dataclass(frozen=True)
+class ForwardReport:
+    """What ``forward`` did: the ledger summary and whether delivery hit a fatal HEC error."""
+
+    summary: dict[str, Any]
+    fatal: bool
+    unparsed: int
+    backsplash_error: str | None = None
+
+
+def forward_stream(
+    stream: IO[bytes],
+    settings: Settings,
+    *,
+    log_group: str | None = None,
+    log_stream: str | None = None,
+    stop: threading.Event | None = None,
+    deliverer: Deliverer | None = None,
+    grace_s: float = 30.0,
+) -> ForwardReport:
+    """Transform and deliver everything in ``stream``; the ledger balances on return.
+
+    Args:
+        stream: the input.
+        settings: validated settings with a HEC URL and token.
+        log_group: routing name for text inputs.
+        log_stream: routing name for text inputs.
+        stop: set on shutdown: stop reading, flush within ``grace_s``, backsplash the rest.
+        deliverer: an engine to use (tests, benchmarks); built from settings when None.
+        grace_s: how long acknowledgments may take after a stop request.
+    """
+    stop = stop or threading.Event()
+    log = structlog.get_logger("forwarder.forward")
+    if deliverer is None:
+        deliverer = Deliverer(
+            settings,
+            backsplash=backsplash_from_settings(settings.backsplash, use_spool=True),
+            stop_event=stop,
+        )
+    ledger: Ledger = deliverer.ledger
+    unparsed = 0
+    backsplash_error: str | None = None
+    try:
+        for unit in read_units(
+            stream, settings, log_group=log_group, log_stream=log_stream, stop=stop
+        ):
+            if isinstance(unit, Failure):
+                log.error("record_failed", reason=unit.reason, detail=unit.detail)
+                ledger.drop(unit.reason, unit.count)
+                continue
+            if unit.is_control:
+                ledger.drop("control_message", 1)
+                continue
+            unparsed += unit.unparsed
+            deliverer.submit(unit.events, unit.raw_target)
+            if stop.is_set():
+                break
+        deadline = time.monotonic() + grace_s if stop.is_set() else None
+        deliverer.close(deadline)
+    except BacksplashError as exc:
+        backsplash_error = str(exc)
+        log.critical("backsplash_failed", error=backsplash_error)
+        ledger.log_summary(log, fatal=deliverer.fatal is not None)
+    return ForwardReport(
+        summary=ledger.summary(),
+        fatal=deliverer.fatal is not None,
+        unparsed=unparsed,
+        backsplash_error=backsplash_error,
+    )
+
+
+def exit_status(report: ForwardReport, interrupted: bool) -> int:
+    """Map a report to the documented exit statuses (see ``forwarder.cli.ExitStatus``)."""
+    from forwarder.cli import ExitStatus  # noqa: PLC0415 - cli imports this module
+
+    summary = report.summary
+    if report.backsplash_error or not summary["balanced"]:
+        return ExitStatus.BACKSPLASH_FAILED
+    if report.fatal:
+        return ExitStatus.HEC_FATAL
+    if interrupted:
+        return ExitStatus.INTERRUPTED
+    not_control = {k: v for k, v in summary["dropped"].items() if k != "control_message"}
+    if summary["backsplashed"] or any(not_control.values()):
+        return ExitStatus.INCOMPLETE
+    return ExitStatus.OK
+
+
+def add_forward_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of ``forwarder forward``."""
+    parser.add_argument("file", metavar="FILE", help="payload file, or - for stdin")
+    parser.add_argument(
+        "--log-group",
+        help="route text and flow-log files as if from this log group (e.g. /aws/vpc/flowlogs)",
+    )
+    parser.add_argument("--log-stream", help="log stream name used for routing and source")
+    parser.add_argument(
+        "--grace",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="after Ctrl-C/SIGTERM, how long to wait for acks before backsplashing (30)",
+    )
+    parser.add_argument("--json", action="store_true", help="print the ledger as JSON")
+
+
+def run_forward(args: argparse.Namespace, settings: Settings, out: IO[str]) -> int:
+    """The ``forward`` command: deliver once, print the ledger, return the exit status."""
+    require_hec(settings)
+    stop = threading.Event()
+    interrupted = False
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        nonlocal interrupted
+        if interrupted:
+            raise KeyboardInterrupt
+        interrupted = True
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        log_stream = args.log_stream or (None if args.file == "-" else args.file)
+        if args.file == "-":
+            import sys  # noqa: PLC0415
+
+            report = forward_stream(
+                sys.stdin.buffer,
+                settings,
+                log_group=args.log_group,
+                log_stream=log_stream,
+                stop=stop,
+                grace_s=args.grace,
+            )
+        else:
+            with open(args.file, "rb") as handle:
+                report = forward_stream(
+                    handle,
+                    settings,
+                    log_group=args.log_group,
+                    log_stream=log_stream,
+                    stop=stop,
+                    grace_s=args.grace,
+                )
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    print_report(report, out, as_json=args.json)
+    return exit_status(report, interrupted)
+
+
+def print_report(report: ForwardReport, out: IO[str], *, as_json: bool) -> None:
+    """The ledger for people (a short table) or machines (one JSON object)."""
+    summary = dict(report.summary, unparsed_lines=report.unparsed)
+    if report.backsplash_error:
+        summary["backsplash_error"] = report.backsplash_error
+    if as_json:
+        out.write(json.dumps(summary, sort_keys=True) + "\n")
+        return
+    dropped = ", ".join(f"{k}={v}" for k, v in sorted(summary["dropped"].items())) or "none"
+    rows = [
+        ("events in", summary["events_in"]),
+        ("acknowledged", summary["acknowledged"]),
+        ("backsplashed", summary["backsplashed"]),
+        ("dropped", f"{sum(summary['dropped'].values())} ({dropped})"),
+        ("in flight (lost!)", summary["in_flight"]),
+        ("unparsed flow lines", report.unparsed),
+        ("requests / retries / resends", f"{summary['requests']} / {summary['retries']} / "
+         f"{summary['resends']}"),
+        ("ack polls", summary["ack_polls"]),
+        ("balanced", "yes" if summary["balanced"] else "NO"),
+    ]  # fmt: skip
+    if report.fatal:
+        rows.append(("HEC refused the token or channel", "see the hec_fatal log line"))
+    if report.backsplash_error:
+        rows.append(("backsplash failed", report.backsplash_error))
+    width = max(len(label) for label, _ in rows)
+    for label, value in rows:
+        out.write(f"{label:<{width}}  {value}\n")
+
+
+def run_check(settings: Settings, out: IO[str]) -> int:
+    """``forwarder check``: settings are valid; each HEC URL is healthy and takes the token."""
+    import requests  # noqa: PLC0415
+
+    from forwarder.cli import ExitStatus  # noqa: PLC0415
+    from forwarder.errors import DeliveryError  # noqa: PLC0415
+
+    require_hec(settings)
+    out.write("settings: valid\n")
+    worst = ExitStatus.OK
+    with requests.Session() as session:
+        for url in settings.hec.urls:
+            client = HecClient(session, settings.hec, url)
+            healthy, code, text = client.health()
+            out.write(f"{url}: health {'OK' if healthy else 'NOT OK'} (code {code}: {text})\n")
+            try:
+                outcome = client.probe_token()
+            except DeliveryError as exc:
+                out.write(f"{url}: cannot check the token: {exc}\n")
+                worst = max(worst, ExitStatus.FAILURE)
+                continue
+            if outcome.action == "ok":
+                out.write(f"{url}: token accepted\n")
+            else:
+                out.write(f"{url}: token refused: {outcome.reason}\n")
+                worst = max(worst, ExitStatus.HEC_FATAL)
+            if not healthy:
+                worst = max(worst, ExitStatus.FAILURE)
+    return worst

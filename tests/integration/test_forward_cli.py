@@ -1,0 +1,196 @@
+"""``forwarder forward`` and ``forwarder check`` end to end: the CLI against the emulator and S3."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from forwarder.cli import ExitStatus, main
+from forwarder.emulator import FaultPlan, HecEmulator
+from forwarder.synthetic import (
+    FlowLogGenerator,
+    cloudwatch_payload,
+    control_payload,
+    firehose_event,
+    flow_log_payloads,
+)
+from tests.conftest import TEST_TOKEN, boto_client
+from tests.integration.conftest import BUCKET, FAST, backsplashed
+
+pytestmark = pytest.mark.integration
+
+
+def run_cli(argv: list[str], environ: dict[str, str]) -> tuple[int, str]:
+    out = io.StringIO()
+    status = main(argv, environ=environ, out=out)
+    return status, out.getvalue()
+
+
+@pytest.fixture(name="hec")
+def fixture_hec() -> Any:
+    with HecEmulator(token=TEST_TOKEN) as emulator:
+        yield emulator
+
+
+@pytest.fixture(name="s3")
+def fixture_s3(aws_endpoint: str) -> Any:
+    client = boto_client("s3", aws_endpoint)
+    client.create_bucket(Bucket=BUCKET)
+    return client
+
+
+def environ_for(url: str, aws_endpoint: str | None = None, **extra: str) -> dict[str, str]:
+    env = {**FAST, "SPLUNK_HEC_URL": url, "LOG_FORMAT": "json", **extra}
+    if aws_endpoint:
+        env.update(
+            AWS_ENDPOINT_URL=aws_endpoint,
+            AWS_ACCESS_KEY_ID="testing",
+            AWS_SECRET_ACCESS_KEY="testing",
+            AWS_DEFAULT_REGION="us-east-1",
+        )
+    return env
+
+
+def test_forward_gzip_payload_is_acknowledged(
+    hec: HecEmulator, s3: Any, aws_endpoint: str, tmp_path: Path
+) -> None:
+    """A gzip CloudWatch Logs payload of flow logs is delivered, acknowledged, exit 0."""
+    lines = list(FlowLogGenerator().lines(300))
+    path = tmp_path / "batch.gz"
+    path.write_bytes(cloudwatch_payload(lines))
+    status, out = run_cli(["forward", str(path), "--json"], environ_for(hec.url, aws_endpoint))
+    summary = json.loads(out)
+    assert status == ExitStatus.OK
+    assert summary["events_in"] == 300
+    assert summary["acknowledged"] == 300
+    assert summary["balanced"] is True
+    indexed = hec.indexed_events()
+    assert [event["event"] for event in indexed] == lines
+    assert {event["sourcetype"] for event in indexed} == {"aws:cloudwatchlogs:vpcflow"}
+    assert backsplashed(s3) == []
+
+
+def test_forward_firehose_event_counts_control_and_bad_records(
+    hec: HecEmulator, s3: Any, aws_endpoint: str, tmp_path: Path
+) -> None:
+    """Control messages are dropped quietly, plain text is delivered as text, and a truncated
+    gzip record is dropped with its reason and makes the exit status 5."""
+    truncated = flow_log_payloads(1, 50)[0][:40]
+    event = firehose_event(
+        [*flow_log_payloads(2, 50), control_payload(), b"plain text record", truncated]
+    )
+    path = tmp_path / "firehose.json"
+    path.write_text(json.dumps(event))
+    status, out = run_cli(["forward", str(path), "--json"], environ_for(hec.url, aws_endpoint))
+    summary = json.loads(out)
+    assert status == ExitStatus.INCOMPLETE
+    assert summary["acknowledged"] == 101
+    assert summary["dropped"] == {"control_message": 1, "undecodable_record": 1}
+    assert summary["balanced"] is True
+    assert hec.indexed_events()[-1]["event"] == "plain text record"
+
+
+def test_forward_flow_log_file_with_header_from_stdin_like_file(
+    hec: HecEmulator, s3: Any, aws_endpoint: str, tmp_path: Path
+) -> None:
+    """An S3-style flow-log file (gzip, header line) parses itself; the header is not sent."""
+    header = (
+        "version account-id interface-id srcaddr dstaddr srcport dstport protocol packets "
+        "bytes start end action log-status"
+    )
+    lines = list(FlowLogGenerator(seed=3).lines(50))
+    path = tmp_path / "flow.log.gz"
+    path.write_bytes(gzip.compress(("\n".join([header, *lines]) + "\n").encode()))
+    status, out = run_cli(
+        ["forward", str(path), "--json"],
+        environ_for(hec.url, aws_endpoint, SPLUNK_HEC_ENDPOINT="raw"),
+    )
+    assert status == ExitStatus.OK, out
+    indexed = hec.indexed_events()
+    assert [event["event"] for event in indexed] == lines
+    assert {event["sourcetype"] for event in indexed} == {"aws:cloudwatchlogs:vpcflow"}
+
+
+def test_forward_with_invalid_token_backsplashes_and_exits_4(
+    hec: HecEmulator, s3: Any, aws_endpoint: str, tmp_path: Path
+) -> None:
+    """HEC refuses the token: every event lands in the backsplash, readable back; exit 4."""
+    path = tmp_path / "batch.gz"
+    path.write_bytes(cloudwatch_payload(list(FlowLogGenerator().lines(40))))
+    environ = environ_for(hec.url, aws_endpoint, SPLUNK_HEC_TOKEN="wrong-token-0000")
+    status, out = run_cli(["forward", str(path), "--json"], environ)
+    assert status == ExitStatus.HEC_FATAL
+    summary = json.loads(out)
+    assert summary["backsplashed"] == 40
+    records = backsplashed(s3)
+    assert len(records) == 40
+    assert {record["errorCode"] for record in records} == {"Splunk.InvalidToken"}
+    assert hec.stats().events_indexed == 0
+
+
+def test_forward_without_backsplash_when_hec_is_down_exits_6(
+    hec: HecEmulator, tmp_path: Path
+) -> None:
+    """Nowhere to put undeliverable events: the run says so loudly and exits 6."""
+    hec.set_faults(FaultPlan(error_500_requests=10_000))
+    path = tmp_path / "batch.gz"
+    path.write_bytes(cloudwatch_payload(list(FlowLogGenerator().lines(10))))
+    environ = environ_for(hec.url, SPLUNK_HEC_RETRY_DURATION="0.2")
+    del environ["BACKSPLASH_BUCKET"]
+    status, out = run_cli(["forward", str(path), "--json"], environ)
+    assert status == ExitStatus.BACKSPLASH_FAILED
+    summary = json.loads(out)
+    assert summary["in_flight"] == 10
+    assert "backsplash" in summary["backsplash_error"]
+
+
+def test_forward_kinesis_and_awslogs_shapes(
+    hec: HecEmulator, s3: Any, aws_endpoint: str, tmp_path: Path
+) -> None:
+    """Push-Lambda shaped files (awslogs, Kinesis Records) are understood too."""
+    payload = cloudwatch_payload(
+        ["hello from lambda"], log_group="/aws/lambda/app", log_stream="2026/11/26/[$LATEST]0a1b"
+    )
+    path = tmp_path / "awslogs.json"
+    path.write_text(json.dumps({"awslogs": {"data": base64.b64encode(payload).decode()}}))
+    status, _ = run_cli(["forward", str(path)], environ_for(hec.url, aws_endpoint))
+    assert status == ExitStatus.OK
+    kinesis = {"Records": [{"kinesis": {"data": base64.b64encode(payload).decode()}}]}
+    path.write_text(json.dumps(kinesis))
+    status, _ = run_cli(["forward", str(path)], environ_for(hec.url, aws_endpoint))
+    assert status == ExitStatus.OK
+    indexed = hec.indexed_events()
+    assert [event["event"] for event in indexed] == ["hello from lambda"] * 2
+    assert indexed[0]["sourcetype"] == "aws:cloudwatchlogs:lambda"
+
+
+def test_forward_configuration_error_exits_2(tmp_path: Path) -> None:
+    """A bad setting is a usage error named by its key, before any I/O."""
+    path = tmp_path / "x.log"
+    path.write_text("hello\n")
+    status, _ = run_cli(
+        ["forward", str(path)], {"SPLUNK_HEC_URL": "not a url", "SPLUNK_HEC_TOKEN": TEST_TOKEN}
+    )
+    assert status == ExitStatus.USAGE
+    status, _ = run_cli(["forward", str(path)], {"SPLUNK_HEC_URL": "http://127.0.0.1:9"})
+    assert status == ExitStatus.USAGE
+
+
+def test_check_reports_health_and_token(hec: HecEmulator) -> None:
+    """check: 0 when healthy and accepted, 4 for a refused token, 1 for an unreachable URL."""
+    status, out = run_cli(["check"], environ_for(hec.url))
+    assert status == ExitStatus.OK
+    assert "token accepted" in out
+    status, out = run_cli(["check"], environ_for(hec.url, SPLUNK_HEC_TOKEN="bad-token-value"))
+    assert status == ExitStatus.HEC_FATAL
+    assert "token refused" in out
+    assert "bad-token-value" not in out
+    status, out = run_cli(["check"], environ_for("http://127.0.0.1:9"))
+    assert status == ExitStatus.FAILURE
+    assert "NOT OK" in out
