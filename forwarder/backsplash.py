@@ -176,7 +176,65 @@ class BacksplashWriter(Protocol):
         ...
 
 
-class Backsplash:
+class _ObjectWriter:
+    """``write`` for writers that store one gzip JSON-lines object per call, keyed by time."""
+
+    _clock: Callable[[], float]
+
+    def object_key(self, now: datetime | None = None, kind: str = SPLUNK_FAILED) -> str:
+        raise NotImplementedError
+
+    def put_object(self, key: str, data: bytes) -> None:
+        raise NotImplementedError
+
+    def write(
+        self,
+        events: Sequence[EncodedEvent],
+        *,
+        error_code: str,
+        error_message: str,
+        attempts: int,
+        endpoint: Endpoint,
+        raw_target: RawTarget | None = None,
+        arrival_ms: int | None = None,
+    ) -> str:
+        """Write one object holding these events.
+
+        Args:
+            events: the events (one record each).
+            error_code: Firehose-style code, e.g. ``Splunk.AckTimeout``.
+            error_message: what happened, in words (HEC's text and code when there was one).
+            attempts: requests made for these events.
+            endpoint: ``event`` or ``raw``.
+            raw_target: raw-endpoint metadata, stored with each record.
+            arrival_ms: when the events arrived (epoch ms); now when None.
+
+        Returns:
+            The object key.
+
+        Raises:
+            BacksplashError: the object could not be stored.
+        """
+        now = self._clock()
+        key = self.object_key(datetime.fromtimestamp(now, UTC))
+        ending_ms = int(now * 1000)
+        self.put_object(
+            key,
+            encode_records(
+                events,
+                error_code=error_code,
+                error_message=error_message,
+                attempts=attempts,
+                endpoint=endpoint,
+                raw_target=raw_target,
+                arrival_ms=ending_ms if arrival_ms is None else arrival_ms,
+                ending_ms=ending_ms,
+            ),
+        )
+        return key
+
+
+class Backsplash(_ObjectWriter):
     """The S3 backsplash bucket.
 
     Args:
@@ -246,53 +304,6 @@ class Backsplash:
                 f"backsplash write to s3://{bucket}/{key} failed: {type(exc).__name__}: {exc}"
             ) from None
 
-    def write(
-        self,
-        events: Sequence[EncodedEvent],
-        *,
-        error_code: str,
-        error_message: str,
-        attempts: int,
-        endpoint: Endpoint,
-        raw_target: RawTarget | None = None,
-        arrival_ms: int | None = None,
-    ) -> str:
-        """Write one object holding these events.
-
-        Args:
-            events: the events (one record each).
-            error_code: Firehose-style code, e.g. ``Splunk.AckTimeout``.
-            error_message: what happened, in words (HEC's text and code when there was one).
-            attempts: requests made for these events.
-            endpoint: ``event`` or ``raw``.
-            raw_target: raw-endpoint metadata, stored with each record.
-            arrival_ms: when the events arrived (epoch ms); now when None.
-
-        Returns:
-            The object key.
-
-        Raises:
-            BacksplashError: no bucket configured, or S3 refused the write.
-        """
-        self._require()
-        now = self._clock()
-        key = self.object_key(datetime.fromtimestamp(now, UTC))
-        ending_ms = int(now * 1000)
-        self.put_object(
-            key,
-            encode_records(
-                events,
-                error_code=error_code,
-                error_message=error_message,
-                attempts=attempts,
-                endpoint=endpoint,
-                raw_target=raw_target,
-                arrival_ms=ending_ms if arrival_ms is None else arrival_ms,
-                ending_ms=ending_ms,
-            ),
-        )
-        return key
-
     def read_bytes(self, key: str) -> bytes:
         """The stored bytes of an object.
 
@@ -338,7 +349,7 @@ class NullBacksplash:
         raise BacksplashError("no backsplash bucket configured (BACKSPLASH_BUCKET)")
 
 
-class LocalSpool:
+class LocalSpool(_ObjectWriter):
     """A directory holding backsplash objects under the same keys and bytes as S3 would.
 
     Files are written to a temporary name, fsynced and renamed, so a crash never leaves a
@@ -392,36 +403,6 @@ class LocalSpool:
                 raise
         except OSError as exc:
             raise BacksplashError(f"spool write to {self.directory} failed: {exc}") from None
-
-    def write(
-        self,
-        events: Sequence[EncodedEvent],
-        *,
-        error_code: str,
-        error_message: str,
-        attempts: int,
-        endpoint: Endpoint,
-        raw_target: RawTarget | None = None,
-        arrival_ms: int | None = None,
-    ) -> str:
-        """Write one object (same arguments and format as :meth:`Backsplash.write`)."""
-        now = self._clock()
-        key = self.object_key(datetime.fromtimestamp(now, UTC))
-        ending_ms = int(now * 1000)
-        self.put_object(
-            key,
-            encode_records(
-                events,
-                error_code=error_code,
-                error_message=error_message,
-                attempts=attempts,
-                endpoint=endpoint,
-                raw_target=raw_target,
-                arrival_ms=ending_ms if arrival_ms is None else arrival_ms,
-                ending_ms=ending_ms,
-            ),
-        )
-        return key
 
     def list_keys(self) -> list[str]:
         """Every spooled key, oldest first."""

@@ -88,6 +88,17 @@ def _text_units(
     origin: Any = "text"
     chunk: list[str] = []
     first = True
+
+    def encode(lines: list[str]) -> EncodedBatch:
+        return transform_lines(
+            lines,
+            log_group=log_group,
+            log_stream=log_stream,
+            origin=origin,
+            options=options,
+            flow_fields=flow_fields,
+        )
+
     for line in lines:
         if first:
             first = False
@@ -97,26 +108,12 @@ def _text_units(
                 continue
         chunk.append(line)
         if len(chunk) >= CHUNK_LINES:
-            yield transform_lines(
-                chunk,
-                log_group=log_group,
-                log_stream=log_stream,
-                origin=origin,
-                options=options,
-                flow_fields=flow_fields,
-            )
+            yield encode(chunk)
             chunk = []
             if stop.is_set():
                 return
     if chunk:
-        yield transform_lines(
-            chunk,
-            log_group=log_group,
-            log_stream=log_stream,
-            origin=origin,
-            options=options,
-            flow_fields=flow_fields,
-        )
+        yield encode(chunk)
 
 
 def _json_document_units(document: Any, settings: Settings) -> Iterator[Unit] | None:

@@ -18,7 +18,7 @@ import hashlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 import boto3
 import structlog
@@ -29,6 +29,8 @@ from botocore.exceptions import BotoCoreError, ClientError
 if TYPE_CHECKING:
     from mypy_boto3_firehose import FirehoseClient
     from mypy_boto3_kinesis import KinesisClient
+else:  # the stubs are a dev dependency; at run time the clients are plain boto3 objects
+    FirehoseClient = KinesisClient = Any
 
 #: One record to put back: its bytes and, for Kinesis, its partition key.
 ReingestRecord = tuple[bytes, str | None]
@@ -146,7 +148,14 @@ def make_client(service: str, region: str) -> Any:
     )
 
 
-class _StreamReingester:
+class _ClosableClient(Protocol):
+    def close(self) -> None: ...
+
+
+ClientT = TypeVar("ClientT", bound=_ClosableClient)
+
+
+class _StreamReingester(Generic[ClientT]):
     """Chunking and the retry loop; subclasses make one API call and report failed entries."""
 
     max_records: int
@@ -156,11 +165,15 @@ class _StreamReingester:
 
     def __init__(
         self,
+        client: ClientT,
+        stream_name: str,
         *,
-        policy: ReingestPolicy,
-        remaining_s: Callable[[], float] | None,
-        sleep: Callable[[float], None],
+        policy: ReingestPolicy = ReingestPolicy(),
+        remaining_s: Callable[[], float] | None = None,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
+        self.client = client
+        self.stream_name = stream_name
         self.policy = policy
         self.remaining_s = remaining_s
         self.sleep = sleep
@@ -169,6 +182,10 @@ class _StreamReingester:
     def _send(self, records: list[ReingestRecord]) -> list[tuple[ReingestRecord, str]]:
         """One API call; returns the records that failed with their error codes, in order."""
         raise NotImplementedError
+
+    def close(self) -> None:
+        """Close the client's connections."""
+        self.client.close()
 
     def put(self, records: Sequence[ReingestRecord]) -> None:
         """Put every record, chunked to the API's limits, retrying failed entries.
@@ -267,30 +284,13 @@ def _error_codes(state: tenacity.RetryCallState) -> list[str]:
     return sorted(set(exc.error_codes)) if isinstance(exc, _PartialFailure) else []
 
 
-class FirehoseReingester(_StreamReingester):
+class FirehoseReingester(_StreamReingester[FirehoseClient]):
     """``PutRecordBatch`` into a Firehose delivery stream (DirectPut sources)."""
 
     max_records = FIREHOSE_MAX_BATCH_RECORDS
     max_bytes = FIREHOSE_MAX_BATCH_BYTES
     max_record_bytes = FIREHOSE_MAX_RECORD_BYTES
     operation = "PutRecordBatch"
-
-    def __init__(
-        self,
-        client: FirehoseClient,
-        stream_name: str,
-        *,
-        policy: ReingestPolicy = ReingestPolicy(),
-        remaining_s: Callable[[], float] | None = None,
-        sleep: Callable[[float], None] = time.sleep,
-    ) -> None:
-        super().__init__(policy=policy, remaining_s=remaining_s, sleep=sleep)
-        self.client = client
-        self.stream_name = stream_name
-
-    def close(self) -> None:
-        """Close the client's connections."""
-        self.client.close()
 
     def _send(self, records: list[ReingestRecord]) -> list[tuple[ReingestRecord, str]]:
         response = self.client.put_record_batch(
@@ -306,30 +306,13 @@ class FirehoseReingester(_StreamReingester):
         ]
 
 
-class KinesisReingester(_StreamReingester):
+class KinesisReingester(_StreamReingester[KinesisClient]):
     """``PutRecords`` into a Kinesis stream, keeping each record's partition key."""
 
     max_records = KINESIS_MAX_BATCH_RECORDS
     max_bytes = KINESIS_MAX_BATCH_BYTES
     max_record_bytes = KINESIS_MAX_RECORD_BYTES
     operation = "PutRecords"
-
-    def __init__(
-        self,
-        client: KinesisClient,
-        stream_name: str,
-        *,
-        policy: ReingestPolicy = ReingestPolicy(),
-        remaining_s: Callable[[], float] | None = None,
-        sleep: Callable[[float], None] = time.sleep,
-    ) -> None:
-        super().__init__(policy=policy, remaining_s=remaining_s, sleep=sleep)
-        self.client = client
-        self.stream_name = stream_name
-
-    def close(self) -> None:
-        """Close the client's connections."""
-        self.client.close()
 
     def _send(self, records: list[ReingestRecord]) -> list[tuple[ReingestRecord, str]]:
         response = self.client.put_records(
