@@ -7,10 +7,12 @@ backsplashed) and only then commit the source (Kinesis checkpoint, SQS delete). 
 checkpoint never passes a record with an event still in doubt, and a ``kill -9`` costs at most
 one cycle of duplicates.
 
-Signals (two stages): the first SIGTERM/SIGINT stops reading; what is in flight is flushed
-with a deadline of ``shutdown_grace_s`` (what is still unacknowledged then is backsplashed,
-``Splunk.Deadline``), the source is committed and the exit status is 0. A second signal
-aborts the wait: everything pending is backsplashed at once, committed, exit 130.
+Signals (two stages): the first SIGTERM/SIGINT stops reading and gives the deliverer a
+deadline ``shutdown_grace_s`` away (:meth:`Deliverer.set_deadline`): sends, retries and ack
+waits go on until then, and what is still unacknowledged at the deadline is backsplashed
+(``Splunk.Deadline``); the source is committed and the exit status is 0. A second signal aborts
+(:meth:`Deliverer.abort`): everything pending is backsplashed at once (``Splunk.Shutdown``),
+committed, exit 130.
 
 The backsplash is S3 with the local spool behind it (``BACKSPLASH_SPOOL_DIR``): while S3 is
 unreachable objects go to the spool, which is drained to S3 every ``spool_drain_interval_s``
@@ -68,31 +70,9 @@ EXIT_INCOMPLETE: Final = 5
 EXIT_BACKSPLASH_FAILED: Final = 6
 EXIT_INTERRUPTED: Final = 130
 
-#: How far the clock jumps on the second signal: every deadline and ack timeout is then past,
-#: so the deliverer backsplashes what is pending at once (see :class:`_AbortableClock`).
-_ABORT_JUMP_S: Final = 1e9
 _ATTACH_RETRY_S: Final = 5.0
-_GRACE_SLACK_S: Final = 1.0
 
 _log = structlog.get_logger("forwarder.daemon")
-
-
-class _AbortableClock:
-    """``time.monotonic`` that can jump far ahead, to make a flush end now.
-
-    The Deliverer has no "abort" call; its flush ends when its clock passes the deadline. On
-    the second signal the clock jumps, so every deadline and ack timeout is past and what is
-    pending is backsplashed right away (the deliverer's sleeps also end: its stop event is set).
-    """
-
-    def __init__(self) -> None:
-        self.offset = 0.0
-
-    def __call__(self) -> float:
-        return time.monotonic() + self.offset
-
-    def jump(self) -> None:
-        self.offset += _ABORT_JUMP_S
 
 
 def _boto_client(service: str) -> Any:
@@ -127,13 +107,11 @@ class Daemon:
         self.settings = settings
         self.daemon_settings = daemon_settings
         self.stop_event = threading.Event()
-        self.abort_event = threading.Event()
-        self._clock = _AbortableClock()
+        self._clock = time.monotonic
         self._clients = client_factory
         self._signals = 0
         self._forced = False
         self._stop_deadline: float | None = None
-        self._grace_timer: threading.Timer | None = None
         self.backsplash: BacksplashWriter = (
             backsplash
             if backsplash is not None
@@ -147,7 +125,6 @@ class Daemon:
             settings,
             backsplash=self.backsplash,
             clock=self._clock,
-            stop_event=self.abort_event,
             log=_log,
         )
         self.source: Source = source if source is not None else self._build_source(stdin)
@@ -206,39 +183,28 @@ class Daemon:
     def request_stop(self) -> None:
         """First stage: stop reading, flush within the grace period, commit, exit 0.
 
-        A second call is the second stage (:meth:`request_abort`). When the grace period
-        ends, whatever still waits (acks, retry backoffs inside a send) is cut short and
-        backsplashed, as on the second signal but with exit status 0.
+        The grace period is the deliverer's deadline: sends, retries and ack waits go on
+        until then, and whatever still waits at the deadline (acks, a batch in retry backoff)
+        is backsplashed as ``Splunk.Deadline``. A second call is the second stage
+        (:meth:`request_abort`). Safe from a signal handler: both only set flags.
         """
         self._signals += 1
         if self._signals == 1:
             grace = self.daemon_settings.shutdown_grace_s
             _log.warning("shutdown_requested", grace_s=grace)
             self._stop_deadline = self._clock() + grace
+            self.deliverer.set_deadline(self._stop_deadline)
             self.stop_event.set()
-            # a little after the flush deadline: the flush ends itself at the deadline; the
-            # timer only cuts waits that know no deadline (retry backoff inside a send)
-            self._grace_timer = threading.Timer(grace + _GRACE_SLACK_S, self._cut_short)
-            self._grace_timer.daemon = True
-            self._grace_timer.start()
         else:
             self.request_abort()
 
-    def _cut_short(self) -> None:
-        """The grace period is over: end every wait now (what is pending is backsplashed)."""
-        if not self.abort_event.is_set():
-            _log.warning("shutdown_grace_expired")
-            self.abort_event.set()
-            self._clock.jump()
-
     def request_abort(self) -> None:
         """Second stage: backsplash everything pending now, commit, exit 130."""
-        self._forced = True
-        if not self.abort_event.is_set():
+        if not self._forced:
             _log.warning("shutdown_forced")
+        self._forced = True
         self.stop_event.set()
-        self.abort_event.set()
-        self._clock.jump()
+        self.deliverer.abort("Splunk.Shutdown", "second shutdown signal")
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self.request_stop()
@@ -383,22 +349,21 @@ class Daemon:
 
     def _finish(self) -> int:
         """Shutdown: flush within the grace period, commit, close; the exit status."""
-        if self.abort_event.is_set():
-            deadline = self._clock()
-        elif self._stop_deadline is not None:
+        if self._stop_deadline is not None:  # a signal: the deliverer has this deadline already
             deadline = self._stop_deadline
         else:  # the source ended (files, stdin) or delivery stopped: same grace
             deadline = self._clock() + self.daemon_settings.shutdown_grace_s
         try:
-            self._checkpoint(deadline=deadline)
+            self._checkpoint(deadline=deadline)  # ends at once after request_abort()
             self.deliverer.close(summarize=False)
         except BacksplashError as exc:
             return self._backsplash_failed(exc)
+        grace_over = self._stop_deadline is not None and self._clock() >= self._stop_deadline
+        if grace_over and not self._forced:
+            _log.warning("shutdown_grace_expired")  # what was still pending is backsplashed
         self._drain_spool(force=True)
         ledger = self.deliverer.ledger
         status = EXIT_OK
-        if self._grace_timer is not None:
-            self._grace_timer.cancel()
         if self._forced:
             status = EXIT_INTERRUPTED
         elif self.deliverer.fatal is not None:

@@ -24,6 +24,14 @@ What HEC says, and what happens (DESIGN.md §4):
                                  later; ``hec_fatal`` logged with HEC's text and code
     ack disabled (code 14)       warn once, count, treat the 200 as delivery
     ack timeout                  re-send (counted as a possible duplicate) within the duration
+
+Bounding it in time: :meth:`Deliverer.set_deadline` (a clock time, kept until changed) and the
+``deadline`` of :meth:`Deliverer.flush` (that flush only) are cut-offs: once past, no attempt,
+re-send, backoff sleep or ack wait starts or goes on (a backoff sleep wakes at the deadline);
+what is queued, being retried, in a partial batch or awaiting its ack is backsplashed
+(``Splunk.Deadline``), and so is whatever is submitted later. :meth:`Deliverer.abort` is the
+same at once and for good, with the caller's reason (``Splunk.Shutdown`` by default). A request
+already on the wire finishes either way: the thread is never interrupted mid-send.
 """
 
 from __future__ import annotations
@@ -63,6 +71,9 @@ from transforms.records import EncodedEvent, RawTarget
 #: configured poll interval: an ack that is already true is not waited for a whole interval.
 _FIRST_BLOCKED_POLL_S: Final = 0.02
 _MIN_SLEEP_S: Final = 0.001
+#: The default sleep waits in slices this long, so that a deadline set or an abort requested
+#: from another thread (or a signal handler) ends a long backoff promptly.
+_NAP_SLICE_S: Final = 0.05
 
 
 @dataclass(slots=True, eq=False)
@@ -135,6 +146,10 @@ class _GiveUp(Exception):
         self.message = message
 
 
+class _Halted(Exception):
+    """A backoff sleep ended at a cut-off (deadline, abort, fatal, shutdown): no next attempt."""
+
+
 class Deliverer:
     """Delivers encoded events to HEC with acks, retries and the backsplash.
 
@@ -146,9 +161,12 @@ class Deliverer:
         backsplash: where undeliverable events go; None: nowhere, so giving up raises
             ``BacksplashError`` (nothing is ever dropped silently).
         clock: monotonic clock (ack timeouts, retry duration, linger, deadlines).
-        sleep: how to wait; by default a sleep that a shutdown (``stop_event``) interrupts.
+        sleep: how to wait; by default a sleep that a shutdown (``stop_event``), an
+            :meth:`abort` and the deadline (:meth:`set_deadline`) cut short. An injected sleep
+            is the caller's: the deliverer only checks the cut-offs before and after it.
         stop_event: set on shutdown: no new retries or re-sends; what cannot be sent is
-            backsplashed with ``Splunk.Shutdown``.
+            backsplashed with ``Splunk.Shutdown``. Acks are still awaited (see :meth:`abort`
+            for giving up on those too).
         wall_clock: epoch seconds for arrival timestamps.
         gzip_level: zlib level for request bodies.
         log: a structlog logger (bound context welcome).
@@ -208,7 +226,10 @@ class Deliverer:
         )
         self._queue: deque[_Work] = deque()
         self._fatal: FatalHecError | None = None
-        self._deadline: float | None = None
+        self._deadline: float | None = None  # set_deadline(): until changed
+        self._flush_deadline: float | None = None  # flush(deadline): during that flush only
+        self._abort_reason: tuple[str, str] = ("Splunk.Shutdown", "delivery aborted")
+        self._aborted = threading.Event()
         self._ack_unavailable_warned = False
         self._closed = False
         self._log = log if log is not None else structlog.get_logger("forwarder.delivery")
@@ -231,12 +252,62 @@ class Deliverer:
         """The HEC URLs, in rotation order."""
         return tuple(route.url for route in self._routes)
 
+    @property
+    def deadline(self) -> float | None:
+        """The deadline set by :meth:`set_deadline`, or None."""
+        return self._deadline
+
+    @property
+    def aborted(self) -> bool:
+        """True once :meth:`abort` was called."""
+        return self._aborted.is_set()
+
+    def set_deadline(self, deadline: float | None) -> None:
+        """Bound every later wait: past ``deadline``, give up instead of retrying or waiting.
+
+        From then on no attempt, re-send, backoff or ack wait starts or continues: what is
+        queued, being retried, in a partial batch or awaiting its ack is backsplashed with
+        ``Splunk.Deadline`` (at the deliverer's next step: a backoff sleep wakes at the
+        deadline), and so are events submitted later. A request already on the wire finishes.
+        The deadline stays until set again; :meth:`flush` with its own deadline uses the
+        earlier of the two. Safe to call from another thread or a signal handler.
+
+        Args:
+            deadline: a time on this deliverer's clock; None removes the deadline.
+        """
+        self._deadline = deadline
+
+    def abort(
+        self, reason_code: str = "Splunk.Shutdown", message: str = "delivery aborted"
+    ) -> None:
+        """Give up for good: backsplash everything not yet acknowledged, and all later submits.
+
+        Queued batches, partial batches, batches being retried and batches awaiting their
+        acks go to the backsplash with ``reason_code``; later :meth:`submit` calls store their
+        events there without sending. A request already on the wire finishes (its batch is
+        then backsplashed too unless HEC confirmed it on the spot). Delivery is not fatal:
+        :attr:`fatal` stays None.
+
+        Safe from any thread and from a signal handler: this only records the abort and wakes
+        the deliverer's sleep. The backsplash writes happen in the deliverer's thread, inside
+        the call in progress (submit, service, flush), or else at the next call; call
+        :meth:`flush` or :meth:`close` to have them done now. A second call changes nothing.
+
+        Args:
+            reason_code: the backsplash ``errorCode`` (``Splunk.Shutdown``, ``Splunk.Deadline``).
+            message: the backsplash ``errorMessage`` (attempts and last error are appended).
+        """
+        if self._aborted.is_set():
+            return
+        self._abort_reason = (reason_code, message)
+        self._aborted.set()
+
     def submit(self, events: Sequence[EncodedEvent], raw_target: RawTarget | None = None) -> None:
         """Hand events over for delivery; full batches are sent before this returns.
 
         May block: while a channel has ``max_pending`` unacknowledged requests (backpressure)
-        and during retry backoff. Partial batches wait for more events, their linger time or
-        :meth:`flush`.
+        and during retry backoff, but not past the deadline (:meth:`set_deadline`) nor after
+        :meth:`abort`. Partial batches wait for more events, their linger time or :meth:`flush`.
 
         Args:
             events: encoded events (payload bytes and CloudWatch event id).
@@ -254,8 +325,10 @@ class Deliverer:
         self.ledger.add(events_in=count)
         if self._endpoint == "event":
             raw_target = None
-        if self._fatal is not None:
-            message = f"not sent: delivery stopped ({self._fatal.message})"
+        cut = self._cutoff()
+        if cut is not None:  # fatal, aborted or past the deadline: straight to the backsplash
+            self._settle(cut)
+            error_code, why = cut
             arrival_ms = int(self._wall_clock() * 1000)
             for batch in pack(events, self._batcher.max_bytes, self._batcher.max_events):
                 self._store(
@@ -263,8 +336,8 @@ class Deliverer:
                     raw_target=raw_target,
                     arrival_ms=arrival_ms,
                     attempts=0,
-                    error_code=self._fatal.error_code,
-                    message=message,
+                    error_code=error_code,
+                    message=f"not sent: {why}",
                 )
             return
         self._queue.extend(_Work.of(batch) for batch in self._batcher.add(events, raw_target))
@@ -284,6 +357,10 @@ class Deliverer:
     def next_wakeup(self) -> float | None:
         """Clock time at which :meth:`service` has something to do, or None."""
         due = [t for t in (self._batcher.next_due(), self._next_ack_event()) if t is not None]
+        if due and self._aborted.is_set():
+            return self._clock()  # the abort is carried out by the next call
+        if due and self._deadline is not None:
+            due.append(self._deadline)  # what is still pending then is backsplashed
         return min(due) if due else None
 
     def _next_ack_event(self) -> float | None:
@@ -301,23 +378,21 @@ class Deliverer:
 
         Args:
             deadline: a time on this deliverer's clock (``time.monotonic()`` by default): what
-                is not acknowledged by then is backsplashed (``Splunk.Deadline``). None: wait
-                as long as acks and retries take (both are bounded by settings).
+                is not acknowledged by then is backsplashed (``Splunk.Deadline``). It holds for
+                this flush only; the deadline of :meth:`set_deadline`, if earlier, wins. None:
+                wait as long as acks and retries take (both are bounded by settings).
 
         Raises:
             BacksplashError: a backsplash write failed.
         """
         self._check_open()
-        self._deadline = deadline
+        self._flush_deadline = deadline
         try:
             self._queue.extend(_Work.of(batch) for batch in self._batcher.drain())
             delay = _FIRST_BLOCKED_POLL_S
             while True:
-                self._drain_queue()
-                if not self.pending_acks:
-                    break
-                now = self._clock()
-                if deadline is not None and now >= deadline:
+                self._drain_queue()  # backsplashes everything once past a cut-off
+                if not self.pending_acks or self._cutoff() is not None:
                     break
                 self._poll_routes(force=True)
                 self._expire(self._clock())
@@ -325,15 +400,8 @@ class Deliverer:
                     continue
                 self._wait(delay)
                 delay = min(delay * 2, self._settings.acks.poll_interval_s)
-            for route in self._routes:
-                for work in route.acks.drain():
-                    self._store_work(
-                        work,
-                        "Splunk.Deadline",
-                        f"not acknowledged by {route.url} before the flush deadline",
-                    )
         finally:
-            self._deadline = None
+            self._flush_deadline = None
 
     def close(self, deadline: float | None = None, *, summarize: bool = True) -> None:
         """Flush, log the ledger (``delivery_summarized``) and release the session.
@@ -369,17 +437,52 @@ class Deliverer:
             raise RuntimeError("Deliverer is closed")
 
     def _nap(self, seconds: float) -> None:
-        # Wakes early on shutdown; once shut down, waits (for acks) are plain sleeps.
-        if self._stop.is_set():
-            time.sleep(seconds)
-        else:
-            self._stop.wait(seconds)
+        # Ends early on abort and at the deadline (checked every slice: either may be set from
+        # another thread), and on shutdown; once shut down, waits (for acks) go on.
+        stopped = self._stop.is_set()
+        end = time.monotonic() + seconds
+        while True:
+            remaining = end - time.monotonic()
+            if remaining <= 0 or self._aborted.is_set() or self._past_deadline():
+                return
+            step = min(remaining, _NAP_SLICE_S)
+            if stopped:
+                self._aborted.wait(step)
+            elif self._stop.wait(step):
+                return
+
+    def _effective_deadline(self) -> float | None:
+        """The earlier of the standing deadline and the flush's, or None."""
+        deadlines = [d for d in (self._deadline, self._flush_deadline) if d is not None]
+        return min(deadlines) if deadlines else None
 
     def _past_deadline(self) -> bool:
-        return self._deadline is not None and self._clock() >= self._deadline
+        deadline = self._effective_deadline()
+        return deadline is not None and self._clock() >= deadline
+
+    def _cutoff(self) -> tuple[str, str] | None:
+        """Why nothing more may be sent or awaited, as (error code, message); None: go on."""
+        if self._fatal is not None:
+            return self._fatal.error_code, f"delivery stopped: {self._fatal.message}"
+        if self._aborted.is_set():
+            return self._abort_reason
+        if self._past_deadline():
+            return "Splunk.Deadline", "deadline reached"
+        return None
 
     def _abort_retries(self) -> bool:
-        return self._fatal is not None or self._past_deadline()
+        return self._cutoff() is not None
+
+    def _settle(self, cut: tuple[str, str]) -> None:
+        """Past a cut-off: backsplash the queue, the partial batches and what awaits its ack."""
+        error_code, why = cut
+        while self._queue:
+            self._give_up(self._queue.popleft(), None)
+        for batch in self._batcher.drain():
+            self._store_work(_Work.of(batch), error_code, f"not sent: {why}")
+        for route in self._routes:
+            for work in route.acks.drain():
+                self._store_work(work, error_code, f"not acknowledged by {route.url}: {why}")
 
     def _pump(self) -> None:
         self._queue.extend(_Work.of(batch) for batch in self._batcher.due())
@@ -389,18 +492,17 @@ class Deliverer:
         while True:
             while self._queue:
                 self._deliver(self._queue.popleft())
+            cut = self._cutoff()
+            if cut is not None:
+                self._settle(cut)
+                return
             self._poll_routes(force=False)
             self._expire(self._clock())
             if not self._queue:
                 return
 
     def _deliver(self, work: _Work) -> None:
-        if self._fatal is not None:
-            self._store_work(
-                work, self._fatal.error_code, f"delivery stopped: {self._fatal.message}"
-            )
-            return
-        if self._past_deadline() or (work.budget.attempts and self._stop.is_set()):
+        if self._cutoff() is not None or (work.budget.attempts and self._stop.is_set()):
             self._give_up(work, None)
             return
         if work.wire is None:
@@ -422,13 +524,21 @@ class Deliverer:
         )
         result: SendResult | None = None
         route: _Route | None = None
+        last_error: RetryableError | None = None
         try:
             for attempt in retrying:
                 with attempt:
                     route = self._choose_route()
-                    result = self._attempt(route, work)
+                    try:
+                        result = self._attempt(route, work)
+                    except RetryableError as exc:
+                        last_error = exc
+                        raise
         except RetryableError as exc:
             self._give_up(work, exc)
+            return
+        except _Halted:
+            self._give_up(work, last_error)
             return
         except _GiveUp as exc:
             self._store_work(work, exc.error_code, exc.message)
@@ -473,15 +583,27 @@ class Deliverer:
         self.ledger.add(retries=1)
 
     def _backoff(self, seconds: float) -> None:
-        """tenacity's sleep: wait, polling acks of every channel meanwhile."""
+        """tenacity's sleep: wait, polling acks of every channel meanwhile.
+
+        Wakes no later than the deadline. Raises ``_Halted`` (no next attempt) once a cut-off
+        is reached or shutdown is requested.
+        """
         end = self._clock() + seconds
+        deadline = self._effective_deadline()
+        if deadline is not None:
+            end = min(end, deadline)
         while True:
+            if self._cutoff() is not None or self._stop.is_set():
+                raise _Halted
+            now = self._clock()
+            if now >= end:
+                return
             self._poll_routes(force=False)
             now = self._clock()
             self._expire(now)
             remaining = end - now
-            if remaining <= 0 or self._stop.is_set() or self._fatal is not None:
-                return
+            if remaining <= 0:
+                continue  # the loop's top decides: deadline reached, or back off no longer
             wake = self._next_ack_event()  # partial batches wait: we are mid-send
             step = remaining if wake is None else min(remaining, max(wake - now, _MIN_SLEEP_S))
             self._sleep(step)
@@ -489,13 +611,10 @@ class Deliverer:
     def _give_up(self, work: _Work, exc: RetryableError | None) -> None:
         attempts = work.budget.attempts
         last = f"; last error: {exc.message}" if exc is not None else ""
-        if self._fatal is not None:
-            code, message = self._fatal.error_code, f"delivery stopped: {self._fatal.message}"
-        elif self._past_deadline():
-            code, message = (
-                "Splunk.Deadline",
-                f"flush deadline reached after {attempts} attempts{last}",
-            )
+        cut = self._cutoff()
+        if cut is not None:
+            code, why = cut
+            message = f"{why} after {attempts} attempts{last}" if attempts else why
         elif self._stop.is_set():
             code, message = "Splunk.Shutdown", f"shutdown after {attempts} attempts{last}"
         elif exc is not None:
@@ -633,8 +752,9 @@ class Deliverer:
                     self._next_route = index + 1
                     return route
             # Backpressure: every usable channel is full. Poll acks until one has room.
-            if self._past_deadline():
-                raise _GiveUp("Splunk.Deadline", "flush deadline reached waiting for acks")
+            cut = self._cutoff()
+            if cut is not None:
+                raise _GiveUp(cut[0], f"{cut[1]} (waiting for room for another request)")
             self._poll_routes(force=True)
             self._expire(self._clock())
             if any(not (r.acks_on and r.acks.full) for r in candidates):
@@ -669,8 +789,9 @@ class Deliverer:
         """Sleep up to ``seconds``, no later than the deadline or the next due poll/expiry."""
         now = self._clock()
         limit = seconds
-        if self._deadline is not None:
-            limit = min(limit, self._deadline - now)
+        deadline = self._effective_deadline()
+        if deadline is not None:
+            limit = min(limit, deadline - now)
         for route in self._routes:
             expiry = route.acks.next_expiry_at()
             if expiry is not None:
@@ -715,10 +836,8 @@ class Deliverer:
         if work.budget.started_at is None:
             work.budget.started_at = now  # the ack timeout is this batch's first failure
         message = f"{route.url}: {why}"
-        if self._fatal is not None:
-            self._store_work(
-                work, self._fatal.error_code, f"delivery stopped: {self._fatal.message}"
-            )
+        if self._fatal is not None or self._aborted.is_set():
+            self._give_up(work, None)
             return
         exhausted = budget_exhausted(self._policy, work.budget, now)
         resend = not (exhausted or self._stop.is_set() or self._past_deadline())

@@ -12,8 +12,11 @@ The event is recognised by its shape:
   are not re-sent here: they are counted, logged (``object_skipped``) and left for
   ``forwarder replay``.
 
-Delivery waits for indexer acknowledgment until the invocation's remaining time minus a safety
-margin; what is unacknowledged then goes to the backsplash bucket (``Splunk.Deadline``). Records
+Delivery is bounded by the invocation's remaining time minus a safety margin, read once when
+the invocation starts and given to the deliverer as its deadline (:meth:`Deliverer.set_deadline`):
+sends, retries of a busy HEC (however long ``SPLUNK_HEC_RETRY_DURATION``) and ack waits stop
+there, and what is not acknowledged by then goes to the backsplash bucket (``Splunk.Deadline``),
+so the invocation answers, with its ledger, before Lambda's timeout. Records
 the transform refuses go to the backsplash under ``processing-failed/``. Kinesis and SQS batches
 answer ``{"batchItemFailures": [{"itemIdentifier": ...}]}`` for items not handled (an S3
 object that cannot be read, a body that is no S3 notification, items not started before the
@@ -178,6 +181,8 @@ class _Invocation:
         self._clock = time.monotonic
         self.objects_skipped = 0
         self.messages_ignored = 0
+        self.deadline = self._deadline()
+        self.deliverer.set_deadline(self.deadline)  # every submit and the flush stop there
 
     def remaining_s(self) -> float | None:
         getter = getattr(self._context, "get_remaining_time_in_millis", None)
@@ -190,7 +195,8 @@ class _Invocation:
             SAFETY_MARGIN_MAX_S, max(remaining * SAFETY_MARGIN_FRACTION, SAFETY_MARGIN_MIN_S)
         )
 
-    def deadline(self) -> float | None:
+    def _deadline(self) -> float | None:
+        """Clock time by which delivery must end (None: the context has no clock)."""
         remaining = self.remaining_s()
         if remaining is None:
             return None
@@ -286,12 +292,14 @@ def handler(event: Any, context: Any) -> dict[str, Any]:
         invocation = _Invocation(container, context)
         try:
             failures = _run(invocation, shape, event)
-            invocation.deliverer.flush(invocation.deadline())
+            invocation.deliverer.flush(invocation.deadline)
         except BacksplashError:
             # The deliverer's bookkeeping is in doubt: the next invocation builds a new one.
             container.deliverer = None
             invocation.deliverer.ledger.log_summary(_log, shape=shape, failed=True)
             raise
+        finally:
+            invocation.deliverer.set_deadline(None)  # the container outlives the invocation
         summary = invocation.deliverer.ledger.summary()
         method = _log.info if summary["balanced"] and not failures else _log.warning
         method(

@@ -212,6 +212,69 @@ def test_metrics_reflect_the_ledger(
     assert samples["forwarder_ready"] == 1
 
 
+def run_in_thread(daemon: Daemon) -> tuple[threading.Thread, list[int]]:
+    status: list[int] = []
+    thread = threading.Thread(target=lambda: status.append(daemon.run()), daemon=True)
+    thread.start()
+    return thread, status
+
+
+def test_grace_deadline_cuts_a_long_retry_backoff(
+    emulator: HecEmulator, kinesis: Any, s3: Any, aws_endpoint: str, tmp_path: Path
+) -> None:
+    """GIVEN HEC busy with Retry-After 30 and long retries WHEN stopped with a 1 s grace THEN
+    the run ends within the grace (the deadline, set from this thread, wakes the backoff):
+    Splunk.Deadline, exit 0."""
+    emulator.set_faults(FaultPlan(busy_requests=1_000_000, retry_after_s=30))
+    messages = put_events(kinesis, 2, 5)
+    settings = delivery_settings(
+        emulator.url,
+        SPLUNK_HEC_RETRY_DURATION="600",
+        SPLUNK_HEC_RETRY_AFTER_MAX="30",
+    )
+    config = daemon_settings(tmp_path, shutdown_grace_s=1.0)
+    daemon = Daemon(settings, config, client_factory=lambda s: boto_client(s, aws_endpoint))
+    thread, status = run_in_thread(daemon)
+    wait_for(lambda: emulator.stats().faults_injected.get("busy", 0) >= 1, what="busy")
+    started = time.monotonic()
+    daemon.request_stop()
+    thread.join(timeout=20)
+    assert not thread.is_alive()
+    assert time.monotonic() - started < 3.0
+    assert status == [0]
+    assert {r["errorCode"] for r in backsplashed(s3)} == {"Splunk.Deadline"}
+    assert sorted(backsplashed_messages(s3)) == sorted(messages)
+    assert daemon.deliverer.ledger.balanced()
+    assert FileCheckpointStore(config.checkpoint_path).load(STREAM)
+
+
+def test_second_stop_aborts_at_once_in_process(
+    emulator: HecEmulator, kinesis: Any, s3: Any, aws_endpoint: str, tmp_path: Path
+) -> None:
+    """GIVEN acks that never come and a 120 s grace WHEN stopped twice THEN everything is
+    backsplashed at once as Splunk.Shutdown, committed, exit 130."""
+    emulator.set_faults(FaultPlan(lost_acks=1000))
+    messages = put_events(kinesis, 2, 5)
+    settings = delivery_settings(emulator.url, SPLUNK_HEC_ACK_TIMEOUT="60")
+    config = daemon_settings(tmp_path, shutdown_grace_s=120.0, checkpoint_interval_s=60.0)
+    daemon = Daemon(settings, config, client_factory=lambda s: boto_client(s, aws_endpoint))
+    thread, status = run_in_thread(daemon)
+    wait_for(lambda: len(emulator.indexed_events()) >= 10, what="sent")
+    daemon.request_stop()
+    time.sleep(0.3)
+    started = time.monotonic()
+    daemon.request_stop()
+    thread.join(timeout=20)
+    assert not thread.is_alive()
+    assert time.monotonic() - started < 3.0
+    assert status == [130]
+    assert daemon.deliverer.aborted
+    assert {r["errorCode"] for r in backsplashed(s3)} == {"Splunk.Shutdown"}
+    assert sorted(backsplashed_messages(s3)) == sorted(messages)
+    assert daemon.deliverer.ledger.balanced()
+    assert FileCheckpointStore(config.checkpoint_path).load(STREAM)
+
+
 # --------------------------------------------------------------------------- subprocess
 
 

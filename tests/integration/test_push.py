@@ -181,7 +181,8 @@ def test_kinesis_items_deferred_when_time_runs_short(emulator: HecEmulator, conf
     """GIVEN little time left after the first record WHEN handled THEN the rest are reported."""
     configure(emulator)
     payloads = [cloudwatch_payload([f"d{b}"], first_id=b) for b in range(3)]
-    context = FakeContext(remaining_ms=30_000, steps=[30_000, 100, 30_000])
+    # read at the start (the delivery deadline), before record 0, before record 1 (short)
+    context = FakeContext(remaining_ms=30_000, steps=[30_000, 30_000, 100])
     result = push.handler(kinesis_event(payloads), context)
     ids = [item["itemIdentifier"] for item in result["batchItemFailures"]]
     assert ids == [f"4959{1:020d}", f"4959{2:020d}"]
@@ -200,6 +201,35 @@ def test_deadline_backsplashes_unacknowledged(
     assert ledger["backsplashed"] == 5 and ledger["balanced"]
     records = backsplashed(s3)
     assert {r["errorCode"] for r in records} == {"Splunk.Deadline"}
+
+
+def test_busy_hec_ends_in_the_backsplash_before_the_lambda_timeout(
+    emulator: HecEmulator, configure: Any, s3: Any
+) -> None:
+    """GIVEN HEC busy for thousands of requests, an hour of retries and ~2 s left WHEN handled
+    THEN the handler answers in time: everything backsplashed (Splunk.Deadline), ledger balanced."""
+    import time
+
+    configure(
+        emulator,
+        SPLUNK_HEC_RETRY_DURATION="3600",
+        SPLUNK_HEC_RETRY_BACKOFF_BASE="1",
+        SPLUNK_HEC_RETRY_BACKOFF_MAX="30",
+    )
+    emulator.set_faults(FaultPlan(busy_requests=5000))
+    lines = [f"busy {i} " + "x" * 80 for i in range(120)]  # several full batches
+    payload = cloudwatch_payload(lines, log_group="/app/test")
+    started = time.monotonic()
+    result = push.handler(awslogs_event(payload), FakeContext(remaining_ms=2000))
+    assert time.monotonic() - started < 2.0
+    ledger = result["ledger"]
+    assert ledger["balanced"] and ledger["backsplashed"] == ledger["events_in"] == 120
+    assert ledger["acknowledged"] == 0
+    records = backsplashed(s3)
+    assert len(records) == 120
+    assert {r["errorCode"] for r in records} == {"Splunk.Deadline"}
+    assert emulator.stats().data_requests < 50  # gave up at the deadline, not per batch
+    assert emulator.indexed_events() == []
 
 
 def test_backsplash_failure_raises(emulator: HecEmulator, configure: Any, s3: Any) -> None:
