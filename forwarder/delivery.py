@@ -322,6 +322,10 @@ class Deliverer:
         if not count:
             return
         self._check_open()
+        if not isinstance(events, list):
+            # Transforms hand over lazy sequences that encode on every pass; batching, body
+            # building and parking each take one, so encode once here.
+            events = list(events)
         self.ledger.add(events_in=count)
         if self._endpoint == "event":
             raw_target = None
