@@ -17,20 +17,34 @@ Schema (``PRAGMA user_version`` = 1)::
     records(object_id, record_no, event_id, events, outcome 'delivered'|'replay-failed'|'mixed',
             PRIMARY KEY(object_id, record_no)) WITHOUT ROWID
 
-The file uses WAL journaling, so one connection per thread can work at once.
+The file uses WAL journaling, so one connection per thread can work at once: every write is a
+short autocommit statement or one ``BEGIN IMMEDIATE`` transaction, and each connection waits
+up to :data:`BUSY_TIMEOUT_S` for another's write lock (``busy_timeout``).
+
+Opening is the exception. Turning a new file into WAL needs an exclusive lock that SQLite
+takes *without* calling the busy handler, so two connections opening a fresh file at once
+(``--concurrency N`` workers starting together) could fail with "database is locked" whatever
+the timeout. :meth:`ReplayState.__init__` therefore sets the file up (WAL, schema, version)
+under a per-file lock for the threads of this process, and retries a busy setup until the
+timeout for other processes.
 """
 
 from __future__ import annotations
 
 import bisect
 import contextlib
+import os
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Final, Literal
 
 SCHEMA_VERSION: Final = 1
+#: How long a connection waits for another's lock before "database is locked".
+BUSY_TIMEOUT_S: Final = 30.0
+_SETUP_RETRY_S: Final = 0.05
 Outcome = Literal["delivered", "replay-failed", "mixed"]
 
 _SCHEMA: Final = """
@@ -60,6 +74,23 @@ CREATE TABLE IF NOT EXISTS records (
     PRIMARY KEY (object_id, record_no)
 ) WITHOUT ROWID;
 """
+
+_setup_locks_guard: Final = threading.Lock()
+_setup_locks: dict[str, threading.Lock] = {}
+
+
+def _setup_lock(path: str) -> threading.Lock:
+    """The lock serialising this process's set-ups of one state file."""
+    key = os.path.realpath(path)
+    with _setup_locks_guard:
+        return _setup_locks.setdefault(key, threading.Lock())
+
+
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return bool((code & 0xFF) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED))
+    return "locked" in str(exc) or "busy" in str(exc)
 
 
 class HandledRecords:
@@ -124,27 +155,23 @@ class ReplayState:
                 return
             uri = f"file:{Path(self.path).resolve()}?mode=ro" if self.path != ":memory:" else ""
             self._conn = (
-                sqlite3.connect(uri, uri=True, timeout=30)
+                sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S)
                 if uri
-                else sqlite3.connect(":memory:", timeout=30)
+                else sqlite3.connect(":memory:", timeout=BUSY_TIMEOUT_S)
             )
             return
         if self.path != ":memory:":
             Path(self.path).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        conn.execute("PRAGMA journal_mode=WAL")
-        # NORMAL in WAL mode: a power cut may forget the last chunks (re-sent: at least once),
-        # never corrupt the file.
-        conn.execute("PRAGMA synchronous=NORMAL")
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if version not in (0, SCHEMA_VERSION):
+        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        try:
+            if self.path == ":memory:":
+                _set_up(conn, self.path)
+            else:
+                with _setup_lock(self.path):
+                    _set_up_retrying(conn, self.path)
+        except BaseException:
             conn.close()
-            raise ValueError(
-                f"{self.path}: replay state schema {version} is newer than this forwarder "
-                f"({SCHEMA_VERSION})"
-            )
-        conn.executescript(_SCHEMA)
-        conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            raise
         self._conn = conn
 
     def close(self) -> None:
@@ -282,6 +309,47 @@ class ReplayState:
             "UPDATE objects SET disposition=?, updated_at=? WHERE id=?",
             (disposition, self._clock(), object_id),
         )
+
+
+def _set_up_retrying(conn: sqlite3.Connection, path: str) -> None:
+    """:func:`_set_up`, retried while another process holds the lock it needs."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    while True:
+        try:
+            _set_up(conn, path)
+        except sqlite3.OperationalError as exc:
+            if not _is_busy(exc) or time.monotonic() >= deadline:
+                raise
+        else:
+            return
+        time.sleep(_SETUP_RETRY_S)
+
+
+def _set_up(conn: sqlite3.Connection, path: str) -> None:
+    """WAL journaling, then the schema and its version in one transaction.
+
+    Raises:
+        ValueError: the file's schema is newer than this forwarder's.
+        sqlite3.OperationalError: e.g. "database is locked" by another process.
+    """
+    # WAL is a property of the file: switch only a new (or rollback-journal) file; the switch
+    # needs an exclusive lock that SQLite does not wait for.
+    if str(conn.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
+        conn.execute("PRAGMA journal_mode=WAL")
+    # NORMAL in WAL mode: a power cut may forget the last chunks (re-sent: at least once),
+    # never corrupt the file.
+    conn.execute("PRAGMA synchronous=NORMAL")
+    with _transaction(conn):
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version not in (0, SCHEMA_VERSION):
+            raise ValueError(
+                f"{path}: replay state schema {version} is newer than this forwarder "
+                f"({SCHEMA_VERSION})"
+            )
+        for statement in _SCHEMA.split(";"):
+            if statement.strip():
+                conn.execute(statement)
+        conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
 
 @contextlib.contextmanager

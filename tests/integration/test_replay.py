@@ -260,7 +260,8 @@ def test_every_kind_replayed_once_and_a_second_run_sends_nothing(
     assert again.events_sent == 0
     assert again.objects_already_done == 5
     assert again.exit_status == ExitStatus.OK
-    assert all(row["status"] == "done" for row in ReplayState(state_path).objects())
+    with ReplayState(state_path, readonly=True) as state:
+        assert all(row["status"] == "done" for row in state.objects())
 
 
 def test_dry_run_counts_and_sends_nothing(
@@ -547,10 +548,40 @@ def test_cli_run_with_overrides_and_json(
     assert run(bad, CommandContext(bad, environ, io.StringIO())) == ExitStatus.USAGE
 
 
+def test_concurrent_workers_share_a_new_state_file(
+    emulator: HecEmulator, s3: Any, settings: Settings, tmp_path: Path
+) -> None:
+    """GIVEN many small objects and a state file that does not exist yet WHEN replayed by 4
+    threads (one chunk per record, so a commit per record) THEN no "database is locked":
+    every event is indexed once, every object is done; a second run sends nothing."""
+    expected: list[str] = []
+    for n in range(24):
+        names = [f"many{n}-{i}" for i in range(2)]
+        expected += names
+        put_object(
+            s3,
+            hour_key("splunk-failed", f"many-{n:02d}.gz"),
+            [firehose_record(hec_event(name), 100 * n + i) for i, name in enumerate(names)],
+        )
+    for attempt in range(3):
+        state_path = tmp_path / f"replay{attempt}.sqlite"
+        report = do_replay(settings, s3, state_path, concurrency=4, chunk_bytes=1)
+        assert report.error is None, report.error
+        assert report.exit_status == ExitStatus.OK, report.to_dict()
+        assert report.objects_done == 24
+        assert Counter(event_ids(emulator)) == Counter(expected * (attempt + 1))
+        with ReplayState(state_path, readonly=True) as state:
+            assert [row["status"] for row in state.objects()] == ["done"] * 24
+        again = do_replay(settings, s3, state_path, concurrency=4)
+        assert again.error is None, again.error
+        assert (again.events_sent, again.objects_already_done) == (0, 24)
+
+
 def test_state_file_records_handled_event_ids_of_partial_objects(
     emulator: HecEmulator, s3: Any, settings: Settings, state_path: Path, timed_objects: None
 ) -> None:
     do_replay(settings, s3, state_path, error_codes=("Splunk.AckTimeout",))
-    rows = ReplayState(state_path).record_rows(BUCKET, hour_key("splunk-failed", "t0.gz", 0))
+    with ReplayState(state_path, readonly=True) as state:
+        rows = state.record_rows(BUCKET, hour_key("splunk-failed", "t0.gz", 0))
     assert [(no, outcome) for no, _, _, outcome in rows] == [(1, "delivered")]
     assert rows[0][1] == firehose_record(b"", 1)["EventId"]

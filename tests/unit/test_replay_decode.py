@@ -5,12 +5,15 @@ from __future__ import annotations
 import base64
 import gzip
 import json
+import sqlite3
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from forwarder import replay_state
 from forwarder.replay import (
     PROCESSING_FAILED,
     SPLUNK_FAILED,
@@ -320,3 +323,77 @@ def test_state_round_trip(tmp_path: Path) -> None:
         assert not missing.is_done("b", "k", "e")
         assert missing.objects() == []
     assert not (tmp_path / "missing.sqlite").exists()
+
+
+def test_state_opened_by_threads_at_once(tmp_path: Path) -> None:
+    """GIVEN a new state file opened by two threads at the same instant, many times
+    WHEN each writes THEN none fails: turning a new file into WAL takes an exclusive lock that
+    SQLite does not wait for ("database is locked" at once, whatever the busy timeout)."""
+    errors: list[BaseException] = []
+
+    def open_and_write(path: Path, barrier: threading.Barrier, n: int) -> None:
+        try:
+            barrier.wait()
+            with ReplayState(path) as state:
+                oid = state.begin_object("b", f"k{n}", "e", 1, "splunk-failed")
+                state.record_chunk(oid, [(0, f"id{n}", 1, "delivered")], delivered=1, failed=0)
+                state.finish_object(oid)
+                state.set_disposition(oid, "kept")
+        except BaseException as exc:
+            errors.append(exc)
+
+    for attempt in range(60):
+        path = tmp_path / f"state{attempt}.sqlite"
+        barrier = threading.Barrier(2)
+        threads = [
+            threading.Thread(target=open_and_write, args=(path, barrier, n)) for n in range(2)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == [], f"attempt {attempt}: {errors!r}"
+        with ReplayState(path, readonly=True) as state:
+            assert [row["status"] for row in state.objects()] == ["done", "done"]
+
+
+def test_state_set_up_retries_while_another_process_holds_the_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """GIVEN a set-up that finds the file locked twice WHEN opened THEN it retries and opens;
+    other errors are not retried."""
+    real_set_up = replay_state._set_up
+    calls: list[str] = []
+
+    def locked_twice(conn: sqlite3.Connection, path: str) -> None:
+        calls.append(path)
+        if len(calls) <= 2:
+            raise sqlite3.OperationalError("database is locked")
+        real_set_up(conn, path)
+
+    monkeypatch.setattr(replay_state, "_SETUP_RETRY_S", 0.001)
+    monkeypatch.setattr(replay_state, "_set_up", locked_twice)
+    with ReplayState(tmp_path / "state.sqlite") as state:
+        assert state.objects() == []
+    assert len(calls) == 3
+
+    def broken(conn: sqlite3.Connection, path: str) -> None:
+        calls.append(path)
+        raise sqlite3.OperationalError("disk I/O error")
+
+    calls.clear()
+    monkeypatch.setattr(replay_state, "_set_up", broken)
+    with pytest.raises(sqlite3.OperationalError, match="disk I/O"):
+        ReplayState(tmp_path / "other.sqlite")
+    assert len(calls) == 1
+
+
+def test_state_refuses_a_newer_schema(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite"
+    with ReplayState(path):
+        pass
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA user_version={replay_state.SCHEMA_VERSION + 1}")
+    conn.close()
+    with pytest.raises(ValueError, match="newer than this forwarder"):
+        ReplayState(path)
