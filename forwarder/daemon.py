@@ -10,9 +10,19 @@ one cycle of duplicates.
 Signals (two stages): the first SIGTERM/SIGINT stops reading and gives the deliverer a
 deadline ``shutdown_grace_s`` away (:meth:`Deliverer.set_deadline`): sends, retries and ack
 waits go on until then, and what is still unacknowledged at the deadline is backsplashed
-(``Splunk.Deadline``); the source is committed and the exit status is 0. A second signal aborts
+(``Splunk.Deadline``); the source is committed and the exit status is 0. Records already
+polled but not yet handed to the deliverer are not taken in (:meth:`Source.release`): they are
+not committed, so Kinesis and SQS give them again after a restart. A second signal aborts
 (:meth:`Deliverer.abort`): everything pending is backsplashed at once (``Splunk.Shutdown``),
 committed, exit 130.
+
+Files and stdin keep no checkpoint. Reading is bounded (a poll is a few thousand lines), so the
+deliverer's backpressure (pending acks, retries while HEC is down) stops the reading and memory
+does not grow with the input. A run that reads its input to the end exits 0 when everything was
+acknowledged, 5 when something was backsplashed or dropped. A signal before the end exits 0 as
+above once what was taken in is acknowledged or backsplashed, and logs ``input_not_finished``
+(lines taken, where it stopped): the rest of the input is not read, and a later run reads the
+files from the start again (stdin: whatever is fed to it again).
 
 The backsplash is S3 with the local spool behind it (``BACKSPLASH_SPOOL_DIR``): while S3 is
 unreachable objects go to the spool, which is drained to S3 every ``spool_drain_interval_s``
@@ -261,9 +271,11 @@ class Daemon:
                 self.state.beat()
                 want = max(1, min(max_records, daemon.checkpoint_max_records - cycle_records))
                 records = self.source.poll(want)
-                for record in records:
-                    self._deliver(record)
-                cycle_records += len(records)
+                taken = self._deliver_all(records)
+                cycle_records += taken
+                if taken < len(records):  # a stop request: the rest is not taken in
+                    self.source.release(records[taken:])
+                    break
                 elapsed = self._clock() - cycle_start
                 if (
                     cycle_records >= daemon.checkpoint_max_records
@@ -284,6 +296,18 @@ class Daemon:
         except BacksplashError as exc:
             return self._backsplash_failed(exc)
         return self._finish()
+
+    def _deliver_all(self, records: Sequence[SourceRecord]) -> int:
+        """Deliver records until a stop is requested; returns how many were taken in.
+
+        A stop ends this between two records (a record is taken in whole or not at all): what
+        is not taken is released back to the source, so it is neither delivered nor committed.
+        """
+        for taken, record in enumerate(records):
+            if self.stop_event.is_set():
+                return taken
+            self._deliver(record)
+        return len(records)
 
     def _deliver(self, record: SourceRecord) -> None:
         options = self.settings.transform
@@ -362,6 +386,7 @@ class Daemon:
         if grace_over and not self._forced:
             _log.warning("shutdown_grace_expired")  # what was still pending is backsplashed
         self._drain_spool(force=True)
+        self._report_unread()
         ledger = self.deliverer.ledger
         status = EXIT_OK
         if self._forced:
@@ -373,6 +398,21 @@ class Daemon:
         ledger.log_summary(_log, source=self.source.name, exit_status=status)
         _log.info("daemon_stopped", exit_status=status)
         return status
+
+    def _report_unread(self) -> None:
+        """A files/stdin run stopped before the end of its input: say where (no checkpoint)."""
+        source = self.source
+        if isinstance(source, FileSource) and not source.exhausted:
+            path, lines = source.position if source.position is not None else (None, 0)
+            _log.warning(
+                "input_not_finished",
+                source=source.name,
+                lines_taken=source.lines_delivered,
+                stopped_in=path,
+                lines_of_it=lines,
+                reason="stopped before the end of the input; a files source keeps no "
+                "checkpoint: run again to read it (from the start)",
+            )
 
     def _backsplash_failed(self, exc: BacksplashError) -> int:
         _log.critical(

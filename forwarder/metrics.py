@@ -23,13 +23,16 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from forwarder.ledger import Ledger
+
+#: How often the server loop checks for a shutdown request: bounds :meth:`MetricsServer.stop`.
+_POLL_INTERVAL_S: Final = 0.05
 
 
 @dataclass
@@ -170,7 +173,10 @@ class MetricsServer:
         self._server = ThreadingHTTPServer((host, port), handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(
-            target=self._server.serve_forever, name="metrics", daemon=True
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": _POLL_INTERVAL_S},
+            name="metrics",
+            daemon=True,
         )
 
     @property
@@ -190,10 +196,11 @@ class MetricsServer:
         return self
 
     def stop(self) -> None:
-        """Stop serving."""
-        self._server.shutdown()
+        """Stop serving (within about ``_POLL_INTERVAL_S``); safe if never started."""
+        if self._thread.is_alive():
+            self._server.shutdown()  # waits for serve_forever's next poll to notice
+            self._thread.join(timeout=5)
         self._server.server_close()
-        self._thread.join(timeout=5)
 
     def exposition(self) -> bytes:
         """The current metrics text."""

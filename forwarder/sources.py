@@ -7,6 +7,9 @@ Every source has the same small contract, which the daemon's loop relies on:
   bounded time when there is nothing, and never blocking a shutdown for long;
 - :meth:`commit` is called only after everything :meth:`poll` returned so far is acknowledged
   or backsplashed: that is when a Kinesis checkpoint advances and an SQS message is deleted;
+- :meth:`release` hands back records :meth:`poll` returned that the daemon did not deliver (a
+  shutdown stops it mid-poll): the next :meth:`commit` does not pass them, so they are read
+  again after a restart (Kinesis rewinds the shard, an SQS message is left on the queue);
 - ``exhausted`` turns true when a finite source (files, stdin) has nothing more;
 - ``lag_seconds`` is the source's delay (Kinesis ``MillisBehindLatest``, SQS message age).
 
@@ -49,6 +52,10 @@ _log = structlog.get_logger("forwarder.sources")
 #: Key parts that mark backsplash objects (ours and Firehose's); replay handles those.
 BACKSPLASH_MARKERS: Final = ("splunk-failed/", "processing-failed/")
 _READ_SIZE: Final = 1 << 16
+#: The files/stdin source reads at most this many lines per poll (and per chunk).
+FILE_POLL_MAX_LINES: Final = 10_000
+#: ... and at most about this many characters per poll (and per chunk).
+FILE_POLL_MAX_CHARS: Final = 4 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +69,8 @@ class SourceRecord:
         log_stream: the object key or file name (lines only).
         flow_fields: the fields a flow-log header named (lines only).
         origin: ``s3`` or ``text`` (lines only).
+        position: where the source stands *before* this record, for :meth:`Source.release`
+            (Kinesis: ``(shard id, previous sequence number)``; SQS: the message). Opaque.
     """
 
     payload: bytes | None = None
@@ -70,6 +79,7 @@ class SourceRecord:
     log_stream: str | None = None
     flow_fields: tuple[str, ...] | None = None
     origin: Origin = "s3"
+    position: Any = field(default=None, compare=False, repr=False)
 
 
 class Source(Protocol):
@@ -101,6 +111,10 @@ class Source(Protocol):
 
     def commit(self) -> int:
         """Everything polled so far is delivered: checkpoint / delete; returns items committed."""
+        ...
+
+    def release(self, records: Sequence[SourceRecord]) -> None:
+        """``records`` (the tail of the last poll) were not delivered: do not commit them."""
         ...
 
     def close(self) -> None:
@@ -137,16 +151,23 @@ def text_lines(body: Any) -> Iterator[str]:
 
 
 def line_chunks(
-    lines: Iterator[str], chunk_lines: int
+    lines: Iterator[str], chunk_lines: int, max_chars: int | None = None
 ) -> Iterator[tuple[list[str], tuple[str, ...] | None]]:
     """Cut lines into chunks; a flow-log header (first non-blank line) is removed and returned
     with every chunk as the fields of the whole object.
+
+    Args:
+        lines: the text lines.
+        chunk_lines: at most this many lines per chunk.
+        max_chars: when set, a chunk also ends once its lines hold this many characters (so
+            long lines cannot make a chunk of ``chunk_lines`` lines arbitrarily large).
 
     Raises:
         FlowLogFormatError: the header names an unknown field.
     """
     fields: tuple[str, ...] | None = None
     chunk: list[str] = []
+    chars = 0
     first = True
     for line in lines:
         stripped = line.rstrip("\r\n")
@@ -158,9 +179,17 @@ def line_chunks(
                 fields = fields_from_header(stripped)
                 continue
         chunk.append(stripped)
+        if max_chars is not None:
+            chars += len(stripped)
+            if chars >= max_chars:
+                yield chunk, fields
+                chunk = []
+                chars = 0
+                continue
         if len(chunk) >= chunk_lines:
             yield chunk, fields
             chunk = []
+            chars = 0
     if chunk:
         yield chunk, fields
 
@@ -247,26 +276,46 @@ def object_chunks(
 class FileSource:
     """Local files (or stdin with ``-``), read once, line by line, in chunks.
 
-    No checkpoints: a file is read from its start on every run.
+    No checkpoints: a file is read from its start on every run. Reading is bounded: a chunk
+    holds at most ``chunk_lines`` lines (capped at :data:`FILE_POLL_MAX_LINES`) and
+    :data:`FILE_POLL_MAX_CHARS` characters, and a poll returns chunks only until it holds that
+    many lines or characters. So memory does not grow with the file: the daemon reads the next
+    chunks only once the deliverer took the last ones, and the deliverer blocks (acks pending,
+    retries while HEC is down) instead of buffering.
+
+    A shutdown before the end (:meth:`release`) leaves the rest of the input unread: nothing
+    records how far it got, so a later run reads the files (stdin: whatever is fed again) from
+    the start. :attr:`lines_delivered` and :attr:`position` say where it stopped.
     """
 
     def __init__(self, settings: SourceSettings, *, stdin: BinaryIO | None = None) -> None:
         self.name = "stdin" if settings.type == "stdin" else "files"
         self._paths = list(settings.paths) if settings.type == "files" else ["-"]
         self._stdin = stdin
-        self._chunk_lines = settings.chunk_lines
+        self._chunk_lines = min(settings.chunk_lines, FILE_POLL_MAX_LINES)
         self._log_group = settings.log_group
         self._chunks: Iterator[SourceRecord] | None = None
         self._exhausted = False
+        self._released = False
         self._attached = False
+        #: Lines handed to the daemon and not released.
+        self.lines_delivered = 0
+        #: The file being read (or last read) and the lines of it handed over so far.
+        self.position: tuple[str, int] | None = None
 
     @property
     def exhausted(self) -> bool:
-        return self._exhausted
+        """Every line was read and none released: the whole input was taken in."""
+        return self._exhausted and not self._released
 
     @property
     def attached(self) -> bool:
         return self._attached
+
+    @property
+    def stopped_early(self) -> bool:
+        """Records were released (a shutdown before the end of the input)."""
+        return self._released
 
     def lag_seconds(self) -> float | None:
         return None
@@ -284,13 +333,15 @@ class FileSource:
         for path in self._paths:
             if path == "-":
                 stream = self._stdin if self._stdin is not None else sys.stdin.buffer
-                chunks = line_chunks(text_lines(stream), self._chunk_lines)
-                name = "stdin"
-                for lines, fields in chunks:
-                    yield self._record(lines, fields, name)
+                for lines, fields in line_chunks(
+                    text_lines(stream), self._chunk_lines, FILE_POLL_MAX_CHARS
+                ):
+                    yield self._record(lines, fields, "stdin")
             else:
                 with open(path, "rb") as handle:
-                    for lines, fields in line_chunks(text_lines(handle), self._chunk_lines):
+                    for lines, fields in line_chunks(
+                        text_lines(handle), self._chunk_lines, FILE_POLL_MAX_CHARS
+                    ):
                         yield self._record(lines, fields, path)
 
     def _record(self, lines: list[str], fields: tuple[str, ...] | None, name: str) -> SourceRecord:
@@ -303,16 +354,43 @@ class FileSource:
         )
 
     def poll(self, max_records: int) -> list[SourceRecord]:
-        """Up to ``max_records`` chunks."""
+        """Up to ``max_records`` chunks, and no more than :data:`FILE_POLL_MAX_LINES` lines
+        and :data:`FILE_POLL_MAX_CHARS` characters (always at least one chunk)."""
         assert self._chunks is not None, "attach() first"
         out: list[SourceRecord] = []
+        lines = chars = 0
         for record in self._chunks:
             out.append(record)
-            if len(out) >= max_records:
+            chunk = record.lines or ()
+            lines += len(chunk)
+            chars += sum(map(len, chunk))
+            self._advance(record, len(chunk))
+            if (
+                len(out) >= max_records
+                or lines >= FILE_POLL_MAX_LINES
+                or chars >= FILE_POLL_MAX_CHARS
+            ):
                 break
         else:
             self._exhausted = True
         return out
+
+    def _advance(self, record: SourceRecord, count: int) -> None:
+        name = record.log_stream or self.name
+        done = self.position[1] if self.position is not None and self.position[0] == name else 0
+        self.position = (name, done + count)
+        self.lines_delivered += count
+
+    def release(self, records: Sequence[SourceRecord]) -> None:
+        """Not delivered: the input is not read to its end (no checkpoint to hold back)."""
+        if not records:
+            return
+        self._released = True
+        for record in records:
+            count = len(record.lines or ())
+            self.lines_delivered -= count
+            if self.position is not None and self.position[0] == record.log_stream:
+                self.position = (self.position[0], max(self.position[1] - count, 0))
 
     def commit(self) -> int:
         """Nothing to checkpoint."""
@@ -561,7 +639,13 @@ class KinesisSource:
         records = answer.get("Records", [])
         shard.lag_ms = answer.get("MillisBehindLatest")
         shard.iterator = answer.get("NextShardIterator")
-        out = [SourceRecord(payload=bytes(record["Data"])) for record in records]
+        out: list[SourceRecord] = []
+        previous = shard.read_seq
+        for record in records:
+            out.append(
+                SourceRecord(payload=bytes(record["Data"]), position=(shard.shard_id, previous))
+            )
+            previous = record["SequenceNumber"]
         if records:
             shard.read_seq = records[-1]["SequenceNumber"]
             shard.next_at = 0.0
@@ -605,6 +689,24 @@ class KinesisSource:
                 if position == SHARD_END:
                     shard.finished = True
         return len(positions)
+
+    def release(self, records: Sequence[SourceRecord]) -> None:
+        """Rewind each shard to just before its first record in ``records`` (not delivered):
+        the next commit stops there and reading would resume there."""
+        rewound: set[str] = set()
+        for record in records:
+            if record.position is None:
+                continue
+            shard_id, previous = record.position
+            shard = self._shards.get(shard_id)
+            if shard is None or shard_id in rewound:
+                continue
+            rewound.add(shard_id)
+            shard.read_seq = previous
+            shard.iterator = None
+            shard.ended = False
+        if rewound:
+            _log.info("source_released", source="kinesis", shards=sorted(rewound))
 
     def close(self) -> None:
         """Nothing to release."""
@@ -823,6 +925,7 @@ class SqsS3Source:
                 log_stream=current.key,
                 flow_fields=fields,
                 origin="s3",
+                position=cursor.message,
             )
 
     def _fail(self, cursor: _Cursor, exc: BaseException) -> None:
@@ -852,6 +955,29 @@ class SqsS3Source:
             self.messages_deleted += 1
             _log.debug("message_deleted", message_id=message.message_id)
         return len(done)
+
+    def release(self, records: Sequence[SourceRecord]) -> None:
+        """The messages of ``records`` (not delivered) are not deleted: they are handed back
+        to the queue at once (visibility 0), to be read again, whole, by this or another
+        daemon (what of them was delivered comes again: at least once)."""
+        messages: dict[str, _Message] = {}
+        for record in records:
+            if isinstance(record.position, _Message):
+                messages[record.position.receipt] = record.position
+        for message in messages.values():
+            message.failed = True
+            if self._cursor is not None and self._cursor.message is message:
+                self._cursor = None
+            with self._lock:
+                self._in_flight.pop(message.receipt, None)
+            try:
+                self._sqs.change_message_visibility(
+                    QueueUrl=self.queue_url, ReceiptHandle=message.receipt, VisibilityTimeout=0
+                )
+            except (ClientError, BotoCoreError) as exc:  # it comes back after its visibility
+                _log.warning("message_release_failed", reason=str(exc))
+        if messages:
+            _log.info("source_released", source="sqs-s3", messages=len(messages))
 
     def in_flight(self) -> int:
         """Messages received and not yet deleted."""

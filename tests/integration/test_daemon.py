@@ -26,6 +26,9 @@ from forwarder.backsplash import Backsplash, FallbackBacksplash, LocalSpool
 from forwarder.checkpoints import FileCheckpointStore
 from forwarder.daemon import Daemon
 from forwarder.emulator import FaultPlan, HecEmulator
+from forwarder.ledger import Ledger
+from forwarder.metrics import DaemonState, MetricsServer
+from forwarder.sources import FileSource
 from forwarder.synthetic import cloudwatch_payload
 from tests.conftest import TEST_TOKEN, boto_client
 from tests.integration.conftest import BUCKET, FAST, PREFIX, backsplashed, delivery_settings
@@ -504,3 +507,167 @@ def test_run_daemon_demo_returns_metrics(
     )
     assert status == 0
     assert "forwarder_events_acknowledged_total 12.0" in metrics
+
+
+# --------------------------------------------------------------------------- files, HEC down
+
+FLOW_HEADER = (
+    "version account-id interface-id srcaddr dstaddr srcport dstport protocol packets bytes "
+    "start end action log-status"
+)
+
+
+def write_flow_log(path: Path, lines: int) -> None:
+    row = "2 123456789012 eni-1 10.0.{a}.{b} 10.0.1.1 443 49152 6 1 40 1764000000 1764000060 ACCEPT OK\n"  # noqa: E501
+    with path.open("w") as handle:
+        handle.write(FLOW_HEADER + "\n")
+        for start in range(0, lines, 10_000):
+            handle.write(
+                "".join(
+                    row.format(a=i // 256 % 256, b=i % 256) for i in range(start, start + 10_000)
+                )
+            )
+
+
+def vm_kb(pid: int, field: str) -> int:
+    """``VmHWM``/``VmRSS`` of a live process in KiB (0 once it is gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def test_files_source_with_hec_down_is_bounded_and_sigterm_exits_zero(
+    emulator: HecEmulator, tmp_path: Path
+) -> None:
+    """GIVEN HEC down (retried for 10 min) and a 300,000-line file WHEN the daemon runs THEN it
+    reads only a poll's worth (backpressure, not buffering: the deliverer blocks in retries);
+    on SIGTERM it stops taking records, backsplashes what it took into the spool at the grace
+    deadline and exits 0 within the grace and a few seconds, logging where the input stopped."""
+    emulator.set_faults(FaultPlan(down_for_s=300))
+    total = 300_000
+    data = tmp_path / "flow.log"
+    write_flow_log(data, total)
+    spool = tmp_path / "spool"
+    grace = 2.0
+    config = tmp_path / "files.toml"
+    config.write_text(
+        f'splunk_hec_url = "{emulator.url}"\n'
+        "[source]\n"
+        'type = "files"\n'
+        f"paths = [{json.dumps(str(data))}]\n"
+        "[daemon]\n"
+        'checkpoint_store = "none"\n'
+        f"shutdown_grace_s = {grace}\n"
+        "metrics_port = 0\n"
+    )
+    log = tmp_path / "daemon.log"
+    proc = start_daemon(
+        config,
+        "http://127.0.0.1:1",  # no AWS at all: the backsplash is the spool
+        log,
+        BACKSPLASH_BUCKET="",
+        BACKSPLASH_SPOOL_DIR=str(spool),
+        SPLUNK_HEC_RETRY_DURATION="600",
+        SPLUNK_HEC_BATCH_MAX_BYTES="1000000",
+    )
+    hwm_kb = 0
+    try:
+        wait_for(lambda: "retry_scheduled" in log.read_text(), what="retries")
+        end = time.monotonic() + 2.0  # HEC stays down: reading must not go on meanwhile
+        while time.monotonic() < end:
+            hwm_kb = max(hwm_kb, vm_kb(proc.pid, "VmHWM"))
+            time.sleep(0.05)
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        while proc.poll() is None and time.monotonic() - started < grace + 20:
+            hwm_kb = max(hwm_kb, vm_kb(proc.pid, "VmHWM"))
+            time.sleep(0.02)
+        status = proc.wait(timeout=5)
+        elapsed = time.monotonic() - started
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+    assert status == 0, log.read_text()[-3000:]
+    assert elapsed < grace + 5, elapsed
+    (unread,) = log_events(log, "input_not_finished")
+    taken = unread["lines_taken"]
+    assert 0 < taken <= 20_000, unread  # a poll or two of a 300,000-line file
+    (summary,) = log_events(log, "delivery_summarized")
+    assert summary["balanced"] and summary["events_in"] == taken
+    assert summary["backsplashed"] == taken and summary["acknowledged"] == 0
+    assert list(spool.rglob("*.gz"))
+    if hwm_kb:  # /proc is there (Linux): the peak stays far below the file's weight in memory
+        assert hwm_kb < 200 * 1024, f"VmHWM {hwm_kb} KiB"
+
+
+def test_stop_request_stops_taking_records_mid_poll(emulator: HecEmulator, tmp_path: Path) -> None:
+    """GIVEN a stop requested while a poll's records are being delivered WHEN the loop goes on
+    THEN no later record of that poll is handed to the deliverer (they are released), and the
+    run exits 0 with everything taken in acknowledged."""
+    data = tmp_path / "lines.log"
+    data.write_text("".join(f"line {i}\n" for i in range(100)))
+    config = daemon_settings(
+        tmp_path,
+        source=SourceSettings(type="files", paths=(str(data),), chunk_lines=10),
+        checkpoint_store="none",
+    )
+    daemon = Daemon(delivery_settings(emulator.url), config)
+    delivered: list[int] = []
+    real = daemon._deliver
+
+    def deliver(record: Any) -> None:
+        real(record)
+        delivered.append(len(record.lines))
+        if len(delivered) == 3:
+            daemon.request_stop()
+
+    daemon._deliver = deliver  # type: ignore[method-assign]
+    assert daemon.run() == 0
+    assert delivered == [10, 10, 10]
+    assert daemon.deliverer.ledger.acknowledged == 30
+    assert daemon.deliverer.ledger.events_in == 30
+    assert isinstance(daemon.source, FileSource) and not daemon.source.exhausted
+
+
+def test_files_run_to_the_end_with_backsplash_exits_5(tmp_path: Path) -> None:
+    """GIVEN a files run whose events HEC refuses (wrong index) WHEN it reads its input to the
+    end THEN everything is backsplashed into the spool and the exit status is 5 (a finite run
+    that did not index everything), not 0."""
+    data = tmp_path / "lines.log"
+    data.write_text("".join(f"line {i}\n" for i in range(20)))
+    spool = tmp_path / "spool"
+    with HecEmulator(token=TEST_TOKEN, allowed_indexes=["main"]) as emulator:
+        settings = delivery_settings(
+            emulator.url,
+            SPLUNK_INDEX="forbidden",
+            BACKSPLASH_BUCKET="",
+            BACKSPLASH_SPOOL_DIR=str(spool),
+        )
+        config = daemon_settings(
+            tmp_path,
+            source=SourceSettings(type="files", paths=(str(data),)),
+            checkpoint_store="none",
+        )
+        daemon = Daemon(settings, config)
+        assert daemon.run() == 5
+    assert daemon.deliverer.ledger.backsplashed == 20
+    assert list(spool.rglob("*.gz"))
+
+
+def test_metrics_server_stops_promptly(tmp_path: Path) -> None:
+    """The server loop polls for shutdown every 0.05 s (not serve_forever's 0.5 s); a server
+    never started stops at once too."""
+    server = MetricsServer(DaemonState(ledger=Ledger())).start()
+    assert requests.get(f"{server.url}/healthz", timeout=5).status_code == 200
+    time.sleep(0.1)
+    started = time.monotonic()
+    server.stop()
+    assert time.monotonic() - started < 0.3
+    never = MetricsServer(DaemonState(ledger=Ledger()))
+    started = time.monotonic()
+    never.stop()
+    assert time.monotonic() - started < 0.3

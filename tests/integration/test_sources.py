@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,7 +15,13 @@ from botocore.exceptions import ClientError
 
 from config.daemon import SourceSettings
 from forwarder.checkpoints import SHARD_END, MemoryCheckpointStore
-from forwarder.sources import KinesisSource, SqsS3Source
+from forwarder.sources import (
+    FILE_POLL_MAX_CHARS,
+    FILE_POLL_MAX_LINES,
+    FileSource,
+    KinesisSource,
+    SqsS3Source,
+)
 from forwarder.synthetic import cloudwatch_payload
 from tests.conftest import boto_client
 
@@ -259,5 +267,137 @@ def test_sqs_unreadable_object_leaves_the_message(aws_endpoint: str) -> None:
         time.sleep(2.2)
         again = sqs.receive_message(QueueUrl=url, WaitTimeSeconds=0)
         assert len(again.get("Messages", [])) == 1  # back on the queue, for a retry or the DLQ
+    finally:
+        source.close()
+
+
+# --- files and stdin: bounded polls ----------------------------------------------------------
+
+
+def test_file_poll_is_bounded_in_lines_whatever_the_file_size(tmp_path: Path) -> None:
+    """GIVEN a file of 100,000 lines and chunks of 5,000 WHEN polled for 1,000 records THEN a
+    poll holds at most FILE_POLL_MAX_LINES lines (not 1,000 chunks: the whole file); every line
+    still comes, in order, and the source is exhausted only at the end."""
+    total = 100_000
+    path = tmp_path / "big.log"
+    path.write_text("".join(f"line {i}\n" for i in range(total)))
+    source = FileSource(SourceSettings(type="files", paths=(str(path),), chunk_lines=5000))
+    source.attach()
+    seen: list[str] = []
+    polls = 0
+    while not source.exhausted:
+        records = source.poll(1000)
+        polls += 1
+        lines = sum(len(r.lines or ()) for r in records)
+        assert lines <= FILE_POLL_MAX_LINES
+        seen.extend(line for r in records for line in r.lines or ())
+    assert seen == [f"line {i}" for i in range(total)]
+    assert polls >= total // FILE_POLL_MAX_LINES
+    assert source.lines_delivered == total and source.position == (str(path), total)
+
+
+def test_file_chunks_are_capped_in_lines_and_characters(tmp_path: Path) -> None:
+    """GIVEN chunk_lines far above the cap, and long lines WHEN polled THEN no poll holds more
+    than the line cap, nor much more than the character cap (one line over at most)."""
+    path = tmp_path / "wide.log"
+    width = 64 * 1024
+    path.write_text("".join(f"{i:08d}" + "x" * width + "\n" for i in range(200)))
+    settings = SourceSettings(type="files", paths=(str(path),), chunk_lines=1_000_000)
+    source = FileSource(settings)
+    source.attach()
+    count = 0
+    while not source.exhausted:
+        records = source.poll(1000)
+        chars = sum(len(line) for r in records for line in r.lines or ())
+        assert chars <= FILE_POLL_MAX_CHARS + width + 8
+        count += sum(len(r.lines or ()) for r in records)
+    assert count == 200
+
+    many = tmp_path / "many.log"
+    many.write_text("x\n" * (FILE_POLL_MAX_LINES * 3))
+    source = FileSource(SourceSettings(type="files", paths=(str(many),), chunk_lines=1_000_000))
+    source.attach()
+    first = source.poll(1)
+    assert [len(r.lines or ()) for r in first] == [FILE_POLL_MAX_LINES]
+
+
+def exhausted(source: FileSource) -> bool:
+    """Read through a call: mypy would keep a narrowed property across ``release``."""
+    return source.exhausted
+
+
+def test_stdin_release_means_not_exhausted() -> None:
+    """GIVEN stdin read in part WHEN the rest of a poll is released (shutdown) THEN the source
+    does not count as exhausted (the daemon must not report a finished run)."""
+    data = io.BytesIO(b"".join(b"l%d\n" % i for i in range(30)))
+    source = FileSource(SourceSettings(type="stdin", chunk_lines=10), stdin=data)
+    source.attach()
+    records = source.poll(1000)
+    assert [len(r.lines or ()) for r in records] == [10, 10, 10]
+    assert source.poll(1000) == []
+    assert exhausted(source)
+    source.release(records[1:])
+    assert not exhausted(source) and source.stopped_early
+    assert source.lines_delivered == 10 and source.position == ("stdin", 10)
+
+
+def test_kinesis_release_rewinds_the_checkpoint(aws_endpoint: str) -> None:
+    """GIVEN six records polled WHEN the last four are released (not delivered) and committed
+    THEN the checkpoint stops after the second, and a restart reads the other four."""
+    kinesis = boto_client("kinesis", aws_endpoint)
+    kinesis.create_stream(StreamName=STREAM, ShardCount=1)
+    payloads = [f"r{i}".encode() for i in range(6)]
+    for payload in payloads:
+        kinesis.put_record(StreamName=STREAM, Data=payload, PartitionKey="p")
+    store = MemoryCheckpointStore()
+    source = KinesisSource(kinesis, kinesis_settings(), store)
+    source.attach()
+    records: list[Any] = []
+    for _ in range(20):
+        records.extend(source.poll(100))
+        if len(records) >= 6:
+            break
+    assert [r.payload for r in records] == payloads
+    source.release(records[2:])
+    assert source.commit() == 1
+    again = KinesisSource(kinesis, kinesis_settings(), store)
+    again.attach()
+    assert drain(again) == payloads[2:]
+
+    # everything released: nothing is committed at all
+    fresh_store = MemoryCheckpointStore()
+    whole = KinesisSource(kinesis, kinesis_settings(), fresh_store)
+    whole.attach()
+    polled: list[Any] = []
+    for _ in range(20):
+        polled.extend(whole.poll(100))
+        if len(polled) >= 6:
+            break
+    whole.release(polled)
+    assert whole.commit() == 0 and fresh_store.load(STREAM) == {}
+
+
+def test_sqs_release_leaves_the_message_on_the_queue(aws_endpoint: str) -> None:
+    """GIVEN a message whose chunks were polled WHEN some are released THEN commit does not
+    delete it and it is visible again at once."""
+    sqs = boto_client("sqs", aws_endpoint)
+    s3 = boto_client("s3", aws_endpoint)
+    s3.create_bucket(Bucket=FLOW_BUCKET)
+    body = "".join(f"2 10.0.0.{i} 10.0.1.1 ACCEPT\n" for i in range(12))
+    s3.put_object(Bucket=FLOW_BUCKET, Key="AWSLogs/r.log", Body=body.encode())
+    url = sqs.create_queue(QueueName=QUEUE)["QueueUrl"]
+    sqs.send_message(QueueUrl=url, MessageBody=notice("AWSLogs/r.log"))
+    settings = SourceSettings(
+        type="sqs-s3", queue_url=url, visibility_timeout_s=60, wait_time_s=0, chunk_lines=5
+    )
+    source = SqsS3Source(sqs, s3, settings)
+    source.attach()
+    try:
+        records = source.poll(10)
+        assert [len(r.lines or ()) for r in records] == [5, 5, 2]
+        source.release(records[1:])
+        assert source.commit() == 0 and source.in_flight() == 0
+        again = sqs.receive_message(QueueUrl=url, WaitTimeSeconds=0)
+        assert len(again.get("Messages", [])) == 1
     finally:
         source.close()
