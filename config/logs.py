@@ -42,6 +42,8 @@ Push Lambda (``forwarder.push``):
 Daemon (``forwarder.daemon``, ``forwarder.sources``, ``forwarder.metrics``):
     daemon_started, daemon_stopped  start and end, with the exit status
     shutdown_requested              first signal: stop reading, drain within the grace
+    input_not_finished              a files/stdin run stopped before the end of its input
+                                    (where it stopped; those sources keep no checkpoint)
     shutdown_grace_expired          the grace ran out; the rest is backsplashed
     shutdown_forced                 second signal: backsplash everything, exit 130
     metrics_started                 health and metrics server listening
