@@ -32,6 +32,8 @@ Delivery (``forwarder``):
     hec_url_probe_failed            an unhealthy URL's health probe failed (debug)
     ack_poll_failed                 an ack poll request failed; it is retried (debug)
     delivery_summarized             the ledger: in = acknowledged + backsplashed + dropped
+    input_unreadable                forward: the input broke midway (corrupt or truncated gzip);
+                                    what was read is delivered, the rest counted as dropped
 
 Push Lambda (``forwarder.push``):
     push_invocation_summarized      one per invocation: shape, items, failures, the ledger

@@ -99,19 +99,24 @@ def _text_units(
             flow_fields=flow_fields,
         )
 
-    for line in lines:
-        if first:
-            first = False
-            if is_header_line(line.strip()):
-                flow_fields = fields_from_header(line.strip())
-                origin = "s3"
-                continue
-        chunk.append(line)
-        if len(chunk) >= CHUNK_LINES:
+    try:
+        for line in lines:
+            if first:
+                first = False
+                if is_header_line(line.strip()):
+                    flow_fields = fields_from_header(line.strip())
+                    origin = "s3"
+                    continue
+            chunk.append(line)
+            if len(chunk) >= CHUNK_LINES:
+                yield encode(chunk)
+                chunk = []
+                if stop.is_set():
+                    return
+    except (OSError, EOFError, zlib.error, ValueError):
+        if chunk:  # deliver the lines read before the input broke, then say it broke
             yield encode(chunk)
-            chunk = []
-            if stop.is_set():
-                return
+        raise
     if chunk:
         yield encode(chunk)
 
@@ -189,15 +194,17 @@ def read_units(
         return
     if head.lstrip()[:1] == b"{":
         data = buffered.read(limit + 1)
-        try:
-            document = json.loads(data)
-        except ValueError:
-            document = None  # JSON lines, not one document: treat as text below
+        document = None
+        if len(data) <= limit:
+            try:
+                document = json.loads(data)
+            except ValueError:
+                document = None  # JSON lines, not one document: text, below
         units = _json_document_units(document, settings) if document is not None else None
         if units is not None:
             yield from units
             return
-        if document is not None:
+        if document is not None:  # one JSON document of another shape: one text event
             yield from _text_units(
                 iter([data.decode("utf-8", "replace")]),
                 settings,
@@ -206,10 +213,32 @@ def read_units(
                 stop=stop,
             )
             return
-        buffered = io.BytesIO(data)
+        # Lines of text after all: put the bytes already read back in front of the rest.
+        buffered = io.BufferedReader(_Prefixed(data, buffered))
     yield from _text_units(
         _lines(buffered), settings, log_group=log_group, log_stream=log_stream, stop=stop
     )
+
+
+class _Prefixed(io.RawIOBase):
+    """A stream that yields ``head`` and then whatever ``rest`` still holds."""
+
+    def __init__(self, head: bytes, rest: IO[bytes]) -> None:
+        self._head = memoryview(head)
+        self._rest = rest
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self._head:
+            count = min(len(buffer), len(self._head))
+            buffer[:count] = self._head[:count]
+            self._head = self._head[count:]
+            return count
+        data = self._rest.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
 
 
 @dataclass(frozen=True)
@@ -255,20 +284,26 @@ def forward_stream(
     unparsed = 0
     backsplash_error: str | None = None
     try:
-        for unit in read_units(
-            stream, settings, log_group=log_group, log_stream=log_stream, stop=stop
-        ):
-            if isinstance(unit, Failure):
-                log.error("record_failed", reason=unit.reason, detail=unit.detail)
-                ledger.drop(unit.reason, unit.count)
-                continue
-            if unit.is_control:
-                ledger.drop("control_message", 1)
-                continue
-            unparsed += unit.unparsed
-            deliverer.submit(unit.events, unit.raw_target)
-            if stop.is_set():
-                break
+        try:
+            for unit in read_units(
+                stream, settings, log_group=log_group, log_stream=log_stream, stop=stop
+            ):
+                if isinstance(unit, Failure):
+                    log.error("record_failed", reason=unit.reason, detail=unit.detail)
+                    ledger.drop(unit.reason, unit.count)
+                    continue
+                if unit.is_control:
+                    ledger.drop("control_message", 1)
+                    continue
+                unparsed += unit.unparsed
+                deliverer.submit(unit.events, unit.raw_target)
+                if stop.is_set():
+                    break
+        except (OSError, EOFError, zlib.error, ValueError) as exc:
+            # A corrupt or truncated input: deliver what was read, and say the rest is lost
+            # to this run (counted, so the exit status is not 0).
+            log.exception("input_unreadable", error=f"{type(exc).__name__}: {exc}")
+            ledger.drop("input_unreadable", 1)
         deadline = time.monotonic() + grace_s if stop.is_set() else None
         deliverer.close(deadline)
     except BacksplashError as exc:

@@ -194,3 +194,39 @@ def test_check_reports_health_and_token(hec: HecEmulator) -> None:
     status, out = run_cli(["check"], environ_for("http://127.0.0.1:9"))
     assert status == ExitStatus.FAILURE
     assert "NOT OK" in out
+
+
+def test_forward_json_lines_larger_than_the_ceiling_are_all_delivered(
+    hec: HecEmulator, s3: Any, aws_endpoint: str, tmp_path: Path
+) -> None:
+    """JSON lines past MAX_DECOMPRESSED_BYTES are streamed, not cut at the ceiling."""
+    lines = [json.dumps({"n": n, "msg": "x" * 90}) for n in range(15_000)]  # about 1.5 MB
+    path = tmp_path / "app.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    environ = environ_for(hec.url, aws_endpoint, MAX_DECOMPRESSED_BYTES="1048576")
+    status, out = run_cli(["forward", str(path), "--json"], environ)
+    summary = json.loads(out)
+    assert status == ExitStatus.OK, out
+    assert summary["acknowledged"] == 15_000
+    assert [event["event"] for event in hec.indexed_events()] == lines
+
+
+def test_forward_corrupt_gzip_delivers_what_was_read_and_exits_5(
+    hec: HecEmulator, s3: Any, aws_endpoint: str, tmp_path: Path
+) -> None:
+    """A gzip file cut off midway: the lines before the cut are delivered, the loss counted."""
+    lines = list(FlowLogGenerator(seed=5).lines(30_000))
+    packed = gzip.compress(("\n".join(lines) + "\n").encode())
+    path = tmp_path / "flows.log.gz"
+    path.write_bytes(packed[: len(packed) // 2])
+    environ = environ_for(hec.url, aws_endpoint)
+    status, out = run_cli(
+        ["forward", str(path), "--json", "--log-group", "/aws/vpc/flowlogs"], environ
+    )
+    summary = json.loads(out)
+    assert status == ExitStatus.INCOMPLETE
+    assert summary["dropped"] == {"input_unreadable": 1}
+    assert summary["balanced"] is True
+    indexed = [event["event"] for event in hec.indexed_events()]
+    assert 0 < len(indexed) < len(lines)
+    assert indexed == lines[: len(indexed)]
