@@ -346,13 +346,31 @@ class Daemon:
         self.deliverer.ledger.add(events_in=1, backsplashed=1, backsplash_objects=1)
         _log.error("record_unprocessable", key=key, reason=f"{type(exc).__name__}: {exc}")
 
-    def _checkpoint(self, deadline: float | None) -> None:
-        """Flush (everything acknowledged or backsplashed), then commit the source."""
+    def _checkpoint(self, deadline: float | None) -> bool:
+        """Flush (everything acknowledged or backsplashed), then commit the source.
+
+        The commit happens only when the flush left no ack pending and the ledger balances;
+        otherwise (a bug: events unaccounted for) ``checkpoint_skipped`` is logged and the
+        source is not committed, so those records come again (duplicates, never a loss).
+        Returns whether the source was committed.
+        """
         self.deliverer.flush(deadline)
+        pending = self.deliverer.pending_acks
+        ledger = self.deliverer.ledger
+        if pending or not ledger.balanced():
+            _log.error(
+                "checkpoint_skipped",
+                source=self.source.name,
+                pending_acks=pending,
+                in_flight=ledger.in_flight,
+                reason="events neither acknowledged, backsplashed nor dropped; not committing",
+            )
+            return False
         committed = self.source.commit()
         self.state.checkpoints += 1
         summary = self.deliverer.ledger.summary()
         _log.info("checkpoint_saved", source=self.source.name, committed=committed, **summary)
+        return True
 
     def _drain_spool(self, *, force: bool = False) -> None:
         if not isinstance(self.backsplash, FallbackBacksplash):

@@ -380,6 +380,11 @@ class Deliverer:
     def flush(self, deadline: float | None = None) -> None:
         """Send every partial batch and wait until everything is acknowledged or backsplashed.
 
+        When it returns (without raising), nothing is queued, in a partial batch or awaiting
+        its ack (:attr:`pending_acks` is 0), and the ledger balances: a cut-off (deadline,
+        abort, fatal error) reached at any point of the flush backsplashes what is left with
+        its reason.
+
         Args:
             deadline: a time on this deliverer's clock (``time.monotonic()`` by default): what
                 is not acknowledged by then is backsplashed (``Splunk.Deadline``). It holds for
@@ -396,7 +401,13 @@ class Deliverer:
             delay = _FIRST_BLOCKED_POLL_S
             while True:
                 self._drain_queue()  # backsplashes everything once past a cut-off
-                if not self.pending_acks or self._cutoff() is not None:
+                cut = self._cutoff()
+                if cut is not None:
+                    # The cut-off may have passed after _drain_queue's own check (during its
+                    # routine ack poll, say): settle here too, so nothing is left pending.
+                    self._settle(cut)
+                    break
+                if not self.pending_acks:
                     break
                 self._poll_routes(force=True)
                 self._expire(self._clock())

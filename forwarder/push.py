@@ -20,9 +20,24 @@ so the invocation answers, with its ledger, before Lambda's timeout. Records
 the transform refuses go to the backsplash under ``processing-failed/``. Kinesis and SQS batches
 answer ``{"batchItemFailures": [{"itemIdentifier": ...}]}`` for items not handled (an S3
 object that cannot be read, a body that is no S3 notification, items not started before the
-time ran short) so Lambda retries only those. If the backsplash write itself fails, the handler
+time ran short) so Lambda retries only those. An object that cannot be read or decoded (S3
+refused it, a corrupt or truncated gzip stream, a header naming a field twice) fails its own
+message only: events already submitted from it are delivered, the message comes back (and,
+after the queue's ``maxReceiveCount``, goes to its dead-letter queue); the object stays where
+it is. Objects are read in chunks of at most ``CHUNK_LINES`` lines and ``MAX_CHUNK_CHARS``
+characters. If the backsplash write itself fails, the handler
 raises: AWS retries the whole invocation, nothing is lost. The ledger is logged per invocation
 (``push_invocation_summarized``).
+
+Ledger check: after the final flush the ledger must balance and no ack may be pending. If not
+(a bug: events neither acknowledged, backsplashed nor counted as dropped), the handler does not
+answer at all: it raises ``LedgerUnbalancedError``, so AWS retries the whole invocation. That
+is preferred over naming every item in ``batchItemFailures`` because it also holds for awslogs
+events (which have no item answer) and for event source mappings without
+``ReportBatchItemFailures`` (which would take any answer as success). On any exception but
+``BacksplashError`` (which already means the deliverer could not store), the container's
+deliverer is aborted (what it still holds is backsplashed, ``Splunk.Shutdown``) and dropped, so
+nothing of a failed invocation stays behind to be counted, or lost, in a later one.
 
 Settings, the deliverer and boto3 clients are built once per container, on first use.
 """
@@ -34,7 +49,8 @@ import binascii
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping
+import zlib
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
@@ -49,10 +65,12 @@ from forwarder.delivery import Deliverer
 from forwarder.errors import BacksplashError
 from forwarder.ledger import Ledger
 from forwarder.sources import (
+    FILE_POLL_MAX_CHARS,
     S3Object,
-    object_chunks,
+    line_chunks,
     parse_s3_notification,
     store_unprocessable,
+    text_lines,
 )
 from transforms.errors import TransformError
 from transforms.pipeline import EncodedBatch, transform_lines, transform_payload
@@ -67,8 +85,37 @@ SAFETY_MARGIN_FRACTION: Final = 0.2
 SAFETY_MARGIN_MIN_S: Final = 0.25
 #: Flow-log lines per HEC submit when reading an S3 object.
 CHUNK_LINES: Final = 5000
+#: ... and at most this many characters per submit, so long lines cannot make a chunk of
+#: ``CHUNK_LINES`` lines exhaust the Lambda's memory (the cap the daemon's file source uses).
+MAX_CHUNK_CHARS: Final = FILE_POLL_MAX_CHARS
+#: What reading and decoding an S3 object can raise: S3 refused or broke off the read, the
+#: gzip stream is corrupt (``zlib.error``) or truncated (``EOFError``), the flow-log header is
+#: bad (``FlowLogFormatError``, a ``ValueError``).
+_OBJECT_READ_ERRORS: Final = (ClientError, BotoCoreError, OSError, EOFError, zlib.error, ValueError)
 
 _log = structlog.get_logger("forwarder.push")
+
+
+class ObjectReadError(Exception):
+    """An S3 object cannot be read or decoded; ``__cause__`` says why."""
+
+    def __init__(self, obj: S3Object, cause: BaseException) -> None:
+        super().__init__(f"{type(cause).__name__}: {cause}")
+        self.obj = obj
+
+
+class LedgerUnbalancedError(RuntimeError):
+    """After the flush, events are neither acknowledged, backsplashed nor dropped (a bug):
+    the invocation fails so that AWS retries it rather than losing them."""
+
+
+def _object_chunks(s3: Any, obj: S3Object) -> Iterator[tuple[list[str], tuple[str, ...] | None]]:
+    """An object's lines in chunks of at most ``CHUNK_LINES`` lines and ``MAX_CHUNK_CHARS``."""
+    body = s3.get_object(Bucket=obj.bucket, Key=obj.key)["Body"]
+    try:
+        yield from line_chunks(text_lines(body), CHUNK_LINES, MAX_CHUNK_CHARS)
+    finally:
+        body.close()
 
 
 @dataclass
@@ -180,6 +227,7 @@ class _Invocation:
         self._context = context
         self._clock = time.monotonic
         self.objects_skipped = 0
+        self.objects_failed = 0
         self.messages_ignored = 0
         self.deadline = self._deadline()
         self.deliverer.set_deadline(self.deadline)  # every submit and the flush stop there
@@ -237,7 +285,9 @@ class _Invocation:
         """Deliver one object's lines.
 
         Raises:
-            ClientError, BotoCoreError, OSError: the object cannot be read.
+            ObjectReadError: the object cannot be read or decoded (events of it read before
+                the error are submitted).
+            BacksplashError: a backsplash write failed.
         """
         if obj.is_backsplash:
             self.objects_skipped += 1
@@ -249,7 +299,15 @@ class _Invocation:
             )
             return
         s3 = self.container.client("s3")
-        for lines, fields in object_chunks(s3, obj, CHUNK_LINES):
+        chunks = _object_chunks(s3, obj)
+        while True:
+            try:
+                chunk = next(chunks, None)
+            except _OBJECT_READ_ERRORS as exc:
+                raise ObjectReadError(obj, exc) from exc
+            if chunk is None:
+                return
+            lines, fields = chunk
             try:
                 batch = transform_lines(
                     lines,
@@ -277,6 +335,7 @@ def handler(event: Any, context: Any) -> dict[str, Any]:
 
     Raises:
         BacksplashError: events could be neither delivered nor stored (AWS retries).
+        LedgerUnbalancedError: after the flush, events are unaccounted for (AWS retries).
         ValueError: the event has no shape this handler knows.
     """
     container = _get_container()
@@ -293,9 +352,15 @@ def handler(event: Any, context: Any) -> dict[str, Any]:
         try:
             failures = _run(invocation, shape, event)
             invocation.deliverer.flush(invocation.deadline)
+            _check_settled(invocation.deliverer)
         except BacksplashError:
             # The deliverer's bookkeeping is in doubt: the next invocation builds a new one.
             container.deliverer = None
+            invocation.deliverer.ledger.log_summary(_log, shape=shape, failed=True)
+            raise
+        except Exception as exc:
+            # AWS retries the invocation: nothing of it may stay in the container's deliverer.
+            _discard(container, invocation.deliverer, exc)
             invocation.deliverer.ledger.log_summary(_log, shape=shape, failed=True)
             raise
         finally:
@@ -308,6 +373,7 @@ def handler(event: Any, context: Any) -> dict[str, Any]:
             items=len(event.get("Records", ())) or 1,
             item_failures=len(failures),
             objects_skipped=invocation.objects_skipped,
+            objects_failed=invocation.objects_failed,
             messages_ignored=invocation.messages_ignored,
             **summary,
         )
@@ -316,6 +382,35 @@ def handler(event: Any, context: Any) -> dict[str, Any]:
         return {"batchItemFailures": [{"itemIdentifier": item} for item in failures]}
     finally:
         structlog.contextvars.unbind_contextvars("aws_request_id")
+
+
+def _check_settled(deliverer: Deliverer) -> None:
+    """After the flush: nothing pending and the ledger balanced, or ``LedgerUnbalancedError``."""
+    pending = deliverer.pending_acks
+    summary = deliverer.ledger.summary()
+    if pending or not summary["balanced"]:
+        _log.critical(
+            "push_ledger_unbalanced",
+            pending_acks=pending,
+            in_flight=summary["in_flight"],
+            action="failing the invocation so that AWS retries it",
+        )
+        raise LedgerUnbalancedError(
+            f"after the flush {summary['in_flight']} events are in flight and "
+            f"{pending} requests await their ack"
+        )
+
+
+def _discard(container: _Container, deliverer: Deliverer, exc: Exception) -> None:
+    """Abort ``deliverer`` (backsplash what it holds) and drop it from the container."""
+    if container.deliverer is deliverer:
+        container.deliverer = None
+    deliverer.abort("Splunk.Shutdown", f"invocation failed: {type(exc).__name__}: {exc}")
+    try:
+        deliverer.close(summarize=False)
+    except Exception as error:  # noqa: BLE001 - the original exception is the one to raise
+        # The invocation fails anyway and AWS retries it: its events come again.
+        _log.critical("push_discard_failed", reason=f"{type(error).__name__}: {error}")
 
 
 def _run(invocation: _Invocation, shape: Shape, event: dict[str, Any]) -> list[str]:
@@ -373,15 +468,17 @@ def _sqs_item(invocation: _Invocation, record: dict[str, Any]) -> bool:
     for obj in objects:
         try:
             invocation.s3_object(obj)
-        except (ClientError, BotoCoreError, OSError, EOFError) as exc:
-            # Events already submitted from this object are delivered; the whole message
-            # comes back and is read again (at least once).
+        except ObjectReadError as exc:
+            invocation.objects_failed += 1
+            # Unreadable or undecodable (corrupt gzip, bad header): this message only. Events
+            # already submitted from the object are delivered; the message comes back and is
+            # read again (at least once), then goes to the dead-letter queue.
             _log.error(
                 "object_failed",
                 bucket=obj.bucket,
                 key=obj.key,
                 message_id=message_id,
-                reason=f"{type(exc).__name__}: {exc}",
+                reason=str(exc),
             )
             return False
     return True

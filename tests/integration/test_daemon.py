@@ -671,3 +671,33 @@ def test_metrics_server_stops_promptly(tmp_path: Path) -> None:
     started = time.monotonic()
     never.stop()
     assert time.monotonic() - started < 0.3
+
+
+def test_checkpoint_is_not_committed_unless_the_ledger_balances(
+    emulator: HecEmulator, tmp_path: Path
+) -> None:
+    """GIVEN a deliverer whose ledger does not balance after the flush (events unaccounted
+    for) WHEN the daemon checkpoints THEN it logs and skips the commit; once it balances, it
+    commits."""
+    data = tmp_path / "lines.log"
+    data.write_text("line\n")
+    config = daemon_settings(
+        tmp_path,
+        source=SourceSettings(type="files", paths=(str(data),)),
+        checkpoint_store="none",
+    )
+    daemon = Daemon(delivery_settings(emulator.url), config)
+    commits: list[int] = []
+
+    def commit() -> int:
+        commits.append(1)
+        return 1
+
+    daemon.source.commit = commit  # type: ignore[method-assign]
+    daemon.deliverer.ledger.add(events_in=1)  # in flight, and no flush can settle it
+    assert daemon._checkpoint(deadline=None) is False
+    assert commits == [] and daemon.state.checkpoints == 0
+    daemon.deliverer.ledger.add(acknowledged=1)
+    assert daemon._checkpoint(deadline=None) is True
+    assert commits == [1] and daemon.state.checkpoints == 1
+    daemon.deliverer.close(summarize=False)

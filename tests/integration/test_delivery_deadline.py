@@ -186,3 +186,54 @@ def test_abort_from_another_thread_ends_a_long_backoff(
     records = assert_accounted(events, emulator, s3, deliverer)
     assert {r["errorCode"] for r in records} == {"Splunk.Shutdown"}
     assert emulator.stats().data_requests == 1
+
+
+def test_flush_settles_when_the_deadline_passes_during_a_routine_ack_poll(
+    emulator: HecEmulator, s3: Any, backsplash: Backsplash
+) -> None:
+    """GIVEN acks that never come and an ack endpoint that takes 0.7 s (fake clock) WHEN the
+    flush deadline passes during the routine ack poll inside the drain (the audit's race, p2)
+    THEN flush still backsplashes what awaits its ack: it returns with no ack pending, nothing
+    queued or in a partial batch, and a balanced ledger, for every deadline tried."""
+    import requests
+
+    now = [1000.0]
+
+    class SlowAckSession(requests.Session):
+        def post(self, url: str | bytes, *args: Any, **kwargs: Any) -> requests.Response:
+            response = super().post(url, *args, **kwargs)
+            if str(url).endswith("/services/collector/ack"):
+                now[0] += 0.7
+            return response
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    emulator.set_faults(FaultPlan(ack_delay_s=3600))
+    settings = delivery_settings(
+        emulator.url, SPLUNK_HEC_ACK_POLL_INTERVAL="1", SPLUNK_HEC_ACK_TIMEOUT="300"
+    )
+    total = 0
+    for step in range(16):  # the audit saw the race for budgets 7.2 s to 7.8 s
+        budget = 6.6 + step * 0.1
+        deliverer = Deliverer(
+            settings,
+            session=SlowAckSession(),
+            backsplash=backsplash,
+            clock=lambda: now[0],
+            sleep=sleep,
+        )
+        events = flow_events(10, start=total)
+        total += 10
+        start = now[0]
+        deliverer.submit(events)
+        deliverer.flush(start + budget)
+        assert deliverer.pending_acks == 0, f"budget {budget:.1f}s"
+        assert not deliverer._queue and deliverer._batcher.pending_events == 0
+        ledger = deliverer.ledger
+        assert ledger.balanced(), (budget, ledger.summary())
+        assert ledger.backsplashed == 10 and ledger.acknowledged == 0
+        deliverer.close(summarize=False)
+    records = backsplashed(s3)
+    assert len(records) == total
+    assert {record["errorCode"] for record in records} == {"Splunk.Deadline"}

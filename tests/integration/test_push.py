@@ -11,8 +11,10 @@ from typing import Any
 import pytest
 
 from forwarder import push
+from forwarder.delivery import _Work
 from forwarder.emulator import FaultPlan, HecEmulator
 from forwarder.errors import BacksplashError
+from forwarder.sources import S3Object
 from forwarder.synthetic import FlowLogGenerator, cloudwatch_payload, control_payload
 from tests.conftest import boto_client
 from tests.integration.conftest import BUCKET, backsplashed, delivery_settings
@@ -260,3 +262,111 @@ def test_token_from_secrets_manager(emulator: HecEmulator, aws_endpoint: str, s3
     finally:
         push.reset()
         secrets.clear_cache()
+
+
+def corrupt_gzip(count: int) -> bytes:
+    lines = [HEADER, *FlowLogGenerator().lines(count)]
+    data = bytearray(gzip.compress(("\n".join(lines) + "\n").encode()))
+    data[20:40] = b"\xff" * 20  # breaks the deflate stream: zlib.error, not OSError
+    return bytes(data)
+
+
+def test_sqs_corrupt_gzip_object_fails_only_its_message(
+    emulator: HecEmulator, configure: Any, s3: Any
+) -> None:
+    """GIVEN an SQS batch naming a good object, a corrupt gzip object and an object whose
+    header names a field twice WHEN handled THEN the good one is delivered, only the two bad
+    messages are reported, the ledger balances and nothing stays in the container."""
+    configure(emulator)
+    put_flow_file(s3, "AWSLogs/good.log.gz", 10)
+    s3.put_object(Bucket=FLOW_BUCKET, Key="AWSLogs/bad.log.gz", Body=corrupt_gzip(200))
+    twice = f"{HEADER} action\n" + "\n".join(FlowLogGenerator().lines(3)) + "\n"
+    s3.put_object(Bucket=FLOW_BUCKET, Key="AWSLogs/twice.log", Body=twice.encode())
+    event = sqs_event(
+        [
+            s3_body(FLOW_BUCKET, "AWSLogs/good.log.gz"),
+            s3_body(FLOW_BUCKET, "AWSLogs/bad.log.gz"),
+            s3_body(FLOW_BUCKET, "AWSLogs/twice.log"),
+        ]
+    )
+    result = push.handler(event, FakeContext())
+    assert result == {"batchItemFailures": [{"itemIdentifier": "m-1"}, {"itemIdentifier": "m-2"}]}
+    assert len(emulator.indexed_events()) == 10
+    deliverer = push._get_container().deliverer
+    assert deliverer is not None and deliverer.pending_acks == 0
+    ledger = deliverer.ledger.summary()
+    assert ledger["balanced"] and ledger["events_in"] == ledger["acknowledged"] == 10
+
+
+def test_object_chunks_are_capped_in_characters(s3: Any) -> None:
+    """A chunk ends at MAX_CHUNK_CHARS characters, however few lines it holds."""
+    s3.create_bucket(Bucket=FLOW_BUCKET)
+    line = "x" * 1000
+    s3.put_object(Bucket=FLOW_BUCKET, Key="long.log", Body=("\n".join([line] * 50) + "\n").encode())
+    chunks = list(push._object_chunks(s3, S3Object(FLOW_BUCKET, "long.log")))
+    assert sum(len(lines) for lines, _ in chunks) == 50
+    assert push.MAX_CHUNK_CHARS < push.CHUNK_LINES * 1000  # the cap, not the line count, cut
+    big = [line * 1000] * 10  # 1,000,000-character lines: every few of them make a chunk
+    s3.put_object(Bucket=FLOW_BUCKET, Key="huge.log", Body=("\n".join(big) + "\n").encode())
+    chunks = list(push._object_chunks(s3, S3Object(FLOW_BUCKET, "huge.log")))
+    assert len(chunks) > 1
+    assert all(sum(map(len, lines)) < push.MAX_CHUNK_CHARS + len(big[0]) for lines, _ in chunks)
+
+
+def test_unexpected_error_discards_the_container_deliverer(
+    emulator: HecEmulator, configure: Any, s3: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """GIVEN an invocation that fails with an unexpected exception after submitting events
+    WHEN handled THEN the handler raises, and what the deliverer held is backsplashed
+    (Splunk.Shutdown) and the deliverer dropped: nothing leaks into the next invocation."""
+    configure(emulator, SPLUNK_HEC_BATCH_MAX_EVENTS="1000")
+    real = push._Invocation.payload
+    calls: list[int] = []
+
+    def payload(self: Any, data: bytes) -> None:
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("boom")
+        real(self, data)
+
+    monkeypatch.setattr(push._Invocation, "payload", payload)
+    payloads = [cloudwatch_payload([f"k{b}-{i}" for i in range(3)], first_id=b) for b in range(2)]
+    container = push._get_container()
+    with pytest.raises(RuntimeError, match="boom"):
+        push.handler(kinesis_event(payloads), FakeContext())
+    assert container.deliverer is None
+    records = backsplashed(s3)  # the first record's events, in a partial batch: not sent
+    assert len(records) == 3 and not emulator.indexed_events()
+    assert {r["errorCode"] for r in records} == {"Splunk.Shutdown"}
+    monkeypatch.setattr(push._Invocation, "payload", real)
+    result = push.handler(kinesis_event(payloads[:1]), FakeContext())
+    assert result == {"batchItemFailures": []}
+    deliverer = push._get_container().deliverer
+    assert deliverer is not None
+    ledger = deliverer.ledger.summary()
+    assert ledger["balanced"] and ledger["events_in"] == 3  # nothing of the failed one
+
+
+def test_unbalanced_ledger_after_flush_fails_the_invocation(
+    emulator: HecEmulator, configure: Any, s3: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """GIVEN a flush that (by a bug) leaves acks pending WHEN handled THEN the handler does
+    not answer success: it raises LedgerUnbalancedError (AWS retries the invocation), and the
+    pending events are backsplashed as the deliverer is discarded."""
+    configure(emulator, SPLUNK_HEC_ACK_TIMEOUT="60")
+    emulator.set_faults(FaultPlan(ack_delay_s=3600))
+    container = push._get_container()
+    deliverer = container.get_deliverer()
+
+    def flush(deadline: float | None = None) -> None:
+        # A broken flush: sends the partial batch, does not wait for its ack.
+        deliverer._queue.extend(_Work.of(batch) for batch in deliverer._batcher.drain())
+        deliverer._drain_queue()
+
+    monkeypatch.setattr(deliverer, "flush", flush)
+    payload = cloudwatch_payload([f"u{i}" for i in range(4)], log_group="/app/test")
+    with pytest.raises(push.LedgerUnbalancedError):
+        push.handler(kinesis_event([payload]), FakeContext())
+    assert deliverer.pending_acks == 0 and container.deliverer is None
+    assert deliverer.ledger.balanced() and deliverer.ledger.backsplashed == 4
+    assert {r["errorCode"] for r in backsplashed(s3)} == {"Splunk.Shutdown"}
