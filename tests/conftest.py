@@ -9,9 +9,15 @@ from typing import Any
 
 import pytest
 import structlog
+from hypothesis import settings as hypothesis_settings
 
 from config.loader import load_settings
 from config.settings import Settings
+
+# Hypothesis' per-example deadline is a timing threshold; on a loaded CI machine it fails
+# tests for being slow, not wrong. Properties here are about behaviour only.
+hypothesis_settings.register_profile("forwarder", deadline=None)
+hypothesis_settings.load_profile("forwarder")
 
 SAMPLES = Path(__file__).parent / "samples"
 TEST_TOKEN = "00000000-test-token-0000-000000000000"
