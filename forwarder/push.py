@@ -8,9 +8,24 @@ The event is recognised by its shape:
 - an SQS batch of S3 event notifications (plain, or wrapped in an SNS notification):
   ``{"Records": [{"eventSource": "aws:sqs", "messageId", "body"}]}``. The ``s3:TestEvent`` is
   ignored. Named objects are flow-log files (gzip or plain text, a header line naming the
-  fields) read line by line. Backsplash objects (``splunk-failed/``, ``processing-failed/``)
-  are not re-sent here: they are counted, logged (``object_skipped``) and left for
-  ``forwarder replay``.
+  fields) read line by line, or backsplash objects (below).
+
+Backsplash objects (DESIGN.md §6), recognised by key (``splunk-failed/``,
+``processing-failed/``, ``replay-failed/`` anywhere in it) or by content (JSON records with a
+``rawData`` string), are re-delivered record by record, streamed
+(:mod:`forwarder.backsplash_objects`, with the decoder ``forwarder replay`` uses):
+``splunk-failed`` records send their HEC payload as it was (event JSON to the event endpoint;
+raw lines to the raw endpoint with the ``source``, ``sourcetype``, ``index`` and ``host`` our
+records keep), ``processing-failed`` records go through the transform first. They go through
+deliverers of their own, one per endpoint (the configured HEC with the endpoint the record
+needs, as replay does), sharing the invocation's ledger and deadline, whose backsplash writes
+under ``replay-failed/`` (``replayAttempts: 1``), never ``splunk-failed/``. Objects under
+``replay-failed/`` are not re-delivered here (loop guard: a notification on the backsplash
+bucket would otherwise send a failing event round forever); they are counted, logged
+(``object_skipped``, with the ``forwarder replay`` command to run) and left in place. A
+corrupt record is dropped (ledger reason ``backsplash_record_corrupt``) and logged with its
+key and line number. The push Lambda only reads: every object stays where it is, so replay can
+still read it.
 
 Delivery is bounded by the invocation's remaining time minus a safety margin, read once when
 the invocation starts and given to the deliverer as its deadline (:meth:`Deliverer.set_deadline`):
@@ -51,7 +66,7 @@ import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Final, Literal
 
 import structlog
@@ -61,6 +76,16 @@ from config.loader import load_settings, require_hec, warnings_for, with_token
 from config.logs import configure_logging, register_secret
 from config.settings import Settings
 from forwarder.backsplash import BacksplashWriter, backsplash_from_settings
+from forwarder.backsplash_objects import (
+    REPLAY_FAILED,
+    CorruptLine,
+    Kind,
+    ReplayFailedBacksplash,
+    body_chunks,
+    decode_object,
+    kind_from_key,
+    sniff,
+)
 from forwarder.delivery import Deliverer
 from forwarder.errors import BacksplashError
 from forwarder.ledger import Ledger
@@ -69,13 +94,17 @@ from forwarder.sources import (
     S3Object,
     line_chunks,
     parse_s3_notification,
+    replay_failed_hint,
     store_unprocessable,
     text_lines,
 )
 from transforms.errors import TransformError
+from transforms.options import Endpoint
 from transforms.pipeline import EncodedBatch, transform_lines, transform_payload
 
 Shape = Literal["awslogs", "kinesis", "sqs"]
+#: The ledger's drop reason for backsplash records that cannot be re-delivered.
+CORRUPT_RECORD: Final = "backsplash_record_corrupt"
 
 #: Kept free at the end of the invocation for backsplash writes and the answer: a fifth of the
 #: remaining time, at least SAFETY_MARGIN_MIN_S and at most SAFETY_MARGIN_MAX_S seconds. An item
@@ -111,7 +140,10 @@ class LedgerUnbalancedError(RuntimeError):
 
 def _object_chunks(s3: Any, obj: S3Object) -> Iterator[tuple[list[str], tuple[str, ...] | None]]:
     """An object's lines in chunks of at most ``CHUNK_LINES`` lines and ``MAX_CHUNK_CHARS``."""
-    body = s3.get_object(Bucket=obj.bucket, Key=obj.key)["Body"]
+    return _body_chunks(s3.get_object(Bucket=obj.bucket, Key=obj.key)["Body"])
+
+
+def _body_chunks(body: Any) -> Iterator[tuple[list[str], tuple[str, ...] | None]]:
     try:
         yield from line_chunks(text_lines(body), CHUNK_LINES, MAX_CHUNK_CHARS)
     finally:
@@ -126,6 +158,8 @@ class _Container:
     backsplash: BacksplashWriter
     client_factory: Callable[[str], Any]
     deliverer: Deliverer | None = None
+    #: Deliverers for re-delivered backsplash records, by endpoint (failures: replay-failed/).
+    redeliverers: dict[str, Deliverer] = field(default_factory=dict)
     clients: dict[str, Any] = field(default_factory=dict)
 
     def client(self, service: str) -> Any:
@@ -137,6 +171,28 @@ class _Container:
         if self.deliverer is None:
             self.deliverer = Deliverer(self.settings, backsplash=self.backsplash, log=_log)
         return self.deliverer
+
+    def get_redeliverer(self, endpoint: Endpoint) -> Deliverer:
+        """The deliverer for backsplash records meant for ``endpoint``: the configured HEC
+        with that endpoint, its failures stored under ``replay-failed/``."""
+        found = self.redeliverers.get(endpoint)
+        if found is None:
+            settings = self.settings
+            if settings.hec.endpoint != endpoint:
+                settings = replace(settings, hec=replace(settings.hec, endpoint=endpoint))
+            found = Deliverer(
+                settings,
+                backsplash=ReplayFailedBacksplash(self.backsplash),
+                log=_log.bind(redelivery=endpoint),
+            )
+            self.redeliverers[endpoint] = found
+        return found
+
+    def forget_deliverers(self) -> None:
+        """Drop every deliverer (their bookkeeping is in doubt); the next invocation builds
+        new ones."""
+        self.deliverer = None
+        self.redeliverers.clear()
 
 
 _container: _Container | None = None
@@ -228,9 +284,27 @@ class _Invocation:
         self._clock = time.monotonic
         self.objects_skipped = 0
         self.objects_failed = 0
+        self.objects_redelivered = 0
+        self.records_corrupt = 0
         self.messages_ignored = 0
+        self._redeliverers: dict[str, Deliverer] = {}
         self.deadline = self._deadline()
         self.deliverer.set_deadline(self.deadline)  # every submit and the flush stop there
+
+    def redeliverer(self, endpoint: Endpoint) -> Deliverer:
+        """The container's deliverer for ``endpoint``'s backsplash records, on this
+        invocation's ledger and deadline."""
+        found = self._redeliverers.get(endpoint)
+        if found is None:
+            found = self.container.get_redeliverer(endpoint)
+            found.ledger = self.deliverer.ledger  # one ledger per invocation (thread-safe)
+            found.set_deadline(self.deadline)
+            self._redeliverers[endpoint] = found
+        return found
+
+    def deliverers(self) -> list[Deliverer]:
+        """Every deliverer this invocation used (the main one first)."""
+        return [self.deliverer, *self._redeliverers.values()]
 
     def remaining_s(self) -> float | None:
         getter = getattr(self._context, "get_remaining_time_in_millis", None)
@@ -289,17 +363,53 @@ class _Invocation:
                 the error are submitted).
             BacksplashError: a backsplash write failed.
         """
-        if obj.is_backsplash:
+        kind = kind_from_key(obj.key)
+        if kind == REPLAY_FAILED:
             self.objects_skipped += 1
             _log.warning(
-                "object_skipped",
-                bucket=obj.bucket,
-                key=obj.key,
-                reason="backsplash object: replay it with forwarder replay",
+                "object_skipped", bucket=obj.bucket, key=obj.key, reason=replay_failed_hint(obj)
             )
             return
         s3 = self.container.client("s3")
-        chunks = _object_chunks(s3, obj)
+        try:
+            body = s3.get_object(Bucket=obj.bucket, Key=obj.key)["Body"]
+        except _OBJECT_READ_ERRORS as exc:
+            raise ObjectReadError(obj, exc) from exc
+        try:
+            peeked, looks_backsplash, content_kind = sniff(body)
+        except _OBJECT_READ_ERRORS as exc:
+            body.close()
+            raise ObjectReadError(obj, exc) from exc
+        if kind is None and looks_backsplash:
+            kind = content_kind
+            if kind == REPLAY_FAILED:
+                peeked.close()
+                self.objects_skipped += 1
+                _log.warning(
+                    "object_skipped",
+                    bucket=obj.bucket,
+                    key=obj.key,
+                    reason="replay-failed records (replayAttempts): not re-delivered "
+                    "automatically (a notification on the backsplash bucket would loop); "
+                    "run forwarder replay on this object's folder",
+                )
+                return
+        if kind is not None or looks_backsplash:
+            try:
+                self.backsplash_object(obj, peeked, kind)
+            finally:
+                peeked.close()
+            return
+        self.text_object(obj, _body_chunks(peeked))
+
+    def text_object(
+        self, obj: S3Object, chunks: Iterator[tuple[list[str], tuple[str, ...] | None]]
+    ) -> None:
+        """Deliver a text object's lines (flow logs), chunk by chunk.
+
+        Raises:
+            ObjectReadError: the object cannot be read or decoded.
+        """
         while True:
             try:
                 chunk = next(chunks, None)
@@ -321,6 +431,53 @@ class _Invocation:
                 self.unprocessable("\n".join(lines).encode(), exc)
                 continue
             self.deliver(batch)
+
+    def backsplash_object(self, obj: S3Object, body: Any, kind: Kind | None) -> None:
+        """Re-deliver a backsplash object's records, streamed (see the module docstring).
+
+        Raises:
+            ObjectReadError: S3 broke off the read, or the gzip stream is broken or truncated
+                (records before that point are submitted; the message comes back).
+            BacksplashError: a backsplash write failed.
+        """
+        _log.info("backsplash_object_redelivering", bucket=obj.bucket, key=obj.key, kind=kind)
+        ledger = self.deliverer.ledger
+        records = 0
+        items = decode_object(body_chunks(body), kind, self.settings.transform)
+        while True:
+            try:
+                item = next(items, None)
+            except _OBJECT_READ_ERRORS as exc:
+                raise ObjectReadError(obj, exc) from exc
+            if item is None:
+                break
+            if isinstance(item, CorruptLine):
+                if item.fatal:
+                    raise ObjectReadError(obj, ValueError(f"line {item.line}: {item.reason}"))
+                self.records_corrupt += 1
+                ledger.drop(CORRUPT_RECORD)
+                _log.error(
+                    "backsplash_record_corrupt",
+                    bucket=obj.bucket,
+                    key=obj.key,
+                    line=item.line,
+                    reason=item.reason,
+                )
+                continue
+            _, decoded = item
+            records += 1
+            if decoded.control:
+                ledger.drop("control_message")
+            elif decoded.events:
+                self.redeliverer(decoded.endpoint).submit(decoded.events, decoded.raw_target)
+        self.objects_redelivered += 1
+        _log.info(
+            "backsplash_object_submitted",
+            bucket=obj.bucket,
+            key=obj.key,
+            kind=kind,
+            records=records,
+        )
 
 
 def _decode_b64(text: str) -> bytes:
@@ -351,20 +508,23 @@ def handler(event: Any, context: Any) -> dict[str, Any]:
         invocation = _Invocation(container, context)
         try:
             failures = _run(invocation, shape, event)
-            invocation.deliverer.flush(invocation.deadline)
-            _check_settled(invocation.deliverer)
+            for deliverer in invocation.deliverers():
+                deliverer.flush(invocation.deadline)
+            _check_settled(invocation.deliverers())
         except BacksplashError:
-            # The deliverer's bookkeeping is in doubt: the next invocation builds a new one.
-            container.deliverer = None
+            # The deliverers' bookkeeping is in doubt: the next invocation builds new ones.
+            container.forget_deliverers()
             invocation.deliverer.ledger.log_summary(_log, shape=shape, failed=True)
             raise
         except Exception as exc:
-            # AWS retries the invocation: nothing of it may stay in the container's deliverer.
-            _discard(container, invocation.deliverer, exc)
+            # AWS retries the invocation: nothing of it may stay in the container's deliverers.
+            for deliverer in invocation.deliverers():
+                _discard(container, deliverer, exc)
             invocation.deliverer.ledger.log_summary(_log, shape=shape, failed=True)
             raise
         finally:
-            invocation.deliverer.set_deadline(None)  # the container outlives the invocation
+            for deliverer in invocation.deliverers():
+                deliverer.set_deadline(None)  # the container outlives the invocation
         summary = invocation.deliverer.ledger.summary()
         method = _log.info if summary["balanced"] and not failures else _log.warning
         method(
@@ -374,6 +534,8 @@ def handler(event: Any, context: Any) -> dict[str, Any]:
             item_failures=len(failures),
             objects_skipped=invocation.objects_skipped,
             objects_failed=invocation.objects_failed,
+            objects_redelivered=invocation.objects_redelivered,
+            records_corrupt=invocation.records_corrupt,
             messages_ignored=invocation.messages_ignored,
             **summary,
         )
@@ -384,10 +546,11 @@ def handler(event: Any, context: Any) -> dict[str, Any]:
         structlog.contextvars.unbind_contextvars("aws_request_id")
 
 
-def _check_settled(deliverer: Deliverer) -> None:
-    """After the flush: nothing pending and the ledger balanced, or ``LedgerUnbalancedError``."""
-    pending = deliverer.pending_acks
-    summary = deliverer.ledger.summary()
+def _check_settled(deliverers: list[Deliverer]) -> None:
+    """After the flush: nothing pending and the (shared) ledger balanced, or
+    ``LedgerUnbalancedError``."""
+    pending = sum(deliverer.pending_acks for deliverer in deliverers)
+    summary = deliverers[0].ledger.summary()
     if pending or not summary["balanced"]:
         _log.critical(
             "push_ledger_unbalanced",
@@ -405,6 +568,9 @@ def _discard(container: _Container, deliverer: Deliverer, exc: Exception) -> Non
     """Abort ``deliverer`` (backsplash what it holds) and drop it from the container."""
     if container.deliverer is deliverer:
         container.deliverer = None
+    for endpoint, found in list(container.redeliverers.items()):
+        if found is deliverer:
+            del container.redeliverers[endpoint]
     deliverer.abort("Splunk.Shutdown", f"invocation failed: {type(exc).__name__}: {exc}")
     try:
         deliverer.close(summarize=False)

@@ -49,8 +49,12 @@ from transforms.vpc_flow import fields_from_header, is_header_line
 
 _log = structlog.get_logger("forwarder.sources")
 
-#: Key parts that mark backsplash objects (ours and Firehose's); replay handles those.
-BACKSPLASH_MARKERS: Final = ("splunk-failed/", "processing-failed/")
+#: Key parts that mark backsplash objects (ours and Firehose's). ``replay-failed/`` objects
+#: (what failed again during a replay or a push re-delivery) are never re-delivered
+#: automatically: ``forwarder replay`` takes those (loop guard).
+BACKSPLASH_MARKERS: Final = ("splunk-failed/", "processing-failed/", "replay-failed/")
+#: What to tell the user about a backsplash object a source does not re-deliver itself.
+REPLAY_HINT: Final = "backsplash object: replay it with forwarder replay"
 _READ_SIZE: Final = 1 << 16
 #: The files/stdin source reads at most this many lines per poll (and per chunk).
 FILE_POLL_MAX_LINES: Final = 10_000
@@ -207,8 +211,23 @@ class S3Object:
 
     @property
     def is_backsplash(self) -> bool:
-        """A backsplash object (ours or Firehose's): ``forwarder replay`` takes those."""
+        """A backsplash object by its key (ours or Firehose's)."""
         return any(marker in self.key for marker in BACKSPLASH_MARKERS)
+
+    @property
+    def is_replay_failed(self) -> bool:
+        """Under ``replay-failed/``: only ``forwarder replay`` re-delivers it (loop guard)."""
+        return "replay-failed/" in self.key
+
+
+def replay_failed_hint(obj: S3Object) -> str:
+    """Why a ``replay-failed/`` object is skipped, and the command that replays its folder."""
+    root = obj.key[: obj.key.rfind("replay-failed/")]
+    return (
+        "replay-failed object: not re-delivered automatically (a notification on the "
+        "backsplash bucket would loop); run: forwarder replay "
+        f"s3://{obj.bucket}/{root}replay-failed/"
+    )
 
 
 def parse_s3_notification(body: str) -> list[S3Object] | None:
@@ -899,12 +918,15 @@ class SqsS3Source:
                     return None
                 obj = cursor.remaining.pop(0)
                 if obj.is_backsplash:
+                    # Re-delivering needs a deliverer per endpoint whose failures go under
+                    # replay-failed/ (see forwarder.backsplash_objects), which the daemon's
+                    # loop does not have: left for forwarder replay.
                     self.objects_skipped += 1
                     _log.warning(
                         "object_skipped",
                         bucket=obj.bucket,
                         key=obj.key,
-                        reason="backsplash object: replay it with forwarder replay",
+                        reason=replay_failed_hint(obj) if obj.is_replay_failed else REPLAY_HINT,
                     )
                     continue
                 cursor.current = obj

@@ -11,13 +11,16 @@ from typing import Any
 import pytest
 
 from forwarder import push
+from forwarder.backsplash import Backsplash
+from forwarder.backsplash_objects import ReplayFailedBacksplash
 from forwarder.delivery import _Work
 from forwarder.emulator import FaultPlan, HecEmulator
 from forwarder.errors import BacksplashError
 from forwarder.sources import S3Object
 from forwarder.synthetic import FlowLogGenerator, cloudwatch_payload, control_payload
 from tests.conftest import boto_client
-from tests.integration.conftest import BUCKET, backsplashed, delivery_settings
+from tests.integration.conftest import BUCKET, PREFIX, backsplashed, delivery_settings
+from transforms.records import EncodedEvent, RawTarget
 
 pytestmark = pytest.mark.integration
 
@@ -151,7 +154,8 @@ def test_sqs_s3_flow_files_plain_sns_and_test_event(
     test_event = json.dumps(
         {"Service": "Amazon S3", "Event": "s3:TestEvent", "Bucket": FLOW_BUCKET}
     )
-    backsplash_obj = s3_body(BUCKET, "failed/splunk-failed/2026/01/01/00/x.gz")
+    # never read (nor re-delivered): replay-failed/ objects are left for forwarder replay
+    backsplash_obj = s3_body(BUCKET, "failed/replay-failed/2026/01/01/00/x.gz")
     event = sqs_event(
         [s3_body(FLOW_BUCKET, "AWSLogs/1/vpcflowlogs/a.log.gz"), sns, test_event, backsplash_obj]
     )
@@ -370,3 +374,233 @@ def test_unbalanced_ledger_after_flush_fails_the_invocation(
     assert deliverer.pending_acks == 0 and container.deliverer is None
     assert deliverer.ledger.balanced() and deliverer.ledger.backsplashed == 4
     assert {r["errorCode"] for r in backsplashed(s3)} == {"Splunk.Shutdown"}
+
+
+# ------------------------------------------------------------------ backsplash objects
+
+
+def hec_event(text: str, sourcetype: str = "aws:cloudwatchlogs") -> bytes:
+    return json.dumps(
+        {"time": 1764000000, "source": "/app/fh", "sourcetype": sourcetype, "event": text},
+        separators=(",", ":"),
+    ).encode()
+
+
+def firehose_record(payload: bytes, *, processing: bool = False) -> str:
+    record: dict[str, Any] = {
+        "attemptsMade": 4,
+        "arrivalTimestamp": 1764000000000,
+        "errorCode": "Lambda.FunctionError" if processing else "Splunk.AckTimeout",
+        "errorMessage": "failed",
+        "attemptEndingTimestamp": 1764000100000,
+        "rawData": base64.b64encode(payload).decode(),
+    }
+    if processing:
+        record["lambdaArn"] = "arn:aws:lambda:us-east-1:123456789012:function:t"
+    else:
+        record["EventId"] = f"{abs(hash(payload)):040d}"
+    return json.dumps(record, separators=(",", ":"))
+
+
+def sqs_batch_from_queue(sqs: Any, bodies: list[str]) -> dict[str, Any]:
+    """Send the notifications to a moto SQS queue and build the Lambda event from what the
+    queue hands out, as the event source mapping does."""
+    url = sqs.create_queue(QueueName="backsplash-notifications")["QueueUrl"]
+    for body in bodies:
+        sqs.send_message(QueueUrl=url, MessageBody=body)
+    received: list[dict[str, Any]] = []
+    while len(received) < len(bodies):
+        answer = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=1)
+        received.extend(answer.get("Messages", []))
+    return {
+        "Records": [
+            {
+                "eventSource": "aws:sqs",
+                "messageId": m["MessageId"],
+                "receiptHandle": m["ReceiptHandle"],
+                "body": m["Body"],
+            }
+            for m in received
+        ]
+    }
+
+
+def put_backsplash_objects(s3: Any) -> dict[str, str]:
+    """Firehose's splunk-failed (event payloads, concatenated, with two corrupt records) and
+    processing-failed objects, ours (raw payloads with metadata), an object recognised only by
+    its content, and a replay-failed one. Returns the keys by role."""
+    fh_failed = "firehose/splunk-failed/2026/01/01/00/fh-1.gz"
+    concatenated = firehose_record(hec_event("fh 0")) + firehose_record(
+        hec_event("fh 1") + hec_event("fh 2")
+    )
+    corrupt = '{"not json\n' + json.dumps({"rawData": "!!not base64!!"}) + "\n"
+    body = concatenated + "\n" + corrupt + firehose_record(hec_event("fh 3")) + "\n"
+    s3.put_object(Bucket=FLOW_BUCKET, Key=fh_failed, Body=gzip.compress(body.encode()))
+
+    fh_processing = "firehose/processing-failed/2026/01/01/00/fh-2.gz"
+    cwl = cloudwatch_payload([f"pf {i}" for i in range(3)], log_group="/app/pf", first_id=500)
+    body = firehose_record(cwl, processing=True) + "\n"
+    s3.put_object(Bucket=FLOW_BUCKET, Key=fh_processing, Body=gzip.compress(body.encode()))
+
+    by_content = "exports/2026/01/01/failures.json"  # no marker in the key: plain JSON lines
+    s3.put_object(Bucket=FLOW_BUCKET, Key=by_content, Body=firehose_record(hec_event("cx")))
+
+    ours = Backsplash(s3, BUCKET, PREFIX, sleep=lambda seconds: None)
+    ours_key = ours.write(
+        [EncodedEvent(f"our raw {i}".encode(), f"r{i}") for i in range(3)],
+        error_code="Splunk.ServerError",
+        error_message="503",
+        attempts=5,
+        endpoint="raw",
+        raw_target=RawTarget("my-source", "my:raw", "main", "host-1"),
+    )
+    refailed_key = ReplayFailedBacksplash(ours).write(
+        [EncodedEvent(hec_event("refailed"), "x1")],
+        error_code="Splunk.AckTimeout",
+        error_message="again",
+        attempts=1,
+        endpoint="event",
+    )
+    return {
+        "fh_failed": fh_failed,
+        "fh_processing": fh_processing,
+        "by_content": by_content,
+        "ours": ours_key,
+        "refailed": refailed_key,
+    }
+
+
+def keys_under(s3: Any, prefix: str) -> list[str]:
+    contents = s3.list_objects_v2(Bucket=BUCKET, Prefix=prefix).get("Contents", [])
+    return [item["Key"] for item in contents]
+
+
+def test_sqs_backsplash_objects_are_redelivered(
+    emulator: HecEmulator,
+    configure: Any,
+    s3: Any,
+    aws_endpoint: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """GIVEN an SQS batch notifying Firehose's splunk-failed (event payloads) and
+    processing-failed (gzip CloudWatch payload) objects, ours (raw payloads with metadata), one
+    recognised by content, and a replay-failed one
+    WHEN handled THEN the first four are indexed with their sourcetype and metadata, corrupt
+    records are dropped with key and line, the replay-failed object is skipped with the
+    command to run, nothing is written back, and the ledger balances."""
+    configure(emulator)
+    keys = put_backsplash_objects(s3)
+    before = {o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET).get("Contents", [])}
+    bodies = [
+        s3_body(FLOW_BUCKET, keys["fh_failed"]),
+        json.dumps(
+            {"Type": "Notification", "Message": s3_body(FLOW_BUCKET, keys["fh_processing"])}
+        ),
+        s3_body(FLOW_BUCKET, keys["by_content"]),
+        s3_body(BUCKET, keys["ours"]),
+        s3_body(BUCKET, keys["refailed"]),
+    ]
+    event = sqs_batch_from_queue(boto_client("sqs", aws_endpoint), bodies)
+
+    result = push.handler(event, FakeContext())
+
+    assert result == {"batchItemFailures": []}
+    indexed = emulator.indexed_events()
+    by_text = {str(e["event"]): e for e in indexed}
+    assert len(indexed) == len(by_text) == 4 + 3 + 1 + 3  # each exactly once
+    for text in ("fh 0", "fh 1", "fh 2", "fh 3", "cx"):
+        assert by_text[text]["sourcetype"] == "aws:cloudwatchlogs"
+        assert by_text[text]["source"] == "/app/fh"
+    for i in range(3):  # processing-failed: through the transform
+        pf = by_text[f"pf {i}"]
+        assert "/app/pf" in str(pf.get("source"))
+        assert pf.get("sourcetype")
+    for i in range(3):  # ours, raw endpoint: the metadata stored with the records
+        raw = by_text[f"our raw {i}"]
+        assert (raw["source"], raw["sourcetype"], raw["index"], raw["host"]) == (
+            "my-source",
+            "my:raw",
+            "main",
+            "host-1",
+        )
+    assert "refailed" not in by_text
+    after = {o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET).get("Contents", [])}
+    assert after == before  # nothing backsplashed, nothing deleted
+
+    logs = capsys.readouterr()
+    output = logs.out + logs.err
+    summary = json.loads(
+        next(line for line in output.splitlines() if "push_invocation_summarized" in line)
+    )
+    assert summary["balanced"] and summary["in_flight"] == 0
+    assert summary["acknowledged"] == 11
+    assert summary["dropped"] == {push.CORRUPT_RECORD: 2}
+    assert summary["events_in"] == 13
+    assert (summary["objects_redelivered"], summary["objects_skipped"]) == (4, 1)
+    assert summary["records_corrupt"] == 2
+    entries = [json.loads(x) for x in output.splitlines() if x.startswith("{")]
+    corrupt = [e for e in entries if e.get("event") == "backsplash_record_corrupt"]
+    assert {(c["key"], c["line"]) for c in corrupt} == {
+        (keys["fh_failed"], 2),
+        (keys["fh_failed"], 3),
+    }
+    skipped = [e for e in entries if e.get("event") == "object_skipped"]
+    assert [s["key"] for s in skipped] == [keys["refailed"]]
+    assert f"forwarder replay s3://{BUCKET}/{PREFIX}replay-failed/" in skipped[0]["reason"]
+
+
+def test_redelivery_failures_go_under_replay_failed(
+    emulator: HecEmulator, configure: Any, s3: Any
+) -> None:
+    """GIVEN a backsplash object whose re-delivery is never acknowledged WHEN the invocation
+    nears its end THEN its events are stored under replay-failed/ (not splunk-failed/, which a
+    notification on the bucket would re-trigger) with replayAttempts, and the ledger balances."""
+    configure(emulator, SPLUNK_HEC_ACK_TIMEOUT="60")
+    emulator.set_faults(FaultPlan(lost_acks=100))
+    key = "firehose/splunk-failed/2026/01/01/00/fh-late.gz"
+    body = "".join(firehose_record(hec_event(f"late {i}")) for i in range(4))
+    s3.put_object(Bucket=FLOW_BUCKET, Key=key, Body=gzip.compress(body.encode()))
+
+    result = push.handler(sqs_event([s3_body(FLOW_BUCKET, key)]), FakeContext(remaining_ms=1500))
+
+    assert result == {"batchItemFailures": []}
+    assert keys_under(s3, f"{PREFIX}splunk-failed/") == []
+    refailed = keys_under(s3, f"{PREFIX}replay-failed/")
+    assert refailed
+    reader = Backsplash(s3, BUCKET, PREFIX)
+    records = [r for k in reader.list_keys("replay-failed") for r in reader.read(k)]
+    assert len(records) == 4
+    assert {r["errorCode"] for r in records} == {"Splunk.Deadline"}
+    assert {r["replayAttempts"] for r in records} == {1}
+    assert sorted(json.loads(base64.b64decode(r["rawData"]))["event"] for r in records) == [
+        f"late {i}" for i in range(4)
+    ]
+
+    # ... and a notification of that replay-failed object is not re-delivered (no loop)
+    emulator.set_faults(FaultPlan())
+    again = push.handler(sqs_event([s3_body(BUCKET, refailed[0])]), FakeContext())
+    assert again == {"batchItemFailures": []}
+    assert keys_under(s3, f"{PREFIX}replay-failed/") == refailed
+
+
+def test_truncated_backsplash_object_fails_its_message(
+    emulator: HecEmulator, configure: Any, s3: Any
+) -> None:
+    """GIVEN a truncated gzip backsplash object WHEN notified THEN its message fails (comes
+    back), the records before the break are delivered, and the ledger balances."""
+    configure(emulator)
+    key = "firehose/splunk-failed/2026/01/01/00/cut.gz"
+    body = "\n".join(firehose_record(hec_event(f"cut {i}")) for i in range(200)).encode()
+    data = gzip.compress(body)
+    s3.put_object(Bucket=FLOW_BUCKET, Key=key, Body=data[: len(data) - 20])
+    put_flow_file(s3, "AWSLogs/1/vpcflowlogs/ok.log.gz", 5)
+
+    result = push.handler(
+        sqs_event(
+            [s3_body(FLOW_BUCKET, key), s3_body(FLOW_BUCKET, "AWSLogs/1/vpcflowlogs/ok.log.gz")]
+        ),
+        FakeContext(),
+    )
+
+    assert result == {"batchItemFailures": [{"itemIdentifier": "m-0"}]}
+    assert len(emulator.indexed_events()) >= 5

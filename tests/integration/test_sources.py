@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog.testing
 from botocore.exceptions import ClientError
 
 from config.daemon import SourceSettings
@@ -269,6 +270,35 @@ def test_sqs_unreadable_object_leaves_the_message(aws_endpoint: str) -> None:
         assert len(again.get("Messages", [])) == 1  # back on the queue, for a retry or the DLQ
     finally:
         source.close()
+
+
+def test_sqs_backsplash_objects_are_skipped_and_deleted(aws_endpoint: str) -> None:
+    """The daemon does not re-deliver backsplash objects (its loop has no deliverer writing
+    under replay-failed/): they are skipped unread, the message deleted, the user told what to
+    run; a replay-failed object names its replay-failed/ folder."""
+    sqs = boto_client("sqs", aws_endpoint)
+    s3 = boto_client("s3", aws_endpoint)
+    url = sqs.create_queue(QueueName=QUEUE)["QueueUrl"]
+    for key in ("root/splunk-failed/2026/01/01/00/a.gz", "root/replay-failed/2026/01/01/00/b.gz"):
+        sqs.send_message(QueueUrl=url, MessageBody=notice(key))  # never read: need not exist
+    settings = SourceSettings(type="sqs-s3", queue_url=url, visibility_timeout_s=5, wait_time_s=0)
+    source = SqsS3Source(sqs, s3, settings)
+    source.attach()
+    try:
+        with structlog.testing.capture_logs() as logs:
+            for _ in range(3):
+                assert source.poll(10) == []
+        assert source.objects_skipped == 2
+        assert source.objects_failed == 0
+        assert source.commit() == 2
+    finally:
+        source.close()
+    reasons = {e["key"]: e["reason"] for e in logs if e["event"] == "object_skipped"}
+    assert "forwarder replay" in reasons["root/splunk-failed/2026/01/01/00/a.gz"]
+    assert (
+        f"forwarder replay s3://{FLOW_BUCKET}/root/replay-failed/"
+        in reasons["root/replay-failed/2026/01/01/00/b.gz"]
+    )
 
 
 # --- files and stdin: bounded polls ----------------------------------------------------------
