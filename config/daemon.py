@@ -11,12 +11,12 @@ wins over the file. Every invalid value raises ``ConfigError`` naming the key
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final, Literal, cast
 
 from config.loader import ConfigError, parse_bool
 
-SourceType = Literal["kinesis", "sqs-s3", "files", "stdin"]
+SourceType = Literal["kinesis", "sqs-s3", "files", "stdin", "firehose-http"]
 StartPosition = Literal["TRIM_HORIZON", "LATEST"]
 CheckpointStore = Literal["file", "dynamodb", "none"]
 
@@ -46,6 +46,14 @@ class SourceSettings:
     # files / stdin
     paths: tuple[str, ...] = ()
     log_group: str | None = None
+    # firehose-http
+    host: str = "127.0.0.1"
+    port: int = 8443
+    access_key: str | None = field(default=None, repr=False)
+    max_body_bytes: int = 16 << 20
+    max_in_flight: int = 4
+    tls_cert_path: str | None = None
+    tls_key_path: str | None = None
 
 
 @dataclass(frozen=True)
@@ -122,7 +130,7 @@ def _bool(key: str, value: object) -> bool:
 
 
 _SOURCE_KEYS: Final[Mapping[str, Callable[[str, object], object]]] = {
-    "type": _choice("kinesis", "sqs-s3", "files", "stdin"),
+    "type": _choice("kinesis", "sqs-s3", "files", "stdin", "firehose-http"),
     "stream_name": _str,
     "shard_ids": _list,
     "start_position": _choice("TRIM_HORIZON", "LATEST"),
@@ -138,6 +146,13 @@ _SOURCE_KEYS: Final[Mapping[str, Callable[[str, object], object]]] = {
     "chunk_lines": _num(int, 1, 1_000_000),
     "paths": _list,
     "log_group": _str,
+    "host": _str,
+    "port": _num(int, 0, 65535),
+    "access_key": _str,
+    "max_body_bytes": _num(int, 1024, 1 << 30),
+    "max_in_flight": _num(int, 1, 1000),
+    "tls_cert_path": _str,
+    "tls_key_path": _str,
 }
 
 _DAEMON_KEYS: Final[Mapping[str, Callable[[str, object], object]]] = {
@@ -203,6 +218,14 @@ def load_daemon_settings(
         raise ConfigError("source.queue_url", "is required for an sqs-s3 source")
     if source.type == "files" and not source.paths:
         raise ConfigError("source.paths", "is required for a files source")
+    if source.type == "firehose-http" and not source.access_key:
+        raise ConfigError(
+            "source.access_key",
+            "is required for a firehose-http source (or FORWARDER_SOURCE_ACCESS_KEY)",
+        )
+    if bool(source.tls_cert_path) != bool(source.tls_key_path):
+        missing = "tls_key_path" if source.tls_cert_path else "tls_cert_path"
+        raise ConfigError(f"source.{missing}", "tls_cert_path and tls_key_path go together")
     if source.throttle_backoff_max_s < source.throttle_backoff_s:
         raise ConfigError("source.throttle_backoff_max_s", "must not be below throttle_backoff_s")
     if settings.checkpoint_store == "dynamodb" and not settings.checkpoint_table:

@@ -64,6 +64,11 @@ Daemon (``forwarder.daemon``, ``forwarder.sources``, ``forwarder.metrics``):
     message_deleted                 after delivery (debug)
     object_skipped                  an S3 object left for another tool (backsplash objects)
     object_failed                   an S3 object could not be read; its message stays queued
+    firehose_request_received       firehose-http source: a Firehose request taken in
+    firehose_request_answered       ... answered 200 (every event acknowledged or backsplashed)
+                                    or 500 (released at shutdown: Firehose retries)
+    firehose_request_rejected       401 (access key), 400, 411, 413 or 503 (too many waiting)
+    firehose_answer_failed          the answer could not be written back to Firehose
 
 Replay (``forwarder.replay``):
     replay_started                  the run begins (uri, selection)

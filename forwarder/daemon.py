@@ -58,6 +58,7 @@ from forwarder.checkpoints import (
 )
 from forwarder.delivery import Deliverer
 from forwarder.errors import BacksplashError
+from forwarder.firehose_http import FirehoseHttpSource
 from forwarder.hec_client import HecClient
 from forwarder.ledger import Ledger
 from forwarder.metrics import DaemonState, MetricsServer
@@ -176,6 +177,8 @@ class Daemon:
             return SqsS3Source(
                 self._clients("sqs"), self._clients("s3"), source, stop_event=self.stop_event
             )
+        if source.type == "firehose-http":
+            return FirehoseHttpSource(source, stop_event=self.stop_event)
         return FileSource(source, stdin=stdin)
 
     def _probe_hec(self) -> tuple[bool, str]:

@@ -59,6 +59,13 @@ def test_kinesis_with_dynamodb() -> None:
         ({"daemon": {"checkpoint_store": "dynamodb"}}, "daemon.checkpoint_table"),
         ({"daemon": {"checkpoint_store": "redis"}}, "daemon.checkpoint_store"),
         ({"daemon": 3}, "daemon"),
+        ({"source": {"type": "firehose-http"}}, "source.access_key"),
+        ({"source": {"type": "firehose-http", "access_key": ""}}, "source.access_key"),
+        ({"source": {"type": "firehose-http", "access_key": "k", "port": 70000}}, "source.port"),
+        ({"source": {"access_key": "k", "max_body_bytes": 10}}, "source.max_body_bytes"),
+        ({"source": {"access_key": "k", "max_in_flight": 0}}, "source.max_in_flight"),
+        ({"source": {"access_key": "k", "tls_cert_path": "c.pem"}}, "source.tls_key_path"),
+        ({"source": {"access_key": "k", "tls_key_path": "k.pem"}}, "source.tls_cert_path"),
     ],
 )
 def test_invalid_values_name_their_key(document: dict[str, object], key: str) -> None:
@@ -85,3 +92,33 @@ def test_split_document() -> None:
     rest, daemon = split_document({"splunk_index": "x", "source": {}, "daemon": {}, "routes": []})
     assert rest == {"splunk_index": "x", "routes": []}
     assert set(daemon) == {"source", "daemon"}
+
+
+def test_firehose_http_source() -> None:
+    settings = load_daemon_settings(
+        {
+            "source": {
+                "type": "firehose-http",
+                "host": "0.0.0.0",
+                "port": 443,
+                "max_body_bytes": 1 << 20,
+                "max_in_flight": 8,
+                "tls_cert_path": "cert.pem",
+                "tls_key_path": "key.pem",
+            }
+        },
+        {"FORWARDER_SOURCE_ACCESS_KEY": "s3cr3t-key"},
+    )
+    source = settings.source
+    assert (source.type, source.host, source.port) == ("firehose-http", "0.0.0.0", 443)
+    assert (source.max_body_bytes, source.max_in_flight) == (1 << 20, 8)
+    assert (source.tls_cert_path, source.tls_key_path) == ("cert.pem", "key.pem")
+    assert source.access_key == "s3cr3t-key"
+    assert "s3cr3t-key" not in repr(settings)
+
+
+def test_firehose_http_defaults() -> None:
+    source = load_daemon_settings({"source": {"type": "firehose-http", "access_key": "k"}}).source
+    assert (source.host, source.port, source.max_in_flight) == ("127.0.0.1", 8443, 4)
+    assert source.max_body_bytes == 16 << 20
+    assert source.tls_cert_path is None
