@@ -6,7 +6,8 @@ one f-string. Flow-log lines in raw mode are not parsed one by one: when a batch
 single-spaced ASCII with the right number of spaces on every line (what AWS writes), the
 ``start`` values come out of one C-level pass over the batch; any other batch takes the
 per-line path, which gives the same bytes (``tests/unit/test_pipeline.py`` checks both against
-``hec_event.to_hec_event``).
+``hec_event.to_hec_event``). In JSON mode such a batch is split into values and rejoined with
+the constant pieces of its template in a few batch-wide passes (``_flow_json_batch``).
 """
 
 from __future__ import annotations
@@ -52,10 +53,16 @@ _ESCAPED = ("\n", *_ESCAPED_BUT_NEWLINE)
 _NEWLINE_FREE = ("\n", "\r")
 _PLAN_CACHE_SIZE = 4096
 _CHUNK = 1024  # lines per batch-wide pass (see _in_chunks)
+_JSON_SLICE = 256  # lines per _flow_json_batch pass: its buffers are 4 times the lines'
 _LEADING_ZERO = re.compile(" 0[0-9]").search
 _SECONDS_MAX_DIGITS = 11  # up to 1e11 a start/end is seconds (vpc_flow.epoch_seconds)
 _MS_13_DIGITS_MIN = 1_000_000_000_000  # 13-digit millisecond timestamps: seconds are 10 digits
 _MS_13_DIGITS_END = 10_000_000_000_000
+_MARK = "\0"  # marks where a line starts in _flow_json_batch (never in an unescaped batch)
+_MARK_SPACE = _MARK + " "
+_SPACE_MARK_SPACE = " " + _MARK + " "
+_DASH_VALUE = re.compile(r" -(?= |\Z)").search  # a "-" value in _flow_json_batch's text
+_PLAIN_VALUES = ["0"] * 256  # stand-ins for the values of a line with "-" values
 
 
 def transform_payload(data: bytes, options: TransformOptions) -> EncodedBatch:
@@ -428,7 +435,9 @@ def _flow_json_events(
     env: str, fmt: FlowFormat, timestamps: Sequence[int | None] | None, messages: list[str]
 ) -> tuple[list[str], int]:
     """Flow lines as add-on-named JSON records; lines that do not fit go as raw text."""
-    fast = _flow_json_fast(env, fmt, timestamps, messages)
+    fast = _flow_json_sliced(env, fmt, timestamps, messages)
+    if fast is None:
+        fast = _flow_json_fast(env, fmt, timestamps, messages)
     if fast is not None:
         return fast
     texts = []
@@ -446,6 +455,150 @@ def _flow_json_events(
             time = _start_time(values[start_index])
         texts.append(f'{{"time":{time},{env}{body}}}' if time is not None else f"{{{env}{body}}}")
     return texts, unparsed
+
+
+def _flow_json_sliced(
+    env: str, fmt: FlowFormat, timestamps: Sequence[int | None] | None, messages: list[str]
+) -> tuple[list[str], int] | None:
+    """``_flow_json_batch`` over slices of ``_JSON_SLICE`` lines; None if any slice is refused.
+
+    Refused or not, the chunk behaves as ``_flow_json_fast`` would: it is accepted only when
+    every line is, and CloudWatch times are computed for the whole chunk when one line needs
+    them, so a timestamp out of range fails the chunk exactly when the other paths would.
+    """
+    computed: list[list[str | None]] = []
+
+    def cloudwatch_times() -> list[str | None]:
+        if not computed:
+            computed.append(_cloudwatch_times(cast("Sequence[int | None]", timestamps)))
+        return computed[0]
+
+    times = cloudwatch_times if timestamps is not None else None
+    texts: list[str] = []
+    for low in range(0, len(messages), _JSON_SLICE):
+        part = _flow_json_batch(env, fmt, times, low, messages[low : low + _JSON_SLICE])
+        if part is None:
+            return None
+        texts += part
+    return texts, 0
+
+
+def _flow_json_batch(
+    env: str,
+    fmt: FlowFormat,
+    times: Callable[[], list[str | None]] | None,
+    offset: int,
+    messages: list[str],
+) -> list[str] | None:
+    """``_flow_json_events`` for a batch written the way AWS writes it, in C-level passes.
+
+    Takes the lines ``_flow_json_fast`` takes (None leaves the batch to it) and gives the same
+    objects with fewer Python operations per line; ``times()`` are the CloudWatch times of the
+    chunk, whose line ``offset`` is the first of ``messages``.
+
+    The batch must need no escaping (so its only whitespace is spaces) and every line must
+    have one value per field. The whole batch is split at once into ``[MARK, v0, ..., vN,
+    MARK, v0, ...]``, each line behind a ``MARK``; finding one every ``size + 1`` tokens
+    proves that each line has ``size`` values. Lines with ``-`` values (rare: NODATA,
+    SKIPDATA) are set aside and encoded one by one from their own template; in the others the
+    integers are checked at once (plain digits without leading zeros, ``start``/``end`` in
+    seconds), the ``MARK`` slots take each line's ``time`` and one ``str.join`` interleaves the
+    tokens with the constant pieces of the ``%`` template, a newline between lines (the
+    envelope is JSON: a newline in it is escaped), to be split into the objects.
+    """
+    count = len(messages)
+    plain = "".join(messages)
+    if not count or not plain.isascii() or _needs_escaping(plain):
+        return None
+    size = fmt.size
+    stride = size + 1
+    text = _MARK_SPACE + _SPACE_MARK_SPACE.join(messages)
+    tokens = text.split()  # MARK is no whitespace, and the messages hold no MARK
+    if len(tokens) != count * stride or tokens[::stride].count(_MARK) != count:
+        return None  # some line has a value too many or too few
+    dashed = _dashed_lines(text)
+    rows: list[list[str]] = []
+    for line in dashed:
+        low = line * stride + 1
+        rows.append(tokens[low : low + size])
+        tokens[low : low + size] = _PLAIN_VALUES[:size]  # valid everywhere; replaced below
+    integers: list[str] = []
+    for position in fmt.integer_positions:
+        integers += tokens[position + 1 :: stride]
+    if integers:
+        numbers = " ".join(integers)
+        if not numbers.encode().translate(None, b" ").isdigit() or _LEADING_ZERO(" " + numbers):
+            return None  # not plain ASCII digits, or leading zeros: the per-line path decides
+    for position in fmt.time_positions:
+        if max(map(len, tokens[position + 1 :: stride])) > _SECONDS_MAX_DIGITS:
+            return None  # milliseconds somewhere: the per-line path converts them
+    start_index = fmt.start_index
+    events = []
+    for values in rows:
+        plan = fmt.json_template(tuple(i for i, value in enumerate(values) if value == "-"))
+        numbers = " ".join(plan.integers(values))
+        if numbers and (
+            not numbers.replace(" ", "").encode().isdigit() or _LEADING_ZERO(" " + numbers)
+        ):
+            return None
+        if any(len(values[i]) > _SECONDS_MAX_DIGITS for i in fmt.time_positions):
+            return None
+        events.append(plan.template % plan.values(values))
+    fallback: list[str | None] | None = None
+    if start_index is not None:
+        starts = tokens[start_index + 1 :: stride]
+        if times is not None and any(values[start_index] == "-" for values in rows):
+            fallback = times()[offset : offset + count]
+        tokens[::stride] = starts
+        head = '{"time":'
+    elif times is not None:
+        fallback = times()[offset : offset + count]
+        if None in fallback:
+            return None
+        tokens[::stride] = cast("list[str]", fallback)
+        head = '{"time":'
+    else:
+        tokens[::stride] = [""] * count
+        head = "{"
+    body = fmt.json_template().template.split("%s")  # size + 1 pieces (no "%" in names)
+    pattern: list[str | None] = [
+        body[-1] + "}\n" + head,
+        None,
+        ("," if head != "{" else "") + env + body[0],
+    ]
+    for piece in body[1:-1]:
+        pattern += (None, piece)
+    pattern.append(None)
+    joined = pattern * count
+    joined[0] = head
+    joined.append(body[-1] + "}")
+    joined[1::2] = tokens
+    texts = "".join(cast("list[str]", joined)).split("\n")
+    if len(texts) != count:
+        return None  # cannot happen (nothing joined holds a newline); the old way if it did
+    for line, values, event in zip(dashed, rows, events, strict=True):
+        time: str | None = values[start_index] if start_index is not None else "-"
+        if time == "-":
+            time = fallback[line] if fallback is not None else None
+        texts[line] = f'{{"time":{time},{env}{event}}}' if time is not None else f"{{{env}{event}}}"
+    return texts
+
+
+def _dashed_lines(text: str) -> list[int]:
+    """The lines (from 0) with a ``-`` value in ``_flow_json_batch``'s marked text."""
+    lines: list[int] = []
+    marks = 0
+    checked = 0
+    found = _DASH_VALUE(text)
+    while found is not None:
+        position = found.start()
+        marks += text.count(_MARK, checked, position)
+        lines.append(marks - 1)
+        checked = text.find(_MARK, position)
+        if checked < 0:
+            break
+        found = _DASH_VALUE(text, checked)
+    return lines
 
 
 def _flow_json_fast(

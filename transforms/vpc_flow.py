@@ -368,6 +368,10 @@ class FlowFormat:
     plan: tuple[tuple[str, int], ...]
     #: The ``start`` and ``end`` values of a line's values (a tuple), if the format has them.
     time_values: Callable[[list[str]], tuple[str, ...]] | None
+    #: Positions of the integer fields (``start`` and ``end`` among them), in order.
+    integer_positions: tuple[int, ...]
+    #: Positions of ``start`` and ``end``, the fields whose integers may be milliseconds.
+    time_positions: tuple[int, ...]
     #: Templates by which values are ``-`` (see ``json_template``), filled on demand.
     _templates: dict[tuple[int, ...], JsonTemplate] = field(
         default_factory=dict, compare=False, hash=False, repr=False
@@ -472,6 +476,8 @@ def compile_format(fields: tuple[str, ...]) -> FlowFormat:
     return FlowFormat(
         fields=fields,
         time_values=_tuple_getter(time_indices) if time_indices else None,
+        integer_positions=tuple(i for i, (_, kind) in enumerate(plan) if kind),
+        time_positions=tuple(time_indices),
         start_index=start_index,
         start_from_end=from_end,
         start_maxsplit=maxsplit,

@@ -25,6 +25,7 @@ from tests.factories import (
     make_flow_lines,
     sample_files,
 )
+from transforms import pipeline
 from transforms.cloudwatch import decode_record, decode_subscription_batch
 from transforms.errors import DecodeError, FlowLogFormatError, TransformError
 from transforms.hec_event import flow_line_fits, to_hec_event
@@ -39,7 +40,13 @@ from transforms.pipeline import (
 )
 from transforms.records import EncodedEvent, EncodedEvents, LogBatch, RawTarget
 from transforms.routing import VPCFLOW_SOURCETYPE
-from transforms.vpc_flow import DEFAULT_FIELDS, V5_FIELDS, fields_from_header, parse_flow_log
+from transforms.vpc_flow import (
+    DEFAULT_FIELDS,
+    V5_FIELDS,
+    compile_format,
+    fields_from_header,
+    parse_flow_log,
+)
 
 CEILING = 4 * 1024 * 1024
 EVENT = TransformOptions(max_decompressed_bytes=CEILING)
@@ -155,6 +162,75 @@ def test_json_events_slow_path_and_unparsed_lines() -> None:
     encoded = check_against_reference(flow_payload(lines), JSON)
     assert encoded.unparsed == 1
     assert json.loads(encoded.events[2].payload)["event"] == lines[2]
+
+
+def _json_paths_agree(lines: list[str], fields: tuple[str, ...], *, timed: bool = True) -> None:
+    """The batch-wide JSON encoder gives the bytes of the line-by-line one, or declines."""
+    fmt = compile_format(fields)
+    env = '"source":"a%sb%%c","sourcetype":"x","event":'
+    timestamps = [EPOCH_MS + i for i in range(len(lines))] if timed else None
+    fast = pipeline._flow_json_sliced(env, fmt, timestamps, lines)
+    assert fast is not None
+    slow = pipeline._flow_json_fast(env, fmt, timestamps, lines)
+    assert slow is not None
+    assert fast == slow
+
+
+@pytest.mark.parametrize("timed", [True, False])
+def test_json_batch_path_equals_the_template_path(timed: bool) -> None:
+    """Slices of 256 lines, NODATA/SKIPDATA lines, a "-" start, "%" in the envelope."""
+    lines = make_flow_lines(600, nodata_every=37, skipdata_every=101)
+    values = lines[5].split()
+    values[0] = values[-1] = values[10] = "-"  # first, last and start without a value
+    lines[5] = " ".join(values)
+    lines[300] = " ".join(["-"] * len(DEFAULT_FIELDS))
+    lines[400] = lines[400].replace(" ", "   ", 2)  # runs of spaces: the values still fit
+    _json_paths_agree(lines, DEFAULT_FIELDS, timed=timed)
+    _json_paths_agree(lines[:1], DEFAULT_FIELDS, timed=timed)
+    _json_paths_agree([lines[300]], DEFAULT_FIELDS, timed=timed)
+    strings = ("account-id", "action", "log-status")
+    _json_paths_agree([" ".join(line.split()[i] for i in (1, 12, 13)) for line in lines], strings)
+    no_start = tuple(name for name in V5_FIELDS if name != "start")
+    _json_paths_agree(make_flow_lines(300, fields=no_start, nodata_every=9), no_start, timed=timed)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda v: v.__setitem__(5, "080"),  # leading zero
+        lambda v: v.__setitem__(10, v[10] + "000"),  # start in milliseconds
+        lambda v: v.__setitem__(8, "1-2"),  # a dash inside an integer
+        lambda v: v.__setitem__(8, "x"),  # not an integer
+        lambda v: v.append("extra"),  # a value too many
+        lambda v: v.__setitem__(3, "caf\u00e9"),  # not ASCII
+        lambda v: v.__setitem__(3, 'a"b'),  # needs escaping
+    ],
+)
+def test_json_batch_path_declines_what_it_does_not_handle(change: Any) -> None:
+    """Any doubt leaves the batch to the other paths: the reference result either way."""
+    lines = make_flow_lines(300, nodata_every=11)
+    values = lines[270].split()
+    change(values)
+    lines[270] = " ".join(values)
+    fmt = compile_format(DEFAULT_FIELDS)
+    assert pipeline._flow_json_sliced("", fmt, None, lines) is None
+    check_against_reference(flow_payload(lines), JSON)
+
+
+def test_json_batch_path_out_of_range_timestamp_fails_like_the_other_paths() -> None:
+    """CloudWatch times are computed for the whole chunk once a line needs one."""
+    lines = make_flow_lines(600)
+    values = lines[10].split()
+    values[10] = "-"
+    lines[10] = " ".join(values)
+    envelope = make_cwl_envelope(lines, log_group=VPC_LOG_GROUP, log_stream=VPC_LOG_STREAM)
+    envelope["logEvents"][500]["timestamp"] = 10**400
+    with pytest.raises(DecodeError, match="out of range"):
+        transform_payload(gzip_json(envelope), JSON)
+    lines[10] = make_flow_lines(11)[10]
+    clean = make_cwl_envelope(lines, log_group=VPC_LOG_GROUP, log_stream=VPC_LOG_STREAM)
+    clean["logEvents"][500]["timestamp"] = 10**400
+    assert len(transform_payload(gzip_json(clean), JSON).events) == 600  # time from start
 
 
 def test_v5_layout_is_sent_raw_and_forced_formats_are_honoured() -> None:
