@@ -331,6 +331,19 @@ def _route(index: int, table: object) -> Route:
     return Route(**values)
 
 
+#: ``forwarder package --config`` ships the settings file here, at the zip's root.
+PACKAGED_CONFIG_NAME = "forwarder.toml"
+
+
+def _packaged_config(env: Mapping[str, str]) -> Path | None:
+    """In Lambda, a settings file shipped in the package is used without FORWARDER_CONFIG."""
+    task_root = env.get("LAMBDA_TASK_ROOT")
+    if not task_root:
+        return None
+    packaged = Path(task_root) / PACKAGED_CONFIG_NAME
+    return packaged if packaged.is_file() else None
+
+
 def load_settings(
     environ: Mapping[str, str] | None = None,
     path: Path | None = None,
@@ -340,7 +353,8 @@ def load_settings(
 
     Args:
         environ: environment variables (``os.environ`` when None); tests pass a dict.
-        path: TOML file; defaults to ``FORWARDER_CONFIG`` when set.
+        path: TOML file; defaults to ``FORWARDER_CONFIG`` when set, else (in Lambda) a
+            ``forwarder.toml`` shipped at the package's root (``$LAMBDA_TASK_ROOT``).
         overrides: values from CLI flags, keyed by environment name; they win over all else.
 
     Returns:
@@ -354,7 +368,7 @@ def load_settings(
     config_path = path
     if config_path is None:
         location = overrides.get("FORWARDER_CONFIG") or env.get("FORWARDER_CONFIG")
-        config_path = Path(location) if location else None
+        config_path = Path(location) if location else _packaged_config(env)
     document = read_toml(config_path) if config_path is not None else {}
 
     layered: dict[str, str] = {}

@@ -1,11 +1,12 @@
 """Builds the reproducible Lambda zip (our packages + runtime dependencies) and uploads it.
 
-The zip holds ``forwarder``, ``transforms`` and ``config`` copied from the source tree (never
-imported here) and the runtime dependencies installed by pip for the Lambda runtime's Python
-and platform, at the versions installed in the build environment, so what ships is what the
-tests ran. Dependencies the Lambda Python runtime already provides (boto3 and its stack) stay
-out. Entries are sorted and carry a fixed timestamp and mode, so two builds from the same
-inputs are byte-identical.
+The zip holds ``forwarder``, ``transforms`` and ``config`` copied from the source tree (the
+copies are never imported here; the running ``config`` only checks a ``--config`` file), an
+optional ``forwarder.toml``, and the runtime dependencies installed by pip for the Lambda
+runtime's Python and platform, at the versions installed in the build environment, so what
+ships is what the tests ran. Dependencies the Lambda Python runtime already provides (boto3
+and its stack) stay out. Entries are sorted and carry a fixed timestamp and mode, so two
+builds from the same inputs are byte-identical.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from typing import TYPE_CHECKING
 
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError
+
+from config.loader import PACKAGED_CONFIG_NAME, ConfigError, load_settings
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -134,6 +137,7 @@ def build_lambda_zip(
     python: str = sys.executable,
     python_version: str = LAMBDA_PYTHON_VERSION,
     platform: str = LAMBDA_PLATFORM,
+    config_file: Path | None = None,
 ) -> PackageReport:
     """Build the Lambda zip at ``output``.
 
@@ -145,6 +149,8 @@ def build_lambda_zip(
             installs them.
         python_version: ``X.Y`` of the Lambda runtime the wheels are chosen for.
         platform: pip platform tag of the Lambda runtime.
+        config_file: a TOML settings file (routes, formats) shipped as ``forwarder.toml`` at
+            the zip's root, where the handlers find it without ``FORWARDER_CONFIG``.
 
     Returns:
         A `PackageReport` with the zip's size, file count and digest.
@@ -154,6 +160,8 @@ def build_lambda_zip(
             result exceeds Lambda's unzipped size limit.
     """
     package_files = dict(_package_files(source_root))
+    if config_file is not None:
+        _check_config(config_file)
     pins = installed_versions(python, RUNTIME_DISTRIBUTIONS)
     with tempfile.TemporaryDirectory(prefix="lambda-deps-") as tmp:
         deps_dir = Path(tmp) / "deps"
@@ -165,7 +173,19 @@ def build_lambda_zip(
         if clash:
             raise PackagingError(f"a dependency ships files inside our packages: {clash[:3]}")
         entries.update(package_files)
+        if config_file is not None:
+            entries[PACKAGED_CONFIG_NAME] = config_file
         return _write_zip(output, entries, pins)
+
+
+def _check_config(path: Path) -> None:
+    """Refuse to ship a settings file the Lambda would reject at its first invocation."""
+    if not path.is_file():
+        raise PackagingError(f"--config: no such file: {path}")
+    try:
+        load_settings(environ={}, path=path)
+    except ConfigError as exc:
+        raise PackagingError(f"--config {path}: {exc}") from None
 
 
 def installed_versions(python: str, names: Sequence[str]) -> tuple[tuple[str, str], ...]:
@@ -253,6 +273,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="interpreter whose environment pins the dependency versions (default: this one)",
     )
     parser.add_argument(
+        "--config",
+        type=Path,
+        help="TOML settings (routes, flow-log formats) to ship as forwarder.toml at the "
+        "zip's root; the handlers read it without FORWARDER_CONFIG",
+    )
+    parser.add_argument(
         "--python-version",
         default=LAMBDA_PYTHON_VERSION,
         help=f"Lambda runtime Python the wheels are chosen for (default: {LAMBDA_PYTHON_VERSION})",
@@ -279,6 +305,7 @@ def run(args: argparse.Namespace) -> int:
             source_root=args.source_root,
             python=args.python,
             python_version=args.python_version,
+            config_file=getattr(args, "config", None),
         )
     except PackagingError as exc:
         print(f"forwarder package: {exc}", file=sys.stderr)

@@ -155,16 +155,36 @@ print(json.dumps({
 """
 
 
+#: Shipped with --config: the handlers must find and apply it through FORWARDER_CONFIG.
+PACKAGED_SETTINGS = '[[routes]]\nlog_group = "/aws/lambda/orders"\nindex = "orders_idx"\n'
+
+
+@pytest.fixture(name="settings_file", scope="module")
+def fixture_settings_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("settings") / "forwarder.toml"
+    path.write_text(PACKAGED_SETTINGS)
+    return path
+
+
 @pytest.fixture(name="package", scope="module")
-def fixture_package(tmp_path_factory: pytest.TempPathFactory) -> PackageReport:
-    """The zip, built once for this module."""
+def fixture_package(tmp_path_factory: pytest.TempPathFactory, settings_file: Path) -> PackageReport:
+    """The zip, built once for this module, with a settings file."""
     output = tmp_path_factory.mktemp("dist") / "lambda.zip"
-    return build_lambda_zip(output, source_root=ROOT, python_version=THIS_PYTHON)
+    return build_lambda_zip(
+        output, source_root=ROOT, python_version=THIS_PYTHON, config_file=settings_file
+    )
 
 
-def test_two_builds_are_byte_identical(package: PackageReport, tmp_path: Path) -> None:
+def test_two_builds_are_byte_identical(
+    package: PackageReport, settings_file: Path, tmp_path: Path
+) -> None:
     """GIVEN a built zip WHEN the same sources build again THEN the bytes are the same."""
-    again = build_lambda_zip(tmp_path / "again.zip", source_root=ROOT, python_version=THIS_PYTHON)
+    again = build_lambda_zip(
+        tmp_path / "again.zip",
+        source_root=ROOT,
+        python_version=THIS_PYTHON,
+        config_file=settings_file,
+    )
     assert again.path.read_bytes() == package.path.read_bytes()
     assert again.sha256 == package.sha256
 
@@ -251,6 +271,7 @@ def test_handlers_run_from_the_zip_in_a_clean_venv(package: PackageReport, tmp_p
         "SPLUNK_HEC_VERIFY_TLS": "true",
         "BACKSPLASH_BUCKET": "backsplash-test",
         "BACKSPLASH_PREFIX": "push/",
+        "LAMBDA_TASK_ROOT": str(unzipped),  # where the packaged forwarder.toml is found
     }
     proc = subprocess.run(
         [str(clean / "bin" / "python"), "-c", HANDLER_SCRIPT],
@@ -278,6 +299,7 @@ def test_handlers_run_from_the_zip_in_a_clean_venv(package: PackageReport, tmp_p
     shaped = base64.b64decode(records["r-data"]["data"]).decode()
     assert "order 1 created" in shaped
     assert "order 2 shipped" in shaped
+    assert '"index":"orders_idx"' in shaped  # the packaged forwarder.toml's route
     assert records["r-control"]["result"] == "Dropped"
 
     delivered = "".join(result["hec_bodies"])
@@ -300,6 +322,15 @@ def test_templates_deploy_the_runtime_the_zip_targets() -> None:
                 assert resource["Properties"]["Runtime"] == LAMBDA_RUNTIME
                 assert resource["Properties"]["Architectures"] == ["x86_64"]
     assert functions == 2
+
+
+def test_invalid_settings_file_is_refused_before_pip_runs(tmp_path: Path) -> None:
+    """GIVEN a settings file with a bad route WHEN packaging THEN it fails naming the key."""
+    bad = tmp_path / "forwarder.toml"
+    bad.write_text('[[routes]]\nlog_group = "/a"\nindx = "x"\n')
+    with pytest.raises(PackagingError, match=r"routes\[0\]\.indx"):
+        build_lambda_zip(tmp_path / "x.zip", source_root=ROOT, config_file=bad)
+    assert not (tmp_path / "x.zip").exists()
 
 
 def test_missing_package_is_reported_before_pip_runs(tmp_path: Path) -> None:

@@ -128,6 +128,20 @@ def test_precedence_flag_over_environment_over_toml(tmp_path: Path) -> None:
     assert settings.hec.gzip is False
 
 
+def test_lambda_finds_a_packaged_settings_file(tmp_path: Path) -> None:
+    """In Lambda a forwarder.toml at the task root is read; FORWARDER_CONFIG still wins."""
+    (tmp_path / "forwarder.toml").write_text('splunk_index = "packaged"\n')
+    settings = load_settings(environ={"LAMBDA_TASK_ROOT": str(tmp_path)})
+    assert settings.transform.default_index == "packaged"
+    other = tmp_path / "other.toml"
+    other.write_text('splunk_index = "explicit"\n')
+    settings = load_settings(
+        environ={"LAMBDA_TASK_ROOT": str(tmp_path), "FORWARDER_CONFIG": str(other)}
+    )
+    assert settings.transform.default_index == "explicit"
+    assert load_settings(environ={"LAMBDA_TASK_ROOT": str(tmp_path / "none")}) == Settings()
+
+
 def test_toml_unknown_key_and_bad_file_are_named(tmp_path: Path) -> None:
     """A typo in the TOML file or a broken file fails at start-up with its name."""
     path = tmp_path / "forwarder.toml"
