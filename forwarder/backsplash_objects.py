@@ -1,8 +1,9 @@
 """Backsplash objects named by S3 notifications: recognise them, decode them as a stream, and
 store what fails again under ``replay-failed/`` (never where a notification would re-trigger).
 
-Used by the push Lambda (:mod:`forwarder.push`) when an SQS message names a backsplash object
-(DESIGN.md §6) instead of a flow-log file:
+Used by the push Lambda (:mod:`forwarder.push`) and the daemon's ``sqs-s3`` source
+(:class:`forwarder.sources.SqsS3Source`, delivered by :mod:`forwarder.daemon`) when an SQS message
+names a backsplash object (DESIGN.md §6) instead of a flow-log file:
 
 - **Recognition.** By key first (:func:`kind_from_key`: ``replay-failed/``, ``processing-failed/``
   or ``splunk-failed/`` anywhere in the key; ``replay-failed/`` wins, for safety), else by
@@ -57,6 +58,7 @@ from transforms.options import TransformOptions
 from transforms.records import EncodedEvent, RawTarget
 
 __all__ = [
+    "CORRUPT_RECORD",
     "PROCESSING_FAILED",
     "REPLAY_FAILED",
     "SNIFF_BYTES",
@@ -79,6 +81,9 @@ KEY_MARKERS: Final[tuple[tuple[str, Kind], ...]] = (
     (f"{PROCESSING_FAILED}/", PROCESSING_FAILED),
     (f"{SPLUNK_FAILED}/", SPLUNK_FAILED),
 )
+#: The ledger's drop reason for backsplash records that cannot be re-delivered (the push
+#: Lambda's ``CORRUPT_RECORD`` and the daemon's).
+CORRUPT_RECORD: Final = "backsplash_record_corrupt"
 #: Compressed bytes read up front to recognise a backsplash object by its content.
 SNIFF_BYTES: Final = 64 * 1024
 _GZIP_MAGIC: Final = b"\x1f\x8b"

@@ -24,6 +24,16 @@ above once what was taken in is acknowledged or backsplashed, and logs ``input_n
 (lines taken, where it stopped): the rest of the input is not read, and a later run reads the
 files from the start again (stdin: whatever is fed to it again).
 
+Backsplash objects named by the ``sqs-s3`` source (as in the push Lambda, DESIGN.md §6) come as
+records already decoded (:class:`~forwarder.sources.SourceRecord` ``decoded``): they go to
+deliverers of their own, one per endpoint (the configured HEC with the endpoint the record
+needs), whose backsplash writes under ``replay-failed/`` (:class:`~forwarder.backsplash_objects.
+ReplayFailedBacksplash`, ``replayAttempts: 1``), never ``splunk-failed/``. Every deliverer
+shares the main deliverer's ledger (so health, metrics and the summary read one ledger), and
+the checkpoint flushes them all: an SQS message is deleted only once every event of its
+objects is acknowledged or stored. A corrupt backsplash record is dropped (ledger reason
+``backsplash_record_corrupt``) and logged with its key and line.
+
 The backsplash is S3 with the local spool behind it (``BACKSPLASH_SPOOL_DIR``): while S3 is
 unreachable objects go to the spool, which is drained to S3 every ``spool_drain_interval_s``
 and at start-up (so it survives restarts). If even the spool fails, the daemon stops without
@@ -39,6 +49,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 from typing import Any, BinaryIO, Final
@@ -50,6 +61,7 @@ from config.daemon import DaemonSettings, load_daemon_settings
 from config.loader import read_toml, require_hec
 from config.settings import Settings
 from forwarder.backsplash import BacksplashWriter, FallbackBacksplash, backsplash_from_settings
+from forwarder.backsplash_objects import CORRUPT_RECORD, ReplayFailedBacksplash
 from forwarder.checkpoints import (
     CheckpointStore,
     DynamoCheckpointStore,
@@ -57,7 +69,7 @@ from forwarder.checkpoints import (
     MemoryCheckpointStore,
 )
 from forwarder.delivery import Deliverer
-from forwarder.errors import BacksplashError
+from forwarder.errors import BacksplashError, FatalHecError
 from forwarder.firehose_http import FirehoseHttpSource
 from forwarder.hec_client import HecClient
 from forwarder.ledger import Ledger
@@ -71,6 +83,7 @@ from forwarder.sources import (
     store_unprocessable,
 )
 from transforms.errors import TransformError
+from transforms.options import Endpoint
 from transforms.pipeline import EncodedBatch, transform_lines, transform_payload
 
 EXIT_OK: Final = 0
@@ -138,10 +151,13 @@ class Daemon:
             clock=self._clock,
             log=_log,
         )
+        #: Deliverers for re-delivered backsplash records, by endpoint (failures go under
+        #: replay-failed/); built on first use, sharing the main deliverer's ledger.
+        self.redeliverers: dict[Endpoint, Deliverer] = {}
         self.source: Source = source if source is not None else self._build_source(stdin)
         self.state = DaemonState(
             ledger=self.deliverer.ledger,
-            pending_acks=lambda: self.deliverer.pending_acks,
+            pending_acks=self.pending_acks,
             source_lag=self.source.lag_seconds,
             source_attached=lambda: self.source.attached,
             hec_probe=self._probe_hec,
@@ -152,6 +168,46 @@ class Daemon:
         self.metrics: MetricsServer | None = None
         self._probe_session = requests.Session()
         self._next_drain = 0.0
+
+    # ------------------------------------------------------------------ deliverers
+
+    def deliverers(self) -> list[Deliverer]:
+        """Every deliverer (the main one first, then the re-delivery ones)."""
+        return [self.deliverer, *list(self.redeliverers.values())]
+
+    def pending_acks(self) -> int:
+        """Requests awaiting their ack, over every deliverer."""
+        return sum(deliverer.pending_acks for deliverer in self.deliverers())
+
+    @property
+    def fatal(self) -> FatalHecError | None:
+        """The first fatal HEC error of any deliverer, or None."""
+        for deliverer in self.deliverers():
+            if deliverer.fatal is not None:
+                return deliverer.fatal
+        return None
+
+    def redeliverer(self, endpoint: Endpoint) -> Deliverer:
+        """The deliverer for backsplash records meant for ``endpoint``: the configured HEC with
+        that endpoint, its failures stored under ``replay-failed/``, on the main ledger."""
+        found = self.redeliverers.get(endpoint)
+        if found is None:
+            settings = self.settings
+            if settings.hec.endpoint != endpoint:
+                settings = replace(settings, hec=replace(settings.hec, endpoint=endpoint))
+            found = Deliverer(
+                settings,
+                backsplash=ReplayFailedBacksplash(self.backsplash),
+                clock=self._clock,
+                log=_log.bind(redelivery=endpoint),
+            )
+            found.ledger = self.deliverer.ledger  # one ledger for the daemon (thread-safe)
+            if self._stop_deadline is not None:
+                found.set_deadline(self._stop_deadline)
+            if self._forced:
+                found.abort("Splunk.Shutdown", "second shutdown signal")
+            self.redeliverers[endpoint] = found
+        return found
 
     # ------------------------------------------------------------------ building
 
@@ -175,7 +231,11 @@ class Daemon:
             )
         if source.type == "sqs-s3":
             return SqsS3Source(
-                self._clients("sqs"), self._clients("s3"), source, stop_event=self.stop_event
+                self._clients("sqs"),
+                self._clients("s3"),
+                source,
+                stop_event=self.stop_event,
+                transform=self.settings.transform,
             )
         if source.type == "firehose-http":
             return FirehoseHttpSource(source, stop_event=self.stop_event)
@@ -206,7 +266,8 @@ class Daemon:
             grace = self.daemon_settings.shutdown_grace_s
             _log.warning("shutdown_requested", grace_s=grace)
             self._stop_deadline = self._clock() + grace
-            self.deliverer.set_deadline(self._stop_deadline)
+            for deliverer in self.deliverers():
+                deliverer.set_deadline(self._stop_deadline)
             self.stop_event.set()
         else:
             self.request_abort()
@@ -217,7 +278,8 @@ class Daemon:
             _log.warning("shutdown_forced")
         self._forced = True
         self.stop_event.set()
-        self.deliverer.abort("Splunk.Shutdown", "second shutdown signal")
+        for deliverer in self.deliverers():
+            deliverer.abort("Splunk.Shutdown", "second shutdown signal")
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self.request_stop()
@@ -288,11 +350,13 @@ class Daemon:
                     self._checkpoint(deadline=None)
                     cycle_records = 0
                     cycle_start = self._clock()
-                    if self.deliverer.fatal is not None:
-                        _log.critical("daemon_stopped", reason=self.deliverer.fatal.message)
+                    fatal = self.fatal
+                    if fatal is not None:
+                        _log.critical("daemon_stopped", reason=fatal.message)
                         break
                 else:
-                    self.deliverer.service()
+                    for deliverer in self.deliverers():
+                        deliverer.service()
                 self._drain_spool()
                 if self.source.exhausted:
                     break
@@ -313,6 +377,9 @@ class Daemon:
         return len(records)
 
     def _deliver(self, record: SourceRecord) -> None:
+        if record.decoded is not None or record.corrupt is not None:
+            self._deliver_backsplash_record(record)
+            return
         options = self.settings.transform
         try:
             if record.payload is not None:
@@ -335,6 +402,26 @@ class Daemon:
         if batch.events:
             self.deliverer.submit(batch.events, batch.raw_target)
 
+    def _deliver_backsplash_record(self, record: SourceRecord) -> None:
+        """One record of a backsplash object: to the re-delivery deliverer of its endpoint;
+        a corrupt one is dropped and logged with its key and line."""
+        ledger = self.deliverer.ledger
+        decoded = record.decoded
+        if decoded is None:
+            ledger.drop(CORRUPT_RECORD)
+            _log.error(
+                "backsplash_record_corrupt",
+                bucket=record.log_group,
+                key=record.log_stream,
+                line=record.line,
+                reason=record.corrupt,
+            )
+            return
+        if decoded.control:
+            ledger.drop("control_message")
+        elif decoded.events:
+            self.redeliverer(decoded.endpoint).submit(decoded.events, decoded.raw_target)
+
     def _unprocessable(self, record: SourceRecord, exc: TransformError) -> None:
         data = (
             record.payload if record.payload is not None else "\n".join(record.lines or ()).encode()
@@ -352,13 +439,15 @@ class Daemon:
     def _checkpoint(self, deadline: float | None) -> bool:
         """Flush (everything acknowledged or backsplashed), then commit the source.
 
-        The commit happens only when the flush left no ack pending and the ledger balances;
+        Every deliverer is flushed (the main one and the re-delivery ones). The commit happens
+        only when the flush left no ack pending in any of them and the (shared) ledger balances;
         otherwise (a bug: events unaccounted for) ``checkpoint_skipped`` is logged and the
         source is not committed, so those records come again (duplicates, never a loss).
         Returns whether the source was committed.
         """
-        self.deliverer.flush(deadline)
-        pending = self.deliverer.pending_acks
+        for deliverer in self.deliverers():
+            deliverer.flush(deadline)
+        pending = self.pending_acks()
         ledger = self.deliverer.ledger
         if pending or not ledger.balanced():
             _log.error(
@@ -400,7 +489,8 @@ class Daemon:
             deadline = self._clock() + self.daemon_settings.shutdown_grace_s
         try:
             self._checkpoint(deadline=deadline)  # ends at once after request_abort()
-            self.deliverer.close(summarize=False)
+            for deliverer in self.deliverers():
+                deliverer.close(summarize=False)
         except BacksplashError as exc:
             return self._backsplash_failed(exc)
         grace_over = self._stop_deadline is not None and self._clock() >= self._stop_deadline
@@ -412,7 +502,7 @@ class Daemon:
         status = EXIT_OK
         if self._forced:
             status = EXIT_INTERRUPTED
-        elif self.deliverer.fatal is not None:
+        elif self.fatal is not None:
             status = EXIT_HEC_FATAL
         elif self.source.exhausted and (ledger.backsplashed or ledger.dropped_total):
             status = EXIT_INCOMPLETE  # a finite run: say that not everything was indexed
@@ -522,8 +612,6 @@ def run(
     daemon_settings = load_daemon_settings(document, env)
     port = getattr(args, "metrics_port", None)
     if port is not None:
-        from dataclasses import replace  # noqa: PLC0415
-
         daemon_settings = replace(daemon_settings, metrics_port=port)
     settings = _resolve_token(settings_loader())
     daemon = Daemon(settings, daemon_settings)

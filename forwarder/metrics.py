@@ -40,8 +40,10 @@ class DaemonState:
     """What the daemon tells the metrics server; read from the server's threads.
 
     Attributes:
-        ledger: the deliverer's ledger.
-        pending_acks: unacknowledged requests (a callable, read at scrape time).
+        ledger: the daemon's ledger: one combined view, shared by every deliverer (the main
+            one and those re-delivering backsplash objects under ``replay-failed/``).
+        pending_acks: unacknowledged requests over every deliverer (a callable, read at
+            scrape time).
         source_lag: the source's lag in seconds, when known.
         source_attached: the source is attached.
         hec_probe: probes HEC's health: (healthy, reason).

@@ -22,6 +22,18 @@ SQS: each message names S3 objects (S3 event notifications, plain or wrapped in 
 or plain), in chunks of ``chunk_lines``; a flow-log header names the fields for the whole
 object. A message is deleted only once every chunk of every object it names is delivered; a
 heartbeat thread extends the visibility of every message in flight meanwhile.
+
+Backsplash objects (as the push Lambda does, DESIGN.md §6), recognised by key
+(``splunk-failed/``, ``processing-failed/``, ``replay-failed/`` anywhere in it) or else by
+content (:func:`forwarder.backsplash_objects.sniff`), are decoded as a stream with replay's
+decoder: one :class:`SourceRecord` per backsplash record, carrying the decoded HEC events
+(``decoded``) or, for a record that cannot be re-delivered, why (``corrupt``). The daemon sends
+those through deliverers of their own whose failures go under ``replay-failed/``. Objects
+under ``replay-failed/`` (by key, or by their ``replayAttempts`` records) are never
+re-delivered automatically (loop guard): they are counted, logged (``object_skipped``, with the
+``forwarder replay`` command to run) and left in place; their message is deleted. A broken or
+truncated gzip stream fails the object's message (records before the break are delivered, the
+message comes back).
 """
 
 from __future__ import annotations
@@ -33,6 +45,7 @@ import json
 import sys
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Final, Protocol
@@ -42,8 +55,20 @@ import structlog
 from botocore.exceptions import BotoCoreError, ClientError
 
 from config.daemon import SourceSettings
+from forwarder.backsplash_objects import (
+    REPLAY_FAILED,
+    CorruptLine,
+    DecodedRecord,
+    Kind,
+    PeekedBody,
+    body_chunks,
+    decode_object,
+    kind_from_key,
+    sniff,
+)
 from forwarder.checkpoints import SHARD_END, CheckpointStore
 from transforms.cloudwatch import GZIP_MAGIC
+from transforms.options import TransformOptions
 from transforms.records import Origin
 from transforms.vpc_flow import fields_from_header, is_header_line
 
@@ -55,6 +80,15 @@ _log = structlog.get_logger("forwarder.sources")
 BACKSPLASH_MARKERS: Final = ("splunk-failed/", "processing-failed/", "replay-failed/")
 #: What to tell the user about a backsplash object a source does not re-deliver itself.
 REPLAY_HINT: Final = "backsplash object: replay it with forwarder replay"
+#: Why an object recognised as replay-failed by its content (no marker in its key) is skipped.
+REPLAY_FAILED_CONTENT_HINT: Final = (
+    "replay-failed records (replayAttempts): not re-delivered automatically (a notification "
+    "on the backsplash bucket would loop); run forwarder replay on this object's folder"
+)
+#: What reading and decoding an S3 object can raise: S3 refused or broke off the read, the
+#: gzip stream is corrupt (``zlib.error``) or truncated (``EOFError``), the flow-log header is
+#: bad (``FlowLogFormatError``, a ``ValueError``).
+OBJECT_READ_ERRORS: Final = (ClientError, BotoCoreError, OSError, EOFError, zlib.error, ValueError)
 _READ_SIZE: Final = 1 << 16
 #: The files/stdin source reads at most this many lines per poll (and per chunk).
 FILE_POLL_MAX_LINES: Final = 10_000
@@ -64,15 +98,21 @@ FILE_POLL_MAX_CHARS: Final = 4 << 20
 
 @dataclass(frozen=True, slots=True)
 class SourceRecord:
-    """One unit of input: a payload (Kinesis record) or a chunk of text lines (a file).
+    """One unit of input: a payload (Kinesis record), a chunk of text lines (a file), or one
+    record of a backsplash object (already decoded, or corrupt).
 
     Attributes:
         payload: record bytes for ``transforms.pipeline.transform_payload``.
         lines: text lines for ``transforms.pipeline.transform_lines``.
-        log_group: the bucket or a name for the file source (lines only).
-        log_stream: the object key or file name (lines only).
+        log_group: the bucket or a name for the file source (lines and backsplash records).
+        log_stream: the object key or file name (lines and backsplash records).
         flow_fields: the fields a flow-log header named (lines only).
         origin: ``s3`` or ``text`` (lines only).
+        decoded: a backsplash record's HEC events, for the endpoint it names (re-delivered
+            as they are; failures go under ``replay-failed/``).
+        corrupt: why a backsplash record cannot be re-delivered (it is dropped, with
+            ``line``).
+        line: the 1-based line of a backsplash record in its object.
         position: where the source stands *before* this record, for :meth:`Source.release`
             (Kinesis: ``(shard id, previous sequence number)``; SQS: the message). Opaque.
     """
@@ -83,6 +123,9 @@ class SourceRecord:
     log_stream: str | None = None
     flow_fields: tuple[str, ...] | None = None
     origin: Origin = "s3"
+    decoded: DecodedRecord | None = None
+    corrupt: str | None = None
+    line: int | None = None
     position: Any = field(default=None, compare=False, repr=False)
 
 
@@ -274,19 +317,97 @@ def parse_s3_notification(body: str) -> list[S3Object] | None:
     return objects
 
 
+@dataclass(frozen=True, slots=True)
+class OpenedObject:
+    """An S3 object opened for reading, its first bytes sniffed.
+
+    Attributes:
+        body: the object's bytes, from the start.
+        backsplash: it holds backsplash records (by key or by content).
+        kind: their kind (key first, then the first record); None: per record.
+    """
+
+    body: PeekedBody
+    backsplash: bool
+    kind: Kind | None
+
+
+def open_object(s3: Any, obj: S3Object) -> OpenedObject:
+    """Open an object and tell, by key then by content (:func:`sniff`), whether it holds
+    backsplash records.
+
+    Raises:
+        ClientError, BotoCoreError, OSError: S3 refused or broke off the read.
+    """
+    body = s3.get_object(Bucket=obj.bucket, Key=obj.key)["Body"]
+    try:
+        peeked, looks_backsplash, content_kind = sniff(body)
+    except BaseException:
+        body.close()
+        raise
+    kind = kind_from_key(obj.key)
+    if kind is None and looks_backsplash:
+        kind = content_kind
+    return OpenedObject(peeked, kind is not None or looks_backsplash, kind)
+
+
 def object_chunks(
-    s3: Any, obj: S3Object, chunk_lines: int
+    s3: Any, obj: S3Object, chunk_lines: int, opened: OpenedObject | None = None
 ) -> Iterator[tuple[list[str], tuple[str, ...] | None]]:
-    """Stream an object's lines in chunks (see :func:`line_chunks`).
+    """Stream a text object's lines in chunks (see :func:`line_chunks`).
+
+    Args:
+        s3: a boto3 S3 client.
+        obj: the object.
+        chunk_lines: lines per chunk.
+        opened: the object already opened (:func:`open_object`); else it is read from S3.
 
     Raises:
         ClientError, BotoCoreError: S3 refused the read.
     """
-    body = s3.get_object(Bucket=obj.bucket, Key=obj.key)["Body"]
+    body: Any = (
+        opened.body if opened is not None else s3.get_object(Bucket=obj.bucket, Key=obj.key)["Body"]
+    )
     try:
         yield from line_chunks(text_lines(body), chunk_lines)
     finally:
         body.close()
+
+
+def backsplash_records(
+    obj: S3Object, opened: OpenedObject, options: TransformOptions, position: Any = None
+) -> Iterator[SourceRecord]:
+    """A backsplash object's records, streamed and decoded with replay's decoder: one
+    :class:`SourceRecord` each, ``decoded`` or ``corrupt``.
+
+    Raises:
+        ValueError: the rest of the object cannot be read (broken or truncated gzip);
+            records before that point were yielded.
+        ClientError, BotoCoreError, OSError: S3 broke off the read.
+    """
+    try:
+        for item in decode_object(body_chunks(opened.body), opened.kind, options):
+            if isinstance(item, CorruptLine):
+                if item.fatal:
+                    raise ValueError(f"line {item.line}: {item.reason}")
+                yield SourceRecord(
+                    log_group=obj.bucket,
+                    log_stream=obj.key,
+                    corrupt=item.reason,
+                    line=item.line,
+                    position=position,
+                )
+                continue
+            line, decoded = item
+            yield SourceRecord(
+                log_group=obj.bucket,
+                log_stream=obj.key,
+                decoded=decoded,
+                line=line,
+                position=position,
+            )
+    finally:
+        opened.body.close()
 
 
 # --- files and stdin -------------------------------------------------------------------------
@@ -748,7 +869,7 @@ class _Message:
 class _Cursor:
     message: _Message
     remaining: list[S3Object]
-    chunks: Iterator[tuple[list[str], tuple[str, ...] | None]] | None = None
+    chunks: Iterator[SourceRecord] | None = None
     current: S3Object | None = None
     counts: dict[str, int] = field(default_factory=dict)
 
@@ -762,6 +883,8 @@ class SqsS3Source:
         settings: the ``[source]`` settings.
         stop_event: set on shutdown.
         wall_clock: epoch seconds (message age).
+        transform: transform options, for the processing-failed records of backsplash
+            objects (their CloudWatch payloads go through the transform when decoded).
     """
 
     def __init__(
@@ -772,6 +895,7 @@ class SqsS3Source:
         *,
         stop_event: threading.Event | None = None,
         wall_clock: Callable[[], float] = time.time,
+        transform: TransformOptions | None = None,
     ) -> None:
         assert settings.queue_url is not None
         self.name = "sqs-s3"
@@ -781,6 +905,7 @@ class SqsS3Source:
         self._settings = settings
         self._stop = stop_event if stop_event is not None else threading.Event()
         self._wall_clock = wall_clock
+        self._transform = transform if transform is not None else TransformOptions()
         self._lock = threading.Lock()
         self._in_flight: dict[str, _Message] = {}  # by receipt handle
         self._cursor: _Cursor | None = None
@@ -793,6 +918,8 @@ class SqsS3Source:
         self.messages_deleted = 0
         self.objects_skipped = 0
         self.objects_failed = 0
+        #: Backsplash objects opened for re-delivery (their records handed to the daemon).
+        self.objects_redelivered = 0
 
     @property
     def exhausted(self) -> bool:
@@ -909,46 +1036,68 @@ class SqsS3Source:
         return out
 
     def _next_chunk(self, cursor: _Cursor) -> SourceRecord | None:
-        """The next chunk of this message's objects, or None when the message is read."""
-        chunk_lines = self._settings.chunk_lines
+        """The next record of this message's objects (a chunk of lines, or one record of a
+        backsplash object), or None when the message is read (or failed)."""
         while True:
             if cursor.chunks is None:
                 if not cursor.remaining:
                     cursor.message.read_all = True
                     return None
                 obj = cursor.remaining.pop(0)
-                if obj.is_backsplash:
-                    # Re-delivering needs a deliverer per endpoint whose failures go under
-                    # replay-failed/ (see forwarder.backsplash_objects), which the daemon's
-                    # loop does not have: left for forwarder replay.
-                    self.objects_skipped += 1
-                    _log.warning(
-                        "object_skipped",
+                cursor.current = obj
+                if kind_from_key(obj.key) == REPLAY_FAILED:
+                    self._skip(obj, replay_failed_hint(obj))
+                    continue
+                try:
+                    opened = open_object(self._s3, obj)
+                except OBJECT_READ_ERRORS as exc:
+                    self._fail(cursor, exc)
+                    return None
+                if opened.kind == REPLAY_FAILED:  # by content: replayAttempts records
+                    opened.body.close()
+                    self._skip(obj, REPLAY_FAILED_CONTENT_HINT)
+                    continue
+                if opened.backsplash:
+                    self.objects_redelivered += 1
+                    _log.info(
+                        "backsplash_object_redelivering",
                         bucket=obj.bucket,
                         key=obj.key,
-                        reason=replay_failed_hint(obj) if obj.is_replay_failed else REPLAY_HINT,
+                        kind=opened.kind,
                     )
-                    continue
-                cursor.current = obj
-                cursor.chunks = object_chunks(self._s3, obj, chunk_lines)
+                    cursor.chunks = backsplash_records(
+                        obj, opened, self._transform, position=cursor.message
+                    )
+                else:
+                    cursor.chunks = self._text_records(obj, opened, cursor.message)
             try:
-                lines, fields = next(cursor.chunks)
+                record = next(cursor.chunks)
             except StopIteration:
                 cursor.chunks = None
                 continue
-            except (ClientError, BotoCoreError, OSError, EOFError, ValueError) as exc:
+            except OBJECT_READ_ERRORS as exc:
+                cursor.chunks = None
                 self._fail(cursor, exc)
                 return None
-            current = cursor.current
-            assert current is not None
-            return SourceRecord(
+            return record
+
+    def _text_records(
+        self, obj: S3Object, opened: OpenedObject, message: _Message
+    ) -> Iterator[SourceRecord]:
+        for lines, fields in object_chunks(self._s3, obj, self._settings.chunk_lines, opened):
+            yield SourceRecord(
                 lines=lines,
-                log_group=current.bucket,
-                log_stream=current.key,
+                log_group=obj.bucket,
+                log_stream=obj.key,
                 flow_fields=fields,
                 origin="s3",
-                position=cursor.message,
+                position=message,
             )
+
+    def _skip(self, obj: S3Object, reason: str) -> None:
+        """A replay-failed object: counted, logged with the command to run, left in place."""
+        self.objects_skipped += 1
+        _log.warning("object_skipped", bucket=obj.bucket, key=obj.key, reason=reason)
 
     def _fail(self, cursor: _Cursor, exc: BaseException) -> None:
         """An object cannot be read: its message is left for SQS to hand out again."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import gzip
 import json
 import os
 import random
@@ -18,6 +19,7 @@ from typing import Any, cast
 
 import pytest
 import requests
+import structlog.testing
 from botocore.exceptions import EndpointConnectionError
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -32,6 +34,13 @@ from forwarder.sources import FileSource
 from forwarder.synthetic import cloudwatch_payload
 from tests.conftest import TEST_TOKEN, boto_client
 from tests.integration.conftest import BUCKET, FAST, PREFIX, backsplashed, delivery_settings
+from tests.integration.test_push import (
+    FLOW_BUCKET,
+    firehose_record,
+    hec_event,
+    put_backsplash_objects,
+    s3_body,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -701,3 +710,151 @@ def test_checkpoint_is_not_committed_unless_the_ledger_balances(
     assert daemon._checkpoint(deadline=None) is True
     assert commits == [1] and daemon.state.checkpoints == 1
     daemon.deliverer.close(summarize=False)
+
+
+# --------------------------------------------------------------------------- sqs-s3: backsplash
+
+
+def sqs_daemon(
+    emulator: HecEmulator, tmp_path: Path, aws_endpoint: str, bodies: list[str], **environ: str
+) -> tuple[Daemon, Any, str]:
+    """A daemon on an sqs-s3 source whose queue holds ``bodies``; (daemon, sqs, queue url)."""
+    sqs = boto_client("sqs", aws_endpoint)
+    url = sqs.create_queue(QueueName="daemon-backsplash")["QueueUrl"]
+    for body in bodies:
+        sqs.send_message(QueueUrl=url, MessageBody=body)
+    source = SourceSettings(
+        type="sqs-s3", queue_url=url, visibility_timeout_s=10, wait_time_s=0, chunk_lines=100
+    )
+    config = daemon_settings(
+        tmp_path, source=source, checkpoint_store="none", checkpoint_max_records=1000
+    )
+    daemon = Daemon(
+        delivery_settings(emulator.url, **environ),
+        config,
+        client_factory=lambda s: boto_client(s, aws_endpoint),
+    )
+    return daemon, sqs, url
+
+
+def queue_counts(sqs: Any, url: str) -> tuple[int, int]:
+    """(visible, in flight) messages of the queue."""
+    names = ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
+    attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=names)["Attributes"]
+    return int(attributes[names[0]]), int(attributes[names[1]])
+
+
+def test_sqs_backsplash_objects_are_redelivered_by_the_daemon(
+    emulator: HecEmulator, s3: Any, aws_endpoint: str, tmp_path: Path
+) -> None:
+    """GIVEN a queue notifying Firehose's splunk-failed (two corrupt records) and
+    processing-failed objects, ours (raw payloads with metadata), one recognised by content,
+    and a replay-failed one WHEN the daemon runs THEN the first four are indexed once with
+    their metadata, the messages are deleted only after the acks, the replay-failed object is
+    skipped with the forwarder replay command, nothing is written back, the ledger balances
+    and the metrics are the ledger."""
+    s3.create_bucket(Bucket=FLOW_BUCKET)
+    keys = put_backsplash_objects(s3)
+    before = {o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET).get("Contents", [])}
+    bodies = [
+        s3_body(FLOW_BUCKET, keys["fh_failed"]),
+        json.dumps(
+            {"Type": "Notification", "Message": s3_body(FLOW_BUCKET, keys["fh_processing"])}
+        ),
+        s3_body(FLOW_BUCKET, keys["by_content"]),
+        s3_body(BUCKET, keys["ours"]),
+        s3_body(BUCKET, keys["refailed"]),
+    ]
+    emulator.set_faults(FaultPlan(ack_delay_s=1.5))
+    daemon, sqs, url = sqs_daemon(emulator, tmp_path, aws_endpoint, bodies)
+    ledger = daemon.deliverer.ledger
+    with structlog.testing.capture_logs() as logs, running(daemon) as status:
+        wait_for(lambda: len(emulator.indexed_events()) == 11, what="events received")
+        assert ledger.acknowledged < 11
+        assert sum(queue_counts(sqs, url)) >= 4  # received, not acknowledged: not deleted
+        wait_for(lambda: ledger.acknowledged == 11, what="acks")
+        wait_for(lambda: queue_counts(sqs, url) == (0, 0), what="messages deleted")
+        assert daemon.metrics is not None
+        text = requests.get(f"{daemon.metrics.url}/metrics", timeout=5).text
+        summary = ledger.summary()
+    assert status == [0]
+
+    indexed = emulator.indexed_events()
+    by_text = {str(e["event"]): e for e in indexed}
+    assert len(indexed) == len(by_text) == 4 + 3 + 1 + 3  # each exactly once
+    for text_ in ("fh 0", "fh 1", "fh 2", "fh 3", "cx"):
+        assert by_text[text_]["sourcetype"] == "aws:cloudwatchlogs"
+        assert by_text[text_]["source"] == "/app/fh"
+    for i in range(3):  # processing-failed: through the transform
+        assert "/app/pf" in str(by_text[f"pf {i}"].get("source"))
+        assert by_text[f"pf {i}"].get("sourcetype")
+    for i in range(3):  # ours, raw endpoint: the metadata stored with the records
+        raw = by_text[f"our raw {i}"]
+        assert (raw["source"], raw["sourcetype"], raw["index"], raw["host"]) == (
+            "my-source",
+            "my:raw",
+            "main",
+            "host-1",
+        )
+    assert "refailed" not in by_text
+    after = {o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET).get("Contents", [])}
+    assert after == before  # nothing backsplashed, nothing deleted
+
+    assert summary["balanced"] and summary["in_flight"] == 0
+    assert (summary["events_in"], summary["acknowledged"]) == (13, 11)
+    assert summary["dropped"] == {"backsplash_record_corrupt": 2}
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+    assert samples[("forwarder_events_in_total", ())] == summary["events_in"]
+    assert samples[("forwarder_events_acknowledged_total", ())] == summary["acknowledged"]
+    assert samples[("forwarder_events_backsplashed_total", ())] == summary["backsplashed"] == 0
+    reason = (("reason", "backsplash_record_corrupt"),)
+    assert samples[("forwarder_events_dropped_total", reason)] == 2
+    assert samples[("forwarder_events_in_flight", ())] == 0
+    assert samples[("forwarder_pending_acks", ())] == 0
+
+    corrupt = [e for e in logs if e["event"] == "backsplash_record_corrupt"]
+    assert {(c["key"], c["line"]) for c in corrupt} == {
+        (keys["fh_failed"], 2),
+        (keys["fh_failed"], 3),
+    }
+    skipped = [e for e in logs if e["event"] == "object_skipped"]
+    assert [s["key"] for s in skipped] == [keys["refailed"]]
+    assert f"forwarder replay s3://{BUCKET}/{PREFIX}replay-failed/" in skipped[0]["reason"]
+
+
+def test_daemon_redelivery_failures_go_under_replay_failed(
+    emulator: HecEmulator, s3: Any, aws_endpoint: str, tmp_path: Path
+) -> None:
+    """GIVEN a backsplash object whose re-delivery is never acknowledged WHEN the daemon is
+    stopped THEN at the grace deadline its events are stored under replay-failed/ (never
+    splunk-failed/) with replayAttempts, the message is deleted and the ledger balances."""
+    s3.create_bucket(Bucket=FLOW_BUCKET)
+    key = "firehose/splunk-failed/2026/01/01/00/late.gz"
+    body = "".join(firehose_record(hec_event(f"late {i}")) for i in range(4))
+    s3.put_object(Bucket=FLOW_BUCKET, Key=key, Body=gzip.compress(body.encode()))
+    emulator.set_faults(FaultPlan(lost_acks=100))
+    daemon, sqs, url = sqs_daemon(
+        emulator,
+        tmp_path,
+        aws_endpoint,
+        [s3_body(FLOW_BUCKET, key)],
+        SPLUNK_HEC_ACK_TIMEOUT="60",
+    )
+    with running(daemon) as status:
+        wait_for(lambda: len(emulator.indexed_events()) == 4, what="events received")
+    assert status == [0]
+    summary = daemon.deliverer.ledger.summary()
+    assert summary["balanced"] and summary["backsplashed"] == 4
+    reader = Backsplash(s3, BUCKET, PREFIX)
+    assert list(reader.list_keys("splunk-failed")) == []
+    records = [r for k in reader.list_keys("replay-failed") for r in reader.read(k)]
+    assert {r["errorCode"] for r in records} == {"Splunk.Deadline"}
+    assert {r["replayAttempts"] for r in records} == {1}
+    assert sorted(json.loads(base64.b64decode(r["rawData"]))["event"] for r in records) == [
+        f"late {i}" for i in range(4)
+    ]
+    assert queue_counts(sqs, url) == (0, 0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import gzip
 import io
 import json
@@ -272,33 +273,66 @@ def test_sqs_unreadable_object_leaves_the_message(aws_endpoint: str) -> None:
         source.close()
 
 
-def test_sqs_backsplash_objects_are_skipped_and_deleted(aws_endpoint: str) -> None:
-    """The daemon does not re-deliver backsplash objects (its loop has no deliverer writing
-    under replay-failed/): they are skipped unread, the message deleted, the user told what to
-    run; a replay-failed object names its replay-failed/ folder."""
+def backsplash_line(text: str, **extra: Any) -> str:
+    """A splunk-failed record (Firehose's layout) holding one HEC event."""
+    event = json.dumps({"time": 1764000000, "source": "/app/s", "event": text}).encode()
+    record = {
+        "attemptsMade": 1,
+        "arrivalTimestamp": 1764000000000,
+        "errorCode": "Splunk.AckTimeout",
+        "rawData": base64.b64encode(event).decode(),
+        **extra,
+    }
+    return json.dumps(record) + "\n"
+
+
+def test_sqs_backsplash_objects_become_decoded_records(aws_endpoint: str) -> None:
+    """GIVEN notifications of a splunk-failed object (with a corrupt record), a replay-failed
+    one by key, one recognised as replay-failed only by its content, and a truncated one
+    WHEN polled THEN the splunk-failed records come decoded (one record each, the corrupt one
+    with its line), the replay-failed objects are skipped with the forwarder replay command,
+    their messages deleted on commit; the truncated object's message is left on the queue."""
     sqs = boto_client("sqs", aws_endpoint)
     s3 = boto_client("s3", aws_endpoint)
+    s3.create_bucket(Bucket=FLOW_BUCKET)
+    failed = "root/splunk-failed/2026/01/01/00/a.gz"
+    body = backsplash_line("a 0") + '{"not json\n' + backsplash_line("a 1")
+    s3.put_object(Bucket=FLOW_BUCKET, Key=failed, Body=gzip.compress(body.encode()))
+    by_content = "exports/again.json"
+    s3.put_object(Bucket=FLOW_BUCKET, Key=by_content, Body=backsplash_line("x", replayAttempts=1))
+    truncated = "root/splunk-failed/2026/01/01/00/cut.gz"
+    data = gzip.compress("".join(backsplash_line(f"c {i}") for i in range(300)).encode())
+    s3.put_object(Bucket=FLOW_BUCKET, Key=truncated, Body=data[:-20])
     url = sqs.create_queue(QueueName=QUEUE)["QueueUrl"]
-    for key in ("root/splunk-failed/2026/01/01/00/a.gz", "root/replay-failed/2026/01/01/00/b.gz"):
-        sqs.send_message(QueueUrl=url, MessageBody=notice(key))  # never read: need not exist
+    refailed = "root/replay-failed/2026/01/01/00/b.gz"  # never read: need not exist
+    for key in (failed, refailed, by_content, truncated):
+        sqs.send_message(QueueUrl=url, MessageBody=notice(key))
     settings = SourceSettings(type="sqs-s3", queue_url=url, visibility_timeout_s=5, wait_time_s=0)
     source = SqsS3Source(sqs, s3, settings)
     source.attach()
     try:
+        records: list[Any] = []
         with structlog.testing.capture_logs() as logs:
-            for _ in range(3):
-                assert source.poll(10) == []
+            for _ in range(4):
+                records.extend(source.poll(1000))
         assert source.objects_skipped == 2
-        assert source.objects_failed == 0
-        assert source.commit() == 2
+        assert source.objects_failed == 1
+        assert source.objects_redelivered == 2
+        assert source.commit() == 3
     finally:
         source.close()
+    mine = [r for r in records if r.log_stream == failed]
+    assert [(r.line, r.corrupt is not None) for r in mine] == [(1, False), (2, True), (3, False)]
+    events = [json.loads(r.decoded.events[0].payload)["event"] for r in mine if r.decoded]
+    assert events == ["a 0", "a 1"]
+    assert all(r.decoded.endpoint == "event" for r in mine if r.decoded)
     reasons = {e["key"]: e["reason"] for e in logs if e["event"] == "object_skipped"}
-    assert "forwarder replay" in reasons["root/splunk-failed/2026/01/01/00/a.gz"]
-    assert (
-        f"forwarder replay s3://{FLOW_BUCKET}/root/replay-failed/"
-        in reasons["root/replay-failed/2026/01/01/00/b.gz"]
-    )
+    assert set(reasons) == {refailed, by_content}
+    assert f"forwarder replay s3://{FLOW_BUCKET}/root/replay-failed/" in reasons[refailed]
+    assert "forwarder replay" in reasons[by_content]
+    time.sleep(0.1)
+    attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+    assert attributes["ApproximateNumberOfMessagesNotVisible"] == "1"  # the truncated one
 
 
 # --- files and stdin: bounded polls ----------------------------------------------------------

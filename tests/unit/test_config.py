@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import io
 import json
@@ -253,6 +254,8 @@ def test_readme_documents_every_setting_and_command() -> None:
     missing = [key.env for key in KEYS if f"`{key.env}`" not in readme]
     assert missing == []
     parser = build_parser()
-    subparsers = next(action for action in parser._actions if action.dest == "command")
-    commands = sorted(subparsers.choices)  # type: ignore[attr-defined]
+    subparsers = next(
+        action for action in parser._actions if isinstance(action, argparse._SubParsersAction)
+    )
+    commands = sorted(subparsers.choices)
     assert [c for c in commands if f"forwarder {c}" not in readme] == []
