@@ -490,6 +490,33 @@ class FallbackBacksplash:
         return moved
 
 
+def put_under(writer: BacksplashWriter, kind: str, body: bytes) -> str:
+    """Store an already encoded object under ``<prefix><kind>/`` of ``writer``.
+
+    Used for objects that are not ``splunk-failed/`` (``processing-failed/``,
+    ``replay-failed/``). Returns the key, ``spool:<key>`` when a fallback spooled it.
+
+    Raises:
+        BacksplashError: nowhere to store it (no bucket, or S3 and the spool refused).
+    """
+    if isinstance(writer, FallbackBacksplash):
+        try:
+            key = writer.primary.object_key(kind=kind)
+            writer.primary.put_object(key, body)
+        except BacksplashError:
+            key = writer.spool.object_key(kind=kind)
+            writer.spool.put_object(key, body)
+            return "spool:" + key
+        return key
+    if isinstance(writer, Backsplash | LocalSpool):
+        key = writer.object_key(kind=kind)
+        writer.put_object(key, body)
+        return key
+    raise BacksplashError(
+        f"cannot store {kind}/ objects: no backsplash bucket configured (BACKSPLASH_BUCKET)"
+    )
+
+
 def backsplash_from_settings(
     settings: BacksplashSettings, *, s3_client: S3Client | None = None, use_spool: bool = False
 ) -> BacksplashWriter:

@@ -33,14 +33,11 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from forwarder.backsplash import (
-    Backsplash,
     BacksplashWriter,
     Endpoint,
-    FallbackBacksplash,
-    LocalSpool,
     encode_records,
+    put_under,
 )
-from forwarder.errors import BacksplashError
 from forwarder.replay import (
     PROCESSING_FAILED,
     READ_CHUNK_BYTES,
@@ -205,28 +202,6 @@ def decode_object(
         yield item.line, decoded
 
 
-def _put(writer: Any, kind: str, body: bytes) -> str:
-    """Store ``body`` under a fresh ``<prefix><kind>/`` key of ``writer``; returns the key
-    (``spool:<key>`` when a fallback spooled it)."""
-    if isinstance(writer, FallbackBacksplash):
-        try:
-            key = writer.primary.object_key(kind=kind)
-            writer.primary.put_object(key, body)
-        except BacksplashError:
-            key = writer.spool.object_key(kind=kind)
-            writer.spool.put_object(key, body)
-            return "spool:" + key
-        return key
-    if isinstance(writer, Backsplash | LocalSpool):
-        key = writer.object_key(kind=kind)
-        writer.put_object(key, body)
-        return key
-    raise BacksplashError(
-        f"cannot write {REPLAY_FAILED}/ objects through {type(writer).__name__} "
-        "(no backsplash bucket configured?)"
-    )
-
-
 class ReplayFailedBacksplash:
     """A deliverer's backsplash for re-delivered backsplash records: the wrapped writer's
     bucket and prefix, under ``replay-failed/`` (not ``splunk-failed/``), each record with
@@ -272,4 +247,4 @@ class ReplayFailedBacksplash:
             ending_ms=ending_ms,
             per_record=[{"replayAttempts": 1}] * len(events),
         )
-        return _put(self.writer, REPLAY_FAILED, body)
+        return put_under(self.writer, REPLAY_FAILED, body)

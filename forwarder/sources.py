@@ -1192,12 +1192,9 @@ def store_unprocessable(
         BacksplashError: nowhere to store it.
     """
     from forwarder.backsplash import (  # noqa: PLC0415 - avoids a cycle at import time
-        Backsplash,
-        FallbackBacksplash,
-        LocalSpool,
         encode_records,
+        put_under,
     )
-    from forwarder.errors import BacksplashError  # noqa: PLC0415
     from transforms.records import EncodedEvent  # noqa: PLC0415
 
     now_ms = int(clock() * 1000)
@@ -1211,18 +1208,4 @@ def store_unprocessable(
         arrival_ms=now_ms,
         ending_ms=now_ms,
     )
-    kind = "processing-failed"
-    if isinstance(writer, FallbackBacksplash):
-        try:
-            key = writer.primary.object_key(kind=kind)
-            writer.primary.put_object(key, body)
-        except BacksplashError:
-            key = writer.spool.object_key(kind=kind)
-            writer.spool.put_object(key, body)
-            return "spool:" + key
-        return key
-    if isinstance(writer, Backsplash | LocalSpool):
-        key = writer.object_key(kind=kind)
-        writer.put_object(key, body)
-        return key
-    raise BacksplashError("no backsplash bucket configured (BACKSPLASH_BUCKET)")
+    return put_under(writer, "processing-failed", body)
