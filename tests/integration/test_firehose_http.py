@@ -286,6 +286,8 @@ def test_hec_down_then_sigterm_backsplashes_and_answers_200(
             assert not answer.done()
             daemon.request_stop()
             response = answer.result(timeout=20)
+            # Leave only once it exited: running() stops it again, and a second stop aborts.
+            wait_for(lambda: bool(status), what="daemon exited")
         assert status == [0]
     assert response.status_code == 200
     assert {r["errorCode"] for r in backsplashed(s3)} == {"Splunk.Deadline"}
@@ -313,6 +315,7 @@ def test_backsplash_failure_answers_500(
             wait_for(lambda: daemon.deliverer.ledger.events_in == 3, what="taken in")
             daemon.request_stop()
             response = answer.result(timeout=20)
+            wait_for(lambda: bool(status), what="daemon exited")
         assert status == [6]
     assert response.status_code == 500
     assert response.json()["requestId"] == "req-lost"

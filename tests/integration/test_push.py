@@ -226,8 +226,8 @@ def test_busy_hec_ends_in_the_backsplash_before_the_lambda_timeout(
     lines = [f"busy {i} " + "x" * 80 for i in range(120)]  # several full batches
     payload = cloudwatch_payload(lines, log_group="/app/test")
     started = time.monotonic()
-    result = push.handler(awslogs_event(payload), FakeContext(remaining_ms=2000))
-    assert time.monotonic() - started < 2.0
+    result = push.handler(awslogs_event(payload), FakeContext(remaining_ms=4000))
+    assert time.monotonic() - started < 4.0  # returned before Lambda would have killed it
     ledger = result["ledger"]
     assert ledger["balanced"] and ledger["backsplashed"] == ledger["events_in"] == 120
     assert ledger["acknowledged"] == 0
