@@ -6,10 +6,19 @@ both and balances after :meth:`Deliverer.flush`. If the backsplash itself fails,
 ``BacksplashError`` propagates and the events stay counted in flight: the caller decides (the
 daemon spools, a Lambda fails its invocation).
 
-Design: synchronous, one thread. Requests go out one at a time; between and during sends
-(backoff sleeps, backpressure waits) the same thread polls acks for every channel. That keeps
+Design: one thread keeps all the state; requests go out one at a time; between and during
+sends (backoff sleeps, backpressure waits) that thread polls acks for every channel. That keeps
 the bookkeeping simple and exact, and is fast enough because the per-event work is a length
-and a join (see ``forwarder.batching``). One :class:`HecClient` (channel) per URL; URLs take
+and a join (see ``forwarder.batching``). Pipelining: a batch's first attempt is handed to one
+background I/O thread that only does the POST (body already built and gzipped) and returns the
+answer through a future; :meth:`Deliverer.submit` returns meanwhile, so the caller transforms
+and the deliverer builds and gzips the next batch while the previous request is on the wire.
+The answer is *landed* (handled by the deliverer's thread, exactly as a synchronous send's) before
+the next request goes out, before any other use of the session (ack poll, health probe), at a
+cut-off, and in :meth:`Deliverer.service`, :meth:`Deliverer.flush` and :meth:`Deliverer.close`:
+at most one request is on the wire, the session is never used by two threads at once, and
+retries (synchronous, rare), 413 splits and bad-event isolation see the same order of events as
+before. One :class:`HecClient` (channel) per URL; URLs take
 turns (round-robin); a URL with connection errors or an unhealthy answer (503 codes 18-20)
 leaves the rotation for ``unhealthy_cooldown_s`` and comes back after a passing health probe.
 Acks are always polled on the channel that took the request; a re-send may go to another URL.
@@ -42,8 +51,10 @@ import time
 from array import array
 from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Final
+from weakref import WeakKeyDictionary
 
 import requests
 import structlog
@@ -74,6 +85,20 @@ _MIN_SLEEP_S: Final = 0.001
 #: The default sleep waits in slices this long, so that a deadline set or an abort requested
 #: from another thread (or a signal handler) ends a long backoff promptly.
 _NAP_SLICE_S: Final = 0.05
+
+#: One lock per ``requests.Session`` (not guaranteed thread-safe), held around every HEC call:
+#: a session shared by several deliverers serves one request at a time even when one of them
+#: has a request on the wire in its I/O thread.
+_SESSION_LOCKS: WeakKeyDictionary[requests.Session, threading.Lock] = WeakKeyDictionary()
+_SESSION_LOCKS_GUARD: Final = threading.Lock()
+
+
+def _session_lock(session: requests.Session) -> threading.Lock:
+    with _SESSION_LOCKS_GUARD:
+        lock = _SESSION_LOCKS.get(session)
+        if lock is None:
+            lock = _SESSION_LOCKS[session] = threading.Lock()
+        return lock
 
 
 @dataclass(slots=True, eq=False)
@@ -137,6 +162,15 @@ class _Route:
         return self.client.url
 
 
+@dataclass(slots=True, eq=False)
+class _Flight:
+    """A batch's first attempt, on the wire in the I/O thread; its answer not yet handled."""
+
+    work: _Work
+    route: _Route
+    future: Future[SendResult]
+
+
 class _GiveUp(Exception):
     """No attempt can be made (deadline passed while waiting for capacity)."""
 
@@ -170,6 +204,9 @@ class Deliverer:
         wall_clock: epoch seconds for arrival timestamps.
         gzip_level: zlib level for request bodies.
         log: a structlog logger (bound context welcome).
+        pipelined: send a batch's first attempt from a background I/O thread, so that the
+            caller's work overlaps the request on the wire (see the module notes); False:
+            every request is made in the calling thread.
     """
 
     def __init__(
@@ -184,6 +221,7 @@ class Deliverer:
         wall_clock: Callable[[], float] = time.time,
         gzip_level: int = DEFAULT_GZIP_LEVEL,
         log: Any = None,
+        pipelined: bool = True,
     ) -> None:
         hec = settings.hec
         if not hec.urls:
@@ -197,6 +235,7 @@ class Deliverer:
         self._cooldown = hec.unhealthy_cooldown_s
         self._own_session = session is None
         self._session = session if session is not None else requests.Session()
+        self._session_lock = _session_lock(self._session)
         self._routes = [
             _Route(
                 HecClient(self._session, hec, url, gzip_level=gzip_level),
@@ -232,6 +271,9 @@ class Deliverer:
         self._aborted = threading.Event()
         self._ack_unavailable_warned = False
         self._closed = False
+        self._pipelined = pipelined
+        self._executor: ThreadPoolExecutor | None = None  # the I/O thread, made on first use
+        self._flight: _Flight | None = None  # the request on the wire, answer not yet handled
         self._log = log if log is not None else structlog.get_logger("forwarder.delivery")
         self.ledger = Ledger()
 
@@ -244,8 +286,13 @@ class Deliverer:
 
     @property
     def pending_acks(self) -> int:
-        """Requests accepted by HEC and not yet acknowledged, over all channels."""
-        return sum(len(route.acks) for route in self._routes)
+        """Requests sent and not yet acknowledged, over all channels.
+
+        Counts the request on the wire whose answer is not handled yet (pipelining), so it is
+        never more than ``max_pending`` per channel and is 0 after :meth:`flush`.
+        """
+        flying = 1 if self._flight is not None else 0
+        return sum(len(route.acks) for route in self._routes) + flying
 
     @property
     def urls(self) -> tuple[str, ...]:
@@ -350,16 +397,23 @@ class Deliverer:
     def service(self) -> None:
         """Do what is due without waiting: send aged partial batches, poll due acks, re-send.
 
-        The daemon calls this when idle (see :meth:`next_wakeup`).
+        The daemon calls this when idle (see :meth:`next_wakeup`). The answer to a request
+        still on the wire (pipelining) is awaited and handled here.
 
         Raises:
             BacksplashError: a backsplash write failed.
         """
         self._check_open()
         self._pump()
+        self._land()
+        while self._queue:  # the answer asked for a re-send (split, bad event, acks off)
+            self._drain_queue()
+            self._land()
 
     def next_wakeup(self) -> float | None:
         """Clock time at which :meth:`service` has something to do, or None."""
+        if self._flight is not None:
+            return self._clock()  # a request is on the wire: its answer is to be handled
         due = [t for t in (self._batcher.next_due(), self._next_ack_event()) if t is not None]
         if due and self._aborted.is_set():
             return self._clock()  # the abort is carried out by the next call
@@ -401,6 +455,9 @@ class Deliverer:
             delay = _FIRST_BLOCKED_POLL_S
             while True:
                 self._drain_queue()  # backsplashes everything once past a cut-off
+                self._land()  # the answer to the last request sent
+                if self._queue:
+                    continue  # split, bad event cut out, acks turned off: send the rest
                 cut = self._cutoff()
                 if cut is not None:
                     # The cut-off may have passed after _drain_queue's own check (during its
@@ -434,6 +491,7 @@ class Deliverer:
             self.flush(deadline)
         finally:
             self._closed = True
+            self._stop_io()
             if summarize:
                 self.ledger.log_summary(self._log, fatal=self._fatal is not None)
             if self._own_session:
@@ -491,6 +549,7 @@ class Deliverer:
     def _settle(self, cut: tuple[str, str]) -> None:
         """Past a cut-off: backsplash the queue, the partial batches and what awaits its ack."""
         error_code, why = cut
+        self._land()  # a request on the wire finishes; its answer is handled first
         while self._queue:
             self._give_up(self._queue.popleft(), None)
         for batch in self._batcher.drain():
@@ -506,6 +565,13 @@ class Deliverer:
     def _drain_queue(self) -> None:
         while True:
             while self._queue:
+                if self._flight is not None:
+                    # Build the next body while the previous request is on the wire, then
+                    # handle that request's answer before sending: it may put work ahead of
+                    # this batch (split, bad event), end delivery, or leave it as it is.
+                    self._build_wire(self._queue[0])
+                    self._land()
+                    continue
                 self._deliver(self._queue.popleft())
             cut = self._cutoff()
             if cut is not None:
@@ -516,17 +582,88 @@ class Deliverer:
             if not self._queue:
                 return
 
+    def _build_wire(self, work: _Work) -> bool:
+        """Build (and gzip) the request body unless built; False: the payload is empty."""
+        if work.wire is None:
+            if self._cutoff() is not None or (work.budget.attempts and self._stop.is_set()):
+                return True  # it will not be sent: leave it as it is
+            body = work.restore(self._gzip).body()
+            if not body or body.isspace():
+                return False
+            work.wire = gzip_body(body, self._gzip_level) if self._gzip else body
+        return True
+
     def _deliver(self, work: _Work) -> None:
         if self._cutoff() is not None or (work.budget.attempts and self._stop.is_set()):
             self._give_up(work, None)
             return
-        if work.wire is None:
-            body = work.restore(self._gzip).body()
-            if not body or body.isspace():
-                self._store_work(work, "Splunk.InvalidEvent", "empty payload (HEC code 5 No data)")
-                return
-            work.wire = gzip_body(body, self._gzip_level) if self._gzip else body
-            del body
+        if not self._build_wire(work):
+            self._store_work(work, "Splunk.InvalidEvent", "empty payload (HEC code 5 No data)")
+            return
+        if self._pipelined:
+            self._launch(work)
+        else:
+            self._run(work, None)
+
+    def _launch(self, work: _Work) -> None:
+        """Make the first attempt in the I/O thread; :meth:`_land` handles its answer."""
+        work.budget.attempts += 1  # as the retry loop's ``before`` does for each attempt
+        try:
+            route = self._choose_route()
+        except _GiveUp as exc:
+            self._store_work(work, exc.error_code, exc.message)
+            return
+        self.ledger.add(requests=1)
+        wire = work.wire
+        assert wire is not None
+        client, endpoint, raw_target, count = (
+            route.client,
+            self._endpoint,
+            work.raw_target,
+            work.count,
+        )
+
+        lock = self._session_lock
+
+        def post() -> SendResult:
+            with lock:
+                return client.send(
+                    wire,
+                    endpoint=endpoint,
+                    raw_target=raw_target,
+                    event_count=count,
+                    compressed=True,
+                )
+
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hec-send")
+        self._flight = _Flight(work, route, self._executor.submit(post))
+
+    def _land(self) -> None:
+        """Wait for the request on the wire, if any, and handle its answer (retries included)."""
+        flight = self._flight
+        if flight is None:
+            return
+        error = flight.future.exception()  # waits for the answer (never mid-send)
+        self._flight = None
+        if error is not None and not isinstance(error, Exception):
+            raise error
+        # What ``send`` raised is dealt with as if raised here.
+        landed: SendResult | Exception = error if error is not None else flight.future.result()
+        flight.work.budget.attempts -= 1  # the retry loop counts this attempt again
+        self._run(flight.work, (flight.route, landed))
+
+    def _stop_io(self) -> None:
+        """Let a request still on the wire finish (its answer unhandled) and end the I/O thread."""
+        flight, self._flight = self._flight, None
+        if flight is not None:
+            flight.future.exception()  # waits; the events stay counted in flight
+        if self._executor is not None:
+            self._executor.shutdown(wait=False)  # idle now: it ends on its own, nothing to join
+            self._executor = None
+
+    def _run(self, work: _Work, first: tuple[_Route, SendResult | Exception] | None) -> None:
+        """The retry loop for one batch; ``first``: its first attempt's route and answer."""
         retrying = build_retrying(
             self._policy,
             self._stop,
@@ -543,9 +680,14 @@ class Deliverer:
         try:
             for attempt in retrying:
                 with attempt:
-                    route = self._choose_route()
                     try:
-                        result = self._attempt(route, work)
+                        if first is not None:
+                            route, landed = first
+                            first = None
+                            result = self._finish(route, work, landed)
+                        else:
+                            route = self._choose_route()
+                            result = self._attempt(route, work)
                     except RetryableError as exc:
                         last_error = exc
                         raise
@@ -569,18 +711,27 @@ class Deliverer:
         self.ledger.add(requests=1)
         assert work.wire is not None
         try:
-            result = route.client.send(
-                work.wire,
-                endpoint=self._endpoint,
-                raw_target=work.raw_target,
-                event_count=work.count,
-                compressed=True,
-            )
+            with self._session_lock:
+                result = route.client.send(
+                    work.wire,
+                    endpoint=self._endpoint,
+                    raw_target=work.raw_target,
+                    event_count=work.count,
+                    compressed=True,
+                )
         except RetryableError as exc:
-            self._mark_unhealthy(route, exc.message)
-            if exc.maybe_delivered:
-                self.ledger.add(duplicates_possible=work.count)
-            raise
+            return self._finish(route, work, exc)
+        return self._finish(route, work, result)
+
+    def _finish(self, route: _Route, work: _Work, landed: SendResult | Exception) -> SendResult:
+        """Account for a request's answer (or failure); raise what the retry loop acts on."""
+        if isinstance(landed, Exception):
+            if isinstance(landed, RetryableError):
+                self._mark_unhealthy(route, landed.message)
+                if landed.maybe_delivered:
+                    self.ledger.add(duplicates_possible=work.count)
+            raise landed
+        result = landed
         outcome = result.outcome
         if outcome.action == "retry":
             if outcome.code in UNHEALTHY_CODES:
@@ -753,6 +904,7 @@ class Deliverer:
 
     def _choose_route(self) -> _Route:
         """The next URL in rotation with room for another unacknowledged request."""
+        self._land()  # (none in practice) a probe or poll must not share the session with it
         delay = _FIRST_BLOCKED_POLL_S
         while True:
             now = self._clock()
@@ -782,7 +934,8 @@ class Deliverer:
             return True
         if now < route.unhealthy_until:
             return False
-        healthy, code, reason = route.client.health()
+        with self._session_lock:
+            healthy, code, reason = route.client.health()
         if healthy:
             route.unhealthy_until = None
             self._log.info("hec_url_recovered", url=route.url, code=code)
@@ -814,16 +967,25 @@ class Deliverer:
         self._sleep(max(limit, _MIN_SLEEP_S))
 
     def _poll_routes(self, *, force: bool) -> None:
+        if self._flight is not None:
+            now = self._clock()
+            if any(self._poll_due(route, force, now) for route in self._routes):
+                self._land()  # its ackId joins this poll, as a synchronous send's would
         now = self._clock()
         for route in self._routes:
-            if route.acks_on and len(route.acks) and (force or route.acks.poll_due(now)):
+            if self._poll_due(route, force, now):
                 self._poll(route)
+
+    @staticmethod
+    def _poll_due(route: _Route, force: bool, now: float) -> bool:
+        return bool(route.acks_on and len(route.acks) and (force or route.acks.poll_due(now)))
 
     def _poll(self, route: _Route) -> None:
         ids = route.acks.ids()
         self.ledger.add(ack_polls=1)
         try:
-            answer = route.client.query_acks(ids)
+            with self._session_lock:
+                answer = route.client.query_acks(ids)
         except AckUnavailableError as exc:
             route.acks.polled(self._clock())
             self._acks_unavailable(route, exc.message)
@@ -900,6 +1062,7 @@ class Deliverer:
             action="stopped; everything pending goes to the backsplash",
         )
         message = f"delivery stopped: {exc.message}"
+        self._land()  # (none in practice) its batch is stored below or by its own handling
         for route in self._routes:
             if route.acks_on and len(route.acks):
                 self._poll(route)  # last chance: what is already acknowledged is not re-stored
