@@ -36,6 +36,7 @@ from tests.conftest import TEST_TOKEN, boto_client
 from tests.integration.conftest import BUCKET, FAST, PREFIX, backsplashed, delivery_settings
 from tests.integration.test_push import (
     FLOW_BUCKET,
+    assert_backsplash_objects_redelivered,
     firehose_record,
     hec_event,
     put_backsplash_objects,
@@ -779,26 +780,7 @@ def test_sqs_backsplash_objects_are_redelivered_by_the_daemon(
         summary = ledger.summary()
     assert status == [0]
 
-    indexed = emulator.indexed_events()
-    by_text = {str(e["event"]): e for e in indexed}
-    assert len(indexed) == len(by_text) == 4 + 3 + 1 + 3  # each exactly once
-    for text_ in ("fh 0", "fh 1", "fh 2", "fh 3", "cx"):
-        assert by_text[text_]["sourcetype"] == "aws:cloudwatchlogs"
-        assert by_text[text_]["source"] == "/app/fh"
-    for i in range(3):  # processing-failed: through the transform
-        assert "/app/pf" in str(by_text[f"pf {i}"].get("source"))
-        assert by_text[f"pf {i}"].get("sourcetype")
-    for i in range(3):  # ours, raw endpoint: the metadata stored with the records
-        raw = by_text[f"our raw {i}"]
-        assert (raw["source"], raw["sourcetype"], raw["index"], raw["host"]) == (
-            "my-source",
-            "my:raw",
-            "main",
-            "host-1",
-        )
-    assert "refailed" not in by_text
-    after = {o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET).get("Contents", [])}
-    assert after == before  # nothing backsplashed, nothing deleted
+    assert_backsplash_objects_redelivered(emulator, s3, before)
 
     assert summary["balanced"] and summary["in_flight"] == 0
     assert (summary["events_in"], summary["acknowledged"]) == (13, 11)

@@ -475,6 +475,32 @@ def keys_under(s3: Any, prefix: str) -> list[str]:
     return [item["Key"] for item in contents]
 
 
+def assert_backsplash_objects_redelivered(emulator: Any, s3: Any, before: set[str]) -> None:
+    """The objects of ``put_backsplash_objects``-style tests: every event indexed once with its
+    metadata, the replay-failed one not at all, and nothing new written to the bucket."""
+    indexed = emulator.indexed_events()
+    by_text = {str(e["event"]): e for e in indexed}
+    assert len(indexed) == len(by_text) == 4 + 3 + 1 + 3  # each exactly once
+    for text in ("fh 0", "fh 1", "fh 2", "fh 3", "cx"):
+        assert by_text[text]["sourcetype"] == "aws:cloudwatchlogs"
+        assert by_text[text]["source"] == "/app/fh"
+    for i in range(3):  # processing-failed: through the transform
+        pf = by_text[f"pf {i}"]
+        assert "/app/pf" in str(pf.get("source"))
+        assert pf.get("sourcetype")
+    for i in range(3):  # ours, raw endpoint: the metadata stored with the records
+        raw = by_text[f"our raw {i}"]
+        assert (raw["source"], raw["sourcetype"], raw["index"], raw["host"]) == (
+            "my-source",
+            "my:raw",
+            "main",
+            "host-1",
+        )
+    assert "refailed" not in by_text
+    after = {o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET).get("Contents", [])}
+    assert after == before  # nothing backsplashed, nothing deleted
+
+
 def test_sqs_backsplash_objects_are_redelivered(
     emulator: HecEmulator,
     configure: Any,
@@ -505,27 +531,7 @@ def test_sqs_backsplash_objects_are_redelivered(
     result = push.handler(event, FakeContext())
 
     assert result == {"batchItemFailures": []}
-    indexed = emulator.indexed_events()
-    by_text = {str(e["event"]): e for e in indexed}
-    assert len(indexed) == len(by_text) == 4 + 3 + 1 + 3  # each exactly once
-    for text in ("fh 0", "fh 1", "fh 2", "fh 3", "cx"):
-        assert by_text[text]["sourcetype"] == "aws:cloudwatchlogs"
-        assert by_text[text]["source"] == "/app/fh"
-    for i in range(3):  # processing-failed: through the transform
-        pf = by_text[f"pf {i}"]
-        assert "/app/pf" in str(pf.get("source"))
-        assert pf.get("sourcetype")
-    for i in range(3):  # ours, raw endpoint: the metadata stored with the records
-        raw = by_text[f"our raw {i}"]
-        assert (raw["source"], raw["sourcetype"], raw["index"], raw["host"]) == (
-            "my-source",
-            "my:raw",
-            "main",
-            "host-1",
-        )
-    assert "refailed" not in by_text
-    after = {o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET).get("Contents", [])}
-    assert after == before  # nothing backsplashed, nothing deleted
+    assert_backsplash_objects_redelivered(emulator, s3, before)
 
     logs = capsys.readouterr()
     output = logs.out + logs.err
