@@ -39,8 +39,15 @@ Bounding it in time: :meth:`Deliverer.set_deadline` (a clock time, kept until ch
 re-send, backoff sleep or ack wait starts or goes on (a backoff sleep wakes at the deadline);
 what is queued, being retried, in a partial batch or awaiting its ack is backsplashed
 (``Splunk.Deadline``), and so is whatever is submitted later. :meth:`Deliverer.abort` is the
-same at once and for good, with the caller's reason (``Splunk.Shutdown`` by default). A request
-already on the wire finishes either way: the thread is never interrupted mid-send.
+same at once and for good, with the caller's reason (``Splunk.Shutdown`` by default).
+
+Every request is bounded as a whole (:class:`~forwarder.hec_client.RequestGuard`): by
+``connect_timeout_s + read_timeout_s`` and by the time left to the deadline (a deadline set or a
+flush started while a request is on the wire tightens its bound). :meth:`Deliverer.abort` cancels
+the request on the wire (its socket is shut down, from whichever thread calls it). A request cut
+off this way may have reached HEC: its batch counts as a possible duplicate and is
+backsplashed. No wait for a request's answer is unbounded, so a HEC that never answers or drips
+its answer one byte a second cannot hold a flush, a close, a deadline or an abort.
 """
 
 from __future__ import annotations
@@ -50,8 +57,9 @@ import threading
 import time
 from array import array
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Final
 from weakref import WeakKeyDictionary
@@ -72,7 +80,13 @@ from forwarder.errors import (
     RejectedBatchError,
     RetryableError,
 )
-from forwarder.hec_client import DEFAULT_GZIP_LEVEL, HecClient, SendResult, gzip_body
+from forwarder.hec_client import (
+    DEFAULT_GZIP_LEVEL,
+    HecClient,
+    RequestGuard,
+    SendResult,
+    gzip_body,
+)
 from forwarder.hec_protocol import UNHEALTHY_CODES, Outcome
 from forwarder.ledger import Ledger
 from forwarder.retry import RetryBudget, budget_exhausted, build_retrying
@@ -85,6 +99,9 @@ _MIN_SLEEP_S: Final = 0.001
 #: The default sleep waits in slices this long, so that a deadline set or an abort requested
 #: from another thread (or a signal handler) ends a long backoff promptly.
 _NAP_SLICE_S: Final = 0.05
+#: A request's I/O thread ends this soon after its socket is shut down (its guard fired); if it
+#: has not by then (it cannot be woken), its answer is given up on and the thread left behind.
+_STUCK_GRACE_S: Final = 5.0
 
 #: One lock per ``requests.Session`` (not guaranteed thread-safe), held around every HEC call:
 #: a session shared by several deliverers serves one request at a time even when one of them
@@ -169,6 +186,7 @@ class _Flight:
     work: _Work
     route: _Route
     future: Future[SendResult]
+    guard: RequestGuard
 
 
 class _GiveUp(Exception):
@@ -274,6 +292,7 @@ class Deliverer:
         self._pipelined = pipelined
         self._executor: ThreadPoolExecutor | None = None  # the I/O thread, made on first use
         self._flight: _Flight | None = None  # the request on the wire, answer not yet handled
+        self._guard: RequestGuard | None = None  # the request in progress (any thread)
         self._log = log if log is not None else structlog.get_logger("forwarder.delivery")
         self.ledger = Ledger()
 
@@ -315,14 +334,16 @@ class Deliverer:
         From then on no attempt, re-send, backoff or ack wait starts or continues: what is
         queued, being retried, in a partial batch or awaiting its ack is backsplashed with
         ``Splunk.Deadline`` (at the deliverer's next step: a backoff sleep wakes at the
-        deadline), and so are events submitted later. A request already on the wire finishes.
-        The deadline stays until set again; :meth:`flush` with its own deadline uses the
-        earlier of the two. Safe to call from another thread or a signal handler.
+        deadline), and so are events submitted later. A request on the wire ends by the
+        deadline too (its bound is tightened). The deadline stays until set again;
+        :meth:`flush` with its own deadline uses the earlier of the two. Safe to call from
+        another thread or a signal handler.
 
         Args:
             deadline: a time on this deliverer's clock; None removes the deadline.
         """
         self._deadline = deadline
+        self._tighten_guard()
 
     def abort(
         self, reason_code: str = "Splunk.Shutdown", message: str = "delivery aborted"
@@ -331,14 +352,14 @@ class Deliverer:
 
         Queued batches, partial batches, batches being retried and batches awaiting their
         acks go to the backsplash with ``reason_code``; later :meth:`submit` calls store their
-        events there without sending. A request already on the wire finishes (its batch is
-        then backsplashed too unless HEC confirmed it on the spot). Delivery is not fatal:
-        :attr:`fatal` stays None.
+        events there without sending. Delivery is not fatal: :attr:`fatal` stays None.
 
         Safe from any thread and from a signal handler: this only records the abort and wakes
         the deliverer's sleep. The backsplash writes happen in the deliverer's thread, inside
         the call in progress (submit, service, flush), or else at the next call; call
-        :meth:`flush` or :meth:`close` to have them done now. A second call changes nothing.
+        :meth:`flush` or :meth:`close` to have them done now. A request on the wire is cancelled
+        (its socket shut down): its batch is backsplashed as a possible duplicate. A second
+        call changes nothing.
 
         Args:
             reason_code: the backsplash ``errorCode`` (``Splunk.Shutdown``, ``Splunk.Deadline``).
@@ -348,6 +369,9 @@ class Deliverer:
             return
         self._abort_reason = (reason_code, message)
         self._aborted.set()
+        guard = self._guard
+        if guard is not None:
+            guard.cancel()  # lock-free: shuts the request's socket down
 
     def submit(self, events: Sequence[EncodedEvent], raw_target: RawTarget | None = None) -> None:
         """Hand events over for delivery; full batches are sent before this returns.
@@ -450,6 +474,7 @@ class Deliverer:
         """
         self._check_open()
         self._flush_deadline = deadline
+        self._tighten_guard()
         try:
             self._queue.extend(_Work.of(batch) for batch in self._batcher.drain())
             delay = _FIRST_BLOCKED_POLL_S
@@ -496,6 +521,31 @@ class Deliverer:
                 self.ledger.log_summary(self._log, fatal=self._fatal is not None)
             if self._own_session:
                 self._session.close()
+
+    def release(self) -> None:
+        """Drop this deliverer without sending or storing anything more, and free its resources.
+
+        For a deliverer whose bookkeeping is in doubt (a backsplash write failed): a request
+        on the wire is cancelled, the I/O thread is stopped and an own session is closed. What
+        it still holds is not backsplashed: it stays counted in flight in the ledger (logged,
+        ``deliverer_released``) and the caller fails its work so that it comes again. Safe to
+        call more than once, and after :meth:`close`.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        self._aborted.set()
+        try:
+            self._stop_io()
+        finally:
+            if self._own_session:
+                self._session.close()
+            self._log.warning(
+                "deliverer_released",
+                in_flight=self.ledger.in_flight,
+                pending_acks=sum(len(route.acks) for route in self._routes),
+                queued=len(self._queue),
+            )
 
     def __enter__(self) -> Deliverer:
         return self
@@ -623,44 +673,142 @@ class Deliverer:
             work.count,
         )
 
-        lock = self._session_lock
+        guard = self._new_guard(route)
+        hold = self._hold_session
 
         def post() -> SendResult:
-            with lock:
+            with hold(guard):
                 return client.send(
                     wire,
                     endpoint=endpoint,
                     raw_target=raw_target,
                     event_count=count,
                     compressed=True,
+                    guard=guard,
                 )
 
         if self._executor is None:
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hec-send")
-        self._flight = _Flight(work, route, self._executor.submit(post))
+        self._flight = _Flight(work, route, self._executor.submit(post), guard)
 
     def _land(self) -> None:
         """Wait for the request on the wire, if any, and handle its answer (retries included)."""
         flight = self._flight
         if flight is None:
             return
-        error = flight.future.exception()  # waits for the answer (never mid-send)
+        landed = self._await(flight)
         self._flight = None
-        if error is not None and not isinstance(error, Exception):
-            raise error
-        # What ``send`` raised is dealt with as if raised here.
-        landed: SendResult | Exception = error if error is not None else flight.future.result()
+        self._end_guard(flight.guard)
         flight.work.budget.attempts -= 1  # the retry loop counts this attempt again
         self._run(flight.work, (flight.route, landed))
 
-    def _stop_io(self) -> None:
-        """Let a request still on the wire finish (its answer unhandled) and end the I/O thread."""
-        flight, self._flight = self._flight, None
-        if flight is not None:
-            flight.future.exception()  # waits; the events stay counted in flight
+    def _await(self, flight: _Flight) -> SendResult | Exception:
+        """The answer of the request on the wire, or what ended it; never waits unbounded.
+
+        Waits in slices: an abort cancels the request and a deadline set meanwhile tightens
+        its bound (the guard's watchdog then ends it). If its thread has not ended
+        ``_STUCK_GRACE_S`` after the bound, the answer is given up on (a retryable timeout)
+        and the I/O thread left behind; the next request gets a new one.
+        """
+        future, guard = flight.future, flight.guard
+        while True:
+            if self._aborted.is_set():
+                guard.cancel()
+            self._tighten_guard()
+            try:
+                error = future.exception(timeout=_NAP_SLICE_S)
+            except TimeoutError:
+                if time.monotonic() < guard.deadline + _STUCK_GRACE_S:
+                    continue
+                guard.cancel()
+                self._abandon_io()
+                self._log.error("hec_request_stuck", url=flight.route.url, events=flight.work.count)
+                return RetryableError(
+                    f"{flight.route.url}: the request did not end within its time bound",
+                    error_code="Splunk.ConnectionTimeout",
+                    url=flight.route.url,
+                    unhealthy=True,
+                    maybe_delivered=True,
+                )
+            if error is not None and not isinstance(error, Exception):
+                raise error
+            # What ``send`` raised is dealt with as if raised here.
+            return error if error is not None else future.result()
+
+    def _abandon_io(self) -> None:
+        """Leave a stuck I/O thread behind (it ends when its request does)."""
         if self._executor is not None:
-            self._executor.shutdown(wait=False)  # idle now: it ends on its own, nothing to join
+            self._executor.shutdown(wait=False)
             self._executor = None
+
+    def _stop_io(self) -> None:
+        """Cancel a request still on the wire (its answer unhandled) and end the I/O thread.
+
+        Bounded: the request's thread gets ``_STUCK_GRACE_S`` to end once its socket is shut
+        down; the events stay counted in flight.
+        """
+        flight, self._flight = self._flight, None
+        stuck = False
+        if flight is not None:
+            flight.guard.cancel()
+            try:
+                flight.future.exception(timeout=_STUCK_GRACE_S)
+            except TimeoutError:
+                stuck = True
+                self._log.error("hec_request_stuck", url=flight.route.url, events=flight.work.count)
+            self._end_guard(flight.guard)
+        if self._executor is not None:
+            # Idle now (or stuck): joining an idle worker takes no time; a stuck one is left.
+            self._executor.shutdown(wait=not stuck)
+            self._executor = None
+
+    # ------------------------------------------------------------------ request bounds
+
+    def _guard_deadline(self) -> float | None:
+        """The effective deadline as a ``time.monotonic()`` time (the guards' clock), or None."""
+        deadline = self._effective_deadline()
+        if deadline is None:
+            return None
+        return time.monotonic() + (deadline - self._clock())
+
+    def _new_guard(self, route: _Route) -> RequestGuard:
+        """The guard of the next request: the client's bound and the deadline; cancelled
+        at once when aborted (an abort between the cut-off check and the request)."""
+        guard = RequestGuard(self._guard_deadline())
+        guard.tighten(time.monotonic() + route.client.request_bound_s)
+        self._guard = guard
+        if self._aborted.is_set():
+            guard.cancel()
+        return guard
+
+    def _end_guard(self, guard: RequestGuard) -> None:
+        if self._guard is guard:
+            self._guard = None
+
+    def _tighten_guard(self) -> None:
+        """A deadline set (or a flush started) while a request is on the wire bounds it too.
+
+        Lock-free: :meth:`set_deadline` calls this from signal handlers.
+        """
+        guard = self._guard
+        if guard is not None:
+            deadline = self._guard_deadline()
+            if deadline is not None:
+                guard.tighten(deadline)
+
+    @contextmanager
+    def _hold_session(self, guard: RequestGuard) -> Iterator[None]:
+        """The session's lock, waited for no longer than the request's bound.
+
+        Raises:
+            RetryableError: the session stayed busy (a request left behind still holds it).
+        """
+        if not self._session_lock.acquire(timeout=guard.remaining()):
+            raise RetryableError("the HEC session stayed busy past the request's time bound")
+        try:
+            yield
+        finally:
+            self._session_lock.release()
 
     def _run(self, work: _Work, first: tuple[_Route, SendResult | Exception] | None) -> None:
         """The retry loop for one batch; ``first``: its first attempt's route and answer."""
@@ -710,17 +858,21 @@ class Deliverer:
     def _attempt(self, route: _Route, work: _Work) -> SendResult:
         self.ledger.add(requests=1)
         assert work.wire is not None
+        guard = self._new_guard(route)
         try:
-            with self._session_lock:
+            with self._hold_session(guard):
                 result = route.client.send(
                     work.wire,
                     endpoint=self._endpoint,
                     raw_target=work.raw_target,
                     event_count=work.count,
                     compressed=True,
+                    guard=guard,
                 )
         except RetryableError as exc:
             return self._finish(route, work, exc)
+        finally:
+            self._end_guard(guard)
         return self._finish(route, work, result)
 
     def _finish(self, route: _Route, work: _Work, landed: SendResult | Exception) -> SendResult:
@@ -802,13 +954,19 @@ class Deliverer:
                 bytes=result.wire_bytes,
                 ack_id=result.ack_id,
             )
-            if route.acks_on and result.ack_id is not None:
+            if result.ack_id is not None and self._acks_wanted:
+                if not route.acks_on:
+                    # HEC hands out ackIds again (the token's acks back on, or another indexer
+                    # behind a load balancer): this batch is delivered when its ack turns true.
+                    route.acks_on = True
+                    self._log.warning("hec_ack_restored", url=route.url)
                 work.park()
                 displaced = route.acks.add(result.ack_id, work, self._clock())
                 if displaced is not None:
                     self._ack_expired(displaced, route, "HEC reused its ackId")
             elif route.acks_on:
-                # Acks wanted, none given: the token has indexer acknowledgment off.
+                # HEC's own JSON success without an ackId (``classify`` only calls a 2xx ``ok``
+                # when its body is HEC's answer with code 0): the token has acks off.
                 self._acks_unavailable(route, f"{route.url} answered 200 without an ackId")
                 self._acknowledge(work, unconfirmed=True)
             else:
@@ -915,7 +1073,7 @@ class Deliverer:
             for step in range(count):
                 index = (self._next_route + step) % count
                 route = routes[index]
-                if route in candidates and not (route.acks_on and route.acks.full):
+                if route in candidates and not route.acks.full:
                     self._next_route = index + 1
                     return route
             # Backpressure: every usable channel is full. Poll acks until one has room.
@@ -924,7 +1082,7 @@ class Deliverer:
                 raise _GiveUp(cut[0], f"{cut[1]} (waiting for room for another request)")
             self._poll_routes(force=True)
             self._expire(self._clock())
-            if any(not (r.acks_on and r.acks.full) for r in candidates):
+            if any(not r.acks.full for r in candidates):
                 continue
             self._wait(delay)
             delay = min(delay * 2, self._settings.acks.poll_interval_s)
@@ -934,8 +1092,14 @@ class Deliverer:
             return True
         if now < route.unhealthy_until:
             return False
-        with self._session_lock:
-            healthy, code, reason = route.client.health()
+        guard = self._new_guard(route)
+        try:
+            with self._hold_session(guard):
+                healthy, code, reason = route.client.health(guard=guard)
+        except RetryableError as exc:
+            healthy, code, reason = False, None, exc.message
+        finally:
+            self._end_guard(guard)
         if healthy:
             route.unhealthy_until = None
             self._log.info("hec_url_recovered", url=route.url, code=code)
@@ -978,17 +1142,20 @@ class Deliverer:
 
     @staticmethod
     def _poll_due(route: _Route, force: bool, now: float) -> bool:
-        return bool(route.acks_on and len(route.acks) and (force or route.acks.poll_due(now)))
+        # Polled whether or not the URL's acks are on: a batch that got an ackId is delivered
+        # when its ack turns true (or HEC's ack endpoint itself says acks are off).
+        return bool(len(route.acks) and (force or route.acks.poll_due(now)))
 
     def _poll(self, route: _Route) -> None:
         ids = route.acks.ids()
         self.ledger.add(ack_polls=1)
+        guard = self._new_guard(route)
         try:
-            with self._session_lock:
-                answer = route.client.query_acks(ids)
+            with self._hold_session(guard):
+                answer = route.client.query_acks(ids, guard=guard)
         except AckUnavailableError as exc:
             route.acks.polled(self._clock())
-            self._acks_unavailable(route, exc.message)
+            self._acks_unavailable(route, exc.message, drain=True)
             return
         except FatalHecError as exc:
             route.acks.polled(self._clock())
@@ -998,6 +1165,8 @@ class Deliverer:
             route.acks.polled(self._clock())
             self._log.debug("ack_poll_failed", url=route.url, reason=exc.message)
             return
+        finally:
+            self._end_guard(guard)
         route.acks.polled(self._clock())
         for work in route.acks.confirm(answer):
             self._acknowledge(work)
@@ -1034,14 +1203,20 @@ class Deliverer:
                 work, "Splunk.AckTimeout", f"{message} after {work.budget.attempts} attempts"
             )
 
-    def _acks_unavailable(self, route: _Route, reason: str) -> None:
-        """The token has acks off: what this channel was waiting for is delivered on its 200."""
+    def _acks_unavailable(self, route: _Route, reason: str, *, drain: bool = False) -> None:
+        """The token has acks off: later 200s without an ackId are delivery on their own.
+
+        Batches that got an ackId stay pending and polled (a 200 without an ackId, or a code 14
+        on a data request, says nothing about them) unless ``drain``: HEC's ack endpoint itself
+        answered code 14, so their acks can never be asked for and their 200 is all there is.
+        """
         route.acks_on = False
         if not self._ack_unavailable_warned:
             self._ack_unavailable_warned = True
             self._log.warning("hec_ack_unavailable", url=route.url, reason=reason)
-        for work in route.acks.drain():
-            self._acknowledge(work, unconfirmed=True)
+        if drain:
+            for work in route.acks.drain():
+                self._acknowledge(work, unconfirmed=True)
 
     # ------------------------------------------------------------------ giving up
 
@@ -1064,7 +1239,7 @@ class Deliverer:
         message = f"delivery stopped: {exc.message}"
         self._land()  # (none in practice) its batch is stored below or by its own handling
         for route in self._routes:
-            if route.acks_on and len(route.acks):
+            if len(route.acks):
                 self._poll(route)  # last chance: what is already acknowledged is not re-stored
             for work in route.acks.drain():
                 self._store_work(work, exc.error_code, message)

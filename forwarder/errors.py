@@ -3,7 +3,8 @@
 ```
 DeliveryError
   ├─ RetryableError          connection error, timeout, 408/429/5xx: back off and retry
-  │    └─ AckTimeoutError    no ack within the timeout: the batch is re-sent (at least once)
+  │    ├─ AckTimeoutError    no ack within the timeout: the batch is re-sent (at least once)
+  │    └─ RequestCancelledError  the caller ended a request on the wire (abort, deadline)
   ├─ RejectedBatchError      HEC refused the data: backsplash it with the reason, no retry
   ├─ FatalHecError           token, channel or endpoint problem: stop sending, backsplash the rest
   ├─ AckUnavailableError     the token has indexer acknowledgment off (HEC code 14)
@@ -69,6 +70,16 @@ class AckTimeoutError(RetryableError):
     """An ackId stayed false past the ack timeout; the batch is re-sent."""
 
     default_error_code = "Splunk.AckTimeout"
+
+
+class RequestCancelledError(RetryableError):
+    """The caller cancelled a request on the wire (:meth:`RequestGuard.cancel`).
+
+    HEC may have taken the request before it was cut off, so it counts as maybe delivered; the
+    caller cancelled because it is giving up (abort, deadline), so nothing retries it.
+    """
+
+    default_error_code = "Splunk.Cancelled"
 
 
 class RejectedBatchError(DeliveryError):

@@ -44,6 +44,7 @@ HEC_TEXT: Final[Mapping[int, str]] = {
     20: "HEC is unhealthy, queues are full, ack service unavailable",
 }
 
+CODE_SUCCESS: Final = 0
 CODE_HEALTHY: Final = 17
 UNHEALTHY_CODES: Final = frozenset({18, 19, 20})
 #: Token missing, malformed, invalid or disabled: nothing this token sends can succeed.
@@ -250,7 +251,17 @@ def _classify(
 ) -> Outcome:
     code = answer.code
     if 200 <= status < 300:
-        return Outcome("ok", describe(status, answer), code)
+        if code == CODE_SUCCESS:
+            return Outcome("ok", describe(status, answer), code)
+        # Not HEC's own answer (a proxy's or load balancer's page, an empty or foreign body):
+        # nothing says HEC took the data, and nothing may be concluded about acks.
+        return Outcome(
+            "retry",
+            f"{describe(status, answer)} (not HEC's answer)",
+            code,
+            parse_retry_after(_header(headers, "Retry-After"), now=now),
+            error_code="Splunk.ServerError",
+        )
     reason = describe(status, answer)
     if status == 413:
         return Outcome("split", reason, code, error_code="Splunk.PayloadTooLarge")
@@ -303,8 +314,9 @@ def health_of(status: int, body: bytes | str) -> tuple[bool, int | None, str]:
         body: its body.
 
     Returns:
-        (healthy, HEC code, reason text). Healthy means HTTP 200 and code 17 (or no code).
+        (healthy, HEC code, reason text). Healthy means HTTP 200 and HEC's code 17: a 200
+        that is not HEC's JSON (a proxy's page) does not put a URL back in rotation.
     """
     answer = parse_response(body)
-    healthy = status == 200 and answer.code in (None, CODE_HEALTHY)
+    healthy = status == 200 and answer.code == CODE_HEALTHY
     return healthy, answer.code, describe(status, answer)

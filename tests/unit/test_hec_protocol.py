@@ -75,7 +75,8 @@ def test_classify_follows_the_hec_table(
         (400, "reject"),
         (418, "reject"),
         (413, "split"),
-        (204, "ok"),
+        (200, "retry"),
+        (204, "retry"),
     ],
 )
 def test_classify_http_status_without_a_hec_body(status: int, action: str) -> None:
@@ -84,6 +85,42 @@ def test_classify_http_status_without_a_hec_body(status: int, action: str) -> No
     assert outcome.action == action
     assert outcome.code is None
     assert outcome.reason.startswith(f"HEC {status}: ")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"<html><body>Down for maintenance</body></html>",
+        b"",
+        b"{}",
+        b"[]",
+        b'"Success"',
+        b'{"text": "Success"}',
+        b'{"text": "Success", "code": "0"}',
+        b'{"text": "Success", "code": 0.0}',
+        b'{"text": "Busy", "code": 9}',
+        b'{"ackId": 3}',
+    ],
+)
+@pytest.mark.parametrize("status", [200, 201, 204, 299])
+def test_a_2xx_that_is_not_hec_success_is_a_server_error(status: int, body: bytes) -> None:
+    """GIVEN a 2xx whose body is not HEC's JSON success (a proxy's page, code missing or not 0)
+    THEN it is a retryable server error, never ``ok`` (which would turn acks off or count
+    the batch delivered)."""
+    outcome = classify(status, body, {"Retry-After": "7"})
+    assert outcome.action == "retry"
+    assert outcome.error_code == "Splunk.ServerError"
+    assert outcome.retry_after == 7.0
+    assert "not HEC's answer" in outcome.reason
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b'{"text":"Success","code":0}', b'{"text":"Success","code":0,"ackId":12}', b'{"code":0}'],
+)
+def test_hec_json_success_is_ok(body: bytes) -> None:
+    """HEC's own success answer, with or without an ackId, is ``ok``."""
+    assert classify(200, body).action == "ok"
 
 
 def test_invalid_event_number_is_carried() -> None:
@@ -122,7 +159,7 @@ def test_text_bodies_and_str_bodies() -> None:
     assert classify(503, '{"text":"Server is busy","code":9}').code == 9
     assert classify(500, b"").reason == "HEC 500: Internal Server Error"
     assert classify(503, b'{"code":9}').reason == "HEC 503 code 9: Server is busy"
-    assert classify(200, b"[1,2]").action == "ok"
+    assert classify(200, b"[1,2]").action == "retry"  # a 200, but not HEC's answer
 
 
 def test_parse_response_fields() -> None:
@@ -149,3 +186,9 @@ def test_health() -> None:
     )
     healthy, code, _ = health_of(503, hec_body(18))
     assert (healthy, code) == (False, 18)
+
+
+@pytest.mark.parametrize("body", [b"<html>OK</html>", b"", b"{}", b'{"text":"Success","code":0}'])
+def test_health_needs_hecs_own_healthy_answer(body: bytes) -> None:
+    """A 200 that is not HEC's code 17 (a proxy's page) does not count as healthy."""
+    assert health_of(200, body)[0] is False
