@@ -9,6 +9,8 @@ Modes (``HostileHec(mode)``):
 - ``html_then_acks_lost``: the first data request gets the HTML page; later data requests get
   HEC's ``{"text":"Success","code":0,"ackId":N}`` and every ack query answers false (the
   batches were taken and never indexed).
+- ``noack_then_acks_lost``: the same, but the first data request gets HEC's own success without
+  an ackId (``{"text":"Success","code":0}``: the token has acks off).
 
 It counts requests by kind and stops cleanly: :meth:`close` ends every connection.
 """
@@ -23,7 +25,7 @@ from collections import Counter
 from types import TracebackType
 from typing import Literal
 
-Mode = Literal["blackhole", "drip", "html", "html_then_acks_lost"]
+Mode = Literal["blackhole", "drip", "html", "html_then_acks_lost", "noack_then_acks_lost"]
 
 _HTML = b"<html><body><h1>Down for maintenance</h1></body></html>"
 
@@ -93,9 +95,7 @@ class HostileHec:
                 self._threads.append(thread)
             thread.start()
 
-    def _read_request(
-        self, conn: socket.socket, buffer: bytearray
-    ) -> tuple[str, bytes] | None:
+    def _read_request(self, conn: socket.socket, buffer: bytearray) -> tuple[str, bytes] | None:
         """One request's path and body, or None at EOF or stop."""
         while b"\r\n\r\n" not in buffer:
             chunk = self._recv(conn)
@@ -160,6 +160,8 @@ class HostileHec:
             return None
         if self.mode == "html" or (self.mode == "html_then_acks_lost" and seen == 1):
             return _response("200 OK", _HTML, "text/html")
+        if self.mode == "noack_then_acks_lost" and kind == "data" and seen == 1:
+            return _response("200 OK", b'{"text":"Success","code":0}', "application/json")
         if kind == "ack":
             asked = json.loads(body).get("acks", [])
             acks = json.dumps({"acks": {str(ack_id): False for ack_id in asked}}).encode()
