@@ -190,9 +190,15 @@ class _Container:
 
     def forget_deliverers(self) -> None:
         """Drop every deliverer (their bookkeeping is in doubt); the next invocation builds
-        new ones."""
+        new ones. Each is released first: a request on the wire is cancelled, its I/O thread
+        stopped and its session closed, so a container that fails many invocations does not
+        pile up threads and sockets."""
+        dropped = [self.deliverer, *self.redeliverers.values()]
         self.deliverer = None
         self.redeliverers.clear()
+        for deliverer in dropped:
+            if deliverer is not None:
+                deliverer.release()
 
 
 _container: _Container | None = None
@@ -223,6 +229,8 @@ def configure(
             a Lambda fails its invocation instead, so AWS retries it).
     """
     global _container  # noqa: PLW0603 - one per Lambda container, by design
+    if _container is not None:
+        _container.forget_deliverers()  # rebuilt: the old deliverers are released, not leaked
     if settings is None:
         settings = load_settings(os.environ if environ is None else environ)
     if not settings.hec.token and settings.hec.token_secret_arn:
@@ -242,8 +250,10 @@ def configure(
 
 
 def reset() -> None:
-    """Forget the container's state (tests)."""
+    """Forget the container's state (tests); its deliverers are released."""
     global _container  # noqa: PLW0603
+    if _container is not None:
+        _container.forget_deliverers()
     _container = None
 
 
@@ -577,6 +587,8 @@ def _discard(container: _Container, deliverer: Deliverer, exc: Exception) -> Non
     except Exception as error:  # noqa: BLE001 - the original exception is the one to raise
         # The invocation fails anyway and AWS retries it: its events come again.
         _log.critical("push_discard_failed", reason=f"{type(error).__name__}: {error}")
+    finally:
+        deliverer.release()  # after close, a no-op; its I/O thread is stopped either way
 
 
 def _run(invocation: _Invocation, shape: Shape, event: dict[str, Any]) -> list[str]:
