@@ -879,7 +879,8 @@ class Deliverer:
         """Account for a request's answer (or failure); raise what the retry loop acts on."""
         if isinstance(landed, Exception):
             if isinstance(landed, RetryableError):
-                self._mark_unhealthy(route, landed.message)
+                if landed.unhealthy:  # not a request we cancelled, nor a busy session
+                    self._mark_unhealthy(route, landed.message)
                 if landed.maybe_delivered:
                     self.ledger.add(duplicates_possible=work.count)
             raise landed
