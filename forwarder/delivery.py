@@ -528,8 +528,8 @@ class Deliverer:
         For a deliverer whose bookkeeping is in doubt (a backsplash write failed): a request
         on the wire is cancelled, the I/O thread is stopped and an own session is closed. What
         it still holds is not backsplashed: it stays counted in flight in the ledger (logged,
-        ``deliverer_released``) and the caller fails its work so that it comes again. Safe to
-        call more than once, and after :meth:`close`.
+        ``deliverer_released``, when anything is) and the caller fails its work so that it
+        comes again. Safe to call more than once, and after :meth:`close`.
         """
         if self._closed:
             return
@@ -540,12 +540,14 @@ class Deliverer:
         finally:
             if self._own_session:
                 self._session.close()
-            self._log.warning(
-                "deliverer_released",
-                in_flight=self.ledger.in_flight,
-                pending_acks=sum(len(route.acks) for route in self._routes),
-                queued=len(self._queue),
-            )
+            pending = sum(len(route.acks) for route in self._routes)
+            if self.ledger.in_flight or pending or self._queue:
+                self._log.warning(
+                    "deliverer_released",
+                    in_flight=self.ledger.in_flight,
+                    pending_acks=pending,
+                    queued=len(self._queue),
+                )
 
     def __enter__(self) -> Deliverer:
         return self
