@@ -16,9 +16,10 @@ from forwarder.errors import (
     AckUnavailableError,
     DeliveryError,
     FatalHecError,
+    RequestCancelledError,
     RetryableError,
 )
-from forwarder.hec_client import HecClient
+from forwarder.hec_client import HecClient, RequestGuard
 from tests.conftest import TEST_TOKEN
 from transforms.records import RawTarget
 
@@ -105,6 +106,33 @@ def test_connection_errors_and_timeouts_are_retryable(session: requests.Session)
     with pytest.raises(RetryableError) as connect:
         hec.send(b"{}", endpoint="event")
     assert not connect.value.maybe_delivered
+
+
+@responses.activate
+def test_a_stopped_guard_makes_no_request(session: requests.Session) -> None:
+    """A request whose guard is cancelled (abort) or past its deadline is not made at all."""
+    responses.post(f"{URL}/services/collector/event", json={"text": "Success", "code": 0})
+    hec = client(session)
+    cancelled = RequestGuard()
+    cancelled.cancel()
+    with pytest.raises(RequestCancelledError) as caught:
+        hec.send(b"{}", endpoint="event", guard=cancelled)
+    assert caught.value.maybe_delivered  # in general it may have been on the wire
+    with pytest.raises(RetryableError) as late:
+        hec.send(b"{}", endpoint="event", guard=RequestGuard(deadline=0.0))
+    assert late.value.error_code == "Splunk.ConnectionTimeout"
+    healthy, code, reason = hec.health(guard=cancelled)
+    assert (healthy, code) == (False, None) and "cancelled" in reason
+    assert len(responses.calls) == 0
+
+
+def test_guard_deadline_only_moves_earlier() -> None:
+    guard = RequestGuard(deadline=100.0)
+    guard.tighten(200.0)
+    assert guard.deadline == 100.0
+    guard.tighten(50.0)
+    assert guard.deadline == 50.0
+    assert RequestGuard().deadline == float("inf")
 
 
 def test_empty_body_is_never_sent(session: requests.Session) -> None:
