@@ -110,13 +110,20 @@ def fixture_resolver(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]
     """``socket.getaddrinfo`` with fake names: ``*.stuck.test`` hangs (up to a minute),
     other ``*.test`` names are 127.0.0.1; the rest resolve as usual."""
     real = socket.getaddrinfo
-    state: dict[str, Any] = {"release": threading.Event(), "hung": threading.Event()}
+    state: dict[str, Any] = {
+        "release": threading.Event(),
+        "hung": threading.Event(),
+        "returned": threading.Event(),
+    }
 
     def getaddrinfo(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
         if isinstance(host, str) and host.endswith(".stuck.test"):
             state["hung"].set()
-            state["release"].wait(60)
-            raise socket.gaierror(socket.EAI_AGAIN, "temporary failure in name resolution")
+            try:
+                state["release"].wait(60)
+                raise socket.gaierror(socket.EAI_AGAIN, "temporary failure in name resolution")
+            finally:
+                state["returned"].set()
         if isinstance(host, str) and host.endswith(".test"):
             return real("127.0.0.1", port, *args, **kwargs)
         return real(host, port, *args, **kwargs)
@@ -136,7 +143,7 @@ def test_name_resolution_is_bounded(resolver: dict[str, Any]) -> None:
         with pytest.raises(RetryableError) as caught:
             client.send(b'{"event":"x"}', endpoint="event")
     assert resolver["hung"].is_set()
-    assert not resolver["release"].is_set()  # returned while getaddrinfo still hung
+    assert not resolver["returned"].is_set()  # the send ended while getaddrinfo still hung
     assert caught.value.error_code == "Splunk.ConnectionTimeout"
 
 
