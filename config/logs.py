@@ -25,10 +25,10 @@ Delivery (``forwarder``):
     hec_rejected                    HEC refused data (code, text); it goes to the backsplash
     hec_fatal                       token or channel problem; delivery stops
     hec_url_unhealthy               a URL left the rotation; hec_url_recovered when it returns
+    hec_url_recovered
     hec_ack_restored                HEC hands out ackIds again on a URL whose acks were off
     hec_request_stuck               a request's thread did not end after its bound (left behind)
     deliverer_released              a dropped deliverer still held events (counted in flight)
-    hec_url_recovered
     backsplash_written              events stored in S3 (key, events, reason)
     backsplash_failed               S3 refused the write after retries (spooled=True when a
                                     local spool took the events instead)
