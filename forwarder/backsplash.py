@@ -131,8 +131,13 @@ def decode_records(data: bytes) -> Iterator[dict[str, Any]]:
 
     Records may be separated by newlines or simply concatenated, as Firehose writes them.
 
+    Reads whole objects this process wrote (the spool) or tests; S3 objects named by
+    notifications and replay go through the streaming reader
+    (:func:`forwarder.replay.iter_records`), where a bad line is that line's problem.
+
     Raises:
-        ValueError: the bytes are not gzip/JSON records.
+        ValueError: the bytes are not gzip/JSON records (invalid UTF-8, too deep, numbers
+            Python refuses included).
         TypeError: a record is JSON but not an object.
     """
     if data[:2] == _GZIP_MAGIC:
@@ -148,7 +153,10 @@ def decode_records(data: bytes) -> Iterator[dict[str, Any]]:
             pos += 1
         if pos >= end:
             return
-        record, pos = _DECODER.raw_decode(text, pos)
+        try:
+            record, pos = _DECODER.raw_decode(text, pos)
+        except RecursionError:
+            raise ValueError("a backsplash record is JSON nested too deeply to decode") from None
         if not isinstance(record, dict):
             raise TypeError("a backsplash record is not a JSON object")
         yield record

@@ -91,6 +91,8 @@ from forwarder.errors import BacksplashError
 from forwarder.ledger import Ledger
 from forwarder.sources import (
     FILE_POLL_MAX_CHARS,
+    LINE_TOO_LONG,
+    LongLine,
     S3Object,
     line_chunks,
     parse_s3_notification,
@@ -138,14 +140,25 @@ class LedgerUnbalancedError(RuntimeError):
     the invocation fails so that AWS retries it rather than losing them."""
 
 
-def _object_chunks(s3: Any, obj: S3Object) -> Iterator[tuple[list[str], tuple[str, ...] | None]]:
+def _object_chunks(
+    s3: Any, obj: S3Object, on_long_line: Callable[[LongLine], None] | None = None
+) -> Iterator[tuple[list[str], tuple[str, ...] | None]]:
     """An object's lines in chunks of at most ``CHUNK_LINES`` lines and ``MAX_CHUNK_CHARS``."""
-    return _body_chunks(s3.get_object(Bucket=obj.bucket, Key=obj.key)["Body"])
+    return _body_chunks(s3.get_object(Bucket=obj.bucket, Key=obj.key)["Body"], on_long_line)
 
 
-def _body_chunks(body: Any) -> Iterator[tuple[list[str], tuple[str, ...] | None]]:
+def _body_chunks(
+    body: Any, on_long_line: Callable[[LongLine], None] | None = None
+) -> Iterator[tuple[list[str], tuple[str, ...] | None]]:
+    """A body's lines in chunks, read as a stream (memory bounded whatever the object: a line
+    longer than ``MAX_LINE_BYTES`` is skipped and told to ``on_long_line``)."""
     try:
-        yield from line_chunks(text_lines(body), CHUNK_LINES, MAX_CHUNK_CHARS)
+        if on_long_line is None:
+            yield from line_chunks(text_lines(body), CHUNK_LINES, MAX_CHUNK_CHARS)
+        else:
+            yield from line_chunks(
+                text_lines(body), CHUNK_LINES, MAX_CHUNK_CHARS, on_long_line=on_long_line
+            )
     finally:
         body.close()
 
@@ -400,12 +413,26 @@ class _Invocation:
             finally:
                 peeked.close()
             return
-        self.text_object(obj, _body_chunks(peeked))
+        ledger = self.deliverer.ledger
+
+        def long_line(item: LongLine) -> None:
+            ledger.drop(LINE_TOO_LONG)
+            _log.warning(
+                "line_dropped",
+                reason=LINE_TOO_LONG,
+                bucket=obj.bucket,
+                key=obj.key,
+                line=item.line,
+                bytes=item.size,
+            )
+
+        self.text_object(obj, _body_chunks(peeked, long_line))
 
     def text_object(
         self, obj: S3Object, chunks: Iterator[tuple[list[str], tuple[str, ...] | None]]
     ) -> None:
-        """Deliver a text object's lines (flow logs), chunk by chunk.
+        """Deliver a text object's lines (flow logs), chunk by chunk. A line too long to read
+        was counted dropped (``line_too_long``) while the chunks streamed.
 
         Raises:
             ObjectReadError: the object cannot be read or decoded.
