@@ -360,8 +360,9 @@ class NullBacksplash:
 class LocalSpool(_ObjectWriter):
     """A directory holding backsplash objects under the same keys and bytes as S3 would.
 
-    Files are written to a temporary name, fsynced and renamed, so a crash never leaves a
-    half-written object behind.
+    Files are written to a temporary name, fsynced and renamed, and the directory fsynced,
+    so a crash never leaves a half-written object behind and a power loss never loses one
+    already reported stored.
 
     Args:
         directory: the spool directory (created if missing).
@@ -391,14 +392,16 @@ class LocalSpool(_ObjectWriter):
         return path
 
     def put_object(self, key: str, data: bytes) -> None:
-        """Store bytes under a key, durably.
+        """Store bytes under a key, durably: the file is fsynced before its rename, and the
+        directory after it (and each directory created for it, in its parent), so the object
+        survives a power loss once this returns.
 
         Raises:
             BacksplashError: the file system refused.
         """
         try:
             path = self._path(key)
-            path.parent.mkdir(parents=True, exist_ok=True)
+            self._make_dirs(path.parent)
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
             try:
                 with os.fdopen(fd, "wb") as handle:
@@ -409,8 +412,23 @@ class LocalSpool(_ObjectWriter):
             except BaseException:
                 Path(tmp).unlink(missing_ok=True)
                 raise
+            _fsync_directory(path.parent)  # the rename itself
         except OSError as exc:
             raise BacksplashError(f"spool write to {self.directory} failed: {exc}") from None
+
+    @staticmethod
+    def _make_dirs(directory: Path) -> None:
+        """Create ``directory`` and missing parents, each new entry made durable."""
+        missing: list[Path] = []
+        current = directory
+        while not current.is_dir():
+            missing.append(current)
+            if current.parent == current:
+                break
+            current = current.parent
+        for new in reversed(missing):
+            new.mkdir(exist_ok=True)
+            _fsync_directory(new.parent)
 
     def list_keys(self) -> list[str]:
         """Every spooled key, oldest first."""
@@ -433,6 +451,16 @@ class LocalSpool(_ObjectWriter):
     def remove(self, key: str) -> None:
         """Delete a spooled object (after it reached S3)."""
         self._path(key).unlink(missing_ok=True)
+
+
+def _fsync_directory(directory: Path) -> None:
+    """fsync a directory, so the entries created or renamed in it are durable (POSIX)."""
+    flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)
+    fd = os.open(directory, flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class FallbackBacksplash:
