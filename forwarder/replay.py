@@ -32,7 +32,11 @@ after arrival) are not read at all. ``error_codes`` are exact codes or globs
 
 An object is *done* when every record in it was handled; only done objects are archived
 (copied under ``<root>replayed/``, then deleted) or deleted when asked. Objects with corrupt
-lines, records not selected or records past ``max_attempts`` are never removed.
+lines, records not selected or records past ``max_attempts`` are never removed. Removal takes
+exactly the object that was read: in a versioned bucket its ``VersionId``, otherwise its ETag
+(a HEAD just before, then ``If-Match`` on the copy and the delete). An object rewritten under
+the same key since it was read is left in place for the next run, counted
+(``objects_changed``) and logged (``replay_object_kept``).
 
 Concurrency: ``concurrency`` objects at once, one thread each with its own deliverers and state
 connection; ``rate_limit`` (events/s) is shared by all.
@@ -228,6 +232,7 @@ class ReplayReport:
     objects_archived: int = 0
     objects_deleted: int = 0
     objects_kept: int = 0
+    objects_changed: int = 0
     bytes_listed: int = 0
     bytes_read: int = 0
     records_read: int = 0
@@ -1344,8 +1349,11 @@ def _replay_object(worker: _Worker, obj: _Object) -> None:
     chunk = _Chunk()
     counter: _ByteCounter | None = None
     source = f"s3://{shared.bucket}/{obj.key}"
+    version_id: str | None = None
     try:
         response = shared.s3.get_object(Bucket=shared.bucket, Key=obj.key, IfMatch=obj.etag)
+        version = response.get("VersionId")
+        version_id = version if version and version != "null" else None
         counter = _ByteCounter(response["Body"].iter_chunks(READ_CHUNK_BYTES))
         for item in iter_records(counter):
             if isinstance(item, BadLine):
@@ -1426,7 +1434,7 @@ def _replay_object(worker: _Worker, obj: _Object) -> None:
         return
     if complete:
         worker.state.finish_object(object_id)
-        _dispose(worker, obj, object_id)
+        _dispose(worker, obj, object_id, version_id)
     elif options.after_success != "keep":
         with shared.lock:
             report.objects_kept += 1
@@ -1581,8 +1589,63 @@ def _commit(worker: _Worker, object_id: int | None, chunk: _Chunk, *, submit: bo
     worker.writer.next_chunk()
 
 
-def _dispose(worker: _Worker, obj: _Object, object_id: int) -> None:
-    """Archive or delete a done object, as asked."""
+class _ChangedError(Exception):
+    """The object under the key is no longer the one replayed (rewritten since it was read)."""
+
+
+_PRECONDITION_FAILED: Final = frozenset({"PreconditionFailed", "412"})
+
+
+def _error_code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def _verify_unchanged(s3: S3Client, bucket: str, obj: _Object, version_id: str | None) -> None:
+    """Before removing an unversioned object: a HEAD must still show the ETag read.
+
+    Raises:
+        _ChangedError: the key holds another object now, or none.
+        ClientError, BotoCoreError: S3 refused.
+    """
+    if version_id is not None:
+        return  # the removal names the version read: nothing newer can be touched
+    try:
+        current = s3.head_object(Bucket=bucket, Key=obj.key)["ETag"].strip('"')
+    except ClientError as exc:
+        if _error_code(exc) in ("404", "NoSuchKey", "NotFound"):
+            raise _ChangedError("deleted since it was read") from None
+        raise
+    if current != obj.etag:
+        raise _ChangedError("rewritten since it was read (ETag differs)")
+
+
+def _remove(s3: S3Client, bucket: str, obj: _Object, version_id: str | None) -> None:
+    """Delete exactly the object that was replayed, never a newer one under the same key:
+    in a versioned bucket that version (``VersionId`` from the read), otherwise only while
+    its ETag matches (``If-Match``; after :func:`_verify_unchanged`, for S3 implementations
+    without conditional deletes).
+
+    Raises:
+        _ChangedError: S3 refused the condition (rewritten since it was read).
+        ClientError, BotoCoreError: S3 refused.
+    """
+    if version_id is not None:
+        s3.delete_object(Bucket=bucket, Key=obj.key, VersionId=version_id)
+        return
+    try:
+        s3.delete_object(Bucket=bucket, Key=obj.key, IfMatch=f'"{obj.etag}"')
+    except ClientError as exc:
+        if _error_code(exc) in _PRECONDITION_FAILED:
+            raise _ChangedError("rewritten since it was read (If-Match failed)") from None
+        if _error_code(exc) != "NotImplemented":
+            raise
+        s3.delete_object(Bucket=bucket, Key=obj.key)  # no conditional delete: the HEAD said
+
+
+def _dispose(worker: _Worker, obj: _Object, object_id: int, version_id: str | None) -> None:
+    """Archive or delete a done object, as asked: only the object that was replayed (by its
+    version, else its ETag); one rewritten since it was read is left in place, counted
+    (``objects_changed``) and logged (``replay_object_kept``)."""
     shared = worker.shared
     after = shared.options.after_success
     if after == "keep":
@@ -1591,24 +1654,44 @@ def _dispose(worker: _Worker, obj: _Object, object_id: int) -> None:
     _, root = key_kind(obj.key)
     root = root if key_kind(obj.key)[0] is not None else shared.root
     try:
+        _verify_unchanged(shared.s3, shared.bucket, obj, version_id)
         if after == "archive":
             target = archive_key(obj.key, root)
-            shared.s3.copy_object(
-                Bucket=shared.bucket,
-                Key=target,
-                CopySource={"Bucket": shared.bucket, "Key": obj.key},
-            )
-            shared.s3.delete_object(Bucket=shared.bucket, Key=obj.key)
+            source: dict[str, str] = {"Bucket": shared.bucket, "Key": obj.key}
+            if version_id is not None:
+                source["VersionId"] = version_id
+            try:
+                shared.s3.copy_object(
+                    Bucket=shared.bucket,
+                    Key=target,
+                    CopySource=source,  # type: ignore[arg-type]
+                    CopySourceIfMatch=f'"{obj.etag}"',
+                )
+            except ClientError as exc:
+                if _error_code(exc) in _PRECONDITION_FAILED:
+                    raise _ChangedError(
+                        "rewritten since it was read (copy If-Match failed)"
+                    ) from None
+                raise
+            _remove(shared.s3, shared.bucket, obj, version_id)
             worker.state.set_disposition(object_id, "archived")
             with shared.lock:
                 shared.report.objects_archived += 1
             _log.info("replay_object_archived", key=obj.key, to=target)
         else:
-            shared.s3.delete_object(Bucket=shared.bucket, Key=obj.key)
+            _remove(shared.s3, shared.bucket, obj, version_id)
             worker.state.set_disposition(object_id, "deleted")
             with shared.lock:
                 shared.report.objects_deleted += 1
-            _log.info("replay_object_deleted", key=obj.key)
+            _log.info("replay_object_deleted", key=obj.key, version_id=version_id)
+    except _ChangedError as exc:
+        worker.state.set_disposition(object_id, "kept")
+        with shared.lock:
+            shared.report.objects_changed += 1
+            shared.report.objects_kept += 1
+        _log.warning(
+            "replay_object_kept", key=obj.key, after_success=after, reason=str(exc), etag=obj.etag
+        )
     except (BotoCoreError, ClientError) as exc:
         with shared.lock:
             shared.report.dispose_failures += 1
@@ -1773,7 +1856,8 @@ def format_summary(report: ReplayReport) -> str:
         f"  objects  listed {report.objects_listed}  selected {report.objects_selected}  "
         f"done {report.objects_done}  partial {report.objects_partial}  "
         f"already done {report.objects_already_done}  failed {report.objects_failed}  "
-        f"archived {report.objects_archived}  deleted {report.objects_deleted}",
+        f"archived {report.objects_archived}  deleted {report.objects_deleted}"
+        + (f"  changed (kept) {report.objects_changed}" if report.objects_changed else ""),
         "",
         f"  {'kind / error code':<32}{'records':>10}{'events':>12}{'bytes':>14}",
     ]
