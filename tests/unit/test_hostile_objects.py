@@ -27,6 +27,7 @@ from config.loader import ConfigError
 from forwarder.backsplash import decode_records
 from forwarder.backsplash_objects import CorruptLine, decode_object, sniff
 from forwarder.firehose_http import RequestRejectedError, decode_body
+from forwarder.forward import read_units
 from forwarder.hec_protocol import parse_acks, parse_response
 from forwarder.replay import (
     MAX_RECORD_CHARS,
@@ -46,6 +47,7 @@ from forwarder.sources import (
     parse_s3_notification,
     text_lines,
 )
+from tests.conftest import make_settings
 from transforms.options import TransformOptions
 
 DEEP = "[" * 100_000 + "]" * 100_000
@@ -168,6 +170,9 @@ def test_other_untrusted_json_readers_survive_deep_nesting() -> None:
         decode_body(DEEP.encode(), gzipped=False, max_bytes=1 << 20)
     with pytest.raises(ConfigError):
         token_from_secret_string("arn:secret", '{"a":' * 100_000)
+    deep_document = ('{"a":' * 100_000 + "1" + "}" * 100_000).encode()
+    units = list(read_units(io.BytesIO(deep_document), make_settings()))  # one text event
+    assert sum(len(getattr(unit, "events", ())) for unit in units) == 1
 
 
 # --------------------------------------------------------------------- lines, bounded
