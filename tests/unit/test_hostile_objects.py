@@ -358,3 +358,55 @@ def test_a_400_mb_line_costs_bounded_memory(
     result = json.loads(answer.stdout)
     assert (result["good"], result["long"]) == (2, 1)
     assert result["peak"] < PEAK_LIMIT_BYTES, result
+
+
+# --------------------------------------------------------------------- properties
+
+_GOOD = good("g")
+#: Whole lines, each good or failing within itself.
+_LINES = st.sampled_from(
+    [_GOOD, DEEP[:3000], '{"a":' * 1500, "9" * 4400, "NaN", "\udcff", "{", '"', ""]
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    lines=st.lists(_LINES, max_size=12),
+    size=st.integers(min_value=64, max_value=4096),
+    compress=st.booleans(),
+)
+def test_every_good_line_comes_out_whatever_surrounds_it(
+    lines: list[str], size: int, compress: bool
+) -> None:
+    """Good records, deep nesting, long numbers, NaN, invalid UTF-8 and stray punctuation,
+    one per line, in any chunking: every good line is decoded, every other non-empty line is
+    exactly one corrupt line, and nothing raises."""
+    data = "\n".join(lines).encode("utf-8", "surrogateescape")
+    stored = gzip.compress(data) if compress else data
+    items = list(decode_object(iter(chunked(stored, size)), SPLUNK_FAILED, TransformOptions()))
+    decoded = [item[0] for item in items if isinstance(item, tuple)]
+    corrupt = [item.line for item in items if isinstance(item, CorruptLine)]
+    numbered = list(enumerate(lines, start=1))
+    assert decoded == [n for n, line in numbered if line == _GOOD]
+    assert corrupt == [n for n, line in numbered if line not in (_GOOD, "")]
+
+
+@settings(max_examples=100, deadline=None)
+@given(text=st.text(max_size=300), size=st.integers(min_value=1, max_value=64))
+def test_backsplash_decoding_never_raises(text: str, size: int) -> None:
+    """Arbitrary text around a good record: records and corrupt lines, never an exception."""
+    data = f"{text}\n{_GOOD}\n{text}".encode("utf-8", "surrogateescape")
+    items = list(decode_object(iter(chunked(data, size)), SPLUNK_FAILED, TransformOptions()))
+    assert all(isinstance(item, tuple | CorruptLine) for item in items)
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.binary(max_size=3000), size=st.integers(min_value=1, max_value=512))
+def test_text_lines_raise_only_value_error(data: bytes, size: int) -> None:
+    """Arbitrary bytes (gzip-looking or not): lines, or ValueError (broken gzip)."""
+    for stored in (data, b"\x1f\x8b" + data):
+        try:
+            items = list(text_lines(io.BytesIO(stored), max_line_bytes=size))
+        except ValueError:
+            continue
+        assert all(isinstance(item, str | LongLine) for item in items)
