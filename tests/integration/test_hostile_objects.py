@@ -1,12 +1,15 @@
 """Hostile S3 objects end to end (moto server, the HEC emulator): a 100,000-deep JSON line in
 a backsplash object and a 400 MB line in a ~0.4 MB flow-log gzip are one line's problem each,
 counted, with every good line before and after them delivered, by the push Lambda (SQS of
-S3), the daemon's sqs-s3 source and ``forwarder replay``."""
+S3), the daemon's sqs-s3 source and ``forwarder replay``; and each of their readers keeps
+its peak memory bounded on the 400 MB line, measured in a subprocess."""
 
 from __future__ import annotations
 
 import gzip
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +36,7 @@ from tests.integration.test_push import (
 from tests.integration.test_replay import SOURCE, event_ids, hour_key, put_object
 from tests.integration.test_replay import firehose_record as replay_record
 from tests.integration.test_replay import hec_event as replay_event
-from tests.unit.test_hostile_objects import DEEP, LONG_LINE_BYTES, bomb
+from tests.unit.test_hostile_objects import DEEP, LONG_LINE_BYTES, bomb, good
 
 pytestmark = pytest.mark.integration
 
@@ -157,3 +160,102 @@ def test_replay_delivers_around_a_deep_line_and_a_400_mb_record(
     again = replay(replay_settings, SOURCE, options, s3_client=s3)
     assert again.error is None
     assert sorted(event_ids(emulator)) == ["d0", "d1", "l0", "l1"]
+
+
+# --------------------------------------------------------------------- memory, measured
+
+PEAK_LIMIT_BYTES = 150 * 1024 * 1024
+
+_MEASURE = r"""
+import json, sys, tracemalloc
+from forwarder import push, sources
+from forwarder.backsplash_objects import decode_object
+from forwarder.replay import iter_records, RawRecord, BadLine
+from transforms.options import TransformOptions
+
+path, which = sys.argv[1], sys.argv[2]
+
+
+class Body:
+    def __init__(self):
+        self._file = open(path, "rb")
+
+    def read(self, size=-1):
+        return self._file.read(size)
+
+    def close(self):
+        self._file.close()
+
+
+class S3:
+    def get_object(self, Bucket, Key):
+        return {"Body": Body()}
+
+
+tracemalloc.start()
+good, long = [], []
+if which == "push":
+    for lines, _ in push._body_chunks(Body(), long.append):
+        good.extend(lines)
+elif which == "sqs-s3":
+    obj = sources.S3Object("bucket", "flow.log.gz")
+    for lines, _ in sources.object_chunks(S3(), obj, 100, on_long_line=long.append):
+        good.extend(lines)
+elif which == "replay":
+    for item in iter_records(sources._read_chunks(Body(), 1 << 20)):
+        (good if isinstance(item, RawRecord) else long).append(item.line)
+else:
+    chunks = iter(sources._read_chunks(Body(), 1 << 20))
+    for item in decode_object(chunks, "splunk-failed", TransformOptions()):
+        (long if hasattr(item, "reason") else good).append(1)
+_, peak = tracemalloc.get_traced_memory()
+print(json.dumps({"peak": peak, "good": len(good), "long": len(long)}))
+"""
+
+
+@pytest.fixture(name="bomb_files", scope="module")
+def fixture_bomb_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A flow-log object and a backsplash object, each ~0.4 MB of gzip holding one 400 MB
+    line between good ones."""
+    folder = tmp_path_factory.mktemp("bombs")
+    flow = folder / "flow.log.gz"
+    line = "2 123456789012 eni-1 10.0.0.1 10.0.0.2 443 49152 6 1 40 1764000000 1764000060 ACCEPT OK"
+    flow.write_bytes(
+        bomb(LONG_LINE_BYTES, prefix=f"{line}\n".encode(), suffix=f"\n{line}\n".encode())
+    )
+    records = folder / "records.gz"
+    records.write_bytes(
+        bomb(
+            LONG_LINE_BYTES,
+            prefix=f'{good("before")}\n{{"rawData": "'.encode(),
+            suffix=f'"}}\n{good("after")}\n'.encode(),
+        )
+    )
+    return {"text": flow, "records": records}
+
+
+@pytest.mark.parametrize(
+    ("which", "kind"),
+    [("push", "text"), ("sqs-s3", "text"), ("replay", "records"), ("backsplash", "records")],
+)
+def test_a_400_mb_line_costs_bounded_memory(
+    bomb_files: dict[str, Path], which: str, kind: str
+) -> None:
+    """GIVEN ~0.4 MB of gzip holding one 400 MB line between two good lines
+    WHEN read by the push Lambda's, the daemon's sqs-s3, replay's or the backsplash reader
+    THEN the peak of Python allocations stays under 150 MB, both good lines come out and the
+    long line is reported once."""
+    path = bomb_files[kind]
+    assert path.stat().st_size < 1024 * 1024
+    answer = subprocess.run(
+        [sys.executable, "-c", _MEASURE, str(path), which],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert answer.returncode == 0, answer.stderr[-2000:]
+    result = json.loads(answer.stdout)
+    assert (result["good"], result["long"]) == (2, 1)
+    assert result["peak"] < PEAK_LIMIT_BYTES, result
