@@ -153,12 +153,9 @@ def _body_chunks(
     """A body's lines in chunks, read as a stream (memory bounded whatever the object: a line
     longer than ``MAX_LINE_BYTES`` is skipped and told to ``on_long_line``)."""
     try:
-        if on_long_line is None:
-            yield from line_chunks(text_lines(body), CHUNK_LINES, MAX_CHUNK_CHARS)
-        else:
-            yield from line_chunks(
-                text_lines(body), CHUNK_LINES, MAX_CHUNK_CHARS, on_long_line=on_long_line
-            )
+        yield from line_chunks(
+            text_lines(body), CHUNK_LINES, MAX_CHUNK_CHARS, on_long_line=on_long_line
+        )
     finally:
         body.close()
 

@@ -310,7 +310,7 @@ def line_chunks(
     chunk_lines: int,
     max_chars: int | None = None,
     *,
-    on_long_line: Callable[[LongLine], None] = _dropped_long_line,
+    on_long_line: Callable[[LongLine], None] | None = None,
 ) -> Iterator[tuple[list[str], tuple[str, ...] | None]]:
     """Cut lines into chunks; a flow-log header (first non-blank line) is removed and returned
     with every chunk as the fields of the whole object.
@@ -334,7 +334,7 @@ def line_chunks(
     for line in lines:
         if isinstance(line, LongLine):
             first = False  # a header is short: an over-long first line is data
-            on_long_line(line)
+            (on_long_line or _dropped_long_line)(line)
             continue
         stripped = line.rstrip("\r\n")
         if not stripped.strip():
@@ -478,7 +478,7 @@ def object_chunks(
     chunk_lines: int,
     opened: OpenedObject | None = None,
     *,
-    on_long_line: Callable[[LongLine], None] = _dropped_long_line,
+    on_long_line: Callable[[LongLine], None] | None = None,
 ) -> Iterator[tuple[list[str], tuple[str, ...] | None]]:
     """Stream a text object's lines in chunks (see :func:`line_chunks`) of at most
     ``chunk_lines`` lines and :data:`FILE_POLL_MAX_CHARS` characters.
