@@ -107,21 +107,30 @@ def test_an_object_rewritten_after_its_read_is_not_removed(
     )
 
 
-def test_versioned_bucket_deletes_only_the_version_replayed(
-    emulator: HecEmulator, s3: Any, tmp_path: Path
+@pytest.mark.parametrize("after", ["delete", "archive"])
+def test_versioned_bucket_removes_only_the_version_replayed(
+    emulator: HecEmulator, s3: Any, tmp_path: Path, after: AfterSuccess
 ) -> None:
     """GIVEN a versioned bucket and an object rewritten while it is replayed
-    WHEN replay --delete finishes it THEN exactly the version read is deleted, the new
-    version stays the object under the key, and no delete marker hides it."""
+    WHEN replay --delete/--archive finishes it THEN exactly the version read is removed (and,
+    archiving, is what lands under replayed/), the new version stays the object under the
+    key, and no delete marker hides it."""
     bucket_versioning = {"Status": "Enabled"}
     s3.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration=bucket_versioning)
     put_object(s3, KEY, [firehose_record(hec_event("old"), 0)])
     (first,) = s3.list_object_versions(Bucket=BUCKET, Prefix=KEY)["Versions"]
+    old_body = s3.get_object(Bucket=BUCKET, Key=KEY)["Body"].read()
 
-    report = run(emulator, s3, tmp_path / "state.sqlite", "delete", RewritingFactory(s3))
+    report = run(emulator, s3, tmp_path / "state.sqlite", after, RewritingFactory(s3))
 
     assert event_ids(emulator) == ["old"]
-    assert (report.objects_deleted, report.objects_changed) == (1, 0)
+    assert report.objects_changed == 0
+    assert (report.objects_deleted, report.objects_archived) == (
+        (1, 0) if after == "delete" else (0, 1)
+    )
+    if after == "archive":
+        (archived,) = keys_under(s3, f"{ROOT}replayed/")
+        assert s3.get_object(Bucket=BUCKET, Key=archived)["Body"].read() == old_body
     listing = s3.list_object_versions(Bucket=BUCKET, Prefix=KEY)
     versions = listing.get("Versions", [])
     assert [v["VersionId"] for v in versions] != [first["VersionId"]]
