@@ -39,10 +39,12 @@ time ran short) so Lambda retries only those. An object that cannot be read or d
 refused it, a corrupt or truncated gzip stream, a header naming a field twice) fails its own
 message only: events already submitted from it are delivered, the message comes back (and,
 after the queue's ``maxReceiveCount``, goes to its dead-letter queue); the object stays where
-it is. Objects are read in chunks of at most ``CHUNK_LINES`` lines and ``MAX_CHUNK_CHARS``
-characters. If the backsplash write itself fails, the handler
-raises: AWS retries the whole invocation, nothing is lost. The ledger is logged per invocation
-(``push_invocation_summarized``).
+it is. Objects are read as streams in chunks of at most ``CHUNK_LINES`` lines and
+``MAX_CHUNK_CHARS`` characters; a line longer than ``forwarder.sources.MAX_LINE_BYTES`` is
+skipped as it streams and counted dropped (``line_too_long``, logged ``line_dropped``), a
+line that is not usable JSON in a backsplash object is one corrupt record. If the backsplash
+write itself fails, the handler raises: AWS retries the whole invocation, nothing is lost.
+The ledger is logged per invocation (``push_invocation_summarized``).
 
 Ledger check: after the final flush the ledger must balance and no ack may be pending. If not
 (a bug: events neither acknowledged, backsplashed nor counted as dropped), the handler does not

@@ -19,9 +19,13 @@ ExceededException``) backs the shard off exponentially. One daemon per stream (D
 
 SQS: each message names S3 objects (S3 event notifications, plain or wrapped in SNS; the
 ``s3:TestEvent`` is deleted, nothing to do). Objects are read as streams, line by line (gzip
-or plain), in chunks of ``chunk_lines``; a flow-log header names the fields for the whole
-object. A message is deleted only once every chunk of every object it names is delivered; a
-heartbeat thread extends the visibility of every message in flight meanwhile.
+or plain), in chunks of ``chunk_lines`` (and :data:`FILE_POLL_MAX_CHARS`); a flow-log header
+names the fields for the whole object. Memory does not follow an object's size or its
+longest line: a line longer than :data:`MAX_LINE_BYTES` is skipped as it streams and handed
+to the daemon as a ``dropped`` record (counted ``line_too_long``), and gzip inflating past
+``forwarder.replay.MAX_OBJECT_INFLATED_BYTES`` fails the object like a broken stream. A
+message is deleted only once every chunk of every object it names is delivered; a heartbeat
+thread extends the visibility of every message in flight meanwhile.
 
 Backsplash objects (as the push Lambda does, DESIGN.md §6), recognised by key
 (``splunk-failed/``, ``processing-failed/``, ``replay-failed/`` anywhere in it) or else by
