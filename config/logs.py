@@ -67,6 +67,8 @@ Daemon (``forwarder.daemon``, ``forwarder.sources``, ``forwarder.metrics``):
     message_deleted                 after delivery (debug)
     object_skipped                  an S3 object left for another tool (backsplash objects)
     object_failed                   an S3 object could not be read; its message stays queued
+    line_dropped                    a line too long to read (8 MiB) skipped as it streamed and
+                                    counted dropped, line_too_long (push Lambda too)
     firehose_request_received       firehose-http source: a Firehose request taken in
     firehose_request_answered       ... answered 200 (every event acknowledged or backsplashed)
                                     or 500 (released at shutdown: Firehose retries)
@@ -83,7 +85,8 @@ Replay (``forwarder.replay``):
     replay_records_exhausted        records past --max-attempts, left in place
     replay_object_archived          moved under replayed/ (--archive)
     replay_object_deleted           deleted after success (--delete)
-    replay_object_kept              not archived/deleted: it still holds unreplayed records
+    replay_object_kept              not archived/deleted: it still holds unreplayed records,
+                                    or was rewritten since it was read (objects_changed)
     replay_progressed               periodic progress (when not on a terminal)
     replay_stopped                  interrupted; the state file lets the next run resume
     replay_summarized               the run's totals (also one delivery_summarized, replay=True)

@@ -131,8 +131,13 @@ def decode_records(data: bytes) -> Iterator[dict[str, Any]]:
 
     Records may be separated by newlines or simply concatenated, as Firehose writes them.
 
+    Reads whole objects this process wrote (the spool) or tests; S3 objects named by
+    notifications and replay go through the streaming reader
+    (:func:`forwarder.replay.iter_records`), where a bad line is that line's problem.
+
     Raises:
-        ValueError: the bytes are not gzip/JSON records.
+        ValueError: the bytes are not gzip/JSON records (invalid UTF-8, too deep, numbers
+            Python refuses included).
         TypeError: a record is JSON but not an object.
     """
     if data[:2] == _GZIP_MAGIC:
@@ -148,7 +153,10 @@ def decode_records(data: bytes) -> Iterator[dict[str, Any]]:
             pos += 1
         if pos >= end:
             return
-        record, pos = _DECODER.raw_decode(text, pos)
+        try:
+            record, pos = _DECODER.raw_decode(text, pos)
+        except RecursionError:
+            raise ValueError("a backsplash record is JSON nested too deeply to decode") from None
         if not isinstance(record, dict):
             raise TypeError("a backsplash record is not a JSON object")
         yield record
@@ -352,8 +360,9 @@ class NullBacksplash:
 class LocalSpool(_ObjectWriter):
     """A directory holding backsplash objects under the same keys and bytes as S3 would.
 
-    Files are written to a temporary name, fsynced and renamed, so a crash never leaves a
-    half-written object behind.
+    Files are written to a temporary name, fsynced and renamed, and the directory fsynced,
+    so a crash never leaves a half-written object behind and a power loss never loses one
+    already reported stored.
 
     Args:
         directory: the spool directory (created if missing).
@@ -383,14 +392,16 @@ class LocalSpool(_ObjectWriter):
         return path
 
     def put_object(self, key: str, data: bytes) -> None:
-        """Store bytes under a key, durably.
+        """Store bytes under a key, durably: the file is fsynced before its rename, and the
+        directory after it (and each directory created for it, in its parent), so the object
+        survives a power loss once this returns.
 
         Raises:
             BacksplashError: the file system refused.
         """
         try:
             path = self._path(key)
-            path.parent.mkdir(parents=True, exist_ok=True)
+            self._make_dirs(path.parent)
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
             try:
                 with os.fdopen(fd, "wb") as handle:
@@ -401,8 +412,23 @@ class LocalSpool(_ObjectWriter):
             except BaseException:
                 Path(tmp).unlink(missing_ok=True)
                 raise
+            _fsync_directory(path.parent)  # the rename itself
         except OSError as exc:
             raise BacksplashError(f"spool write to {self.directory} failed: {exc}") from None
+
+    @staticmethod
+    def _make_dirs(directory: Path) -> None:
+        """Create ``directory`` and missing parents, each new entry made durable."""
+        missing: list[Path] = []
+        current = directory
+        while not current.is_dir():
+            missing.append(current)
+            if current.parent == current:
+                break
+            current = current.parent
+        for new in reversed(missing):
+            new.mkdir(exist_ok=True)
+            _fsync_directory(new.parent)
 
     def list_keys(self) -> list[str]:
         """Every spooled key, oldest first."""
@@ -425,6 +451,16 @@ class LocalSpool(_ObjectWriter):
     def remove(self, key: str) -> None:
         """Delete a spooled object (after it reached S3)."""
         self._path(key).unlink(missing_ok=True)
+
+
+def _fsync_directory(directory: Path) -> None:
+    """fsync a directory, so the entries created or renamed in it are durable (POSIX)."""
+    flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)
+    fd = os.open(directory, flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class FallbackBacksplash:

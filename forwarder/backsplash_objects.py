@@ -125,8 +125,10 @@ def _content_kind(head: bytes) -> tuple[bool, Kind | None]:
         return False, None
     try:
         first, _ = _DECODER.raw_decode(text)
-    except ValueError:
-        return True, None  # the first record is longer than the sniffed bytes: kind per record
+    except (ValueError, RecursionError):
+        # Longer than the sniffed bytes, or not usable JSON (nested too deeply, numbers
+        # Python refuses): the kind is told per record, and the reader reports a bad one.
+        return True, None
     if not isinstance(first, dict) or not isinstance(first.get("rawData"), str):
         return False, None
     if "replayAttempts" in first:

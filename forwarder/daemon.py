@@ -377,6 +377,17 @@ class Daemon:
         return len(records)
 
     def _deliver(self, record: SourceRecord) -> None:
+        if record.dropped is not None:  # a line too long to read (sqs-s3 text objects)
+            self.deliverer.ledger.drop(record.dropped)
+            _log.warning(
+                "line_dropped",
+                reason=record.dropped,
+                bucket=record.log_group,
+                key=record.log_stream,
+                line=record.line,
+                bytes=record.size,
+            )
+            return
         if record.decoded is not None or record.corrupt is not None:
             self._deliver_backsplash_record(record)
             return

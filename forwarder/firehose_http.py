@@ -103,7 +103,7 @@ def decode_body(body: bytes, *, gzipped: bool, max_bytes: int) -> tuple[str | No
             raise RequestRejectedError(400, "body is truncated gzip")
     try:
         document = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # not JSON, or nested too deeply to decode
         raise RequestRejectedError(400, "body is not JSON") from None
     if not isinstance(document, dict) or not isinstance(document.get("records"), list):
         raise RequestRejectedError(400, 'body has no "records" list')

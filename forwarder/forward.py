@@ -198,7 +198,7 @@ def read_units(
         if len(data) <= limit:
             try:
                 document = json.loads(data)
-            except ValueError:
+            except (ValueError, RecursionError):
                 document = None  # JSON lines, not one document: text, below
         units = _json_document_units(document, settings) if document is not None else None
         if units is not None:

@@ -111,7 +111,7 @@ def parse_response(body: bytes | str) -> HecAnswer:
         return _EMPTY
     try:
         data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # not JSON (a proxy's page), or nested too deeply
         return _EMPTY
     if not isinstance(data, dict):
         return _EMPTY
@@ -136,7 +136,10 @@ def parse_acks(body: bytes | str) -> dict[int, bool]:
     Raises:
         ValueError: the body is not an ack answer.
     """
-    data = json.loads(body)
+    try:
+        data = json.loads(body)
+    except RecursionError:
+        raise ValueError("ack answer is JSON nested too deeply") from None
     acks = data.get("acks") if isinstance(data, dict) else None
     if isinstance(acks, dict):
         return {int(key): value is True for key, value in acks.items()}

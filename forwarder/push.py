@@ -39,10 +39,12 @@ time ran short) so Lambda retries only those. An object that cannot be read or d
 refused it, a corrupt or truncated gzip stream, a header naming a field twice) fails its own
 message only: events already submitted from it are delivered, the message comes back (and,
 after the queue's ``maxReceiveCount``, goes to its dead-letter queue); the object stays where
-it is. Objects are read in chunks of at most ``CHUNK_LINES`` lines and ``MAX_CHUNK_CHARS``
-characters. If the backsplash write itself fails, the handler
-raises: AWS retries the whole invocation, nothing is lost. The ledger is logged per invocation
-(``push_invocation_summarized``).
+it is. Objects are read as streams in chunks of at most ``CHUNK_LINES`` lines and
+``MAX_CHUNK_CHARS`` characters; a line longer than ``forwarder.sources.MAX_LINE_BYTES`` is
+skipped as it streams and counted dropped (``line_too_long``, logged ``line_dropped``), a
+line that is not usable JSON in a backsplash object is one corrupt record. If the backsplash
+write itself fails, the handler raises: AWS retries the whole invocation, nothing is lost.
+The ledger is logged per invocation (``push_invocation_summarized``).
 
 Ledger check: after the final flush the ledger must balance and no ack may be pending. If not
 (a bug: events neither acknowledged, backsplashed nor counted as dropped), the handler does not
@@ -91,6 +93,8 @@ from forwarder.errors import BacksplashError
 from forwarder.ledger import Ledger
 from forwarder.sources import (
     FILE_POLL_MAX_CHARS,
+    LINE_TOO_LONG,
+    LongLine,
     S3Object,
     line_chunks,
     parse_s3_notification,
@@ -138,14 +142,22 @@ class LedgerUnbalancedError(RuntimeError):
     the invocation fails so that AWS retries it rather than losing them."""
 
 
-def _object_chunks(s3: Any, obj: S3Object) -> Iterator[tuple[list[str], tuple[str, ...] | None]]:
+def _object_chunks(
+    s3: Any, obj: S3Object, on_long_line: Callable[[LongLine], None] | None = None
+) -> Iterator[tuple[list[str], tuple[str, ...] | None]]:
     """An object's lines in chunks of at most ``CHUNK_LINES`` lines and ``MAX_CHUNK_CHARS``."""
-    return _body_chunks(s3.get_object(Bucket=obj.bucket, Key=obj.key)["Body"])
+    return _body_chunks(s3.get_object(Bucket=obj.bucket, Key=obj.key)["Body"], on_long_line)
 
 
-def _body_chunks(body: Any) -> Iterator[tuple[list[str], tuple[str, ...] | None]]:
+def _body_chunks(
+    body: Any, on_long_line: Callable[[LongLine], None] | None = None
+) -> Iterator[tuple[list[str], tuple[str, ...] | None]]:
+    """A body's lines in chunks, read as a stream (memory bounded whatever the object: a line
+    longer than ``MAX_LINE_BYTES`` is skipped and told to ``on_long_line``)."""
     try:
-        yield from line_chunks(text_lines(body), CHUNK_LINES, MAX_CHUNK_CHARS)
+        yield from line_chunks(
+            text_lines(body), CHUNK_LINES, MAX_CHUNK_CHARS, on_long_line=on_long_line
+        )
     finally:
         body.close()
 
@@ -410,12 +422,26 @@ class _Invocation:
             finally:
                 peeked.close()
             return
-        self.text_object(obj, _body_chunks(peeked))
+        ledger = self.deliverer.ledger
+
+        def long_line(item: LongLine) -> None:
+            ledger.drop(LINE_TOO_LONG)
+            _log.warning(
+                "line_dropped",
+                reason=LINE_TOO_LONG,
+                bucket=obj.bucket,
+                key=obj.key,
+                line=item.line,
+                bytes=item.size,
+            )
+
+        self.text_object(obj, _body_chunks(peeked, long_line))
 
     def text_object(
         self, obj: S3Object, chunks: Iterator[tuple[list[str], tuple[str, ...] | None]]
     ) -> None:
-        """Deliver a text object's lines (flow logs), chunk by chunk.
+        """Deliver a text object's lines (flow logs), chunk by chunk. A line too long to read
+        was counted dropped (``line_too_long``) while the chunks streamed.
 
         Raises:
             ObjectReadError: the object cannot be read or decoded.

@@ -32,7 +32,11 @@ after arrival) are not read at all. ``error_codes`` are exact codes or globs
 
 An object is *done* when every record in it was handled; only done objects are archived
 (copied under ``<root>replayed/``, then deleted) or deleted when asked. Objects with corrupt
-lines, records not selected or records past ``max_attempts`` are never removed.
+lines, records not selected or records past ``max_attempts`` are never removed. Removal takes
+exactly the object that was read: in a versioned bucket its ``VersionId``, otherwise its ETag
+(a HEAD just before, then ``If-Match`` on the copy and the delete). An object rewritten under
+the same key since it was read is left in place for the next run, counted
+(``objects_changed``) and logged (``replay_object_kept``).
 
 Concurrency: ``concurrency`` objects at once, one thread each with its own deliverers and state
 connection; ``rate_limit`` (events/s) is shared by all.
@@ -103,8 +107,16 @@ UNTIL_SLACK_S: Final = 3 * 3600
 DEFAULT_CHUNK_BYTES: Final = 8 * 1024 * 1024
 DEFAULT_MAX_ATTEMPTS: Final = 3
 READ_CHUNK_BYTES: Final = 1024 * 1024
-#: A single record (line) longer than this is reported corrupt instead of buffered further.
-MAX_RECORD_CHARS: Final = 64 * 1024 * 1024
+#: A single record longer than this (in characters) is reported corrupt (``line_too_long``)
+#: and skipped to the next newline as it streams, instead of being buffered further. Firehose
+#: records hold at most 1,000 KiB (about 1.4 MB once base64-encoded), and ours one HEC event,
+#: so 8 Mi characters leaves room while bounding memory (at most 4 bytes a character).
+MAX_RECORD_CHARS: Final = 8 * 1024 * 1024
+#: The decompression ceiling for one S3 object (gzip): what inflates past it fails the object
+#: (like a broken gzip stream) after the records before that point. Far above any real object
+#: (Firehose buffers at most 128 MiB, flow-log files 75 MB), it bounds the time a gzip bomb
+#: costs; memory is bounded by streaming whatever the size.
+MAX_OBJECT_INFLATED_BYTES: Final = 4 * 1024 * 1024 * 1024
 CORRUPT_REPORT_LIMIT: Final = 100
 
 _GZIP_MAGIC: Final = b"\x1f\x8b"
@@ -220,6 +232,7 @@ class ReplayReport:
     objects_archived: int = 0
     objects_deleted: int = 0
     objects_kept: int = 0
+    objects_changed: int = 0
     bytes_listed: int = 0
     bytes_read: int = 0
     records_read: int = 0
@@ -452,11 +465,21 @@ class _ByteCounter:
             yield chunk
 
 
-def decompressed(chunks: Iterable[bytes]) -> Iterator[bytes]:
+def decompressed(
+    chunks: Iterable[bytes], *, max_bytes: int | None = MAX_OBJECT_INFLATED_BYTES
+) -> Iterator[bytes]:
     """The object's bytes, gunzipped (multi-member too) when they start with gzip's magic.
 
+    Each piece holds at most :data:`READ_CHUNK_BYTES` inflated bytes, so memory does not
+    follow the compression ratio.
+
+    Args:
+        chunks: the stored bytes.
+        max_bytes: the decompression ceiling (None: none); plain bytes are not counted.
+
     Raises:
-        ValueError: broken or truncated gzip (the bytes that decoded before are yielded first).
+        ValueError: broken or truncated gzip, or gzip inflating past ``max_bytes`` (the bytes
+            that decoded before are yielded first).
     """
     iterator = iter(chunks)
     head = b""
@@ -472,9 +495,10 @@ def decompressed(chunks: Iterable[bytes]) -> Iterator[bytes]:
         return
     member = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
     fed = False  # the current member has input
+    inflated = 0
 
     def feed(data: bytes) -> Iterator[bytes]:
-        nonlocal member, fed
+        nonlocal member, fed, inflated
         while data:
             fed = True
             try:
@@ -482,6 +506,9 @@ def decompressed(chunks: Iterable[bytes]) -> Iterator[bytes]:
             except zlib.error as exc:
                 raise ValueError(f"broken gzip: {exc}") from None
             if out:
+                inflated += len(out)
+                if max_bytes is not None and inflated > max_bytes:
+                    raise ValueError(f"gzip inflates past the {max_bytes}-byte ceiling")
                 yield out
             if member.eof:
                 data = member.unused_data
@@ -501,11 +528,21 @@ def decompressed(chunks: Iterable[bytes]) -> Iterator[bytes]:
         raise ValueError("gzip data ends early (truncated object)")
 
 
-def iter_records(chunks: Iterable[bytes]) -> Iterator[RawRecord | BadLine]:
+def iter_records(
+    chunks: Iterable[bytes], *, max_inflated: int | None = MAX_OBJECT_INFLATED_BYTES
+) -> Iterator[RawRecord | BadLine]:
     """Records of a backsplash object, streamed: JSON objects, newline-separated or not.
 
-    A line that is not JSON, or JSON that is not an object, yields a :class:`BadLine` and
-    reading goes on at the next line. Memory: one read chunk plus the longest record.
+    A line that is not JSON (invalid UTF-8 included), JSON that is not an object, JSON nested
+    too deeply to decode (``RecursionError``), a number Python refuses to convert, or a record
+    longer than :data:`MAX_RECORD_CHARS` (``line_too_long``, skipped as it streams) yields a
+    :class:`BadLine` and reading goes on at the next line: one bad line never stops the good
+    ones before or after it. Memory: one read chunk plus at most :data:`MAX_RECORD_CHARS`.
+
+    Args:
+        chunks: the stored bytes (gzip or plain).
+        max_inflated: the decompression ceiling (:func:`decompressed`); past it, a fatal
+            :class:`BadLine`.
     """
     decoder = codecs.getincrementaldecoder("utf-8")(errors="surrogateescape")
     raw_decode = _DECODER.raw_decode
@@ -533,13 +570,24 @@ def iter_records(chunks: Iterable[bytes]) -> Iterator[RawRecord | BadLine]:
             pos = stop
             if pos >= end:
                 break
+            reason: str | None = None
             try:
                 obj, after = raw_decode(buffer, pos)
             except json.JSONDecodeError as exc:
                 newline = buffer.find("\n", pos)
-                if newline < 0 and not final and end - pos <= MAX_RECORD_CHARS:
-                    break  # probably a record cut by the chunk boundary: wait for more
-                yield BadLine(line, f"not JSON: {exc.msg}")
+                if newline < 0 and not final:
+                    if end - pos <= MAX_RECORD_CHARS:
+                        break  # probably a record cut by the chunk boundary: wait for more
+                    reason = f"line_too_long: a record longer than {MAX_RECORD_CHARS} characters"
+                else:
+                    reason = f"not JSON: {exc.msg}"
+            except RecursionError:
+                reason = "not usable JSON: nested too deeply to decode"
+            except ValueError as exc:  # e.g. an integer longer than sys.get_int_max_str_digits()
+                reason = f"not usable JSON: {str(exc)[:80]}"
+            if reason is not None:
+                yield BadLine(line, reason)
+                newline = buffer.find("\n", pos)
                 if newline < 0:
                     pos = end
                     skipping = not final
@@ -558,7 +606,7 @@ def iter_records(chunks: Iterable[bytes]) -> Iterator[RawRecord | BadLine]:
         buffer = buffer[pos:]
 
     try:
-        for chunk in decompressed(chunks):
+        for chunk in decompressed(chunks, max_bytes=max_inflated):
             buffer += decoder.decode(chunk)
             yield from consume(final=False)
     except ValueError as exc:
@@ -602,16 +650,27 @@ def record_kind(record: Mapping[str, Any], key_kind_: str | None) -> str:
     return SPLUNK_FAILED
 
 
+_INT_LIMIT: Final = 2**63  # a timestamp or count past a signed 64-bit integer is not one
+
+
 def _int_or_none(value: object) -> int | None:
+    """An integer field read tolerantly: None for anything else (NaN, infinities, booleans,
+    digits Python refuses, values past 64 bits)."""
+    number: int | None = None
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
-        return value
-    if isinstance(value, float) and math.isfinite(value):
-        return int(value)
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value.strip())
-    return None
+        number = value
+    elif isinstance(value, float) and math.isfinite(value):
+        number = int(value)
+    elif isinstance(value, str) and len(value) <= 40 and value.strip().isdecimal():
+        try:
+            number = int(value.strip())
+        except ValueError:  # decimal digits int() refuses
+            return None
+    if number is None or not -_INT_LIMIT < number < _INT_LIMIT:
+        return None
+    return number
 
 
 def record_meta(record: Mapping[str, Any]) -> tuple[str, int | None, int]:
@@ -646,12 +705,14 @@ def split_hec_payload(payload: bytes, endpoint: str | None = None) -> tuple[Endp
 
 
 def _event_objects(payload: bytes) -> list[bytes] | None:
+    """The concatenated event objects of a payload; None when it is not only those (invalid
+    UTF-8, JSON nested too deeply or with numbers Python refuses: raw lines, then)."""
     try:
         obj = json.loads(payload)
     except json.JSONDecodeError as exc:
         if exc.msg != "Extra data":
             return None
-    except UnicodeDecodeError:
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
         return None
     else:
         return [payload] if isinstance(obj, dict) and "event" in obj else None
@@ -665,7 +726,7 @@ def _event_objects(payload: bytes) -> list[bytes] | None:
     while pos < end:
         try:
             obj, after = _DECODER.raw_decode(text, pos)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):
             return None
         if not isinstance(obj, dict) or "event" not in obj:
             return None
@@ -678,6 +739,9 @@ def _event_objects(payload: bytes) -> list[bytes] | None:
 def decode_record(record: Mapping[str, Any], kind: str, options: TransformOptions) -> DecodedRecord:
     """Turn one backsplash record into events for HEC.
 
+    Whatever the record holds, this raises nothing but :class:`CorruptRecordError`: a
+    hostile record is that record's problem only.
+
     Args:
         record: the JSON record.
         kind: from :func:`record_kind`.
@@ -686,6 +750,19 @@ def decode_record(record: Mapping[str, Any], kind: str, options: TransformOption
     Raises:
         CorruptRecordError: no usable ``rawData``, or a payload the transform refuses.
     """
+    try:
+        return _decode_record(record, kind, options)
+    except CorruptRecordError:
+        raise
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:
+        # The decoders below catch what they expect; this keeps anything else (deep nesting,
+        # numbers out of range) one record's problem instead of the whole object's.
+        raise CorruptRecordError(f"undecodable record: {type(exc).__name__}") from None
+
+
+def _decode_record(
+    record: Mapping[str, Any], kind: str, options: TransformOptions
+) -> DecodedRecord:
     error_code, arrival_ms, attempts = record_meta(record)
     raw_data = record.get("rawData")
     if not isinstance(raw_data, str):
@@ -1272,8 +1349,11 @@ def _replay_object(worker: _Worker, obj: _Object) -> None:
     chunk = _Chunk()
     counter: _ByteCounter | None = None
     source = f"s3://{shared.bucket}/{obj.key}"
+    version_id: str | None = None
     try:
         response = shared.s3.get_object(Bucket=shared.bucket, Key=obj.key, IfMatch=obj.etag)
+        version = response.get("VersionId")
+        version_id = version if version and version != "null" else None
         counter = _ByteCounter(response["Body"].iter_chunks(READ_CHUNK_BYTES))
         for item in iter_records(counter):
             if isinstance(item, BadLine):
@@ -1354,7 +1434,7 @@ def _replay_object(worker: _Worker, obj: _Object) -> None:
         return
     if complete:
         worker.state.finish_object(object_id)
-        _dispose(worker, obj, object_id)
+        _dispose(worker, obj, object_id, version_id)
     elif options.after_success != "keep":
         with shared.lock:
             report.objects_kept += 1
@@ -1509,8 +1589,63 @@ def _commit(worker: _Worker, object_id: int | None, chunk: _Chunk, *, submit: bo
     worker.writer.next_chunk()
 
 
-def _dispose(worker: _Worker, obj: _Object, object_id: int) -> None:
-    """Archive or delete a done object, as asked."""
+class _ChangedError(Exception):
+    """The object under the key is no longer the one replayed (rewritten since it was read)."""
+
+
+_PRECONDITION_FAILED: Final = frozenset({"PreconditionFailed", "412"})
+
+
+def _error_code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def _verify_unchanged(s3: S3Client, bucket: str, obj: _Object, version_id: str | None) -> None:
+    """Before removing an unversioned object: a HEAD must still show the ETag read.
+
+    Raises:
+        _ChangedError: the key holds another object now, or none.
+        ClientError, BotoCoreError: S3 refused.
+    """
+    if version_id is not None:
+        return  # the removal names the version read: nothing newer can be touched
+    try:
+        current = s3.head_object(Bucket=bucket, Key=obj.key)["ETag"].strip('"')
+    except ClientError as exc:
+        if _error_code(exc) in ("404", "NoSuchKey", "NotFound"):
+            raise _ChangedError("deleted since it was read") from None
+        raise
+    if current != obj.etag:
+        raise _ChangedError("rewritten since it was read (ETag differs)")
+
+
+def _remove(s3: S3Client, bucket: str, obj: _Object, version_id: str | None) -> None:
+    """Delete exactly the object that was replayed, never a newer one under the same key:
+    in a versioned bucket that version (``VersionId`` from the read), otherwise only while
+    its ETag matches (``If-Match``; after :func:`_verify_unchanged`, for S3 implementations
+    without conditional deletes).
+
+    Raises:
+        _ChangedError: S3 refused the condition (rewritten since it was read).
+        ClientError, BotoCoreError: S3 refused.
+    """
+    if version_id is not None:
+        s3.delete_object(Bucket=bucket, Key=obj.key, VersionId=version_id)
+        return
+    try:
+        s3.delete_object(Bucket=bucket, Key=obj.key, IfMatch=f'"{obj.etag}"')
+    except ClientError as exc:
+        if _error_code(exc) in _PRECONDITION_FAILED:
+            raise _ChangedError("rewritten since it was read (If-Match failed)") from None
+        if _error_code(exc) != "NotImplemented":
+            raise
+        s3.delete_object(Bucket=bucket, Key=obj.key)  # no conditional delete: the HEAD said
+
+
+def _dispose(worker: _Worker, obj: _Object, object_id: int, version_id: str | None) -> None:
+    """Archive or delete a done object, as asked: only the object that was replayed (by its
+    version, else its ETag); one rewritten since it was read is left in place, counted
+    (``objects_changed``) and logged (``replay_object_kept``)."""
     shared = worker.shared
     after = shared.options.after_success
     if after == "keep":
@@ -1519,24 +1654,44 @@ def _dispose(worker: _Worker, obj: _Object, object_id: int) -> None:
     _, root = key_kind(obj.key)
     root = root if key_kind(obj.key)[0] is not None else shared.root
     try:
+        _verify_unchanged(shared.s3, shared.bucket, obj, version_id)
         if after == "archive":
             target = archive_key(obj.key, root)
-            shared.s3.copy_object(
-                Bucket=shared.bucket,
-                Key=target,
-                CopySource={"Bucket": shared.bucket, "Key": obj.key},
-            )
-            shared.s3.delete_object(Bucket=shared.bucket, Key=obj.key)
+            source: dict[str, str] = {"Bucket": shared.bucket, "Key": obj.key}
+            if version_id is not None:
+                source["VersionId"] = version_id
+            try:
+                shared.s3.copy_object(
+                    Bucket=shared.bucket,
+                    Key=target,
+                    CopySource=source,  # type: ignore[arg-type]
+                    CopySourceIfMatch=f'"{obj.etag}"',
+                )
+            except ClientError as exc:
+                if _error_code(exc) in _PRECONDITION_FAILED:
+                    raise _ChangedError(
+                        "rewritten since it was read (copy If-Match failed)"
+                    ) from None
+                raise
+            _remove(shared.s3, shared.bucket, obj, version_id)
             worker.state.set_disposition(object_id, "archived")
             with shared.lock:
                 shared.report.objects_archived += 1
             _log.info("replay_object_archived", key=obj.key, to=target)
         else:
-            shared.s3.delete_object(Bucket=shared.bucket, Key=obj.key)
+            _remove(shared.s3, shared.bucket, obj, version_id)
             worker.state.set_disposition(object_id, "deleted")
             with shared.lock:
                 shared.report.objects_deleted += 1
-            _log.info("replay_object_deleted", key=obj.key)
+            _log.info("replay_object_deleted", key=obj.key, version_id=version_id)
+    except _ChangedError as exc:
+        worker.state.set_disposition(object_id, "kept")
+        with shared.lock:
+            shared.report.objects_changed += 1
+            shared.report.objects_kept += 1
+        _log.warning(
+            "replay_object_kept", key=obj.key, after_success=after, reason=str(exc), etag=obj.etag
+        )
     except (BotoCoreError, ClientError) as exc:
         with shared.lock:
             shared.report.dispose_failures += 1
@@ -1701,7 +1856,8 @@ def format_summary(report: ReplayReport) -> str:
         f"  objects  listed {report.objects_listed}  selected {report.objects_selected}  "
         f"done {report.objects_done}  partial {report.objects_partial}  "
         f"already done {report.objects_already_done}  failed {report.objects_failed}  "
-        f"archived {report.objects_archived}  deleted {report.objects_deleted}",
+        f"archived {report.objects_archived}  deleted {report.objects_deleted}"
+        + (f"  changed (kept) {report.objects_changed}" if report.objects_changed else ""),
         "",
         f"  {'kind / error code':<32}{'records':>10}{'events':>12}{'bytes':>14}",
     ]

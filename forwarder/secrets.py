@@ -29,7 +29,7 @@ def token_from_secret_string(arn: str, secret: str) -> str:
     if text.startswith("{"):
         try:
             document = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise ConfigError(
                 "SPLUNK_HEC_TOKEN_SECRET_ARN", f"secret {arn} is neither a token nor valid JSON"
             ) from None

@@ -19,9 +19,13 @@ ExceededException``) backs the shard off exponentially. One daemon per stream (D
 
 SQS: each message names S3 objects (S3 event notifications, plain or wrapped in SNS; the
 ``s3:TestEvent`` is deleted, nothing to do). Objects are read as streams, line by line (gzip
-or plain), in chunks of ``chunk_lines``; a flow-log header names the fields for the whole
-object. A message is deleted only once every chunk of every object it names is delivered; a
-heartbeat thread extends the visibility of every message in flight meanwhile.
+or plain), in chunks of ``chunk_lines`` (and :data:`FILE_POLL_MAX_CHARS`); a flow-log header
+names the fields for the whole object. Memory does not follow an object's size or its
+longest line: a line longer than :data:`MAX_LINE_BYTES` is skipped as it streams and handed
+to the daemon as a ``dropped`` record (counted ``line_too_long``), and gzip inflating past
+``forwarder.replay.MAX_OBJECT_INFLATED_BYTES`` fails the object like a broken stream. A
+message is deleted only once every chunk of every object it names is delivered; a heartbeat
+thread extends the visibility of every message in flight meanwhile.
 
 Backsplash objects (as the push Lambda does, DESIGN.md §6), recognised by key
 (``splunk-failed/``, ``processing-failed/``, ``replay-failed/`` anywhere in it) or else by
@@ -39,14 +43,13 @@ message comes back).
 from __future__ import annotations
 
 import contextlib
-import gzip
 import io
 import json
 import sys
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Final, Protocol
 from urllib.parse import unquote_plus
@@ -67,7 +70,7 @@ from forwarder.backsplash_objects import (
     sniff,
 )
 from forwarder.checkpoints import SHARD_END, CheckpointStore
-from transforms.cloudwatch import GZIP_MAGIC
+from forwarder.replay import MAX_OBJECT_INFLATED_BYTES, decompressed
 from transforms.options import TransformOptions
 from transforms.records import Origin
 from transforms.vpc_flow import fields_from_header, is_header_line
@@ -85,6 +88,13 @@ REPLAY_FAILED_CONTENT_HINT: Final = (
     "replay-failed records (replayAttempts): not re-delivered automatically (a notification "
     "on the backsplash bucket would loop); run forwarder replay on this object's folder"
 )
+#: The longest text line read from an S3 object, a file or stdin, in bytes: a longer one is
+#: skipped as it streams and counted dropped (``line_too_long``). CloudWatch Logs events are
+#: at most 1 MB and flow-log lines far shorter; 8 MiB leaves room for any log line while
+#: bounding memory.
+MAX_LINE_BYTES: Final = 8 * 1024 * 1024
+#: The ledger's drop reason (and ``line_dropped``'s) for a line longer than the cap.
+LINE_TOO_LONG: Final = "line_too_long"
 #: What reading and decoding an S3 object can raise: S3 refused or broke off the read, the
 #: gzip stream is corrupt (``zlib.error``) or truncated (``EOFError``), the flow-log header is
 #: bad (``FlowLogFormatError``, a ``ValueError``).
@@ -112,7 +122,10 @@ class SourceRecord:
             as they are; failures go under ``replay-failed/``).
         corrupt: why a backsplash record cannot be re-delivered (it is dropped, with
             ``line``).
-        line: the 1-based line of a backsplash record in its object.
+        dropped: a line that was not read, and why (``line_too_long``): the daemon counts
+            one event dropped for that reason, with ``line`` and ``size``.
+        line: the 1-based line of a backsplash record (or dropped line) in its object.
+        size: the dropped line's length in bytes.
         position: where the source stands *before* this record, for :meth:`Source.release`
             (Kinesis: ``(shard id, previous sequence number)``; SQS: the message). Opaque.
     """
@@ -125,7 +138,9 @@ class SourceRecord:
     origin: Origin = "s3"
     decoded: DecodedRecord | None = None
     corrupt: str | None = None
+    dropped: str | None = None
     line: int | None = None
+    size: int | None = None
     position: Any = field(default=None, compare=False, repr=False)
 
 
@@ -187,27 +202,131 @@ class _StreamReader(io.RawIOBase):
         return len(data)
 
 
-def text_lines(body: Any) -> Iterator[str]:
-    """The lines of a gzip or plain byte stream, decoded as UTF-8 (bad bytes replaced)."""
-    buffered = io.BufferedReader(_StreamReader(body), buffer_size=_READ_SIZE)
-    binary: BinaryIO = buffered
-    if buffered.peek(2)[:2] == GZIP_MAGIC:
-        binary = gzip.GzipFile(fileobj=buffered, mode="rb")  # type: ignore[assignment]
-    with io.TextIOWrapper(binary, encoding="utf-8", errors="replace", newline=None) as text:
-        yield from text
+@dataclass(frozen=True, slots=True)
+class LongLine:
+    """A line longer than the cap, skipped while it streamed (never held whole).
+
+    Attributes:
+        line: its 1-based line number in the (decompressed) object.
+        size: its length in bytes (at least the cap + 1).
+    """
+
+    line: int
+    size: int
+
+
+def _read_chunks(body: Any, size: int = _READ_SIZE) -> Iterator[bytes]:
+    """A body's bytes as they come (``read1`` when it has one, so a pipe is not waited on
+    for a full buffer)."""
+    read = getattr(body, "read1", None) or body.read
+    while True:
+        data = read(size)
+        if not data:
+            return
+        yield bytes(data)
+
+
+def bounded_lines(chunks: Iterable[bytes], max_line_bytes: int) -> Iterator[bytes | LongLine]:
+    """Split bytes into lines (``\n``; a ``\r`` before it stays), never holding more than
+    ``max_line_bytes`` of one line: a longer line is skipped as it streams and reported as a
+    :class:`LongLine`. Memory: one chunk plus ``max_line_bytes``.
+    """
+    if max_line_bytes < 1:
+        raise ValueError("max_line_bytes must be positive")
+    pending: list[bytes] = []  # the start of the current line
+    pending_bytes = 0
+    skipped = 0  # > 0: inside an over-long line, this many bytes of it seen
+    line = 0
+    for data in chunks:
+        # Pieces no longer than the cap, so only a line's head and tail can overrun it.
+        for start in range(0, len(data), max_line_bytes):
+            piece = data[start : start + max_line_bytes]
+            first = piece.find(b"\n")
+            if first < 0:
+                if skipped:
+                    skipped += len(piece)
+                elif pending_bytes + len(piece) > max_line_bytes:
+                    skipped = pending_bytes + len(piece)
+                    pending, pending_bytes = [], 0
+                else:
+                    pending.append(piece)
+                    pending_bytes += len(piece)
+                continue
+            line += 1
+            if skipped:
+                yield LongLine(line, skipped + first)
+                skipped = 0
+            elif pending_bytes + first > max_line_bytes:
+                yield LongLine(line, pending_bytes + first)
+                pending, pending_bytes = [], 0
+            elif pending:
+                pending.append(piece[:first])
+                yield b"".join(pending)
+                pending, pending_bytes = [], 0
+            else:
+                yield piece[:first]
+            last = piece.rfind(b"\n")
+            if last > first:
+                middle = piece[first + 1 : last].split(b"\n")
+                line += len(middle)
+                yield from middle
+            tail = piece[last + 1 :]
+            if tail:
+                pending, pending_bytes = [tail], len(tail)
+    if skipped:
+        yield LongLine(line + 1, skipped)
+    elif pending:
+        yield b"".join(pending)
+
+
+def text_lines(
+    body: Any,
+    *,
+    max_line_bytes: int = MAX_LINE_BYTES,
+    max_inflated: int | None = MAX_OBJECT_INFLATED_BYTES,
+) -> Iterator[str | LongLine]:
+    """The lines of a gzip or plain byte stream, decoded as UTF-8 (bad bytes replaced), read
+    as a stream: memory is one read chunk plus ``max_line_bytes``, whatever the object, its
+    compression ratio or its longest line.
+
+    Lines come without their line break (``\n``, or ``\r\n``). A line longer than
+    ``max_line_bytes`` comes as a :class:`LongLine` instead (its bytes were skipped).
+
+    Raises:
+        ValueError: broken or truncated gzip, or gzip inflating past ``max_inflated`` (the
+            lines before that point come first).
+    """
+    for item in bounded_lines(
+        decompressed(_read_chunks(body), max_bytes=max_inflated), max_line_bytes
+    ):
+        if isinstance(item, LongLine):
+            yield item
+        else:
+            yield item.decode("utf-8", "replace").removesuffix("\r")
+
+
+def _dropped_long_line(item: LongLine) -> None:
+    _log.warning("line_dropped", reason=LINE_TOO_LONG, line=item.line, bytes=item.size)
 
 
 def line_chunks(
-    lines: Iterator[str], chunk_lines: int, max_chars: int | None = None
+    lines: Iterable[str | LongLine],
+    chunk_lines: int,
+    max_chars: int | None = None,
+    *,
+    on_long_line: Callable[[LongLine], None] | None = None,
 ) -> Iterator[tuple[list[str], tuple[str, ...] | None]]:
     """Cut lines into chunks; a flow-log header (first non-blank line) is removed and returned
     with every chunk as the fields of the whole object.
 
     Args:
-        lines: the text lines.
+        lines: the text lines (:func:`text_lines`).
         chunk_lines: at most this many lines per chunk.
         max_chars: when set, a chunk also ends once its lines hold this many characters (so
             long lines cannot make a chunk of ``chunk_lines`` lines arbitrarily large).
+        on_long_line: told of each line too long to read (:class:`LongLine`), which is in
+            no chunk; the callers count it dropped (``line_too_long``). By default it is
+            only logged (``line_dropped``).
 
     Raises:
         FlowLogFormatError: the header names an unknown field.
@@ -217,6 +336,10 @@ def line_chunks(
     chars = 0
     first = True
     for line in lines:
+        if isinstance(line, LongLine):
+            first = False  # a header is short: an over-long first line is data
+            (on_long_line or _dropped_long_line)(line)
+            continue
         stripped = line.rstrip("\r\n")
         if not stripped.strip():
             continue
@@ -282,14 +405,14 @@ def parse_s3_notification(body: str) -> list[S3Object] | None:
     """
     try:
         document = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested too deeply to decode
         return None
     if not isinstance(document, dict):
         return None
     if document.get("Type") == "Notification" and isinstance(document.get("Message"), str):
         try:
             document = json.loads(document["Message"])
-        except ValueError:
+        except (ValueError, RecursionError):
             return None
         if not isinstance(document, dict):
             return None
@@ -306,8 +429,10 @@ def parse_s3_notification(body: str) -> list[S3Object] | None:
         s3 = record.get("s3")
         if not name.startswith("ObjectCreated") or not isinstance(s3, dict):
             continue
-        bucket = s3.get("bucket", {}).get("name")
-        obj = s3.get("object", {})
+        bucket_part, obj = s3.get("bucket"), s3.get("object")
+        if not isinstance(bucket_part, dict) or not isinstance(obj, dict):
+            continue
+        bucket = bucket_part.get("name")
         key = obj.get("key")
         if isinstance(bucket, str) and isinstance(key, str):
             size = obj.get("size")
@@ -352,24 +477,34 @@ def open_object(s3: Any, obj: S3Object) -> OpenedObject:
 
 
 def object_chunks(
-    s3: Any, obj: S3Object, chunk_lines: int, opened: OpenedObject | None = None
+    s3: Any,
+    obj: S3Object,
+    chunk_lines: int,
+    opened: OpenedObject | None = None,
+    *,
+    on_long_line: Callable[[LongLine], None] | None = None,
 ) -> Iterator[tuple[list[str], tuple[str, ...] | None]]:
-    """Stream a text object's lines in chunks (see :func:`line_chunks`).
+    """Stream a text object's lines in chunks (see :func:`line_chunks`) of at most
+    ``chunk_lines`` lines and :data:`FILE_POLL_MAX_CHARS` characters.
 
     Args:
         s3: a boto3 S3 client.
         obj: the object.
         chunk_lines: lines per chunk.
         opened: the object already opened (:func:`open_object`); else it is read from S3.
+        on_long_line: told of each line longer than :data:`MAX_LINE_BYTES` (skipped).
 
     Raises:
         ClientError, BotoCoreError: S3 refused the read.
+        ValueError: broken, truncated or over-inflating gzip; a bad flow-log header.
     """
     body: Any = (
         opened.body if opened is not None else s3.get_object(Bucket=obj.bucket, Key=obj.key)["Body"]
     )
     try:
-        yield from line_chunks(text_lines(body), chunk_lines)
+        yield from line_chunks(
+            text_lines(body), chunk_lines, FILE_POLL_MAX_CHARS, on_long_line=on_long_line
+        )
     finally:
         body.close()
 
@@ -1084,7 +1219,26 @@ class SqsS3Source:
     def _text_records(
         self, obj: S3Object, opened: OpenedObject, message: _Message
     ) -> Iterator[SourceRecord]:
-        for lines, fields in object_chunks(self._s3, obj, self._settings.chunk_lines, opened):
+        """Chunks of lines; a line too long to read becomes a ``dropped`` record (counted by
+        the daemon as ``line_too_long``) after the chunk it was met in."""
+        long_lines: list[LongLine] = []
+
+        def dropped() -> Iterator[SourceRecord]:
+            for item in long_lines:
+                yield SourceRecord(
+                    log_group=obj.bucket,
+                    log_stream=obj.key,
+                    dropped=LINE_TOO_LONG,
+                    line=item.line,
+                    size=item.size,
+                    position=message,
+                )
+            long_lines.clear()
+
+        chunks = object_chunks(
+            self._s3, obj, self._settings.chunk_lines, opened, on_long_line=long_lines.append
+        )
+        for lines, fields in chunks:
             yield SourceRecord(
                 lines=lines,
                 log_group=obj.bucket,
@@ -1093,6 +1247,8 @@ class SqsS3Source:
                 origin="s3",
                 position=message,
             )
+            yield from dropped()
+        yield from dropped()
 
     def _skip(self, obj: S3Object, reason: str) -> None:
         """A replay-failed object: counted, logged with the command to run, left in place."""
