@@ -53,7 +53,13 @@ Daemon (``forwarder.daemon``, ``forwarder.sources``, ``forwarder.metrics``):
     record_unprocessable            a record the transform refused (stored under
                                     processing-failed/)
     spool_drained, spool_drain_failed   the local spool to S3
-    source_attached, source_attach_failed
+    source_attached
+    source_operation_failed         a source operation (attach, poll, commit, release) failed
+                                    (kind, reason); retried after a backoff, /readyz not ready
+    source_recovered                a source operation succeeded after failures
+    source_reattached               a Kinesis source re-read from its checkpoints after a
+                                    failed poll
+    source_release_failed           records could not be handed back (not committed either)
     shard_discovered, shard_ended   Kinesis shards appearing (splits, merges) and finishing
     source_throttled                Kinesis throttling; backing off
     source_read_failed              a read failed; retried
