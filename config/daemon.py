@@ -52,6 +52,9 @@ class SourceSettings:
     access_key: str | None = field(default=None, repr=False)
     max_body_bytes: int = 16 << 20
     max_in_flight: int = 4
+    max_connections: int = 1024
+    request_timeout_s: float = 30.0
+    answer_timeout_s: float = 150.0
     tls_cert_path: str | None = None
     tls_key_path: str | None = None
 
@@ -155,6 +158,10 @@ _SOURCE_KEYS: Final[Mapping[str, Callable[[str, object], object]]] = {
     "access_key": _str,
     "max_body_bytes": _num(int, 1024, 1 << 30),
     "max_in_flight": _num(int, 1, 1000),
+    "max_connections": _num(int, 1, 100_000),
+    "request_timeout_s": _num(float, 0.1, 600),
+    # Firehose waits 3 minutes for an answer; the receiver's last resort comes 15 s after this.
+    "answer_timeout_s": _num(float, 0.1, 160),
     "tls_cert_path": _str,
     "tls_key_path": _str,
 }

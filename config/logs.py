@@ -75,6 +75,11 @@ Daemon (``forwarder.daemon``, ``forwarder.sources``, ``forwarder.metrics``):
                                     or 500 (released at shutdown: Firehose retries)
     firehose_request_rejected       401 (access key), 400, 411, 413 or 503 (too many waiting)
     firehose_answer_failed          the answer could not be written back to Firehose
+    firehose_request_expired        not settled by answer_timeout_s + 15 s: answered 500
+    firehose_connection_refused     over max_connections with nothing to shed: 503 (logged at
+                                    most every 10 s, with counts)
+    firehose_connections_capped     max_connections lowered to fit the descriptor limit
+    firehose_connection_expired     a request did not arrive within request_timeout_s (debug)
 
 Replay (``forwarder.replay``):
     replay_started                  the run begins (uri, selection)

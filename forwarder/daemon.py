@@ -16,6 +16,12 @@ not committed, so Kinesis and SQS give them again after a restart. A second sign
 (:meth:`Deliverer.abort`): everything pending is backsplashed at once (``Splunk.Shutdown``),
 committed, exit 130.
 
+A ``firehose-http`` source's answer waits for the checkpoint, and Firehose waits 3 minutes for
+an answer: the checkpoint's flush is bounded by the oldest request's arrival plus
+``answer_timeout_s`` (:meth:`FirehoseHttpSource.answer_deadline`): what is not acknowledged by
+then is backsplashed (``Splunk.Deadline``), so every request is answered 200 in time once its
+events are acknowledged or durably stored.
+
 Files and stdin keep no checkpoint. Reading is bounded (a poll is a few thousand lines), so the
 deliverer's backpressure (pending acks, retries while HEC is down) stops the reading and memory
 does not grow with the input. A run that reads its input to the end exits 0 when everything was
@@ -501,10 +507,13 @@ class Daemon:
                 if taken < len(records):  # a stop request: the rest is not taken in
                     self._release(records[taken:])
                     break
-                elapsed = self._clock() - cycle_start
+                now = self._clock()
+                elapsed = now - cycle_start
+                answer_by = self._answer_deadline()
                 if (
                     cycle_records >= daemon.checkpoint_max_records
                     or (cycle_records and elapsed >= daemon.checkpoint_interval_s)
+                    or (answer_by is not None and now >= answer_by)
                     or self.source.exhausted
                 ):
                     self._checkpoint(deadline=None)
@@ -605,6 +614,9 @@ class Daemon:
         source is not committed, so those records come again (duplicates, never a loss).
         Returns whether the source was committed.
         """
+        answer_by = self._answer_deadline()
+        if answer_by is not None:  # firehose-http: Firehose must have its answer in time
+            deadline = answer_by if deadline is None else min(deadline, answer_by)
         for deliverer in self.deliverers():
             deliverer.flush(deadline)
         pending = self.pending_acks()
@@ -634,6 +646,12 @@ class Daemon:
         summary = self.deliverer.ledger.summary()
         _log.info("checkpoint_saved", source=self.source.name, committed=committed, **summary)
         return True
+
+    def _answer_deadline(self) -> float | None:
+        """firehose-http: when the oldest request taken in must be settled (acknowledged or
+        backsplashed) so that its answer reaches Firehose before Firehose gives up on it."""
+        source = self.source
+        return source.answer_deadline() if isinstance(source, FirehoseHttpSource) else None
 
     def _release(self, records: Sequence[SourceRecord]) -> None:
         """Hand records back to the source (retried like any source operation)."""
