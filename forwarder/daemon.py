@@ -381,14 +381,16 @@ class Daemon:
             wait=tenacity.wait_random_exponential(
                 multiplier=daemon.source_retry_backoff_s, max=daemon.source_retry_backoff_max_s
             ),
-            retry=tenacity.retry_if_exception(lambda exc: not isinstance(exc, ConfigError)),
+            retry=tenacity.retry_if_exception(
+                lambda exc: not isinstance(exc, (ConfigError, BacksplashError))
+            ),
             sleep=self._source_backoff,
             before_sleep=lambda retry_state: self._source_failed(operation, retry_state),
             reraise=True,
         )
         try:
             result = retrying(call)
-        except ConfigError:
+        except (ConfigError, BacksplashError):
             raise
         except Exception as exc:  # stopped while failing: count and log this last failure too
             self.state.source_failed(operation, _error_kind(exc), _describe(exc))
@@ -450,7 +452,7 @@ class Daemon:
 
         try:
             self._supervised("attach", attach)
-        except ConfigError:
+        except (ConfigError, BacksplashError):
             raise
         except Exception:  # noqa: BLE001 - a stop came while it failed (counted, logged)
             return False
@@ -484,22 +486,19 @@ class Daemon:
         daemon = self.daemon_settings
         self._drain_spool(force=True)
         _log.info("daemon_started", source=self.source.name)
-        try:
-            if not self._attach():
-                return self._finish()
-        except ConfigError as exc:
-            return self._config_failed(exc)
         max_records = daemon.source.max_records
         cycle_records = 0
         cycle_start = self._clock()
         try:
+            if not self._attach():
+                return self._finish()
             while not self.stop_event.is_set():
                 self.state.beat()
                 want = max(1, min(max_records, daemon.checkpoint_max_records - cycle_records))
                 try:
                     records = self._supervised("poll", partial(self._poll, want))
-                except ConfigError as exc:
-                    return self._config_failed(exc)
+                except (ConfigError, BacksplashError):
+                    raise
                 except Exception:  # noqa: BLE001 - a stop came while polling failed
                     break
                 taken = self._deliver_all(records)
@@ -529,6 +528,8 @@ class Daemon:
                 self._drain_spool()
                 if self.source.exhausted:
                     break
+        except ConfigError as exc:
+            return self._config_failed(exc)
         except BacksplashError as exc:
             return self._backsplash_failed(exc)
         return self._finish()
@@ -632,7 +633,7 @@ class Daemon:
             return False
         try:
             committed = self._supervised("commit", self.source.commit)
-        except ConfigError:
+        except (ConfigError, BacksplashError):
             raise
         except Exception as exc:  # noqa: BLE001 - a stop came while the commit failed
             _log.error(
@@ -657,7 +658,7 @@ class Daemon:
         """Hand records back to the source (retried like any source operation)."""
         try:
             self._supervised("release", lambda: self.source.release(records))
-        except ConfigError:
+        except (ConfigError, BacksplashError):
             raise
         except Exception:  # noqa: BLE001 - not committed either: they come again after a restart
             _log.warning(

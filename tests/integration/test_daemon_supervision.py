@@ -29,9 +29,11 @@ from tests.integration.test_daemon import (
     fixture_kinesis,
     indexed_messages,
     put_events,
+    queue_counts,
     running,
     wait_for,
 )
+from tests.integration.test_push import s3_body
 
 pytestmark = pytest.mark.integration
 
@@ -267,6 +269,47 @@ def test_checkpoint_write_failure_is_retried_not_fatal(
         wait_for(lambda: committed_positions(aws_endpoint) != before, what="checkpoint advanced")
         wait_for(lambda: ready(daemon)[0] == 200, what="ready again")
         assert not status
+    assert status == [0]
+
+
+def test_sqs_and_s3_endpoint_outage_is_ridden_out(
+    emulator: HecEmulator, s3: Any, proxy: FlakyProxy, aws_endpoint: str, tmp_path: Path
+) -> None:
+    """GIVEN an sqs-s3 daemon whose SQS and S3 endpoint goes away WHEN it is gone THEN the
+    daemon keeps running and is not ready; WHEN it is back THEN every object announced before
+    and during the outage is delivered and every message deleted."""
+    s3.create_bucket(Bucket="outage-objects")
+    sqs = boto_client("sqs", aws_endpoint)
+    url = sqs.create_queue(QueueName="outage-queue")["QueueUrl"]
+
+    def announce(name: str, count: int) -> set[str]:
+        lines = [f"{name}-line-{i:03d}" for i in range(count)]
+        key = f"AWSLogs/{name}.log"
+        s3.put_object(Bucket="outage-objects", Key=key, Body="\n".join(lines).encode() + b"\n")
+        sqs.send_message(QueueUrl=url, MessageBody=s3_body("outage-objects", key))
+        return set(lines)
+
+    source = SourceSettings(
+        type="sqs-s3", queue_url=url, visibility_timeout_s=10, wait_time_s=0, chunk_lines=100
+    )
+    config = supervised_settings(source=source, checkpoint_store="none")
+
+    def clients(service: str) -> Any:
+        return boto_client(service, proxy.url)
+
+    daemon = Daemon(delivery_settings(emulator.url), config, client_factory=clients)
+    first = announce("before", 5)
+    with running(daemon) as status:
+        wait_for(lambda: set(indexed_messages(emulator)) >= first, what="first object")
+        proxy.down()
+        wait_for(lambda: ready(daemon)[0] == 503, what="not ready while the endpoint is gone")
+        second = announce("during", 5)
+        wait_for(lambda: sum(source_errors(daemon).values()) >= 3, what="failures counted")
+        assert not status
+        proxy.up()
+        wait_for(lambda: set(indexed_messages(emulator)) >= first | second, what="all delivered")
+        wait_for(lambda: ready(daemon)[0] == 200, what="ready again")
+        wait_for(lambda: queue_counts(sqs, url) == (0, 0), what="every message deleted")
     assert status == [0]
 
 
