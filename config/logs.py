@@ -80,6 +80,7 @@ Daemon (``forwarder.daemon``, ``forwarder.sources``, ``forwarder.metrics``):
                                     most every 10 s, with counts)
     firehose_connections_capped     max_connections lowered to fit the descriptor limit
     firehose_connection_expired     a request did not arrive within request_timeout_s (debug)
+    firehose_connection_failed      handling one connection raised; that connection is closed
 
 Replay (``forwarder.replay``):
     replay_started                  the run begins (uri, selection)

@@ -140,6 +140,8 @@ def decode_body(body: bytes, *, gzipped: bool, max_bytes: int) -> tuple[str | No
         document = json.loads(body)
     except (ValueError, UnicodeDecodeError):
         raise RequestRejectedError(400, "body is not JSON") from None
+    except RecursionError:  # hostile nesting: one request's problem, never the receiver's
+        raise RequestRejectedError(400, "body is nested too deeply") from None
     if not isinstance(document, dict) or not isinstance(document.get("records"), list):
         raise RequestRejectedError(400, 'body has no "records" list')
     records: list[bytes] = []
@@ -569,6 +571,7 @@ class _Receiver:
         self._lingering: dict[int, _Conn] = {}
         self._ready: collections.deque[_Conn] = collections.deque()  # answers to write
         self._ready_lock = threading.Lock()
+        self._again: collections.deque[_Conn] = collections.deque()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -597,8 +600,12 @@ class _Receiver:
                     elif key.data == "wake":
                         self._drain_wake()
                     else:
-                        self._on_event(key.data, events)
+                        self._guarded(key.data, self._on_event, events)
                 self._write_ready()
+                while self._again:  # kept-alive connections with a next request buffered
+                    conn = self._again.popleft()
+                    if conn.sock.fileno() in self._conns:
+                        self._guarded(conn, lambda c, _: self._advance(c), 0)
                 self._expire()
         finally:
             for conn in [*self._conns.values(), *self._lingering.values()]:
@@ -720,6 +727,21 @@ class _Receiver:
             elif events & selectors.EVENT_READ and conn.state == "read":
                 self._read(conn)
         except (OSError, ValueError):
+            self._close(conn)
+
+    def _guarded(self, conn: _Conn, handle: Callable[[_Conn, int], None], events: int) -> None:
+        """Run one connection's handler; whatever it raises ends that connection only."""
+        try:
+            handle(conn, events)
+        except Exception as exc:  # noqa: BLE001 - one client's problem must not stop the loop
+            _log.error(
+                "firehose_connection_failed",
+                addr=str(conn.addr),
+                reason=f"{type(exc).__name__}: {exc}",
+            )
+            if conn.request is not None:
+                self._source.abandon(conn.request)
+                conn.request = None
             self._close(conn)
 
     def _linger(self, conn: _Conn, events: int) -> None:
@@ -965,7 +987,7 @@ class _Receiver:
         conn.deadline = self._source.clock() + self._settings.request_timeout_s
         self._selector.modify(conn.sock, selectors.EVENT_READ, conn)
         if conn.buffer:
-            self._advance(conn)
+            self._again.append(conn)  # from the loop: no recursion however much is pipelined
 
     def _expire(self) -> None:
         now = self._source.clock()

@@ -193,3 +193,27 @@ def test_request_heads_are_parsed_strictly() -> None:
     ):
         with pytest.raises(RequestRejectedError, match=r"request line|header line"):
             parse_head(bad)
+
+
+def test_pipelined_floods_and_deep_nesting_fail_only_their_own_connection(
+    emulator: HecEmulator, s3: Any, aws_endpoint: str, tmp_path: Path
+) -> None:
+    """GIVEN one connection pipelining 3,000 bad requests, and a body nested 100,000 deep
+    WHEN they arrive THEN each is refused on its own (401s, a 400) and the receiver goes on
+    serving Firehose."""
+    payloads, messages = cwl_payloads(1, 2)
+    daemon = make_daemon(emulator, aws_endpoint, daemon_settings(tmp_path))
+    flood = b"POST / HTTP/1.1\r\nX-Amz-Firehose-Access-Key: no\r\nContent-Length: 0\r\n\r\n" * 3000
+    with running(daemon) as (url, _):
+        with socket.create_connection(host_port(url), timeout=30) as sock:
+            sock.sendall(flood)
+            sock.shutdown(socket.SHUT_WR)
+            answers = b""
+            while chunk := sock.recv(1 << 16):
+                answers += chunk
+        nested = post(url, [], body=b'{"records": ' + b"[" * 100_000 + b"]" * 100_000 + b"}")
+        response = post(url, payloads)
+    assert answers.count(b"HTTP/1.1 401 ") == 3000
+    assert nested.status_code == 400
+    assert response.status_code == 200
+    assert sorted(indexed_messages(emulator)) == sorted(messages)
