@@ -5,7 +5,13 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
+import os
+import resource
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -18,8 +24,11 @@ import pytest
 from forwarder.emulator import FaultPlan, HecEmulator
 from forwarder.firehose_http import FirehoseHttpSource, RequestRejectedError, parse_head
 from tests.conftest import TEST_TOKEN
-from tests.integration.conftest import backsplashed
+from tests.integration.conftest import FAST, backsplashed
 from tests.integration.test_firehose_http import (
+    ACCESS_KEY,
+    ROOT,
+    RUN_DAEMON,
     backsplashed_messages,
     cwl_payloads,
     daemon_settings,
@@ -27,6 +36,7 @@ from tests.integration.test_firehose_http import (
     indexed_messages,
     make_daemon,
     post,
+    receiver_url,
     running,
     wait_for,
 )
@@ -217,3 +227,66 @@ def test_pipelined_floods_and_deep_nesting_fail_only_their_own_connection(
     assert nested.status_code == 400
     assert response.status_code == 200
     assert sorted(indexed_messages(emulator)) == sorted(messages)
+
+
+def test_low_descriptor_limit_keeps_room_for_hec_and_s3(
+    emulator: HecEmulator, s3: Any, aws_endpoint: str, tmp_path: Path
+) -> None:
+    """GIVEN the real daemon process under a 512-descriptor limit (where the issue saw it
+    starve and die) WHEN 600 slow clients connect THEN the receiver sheds them within its
+    budget, and Firehose's request is still delivered to HEC and answered 200."""
+    payloads, messages = cwl_payloads(2, 2)
+    log = tmp_path / "daemon.log"
+    config = tmp_path / "daemon.toml"
+    config.write_text(
+        f'splunk_hec_url = "{emulator.url}"\n'
+        '[source]\ntype = "firehose-http"\nport = 0\npoll_interval_s = 0.05\n'
+        '[daemon]\ncheckpoint_store = "none"\ncheckpoint_interval_s = 0.1\n'
+        "shutdown_grace_s = 1.0\nmetrics_enabled = false\n"
+    )
+    environ = {
+        **os.environ,
+        **{k: v for k, v in FAST.items() if k != "SPLUNK_HEC_URL"},
+        "AWS_ENDPOINT_URL": aws_endpoint,
+        "LOG_FORMAT": "json",
+        "FORWARDER_SOURCE_ACCESS_KEY": ACCESS_KEY,
+    }
+
+    def limit_descriptors() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (512, 512))
+
+    with log.open("ab") as handle:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", RUN_DAEMON, "--config", str(config)],
+            cwd=ROOT,
+            env=environ,
+            stdout=handle,
+            stderr=handle,
+            preexec_fn=limit_descriptors,  # noqa: PLW1509 - only setrlimit, no locks
+        )
+    try:
+        wait_for(lambda: receiver_url(log) is not None, what="receiver listening")
+        url = receiver_url(log)
+        assert url is not None
+        with slow_clients(url, SLOW_CONNECTIONS, b"POST / HTTP/1.1\r\nHost: x\r\n"):
+            response = post(url, payloads)
+            assert proc.poll() is None, log.read_text()
+            threads = process_threads(proc.pid)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0, log.read_text()
+    finally:
+        proc.kill()
+    assert response.status_code == 200
+    assert sorted(indexed_messages(emulator)) == sorted(messages)
+    (attached,) = [
+        json.loads(line)
+        for line in log.read_text().splitlines()
+        if line.startswith("{") and json.loads(line).get("event") == "source_attached"
+    ]
+    assert attached["max_connections"] == 512 - 256
+    assert threads < 50  # no thread per connection (the old receiver ran one per client)
+
+
+def process_threads(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(status.split("Threads:", 1)[1].split()[0])
