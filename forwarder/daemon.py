@@ -288,8 +288,10 @@ class Daemon:
         for path in source.paths:
             if path == "-":
                 continue
-            if not os.path.isfile(path):
+            if not os.path.exists(path):  # a FIFO or a device is fine: only missing is not
                 raise ConfigError("source.paths", f"{path}: no such file")
+            if os.path.isdir(path):
+                raise ConfigError("source.paths", f"{path}: is a directory, not a file")
             if not os.access(path, os.R_OK):
                 raise ConfigError("source.paths", f"{path}: not readable")
 
