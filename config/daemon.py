@@ -52,6 +52,9 @@ class SourceSettings:
     access_key: str | None = field(default=None, repr=False)
     max_body_bytes: int = 16 << 20
     max_in_flight: int = 4
+    max_connections: int = 1024
+    request_timeout_s: float = 30.0
+    answer_timeout_s: float = 150.0
     tls_cert_path: str | None = None
     tls_key_path: str | None = None
 
@@ -72,6 +75,10 @@ class DaemonSettings:
     metrics_enabled: bool = True
     spool_drain_interval_s: float = 30.0
     health_check_interval_s: float = 15.0
+    #: A failing source operation (attach, poll, commit, release) is retried after a backoff
+    #: drawn from [0, min(max, base * 2**attempt)] (full jitter), for as long as it fails.
+    source_retry_backoff_s: float = 1.0
+    source_retry_backoff_max_s: float = 60.0
 
 
 # --- parsers: (key, value from TOML or env) -> value -----------------------------------------
@@ -151,6 +158,10 @@ _SOURCE_KEYS: Final[Mapping[str, Callable[[str, object], object]]] = {
     "access_key": _str,
     "max_body_bytes": _num(int, 1024, 1 << 30),
     "max_in_flight": _num(int, 1, 1000),
+    "max_connections": _num(int, 1, 100_000),
+    "request_timeout_s": _num(float, 0.1, 600),
+    # Firehose waits 3 minutes for an answer; the receiver's last resort comes 15 s after this.
+    "answer_timeout_s": _num(float, 0.1, 160),
     "tls_cert_path": _str,
     "tls_key_path": _str,
 }
@@ -167,6 +178,8 @@ _DAEMON_KEYS: Final[Mapping[str, Callable[[str, object], object]]] = {
     "metrics_enabled": _bool,
     "spool_drain_interval_s": _num(float, 0.01, 86_400),
     "health_check_interval_s": _num(float, 0.01, 3600),
+    "source_retry_backoff_s": _num(float, 0.001, 600),
+    "source_retry_backoff_max_s": _num(float, 0.001, 3600),
 }
 
 
@@ -228,6 +241,10 @@ def load_daemon_settings(
         raise ConfigError(f"source.{missing}", "tls_cert_path and tls_key_path go together")
     if source.throttle_backoff_max_s < source.throttle_backoff_s:
         raise ConfigError("source.throttle_backoff_max_s", "must not be below throttle_backoff_s")
+    if settings.source_retry_backoff_max_s < settings.source_retry_backoff_s:
+        raise ConfigError(
+            "daemon.source_retry_backoff_max_s", "must not be below source_retry_backoff_s"
+        )
     if settings.checkpoint_store == "dynamodb" and not settings.checkpoint_table:
         raise ConfigError("daemon.checkpoint_table", "is required with checkpoint_store dynamodb")
     return settings

@@ -56,7 +56,13 @@ Daemon (``forwarder.daemon``, ``forwarder.sources``, ``forwarder.metrics``):
     record_unprocessable            a record the transform refused (stored under
                                     processing-failed/)
     spool_drained, spool_drain_failed   the local spool to S3
-    source_attached, source_attach_failed
+    source_attached
+    source_operation_failed         a source operation (attach, poll, commit, release) failed
+                                    (kind, reason); retried after a backoff, /readyz not ready
+    source_recovered                a source operation succeeded after failures
+    source_reattached               a Kinesis source re-read from its checkpoints after a
+                                    failed poll
+    source_release_failed           records could not be handed back (not committed either)
     shard_discovered, shard_ended   Kinesis shards appearing (splits, merges) and finishing
     source_throttled                Kinesis throttling; backing off
     source_read_failed              a read failed; retried
@@ -74,6 +80,12 @@ Daemon (``forwarder.daemon``, ``forwarder.sources``, ``forwarder.metrics``):
                                     or 500 (released at shutdown: Firehose retries)
     firehose_request_rejected       401 (access key), 400, 411, 413 or 503 (too many waiting)
     firehose_answer_failed          the answer could not be written back to Firehose
+    firehose_request_expired        not settled by answer_timeout_s + 15 s: answered 500
+    firehose_connection_refused     over max_connections with nothing to shed: 503 (logged at
+                                    most every 10 s, with counts)
+    firehose_connections_capped     max_connections lowered to fit the descriptor limit
+    firehose_connection_expired     a request did not arrive within request_timeout_s (debug)
+    firehose_connection_failed      handling one connection raised; that connection is closed
 
 Replay (``forwarder.replay``):
     replay_started                  the run begins (uri, selection)

@@ -16,6 +16,12 @@ not committed, so Kinesis and SQS give them again after a restart. A second sign
 (:meth:`Deliverer.abort`): everything pending is backsplashed at once (``Splunk.Shutdown``),
 committed, exit 130.
 
+A ``firehose-http`` source's answer waits for the checkpoint, and Firehose waits 3 minutes for
+an answer: the checkpoint's flush is bounded by the oldest request's arrival plus
+``answer_timeout_s`` (:meth:`FirehoseHttpSource.answer_deadline`): what is not acknowledged by
+then is backsplashed (``Splunk.Deadline``), so every request is answered 200 in time once its
+events are acknowledged or durably stored.
+
 Files and stdin keep no checkpoint. Reading is bounded (a poll is a few thousand lines), so the
 deliverer's backpressure (pending acks, retries while HEC is down) stops the reading and memory
 does not grow with the input. A run that reads its input to the end exits 0 when everything was
@@ -34,6 +40,19 @@ the checkpoint flushes them all: an SQS message is deleted only once every event
 objects is acknowledged or stored. A corrupt backsplash record is dropped (ledger reason
 ``backsplash_record_corrupt``) and logged with its key and line.
 
+Source failures are supervised: any error of the source's ``attach``, ``poll``, ``commit`` or
+``release`` but a configuration error (an AWS endpoint unreachable or refusing for a while, a
+DynamoDB checkpoint write failing, an ``OSError``) is retried after a capped, full-jitter
+exponential backoff (``source_retry_backoff_s`` .. ``source_retry_backoff_max_s``) for as long
+as it fails; every failure is counted (``forwarder_source_errors_total{operation,kind}``) and
+logged (``source_operation_failed``), ``/readyz`` says not ready until an operation succeeds
+again (``source_recovered``), and the deliverers keep being serviced during the backoff. Nothing
+read is lost: a failed commit leaves the checkpoint where it was (retried), and a failed Kinesis
+poll re-attaches the source from its last checkpoint (a poll can fail after reading some shards:
+those records are read again, duplicates, never a gap). A :class:`~config.loader.ConfigError`
+(a ``files`` source naming a missing path) is not retried: the daemon logs ``daemon_stopped``
+with the problem and exits 2.
+
 The backsplash is S3 with the local spool behind it (``BACKSPLASH_SPOOL_DIR``): while S3 is
 unreachable objects go to the spool, which is drained to S3 every ``spool_drain_interval_s``
 and at start-up (so it survives restarts). If even the spool fails, the daemon stops without
@@ -50,15 +69,18 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from types import FrameType
-from typing import Any, BinaryIO, Final
+from typing import Any, BinaryIO, Final, TypeVar
 
 import requests
 import structlog
+import tenacity
+from botocore.exceptions import ClientError
 
 from config.daemon import DaemonSettings, load_daemon_settings
-from config.loader import read_toml, require_hec
+from config.loader import ConfigError, read_toml, require_hec
 from config.settings import Settings
 from forwarder.backsplash import BacksplashWriter, FallbackBacksplash, backsplash_from_settings
 from forwarder.backsplash_objects import CORRUPT_RECORD, ReplayFailedBacksplash
@@ -94,7 +116,11 @@ EXIT_INCOMPLETE: Final = 5
 EXIT_BACKSPLASH_FAILED: Final = 6
 EXIT_INTERRUPTED: Final = 130
 
-_ATTACH_RETRY_S: Final = 5.0
+#: A backoff after a source failure is slept in slices this long, servicing the deliverers
+#: (ack polls, retries) between them.
+_BACKOFF_SLICE_S: Final = 0.5
+
+_T = TypeVar("_T")
 
 _log = structlog.get_logger("forwarder.daemon")
 
@@ -154,11 +180,17 @@ class Daemon:
         #: Deliverers for re-delivered backsplash records, by endpoint (failures go under
         #: replay-failed/); built on first use, sharing the main deliverer's ledger.
         self.redeliverers: dict[Endpoint, Deliverer] = {}
+        self._stdin = stdin
+        #: Whether a failed poll re-attaches the source from its checkpoints (Kinesis).
+        self._reattach_after_poll_failure = source is None and (
+            daemon_settings.source.type == "kinesis"
+        )
+        self._source_stale = False
         self.source: Source = source if source is not None else self._build_source(stdin)
         self.state = DaemonState(
             ledger=self.deliverer.ledger,
             pending_acks=self.pending_acks,
-            source_lag=self.source.lag_seconds,
+            source_lag=self._source_lag,
             source_attached=lambda: self.source.attached,
             hec_probe=self._probe_hec,
             spool_dir=settings.backsplash.spool_dir,
@@ -168,6 +200,9 @@ class Daemon:
         self.metrics: MetricsServer | None = None
         self._probe_session = requests.Session()
         self._next_drain = 0.0
+
+    def _source_lag(self) -> float | None:
+        return self.source.lag_seconds()  # the current source: a re-attach replaces it
 
     # ------------------------------------------------------------------ deliverers
 
@@ -241,6 +276,25 @@ class Daemon:
             return FirehoseHttpSource(source, stop_event=self.stop_event)
         return FileSource(source, stdin=stdin)
 
+    def _check_source(self) -> None:
+        """What the source's settings name must exist before it is attached.
+
+        Raises:
+            ConfigError: a ``files`` source names a path that is not a readable file.
+        """
+        source = self.daemon_settings.source
+        if source.type != "files":
+            return
+        for path in source.paths:
+            if path == "-":
+                continue
+            if not os.path.exists(path):  # a FIFO or a device is fine: only missing is not
+                raise ConfigError("source.paths", f"{path}: no such file")
+            if os.path.isdir(path):
+                raise ConfigError("source.paths", f"{path}: is a directory, not a file")
+            if not os.access(path, os.R_OK):
+                raise ConfigError("source.paths", f"{path}: not readable")
+
     def _probe_hec(self) -> tuple[bool, str]:
         reasons = []
         for url in self.settings.hec.urls:
@@ -307,44 +361,160 @@ class Daemon:
                 self.metrics.stop()
             self._probe_session.close()
 
-    def _attach(self) -> bool:
+    # ------------------------------------------------------------------ supervision
+
+    def _supervised(self, operation: str, call: Callable[[], _T]) -> _T:
+        """Run one source operation; retry any failure but a configuration error.
+
+        Backoff: full jitter, exponential from ``source_retry_backoff_s``, capped at
+        ``source_retry_backoff_max_s``; no attempt cap (the daemon waits for the endpoint to
+        come back), but a stop request ends the retries. Each failure is counted and logged
+        (``source_operation_failed``) and makes ``/readyz`` not ready until an operation
+        succeeds (``source_recovered``).
+
+        Raises:
+            ConfigError: not retried.
+            BacksplashError: from servicing the deliverers during a backoff.
+            Exception: the last failure, once a stop is requested.
+        """
+        daemon = self.daemon_settings
+        retrying = tenacity.Retrying(
+            stop=tenacity.stop_when_event_set(self.stop_event),
+            wait=tenacity.wait_random_exponential(
+                multiplier=daemon.source_retry_backoff_s, max=daemon.source_retry_backoff_max_s
+            ),
+            retry=tenacity.retry_if_exception(
+                lambda exc: not isinstance(exc, (ConfigError, BacksplashError))
+            ),
+            sleep=self._source_backoff,
+            before_sleep=lambda retry_state: self._source_failed(operation, retry_state),
+            reraise=True,
+        )
+        try:
+            result = retrying(call)
+        except (ConfigError, BacksplashError):
+            raise
+        except Exception as exc:  # stopped while failing: count and log this last failure too
+            self.state.source_failed(operation, _error_kind(exc), _describe(exc))
+            _log.error(
+                "source_operation_failed",
+                source=self.source.name,
+                operation=operation,
+                kind=_error_kind(exc),
+                retry_in_s=None,
+                reason=f"{_describe(exc)}; not retried: shutting down",
+            )
+            raise
+        if self.state.source_error is not None:
+            self.state.source_recovered()
+            _log.info("source_recovered", source=self.source.name, operation=operation)
+        return result
+
+    def _source_failed(self, operation: str, retry_state: tenacity.RetryCallState) -> None:
+        outcome = retry_state.outcome
+        exc = outcome.exception() if outcome is not None else None
+        if exc is None:
+            return
+        kind = _error_kind(exc)
+        reason = _describe(exc)
+        self.state.source_failed(operation, kind, reason)
+        wait = retry_state.next_action.sleep if retry_state.next_action is not None else 0.0
+        _log.error(
+            "source_operation_failed",
+            source=self.source.name,
+            operation=operation,
+            kind=kind,
+            attempt=retry_state.attempt_number,
+            retry_in_s=round(wait, 3),
+            reason=reason,
+        )
+
+    def _source_backoff(self, seconds: float) -> None:
+        """Wait ``seconds`` (less if a stop comes), servicing the deliverers meanwhile."""
+        end = self._clock() + seconds
         while not self.stop_event.is_set():
-            try:
-                self.source.attach()
-            except Exception as exc:  # noqa: BLE001 - any failure: report, retry, stay up
-                _log.error(
-                    "source_attach_failed",
-                    source=self.source.name,
-                    reason=f"{type(exc).__name__}: {exc}",
-                )
-                self.stop_event.wait(_ATTACH_RETRY_S)
-            else:
-                return True
-        return False
+            remaining = end - self._clock()
+            if remaining <= 0:
+                return
+            self.stop_event.wait(min(remaining, _BACKOFF_SLICE_S))
+            self.state.beat()
+            for deliverer in self.deliverers():
+                deliverer.service()
+
+    def _attach(self) -> bool:
+        """Attach the source (retried while it fails); False when a stop came first.
+
+        Raises:
+            ConfigError: the source's settings are wrong (a missing file): not retried.
+        """
+
+        def attach() -> None:
+            self._check_source()
+            self.source.attach()
+
+        try:
+            self._supervised("attach", attach)
+        except (ConfigError, BacksplashError):
+            raise
+        except Exception:  # noqa: BLE001 - a stop came while it failed (counted, logged)
+            return False
+        return True
+
+    def _poll(self, want: int) -> list[SourceRecord]:
+        """One poll; a Kinesis source that failed a poll is re-attached from its checkpoints
+        first (the failed poll may have read some shards past what the daemon received)."""
+        if self._source_stale:
+            self._reattach()
+        try:
+            return self.source.poll(want)
+        except Exception:
+            if self._reattach_after_poll_failure:
+                self._source_stale = True
+            raise
+
+    def _reattach(self) -> None:
+        old = self.source
+        old.close()
+        self.source = self._build_source(self._stdin)
+        self.source.attach()
+        self._source_stale = False
+        _log.warning(
+            "source_reattached",
+            source=self.source.name,
+            reason="a poll failed; reading again from the last checkpoint",
+        )
 
     def _run(self) -> int:
         daemon = self.daemon_settings
         self._drain_spool(force=True)
         _log.info("daemon_started", source=self.source.name)
-        if not self._attach():
-            return self._finish()
         max_records = daemon.source.max_records
         cycle_records = 0
         cycle_start = self._clock()
         try:
+            if not self._attach():
+                return self._finish()
             while not self.stop_event.is_set():
                 self.state.beat()
                 want = max(1, min(max_records, daemon.checkpoint_max_records - cycle_records))
-                records = self.source.poll(want)
+                try:
+                    records = self._supervised("poll", partial(self._poll, want))
+                except (ConfigError, BacksplashError):
+                    raise
+                except Exception:  # noqa: BLE001 - a stop came while polling failed
+                    break
                 taken = self._deliver_all(records)
                 cycle_records += taken
                 if taken < len(records):  # a stop request: the rest is not taken in
-                    self.source.release(records[taken:])
+                    self._release(records[taken:])
                     break
-                elapsed = self._clock() - cycle_start
+                now = self._clock()
+                elapsed = now - cycle_start
+                answer_by = self._answer_deadline()
                 if (
                     cycle_records >= daemon.checkpoint_max_records
                     or (cycle_records and elapsed >= daemon.checkpoint_interval_s)
+                    or (answer_by is not None and now >= answer_by)
                     or self.source.exhausted
                 ):
                     self._checkpoint(deadline=None)
@@ -360,6 +530,8 @@ class Daemon:
                 self._drain_spool()
                 if self.source.exhausted:
                     break
+        except ConfigError as exc:
+            return self._config_failed(exc)
         except BacksplashError as exc:
             return self._backsplash_failed(exc)
         return self._finish()
@@ -456,6 +628,9 @@ class Daemon:
         source is not committed, so those records come again (duplicates, never a loss).
         Returns whether the source was committed.
         """
+        answer_by = self._answer_deadline()
+        if answer_by is not None:  # firehose-http: Firehose must have its answer in time
+            deadline = answer_by if deadline is None else min(deadline, answer_by)
         for deliverer in self.deliverers():
             deliverer.flush(deadline)
         pending = self.pending_acks()
@@ -469,11 +644,42 @@ class Daemon:
                 reason="events neither acknowledged, backsplashed nor dropped; not committing",
             )
             return False
-        committed = self.source.commit()
+        try:
+            committed = self._supervised("commit", self.source.commit)
+        except (ConfigError, BacksplashError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - a stop came while the commit failed
+            _log.error(
+                "checkpoint_skipped",
+                source=self.source.name,
+                reason=f"commit failed until shutdown: {_describe(exc)}; those records "
+                "are read again after a restart (duplicates, not loss)",
+            )
+            return False
         self.state.checkpoints += 1
         summary = self.deliverer.ledger.summary()
         _log.info("checkpoint_saved", source=self.source.name, committed=committed, **summary)
         return True
+
+    def _answer_deadline(self) -> float | None:
+        """firehose-http: when the oldest request taken in must be settled (acknowledged or
+        backsplashed) so that its answer reaches Firehose before Firehose gives up on it."""
+        source = self.source
+        return source.answer_deadline() if isinstance(source, FirehoseHttpSource) else None
+
+    def _release(self, records: Sequence[SourceRecord]) -> None:
+        """Hand records back to the source (retried like any source operation)."""
+        try:
+            self._supervised("release", lambda: self.source.release(records))
+        except (ConfigError, BacksplashError):
+            raise
+        except Exception:  # noqa: BLE001 - not committed either: they come again after a restart
+            _log.warning(
+                "source_release_failed",
+                source=self.source.name,
+                records=len(records),
+                reason="not committed: read again after a restart",
+            )
 
     def _drain_spool(self, *, force: bool = False) -> None:
         if not isinstance(self.backsplash, FallbackBacksplash):
@@ -536,6 +742,13 @@ class Daemon:
                 "checkpoint: run again to read it (from the start)",
             )
 
+    def _config_failed(self, exc: ConfigError) -> int:
+        """A configuration problem found at run time (a files source's missing path): exit 2."""
+        _log.critical(
+            "daemon_stopped", reason=f"configuration error: {exc}", exit_status=EXIT_USAGE
+        )
+        return EXIT_USAGE
+
     def _backsplash_failed(self, exc: BacksplashError) -> int:
         _log.critical(
             "daemon_stopped",
@@ -544,6 +757,19 @@ class Daemon:
         )
         self.deliverer.ledger.log_summary(_log, source=self.source.name)
         return EXIT_BACKSPLASH_FAILED
+
+
+def _error_kind(exc: BaseException) -> str:
+    """A short, bounded label for a failure: the AWS error code, else the exception's type."""
+    if isinstance(exc, ClientError):
+        code = exc.response.get("Error", {}).get("Code")
+        if code:
+            return str(code)
+    return type(exc).__name__
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
 
 
 # --------------------------------------------------------------------- in-process runs

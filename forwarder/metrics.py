@@ -1,15 +1,17 @@
 """Health and Prometheus metrics for the daemon, on a local HTTP port.
 
 ``GET /healthz``  liveness: 200 while the main loop turns (503 once it stalled or stopped).
-``GET /readyz``   readiness: 200 when the source is attached and HEC answered its health
-                  probe (``/services/collector/health``) recently; else 503 with the reason.
+``GET /readyz``   readiness: 200 when the source is attached, its last operation succeeded
+                  (not failing and being retried) and HEC answered its health probe
+                  (``/services/collector/health``) recently; else 503 with the reason.
 ``GET /metrics``  the Prometheus exposition (``prometheus_client``, a private registry).
 
 Counters are read from the delivery ledger at scrape time, so the metrics *are* the ledger:
 ``forwarder_events_in_total``, ``forwarder_events_acknowledged_total``,
 ``forwarder_events_backsplashed_total``, ``forwarder_events_dropped_total{reason}``,
 ``forwarder_retries_total``, ``forwarder_resends_total``, ``forwarder_duplicates_possible_total``,
-``forwarder_requests_total``, ``forwarder_backsplash_failed_total``; gauges
+``forwarder_requests_total``, ``forwarder_backsplash_failed_total``,
+``forwarder_source_errors_total{operation,kind}`` (failed source operations, each retried); gauges
 ``forwarder_pending_acks``, ``forwarder_events_in_flight``, ``forwarder_source_lag_seconds``,
 ``forwarder_spool_objects``, ``forwarder_spool_bytes``, ``forwarder_ready``,
 ``forwarder_checkpoints_total`` (a counter).
@@ -50,6 +52,8 @@ class DaemonState:
         spool_dir: the local spool directory, if any.
         heartbeat: monotonic time the main loop last turned.
         stall_after_s: liveness fails when the loop has not turned for this long.
+        source_error: why the source is failing (its operations being retried), or None.
+        source_errors: failed source operations, by (operation, kind).
     """
 
     ledger: Ledger
@@ -63,13 +67,32 @@ class DaemonState:
     stopped: bool = False
     checkpoints: int = 0
     probe_ttl_s: float = 15.0
+    source_error: str | None = None
+    source_errors: dict[tuple[str, str], int] = field(default_factory=dict)
     _probe_at: float = -1e18
     _probe: tuple[bool, str] = (False, "not probed yet")
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _errors_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def beat(self) -> None:
         """The main loop turned."""
         self.heartbeat = time.monotonic()
+
+    def source_failed(self, operation: str, kind: str, reason: str) -> None:
+        """A source operation failed (it is retried): counted, and readiness turns false."""
+        with self._errors_lock:
+            key = (operation, kind)
+            self.source_errors[key] = self.source_errors.get(key, 0) + 1
+            self.source_error = f"{operation} failed: {reason}"
+
+    def source_error_counts(self) -> list[tuple[tuple[str, str], int]]:
+        """Failed source operations so far, by (operation, kind)."""
+        with self._errors_lock:
+            return sorted(self.source_errors.items())
+
+    def source_recovered(self) -> None:
+        """A source operation succeeded again."""
+        self.source_error = None
 
     def live(self) -> tuple[bool, str]:
         """Liveness: the loop turns."""
@@ -81,7 +104,11 @@ class DaemonState:
         return True, "ok"
 
     def ready(self) -> tuple[bool, str]:
-        """Readiness: source attached and HEC healthy (probe cached for ``probe_ttl_s``)."""
+        """Readiness: source attached and not failing, and HEC healthy (probe cached for
+        ``probe_ttl_s``)."""
+        failing = self.source_error
+        if failing is not None:
+            return False, f"source failing: {failing}"
         if not self.source_attached():
             return False, "source not attached"
         with self._lock:
@@ -132,6 +159,14 @@ class _LedgerCollector(Collector):
         yield CounterMetricFamily(
             "forwarder_checkpoints", "Checkpoints committed.", value=state.checkpoints
         )
+        errors = CounterMetricFamily(
+            "forwarder_source_errors",
+            "Failed source operations (each retried with backoff).",
+            labels=["operation", "kind"],
+        )
+        for (operation, kind), count in state.source_error_counts():
+            errors.add_metric([operation, kind], count)
+        yield errors
         yield GaugeMetricFamily(
             "forwarder_events_in_flight", "Events not yet settled.", value=data["in_flight"]
         )

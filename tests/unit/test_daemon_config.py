@@ -58,6 +58,14 @@ def test_kinesis_with_dynamodb() -> None:
         ({"daemon": {"metrics_enabled": "maybe"}}, "daemon.metrics_enabled"),
         ({"daemon": {"checkpoint_store": "dynamodb"}}, "daemon.checkpoint_table"),
         ({"daemon": {"checkpoint_store": "redis"}}, "daemon.checkpoint_store"),
+        ({"daemon": {"source_retry_backoff_s": 0}}, "daemon.source_retry_backoff_s"),
+        ({"source": {"answer_timeout_s": 170}}, "source.answer_timeout_s"),
+        ({"source": {"max_connections": 0}}, "source.max_connections"),
+        ({"source": {"request_timeout_s": 0}}, "source.request_timeout_s"),
+        (
+            {"daemon": {"source_retry_backoff_s": 5, "source_retry_backoff_max_s": 1}},
+            "daemon.source_retry_backoff_max_s",
+        ),
         ({"daemon": 3}, "daemon"),
         ({"source": {"type": "firehose-http"}}, "source.access_key"),
         ({"source": {"type": "firehose-http", "access_key": ""}}, "source.access_key"),
@@ -122,3 +130,14 @@ def test_firehose_http_defaults() -> None:
     assert (source.host, source.port, source.max_in_flight) == ("127.0.0.1", 8443, 4)
     assert source.max_body_bytes == 16 << 20
     assert source.tls_cert_path is None
+    assert (source.max_connections, source.request_timeout_s) == (1024, 30.0)
+    # Firehose waits 3 minutes for an answer: the default settles a request well before.
+    assert source.answer_timeout_s == 150.0
+
+
+def test_source_retry_backoff_is_settable_from_the_environment() -> None:
+    settings = load_daemon_settings(
+        {"daemon": {"source_retry_backoff_s": 2}},
+        {"FORWARDER_DAEMON_SOURCE_RETRY_BACKOFF_MAX_S": "120"},
+    )
+    assert (settings.source_retry_backoff_s, settings.source_retry_backoff_max_s) == (2.0, 120.0)
