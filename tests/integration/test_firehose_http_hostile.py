@@ -156,7 +156,7 @@ def test_over_the_cap_with_nothing_to_shed_answers_503(
     first, _ = cwl_payloads(1, 2, tag="a")
     second, _ = cwl_payloads(1, 2, tag="b")
     with HecEmulator(token=TEST_TOKEN) as emulator:
-        emulator.set_faults(FaultPlan(ack_delay_s=2.0))
+        emulator.set_faults(FaultPlan(ack_delay_s=5.0))  # holds both while the third comes
         daemon = make_daemon(emulator, aws_endpoint, daemon_settings(tmp_path, max_connections=2))
         with running(daemon) as (url, _):
             waiting = [pool.submit(post, url, first), pool.submit(post, url, second)]
