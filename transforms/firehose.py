@@ -118,7 +118,8 @@ class FirehoseResponse(TypedDict):
 
 
 class InvalidEventError(ValueError):
-    """The event is not a Firehose transformation event (a record without a recordId)."""
+    """The event is not a Firehose transformation event (not an object, ``records`` not a
+    list, or a record without a recordId): it cannot be answered record by record."""
 
 
 # --- values ---------------------------------------------------------------------------------
@@ -706,10 +707,12 @@ def handler(event: Mapping[str, Any], context: Any) -> FirehoseResponse:
 
     Raises:
         config.loader.ConfigError: the function is misconfigured.
-        InvalidEventError: a record has no recordId.
+        InvalidEventError: the event is not an object, or a record has no recordId.
     """
     settings = current_settings()
-    invocation_id = event.get("invocationId") if isinstance(event, Mapping) else None
+    if not isinstance(event, Mapping):
+        raise InvalidEventError(f"the event is a JSON {type(event).__name__}, not an object")
+    invocation_id = event.get("invocationId")
     with structlog.contextvars.bound_contextvars(
         aws_request_id=getattr(context, "aws_request_id", None), invocation_id=invocation_id
     ):

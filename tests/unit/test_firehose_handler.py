@@ -292,6 +292,14 @@ def test_unexpected_error_fails_the_record_not_the_invocation(
     assert failed["log_level"] == "error"
 
 
+@pytest.mark.parametrize("event", [None, [], "records", 7])
+def test_an_event_that_is_not_an_object_is_an_invalid_event(event: Any) -> None:
+    """Found by fuzzing: a non-object event raised AttributeError deep in the handler."""
+    firehose.use_settings(make_settings())
+    with pytest.raises(firehose.InvalidEventError, match="not an object"):
+        handler(event, FakeContext())
+
+
 def test_record_without_record_id_is_an_invalid_event() -> None:
     with pytest.raises(firehose.InvalidEventError):
         run({"records": [{"data": "AA=="}]})
