@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from config.daemon import load_daemon_settings
@@ -48,6 +48,9 @@ environments = st.dictionaries(
 
 @fuzzing(quick=200)
 @given(environments)
+@example({"FORWARDER_CONFIG": "9" * 5000})  # a name too long to open
+@example({"FORWARDER_CONFIG": "/"})  # a directory
+@example({"FORWARDER_CONFIG": "forwarder\x00.toml"})
 def test_any_environment_gives_settings_or_a_config_error(environ: dict[str, str]) -> None:
     try:
         load_settings(environ=environ)

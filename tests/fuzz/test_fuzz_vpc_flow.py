@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from tests.conftest import make_settings
@@ -55,8 +55,26 @@ lines = st.one_of(
 OPTIONS = {mode: make_settings(EVENT_FORMAT=mode).transform for mode in ("auto", "raw", "json")}
 
 
+def flow_line(packets: str = "10", start: str = "1620000000") -> str:
+    """A version 2 line with the given ``packets`` and ``start`` values."""
+    head = "2 123456789012 eni-1 10.0.0.1 10.0.0.2 80 443 6"
+    return f"{head} {packets} 840 {start} 1620000060 ACCEPT OK"
+
+
+#: Integers Python refuses to convert (more than 4,300 digits), or to divide into a float.
+HUGE_INTEGER_LINES = [
+    flow_line(packets="9" * 4400),
+    flow_line(packets="0" + "9" * 4400),
+    flow_line(start="9" * 4400),
+    flow_line(start="9" * 400 + "1"),
+]
+
+
 @fuzzing(quick=200)
 @given(formats, st.one_of(lines, formats.flatmap(line_for)))
+@example(DEFAULT_FIELDS, HUGE_INTEGER_LINES[0])
+@example(DEFAULT_FIELDS, HUGE_INTEGER_LINES[2])
+@example(DEFAULT_FIELDS, HUGE_INTEGER_LINES[3])
 def test_parse_flow_log_raises_only_its_parse_error(fields: tuple[str, ...], line: str) -> None:
     try:
         record = parse_flow_log(line, fields)
@@ -83,6 +101,10 @@ def test_formats_and_headers_raise_only_format_errors(spec: str) -> None:
 @given(
     st.lists(lines, max_size=20), st.sampled_from(sorted(OPTIONS)), st.one_of(st.none(), formats)
 )
+@example(HUGE_INTEGER_LINES, "json", None)
+@example(HUGE_INTEGER_LINES[1:2], "json", None)
+@example(HUGE_INTEGER_LINES[2:3], "raw", None)
+@example(HUGE_INTEGER_LINES[3:], "auto", None)
 def test_every_line_is_delivered(
     batch: list[str], mode: str, fields: tuple[str, ...] | None
 ) -> None:
