@@ -29,7 +29,7 @@ MiB = 1024 * 1024
 NESTING = 100_000
 
 
-def fuzzing(quick: int = 50, deep: int = 3000) -> settings:
+def fuzzing(quick: int = 50, deep: int = 1500) -> settings:
     """Per-test settings: ``quick`` examples in ``make test``, ``deep`` in ``make fuzz``."""
     return settings(
         max_examples=deep if DEEP else quick,
