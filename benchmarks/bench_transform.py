@@ -28,6 +28,7 @@ from config.logs import configure_logging
 from config.settings import FirehoseSettings, LogSettings, Settings
 from forwarder.synthetic import firehose_event, flow_log_payloads
 from transforms.firehose import transform_event
+from transforms.reingest import ReingestReport
 
 TARGETS = {"event+raw lines": 1.5, "raw endpoint": 1.2, "event+json": 2.5}
 MODES = {
@@ -44,8 +45,9 @@ class _Accepting:
     def __init__(self) -> None:
         self.records = 0
 
-    def put(self, records: Sequence[tuple[bytes, str | None]]) -> None:
+    def put(self, records: Sequence[tuple[bytes, str | None]]) -> ReingestReport:
         self.records += len(records)
+        return ReingestReport()
 
 
 def floor(event: dict[str, Any]) -> list[bytes]:

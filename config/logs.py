@@ -8,13 +8,17 @@ Transform (``transforms.firehose``):
                                     processing_failed, control_messages, empty_batches,
                                     events_out, unparsed_lines, bytes_in, bytes_out,
                                     response_bytes, reingested_records, split_records,
-                                    reingested_pieces, reingested_bytes
-    record_failed                   a record became ProcessingFailed (reason, recordId)
+                                    reingested_pieces, reingested_bytes,
+                                    reingest_failed_records, partially_reingested_records,
+                                    demoted_records
+    record_failed                   a record became ProcessingFailed (reason, recordId;
+                                    reingest_failed, answer_full: room for those echoes)
     record_dropped                  a record was dropped (reason: control_message,
                                     empty_batch, split, reingested; per record at debug)
     records_reingested              overflow put back into the source stream
     reingest_retry_scheduled        a PutRecordBatch/PutRecords call is retried (failed count)
-    reingest_failed                 re-ingestion gave up; the invocation fails so Firehose retries
+    reingest_failed                 re-ingestion gave up on some records; they are answered
+                                    ProcessingFailed (the invocation never fails for it)
 
 Delivery (``forwarder``):
     batch_sent                      HEC accepted a request (url, events, bytes, ack_id)

@@ -13,22 +13,27 @@ from __future__ import annotations
 
 import argparse
 import base64
+import dataclasses
 import hashlib
 import json
 import os
 import subprocess
 import sys
 import tempfile
+import typing
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 
-from config.loader import PACKAGED_CONFIG_NAME, ConfigError, load_settings
+from config.daemon import DaemonSettings, SourceSettings
+from config.loader import KEYS, PACKAGED_CONFIG_NAME, ConfigError, load_settings, read_toml
+from config.settings import Settings
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -96,6 +101,64 @@ class PackagingError(Exception):
     """The package could not be built or uploaded; the message says why."""
 
 
+class SecretInConfigError(PackagingError):
+    """The ``--config`` file holds a secret, which would ship inside the zip (readable by
+    anyone who may read the function's code). The message names the key, never the value."""
+
+    def __init__(self, path: Path, key: str) -> None:
+        super().__init__(
+            f"--config {path}: {key} is a secret and would ship inside the zip; remove it and "
+            "give it to the function through its environment or a secret store; no zip written"
+        )
+        self.key = key
+
+
+#: The TOML tables ``config.daemon`` reads, and the settings class each fills.
+_SECRET_TABLES: Mapping[str, type[Any]] = {"daemon": DaemonSettings, "source": SourceSettings}
+
+
+def _secret_fields(cls: type[Any]) -> frozenset[str]:
+    """Fields ``config`` marks secret: those kept out of ``repr`` (``field(repr=False)``)."""
+    return frozenset(field.name for field in dataclasses.fields(cls) if not field.repr)
+
+
+@cache
+def secret_setting_names() -> frozenset[str]:
+    """Every settings-file key that holds a secret, as written in TOML (``splunk_hec_token``,
+    ``source.access_key``): derived from ``config``'s own marks, so a new secret is covered."""
+    sections = typing.get_type_hints(Settings)
+    names = {
+        key.env.lower() for key in KEYS if key.attribute in _secret_fields(sections[key.section])
+    }
+    for table, cls in _SECRET_TABLES.items():
+        names.update(f"{table}.{name}" for name in _secret_fields(cls))
+    return frozenset(names)
+
+
+def secrets_in(document: Mapping[str, Any]) -> list[str]:
+    """The secret keys a parsed settings file sets (to a non-empty value), as written.
+
+    Top-level names are matched in any case: ``SPLUNK_HEC_TOKEN = "..."`` is still a token.
+    """
+    secret = secret_setting_names()
+    found: list[str] = []
+    for name, value in document.items():
+        table = value if name in _SECRET_TABLES else None
+        if isinstance(table, Mapping):
+            found.extend(
+                f"{name}.{key}"
+                for key, inner in table.items()
+                if f"{name}.{str(key).lower()}" in secret and _holds_value(inner)
+            )
+        elif name.lower() in secret and _holds_value(value):
+            found.append(name)
+    return found
+
+
+def _holds_value(value: object) -> bool:
+    return not (isinstance(value, str) and not value.strip())
+
+
 @dataclass(frozen=True)
 class PackageReport:
     """What `build_lambda_zip` produced.
@@ -156,8 +219,9 @@ def build_lambda_zip(
         A `PackageReport` with the zip's size, file count and digest.
 
     Raises:
-        PackagingError: A package directory or dependency is missing, pip failed, or the
-            result exceeds Lambda's unzipped size limit.
+        SecretInConfigError: ``config_file`` holds a secret (before anything is written).
+        PackagingError: A package directory or dependency is missing, pip failed, the
+            settings file is invalid, or the result exceeds Lambda's unzipped size limit.
     """
     package_files = dict(_package_files(source_root))
     if config_file is not None:
@@ -179,10 +243,20 @@ def build_lambda_zip(
 
 
 def _check_config(path: Path) -> None:
-    """Refuse to ship a settings file the Lambda would reject at its first invocation."""
+    """Refuse to ship a settings file that holds a secret, or that the Lambda would reject at
+    its first invocation.
+
+    Raises:
+        SecretInConfigError: it sets a secret (the HEC token, or any other key ``config``
+            marks secret); the message names the first such key.
+        PackagingError: it is missing or invalid.
+    """
     if not path.is_file():
         raise PackagingError(f"--config: no such file: {path}")
     try:
+        secrets = secrets_in(read_toml(path))
+        if secrets:
+            raise SecretInConfigError(path, secrets[0])
         load_settings(environ={}, path=path)
     except ConfigError as exc:
         raise PackagingError(f"--config {path}: {exc}") from None
@@ -290,7 +364,7 @@ def run(args: argparse.Namespace) -> int:
 
     Returns:
         0 when built (and uploaded), 1 when building or uploading failed, 2 for a bad
-        ``--upload`` URI.
+        ``--upload`` URI or a ``--config`` file holding a secret (nothing is written).
     """
     target: tuple[str, str] | None = None
     if args.upload is not None:
@@ -307,6 +381,9 @@ def run(args: argparse.Namespace) -> int:
             python_version=args.python_version,
             config_file=getattr(args, "config", None),
         )
+    except SecretInConfigError as exc:
+        print(f"forwarder package: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except PackagingError as exc:
         print(f"forwarder package: {exc}", file=sys.stderr)
         return EXIT_FAILURE

@@ -15,6 +15,13 @@ original bytes (``transforms.reingest``) and answered ``Dropped``; a record too 
 alone is split into halves of its log events, re-ingested, and transformed on a later
 invocation; a single log event too large alone is ``ProcessingFailed``.
 
+Re-ingestion failures never fail the invocation. A record that could not be put back (any of
+its pieces, for a split record) is answered ``ProcessingFailed`` with its original data, so
+Firehose backs it up under ``processing-failed/`` for ``forwarder replay``. Failing the
+invocation instead would make Firehose retry all of it and put back a second time what the
+earlier chunks had already put back. Should those echoes not fit, ``Ok`` records are demoted
+to ``ProcessingFailed`` (their original data, smaller than their output) until the answer fits.
+
 No re-ingestion counter: the raw bytes have no room for one (they go back unchanged), and no
 loop is possible without one. A record that fits alone fits in some later, emptier answer; one
 that does not is split into strictly fewer events; a single event that does not fit fails.
@@ -46,6 +53,7 @@ if TYPE_CHECKING:
         KinesisReingester,
         Reingester,
         ReingestRecord,
+        ReingestReport,
     )
 
 
@@ -110,7 +118,8 @@ class FirehoseResponse(TypedDict):
 
 
 class InvalidEventError(ValueError):
-    """The event is not a Firehose transformation event (a record without a recordId)."""
+    """The event is not a Firehose transformation event (not an object, ``records`` not a
+    list, or a record without a recordId): it cannot be answered record by record."""
 
 
 # --- values ---------------------------------------------------------------------------------
@@ -360,6 +369,9 @@ class InvocationSummary:
     split_records: int = 0
     reingested_pieces: int = 0
     reingested_bytes: int = 0
+    reingest_failed_records: int = 0
+    partially_reingested_records: int = 0
+    demoted_records: int = 0
 
 
 def parse_event(event: Mapping[str, Any]) -> list[FirehoseRecord]:
@@ -376,13 +388,17 @@ def parse_event(event: Mapping[str, Any]) -> list[FirehoseRecord]:
     return [FirehoseRecord.from_wire(raw) for raw in records]
 
 
+#: One record (or split piece) to put back, with the outcome it belongs to.
+Overflow = tuple[RecordOutcome, "ReingestRecord"]
+
+
 def _fit(
     outcomes: list[RecordOutcome],
     options: TransformOptions,
     *,
     limit_bytes: int,
     summary: InvocationSummary,
-) -> list[ReingestRecord]:
+) -> list[Overflow]:
     """Make the answer fit ``limit_bytes``; returns what must be re-ingested, in order.
 
     Every entry is first counted at its smallest (``Dropped``, no data). ``ProcessingFailed``
@@ -394,7 +410,7 @@ def _fit(
     used = RESPONSE_OVERHEAD_BYTES + _ENTRY_SEPARATOR_BYTES * max(len(outcomes) - 1, 0)
     used += sum(entry_size(o.record.record_id, "Dropped", 0) for o in outcomes)
     room = budget - used  # what one record may add when it is the only one with data
-    overflow: list[ReingestRecord] = []
+    overflow: list[Overflow] = []
 
     def extra(outcome: RecordOutcome) -> int:
         record_id, result = outcome.record.record_id, outcome.result
@@ -419,7 +435,7 @@ def _fit(
                 used += size
             else:
                 assert outcome.raw is not None  # an Ok record was decoded
-                overflow.append((outcome.raw, outcome.record.partition_key))
+                overflow.append((outcome, (outcome.raw, outcome.record.partition_key)))
                 outcome.result = Dropped("reingested")
                 summary.reingested_records += 1
                 log.debug("record_dropped", record_id=outcome.record.record_id, reason="reingested")
@@ -432,7 +448,7 @@ def _too_large_alone(
     options: TransformOptions,
     *,
     room: int,
-    overflow: list[ReingestRecord],
+    overflow: list[Overflow],
     summary: InvocationSummary,
 ) -> None:
     """Split a record whose output fits in no answer, or fail it when it cannot be split."""
@@ -457,7 +473,7 @@ def _too_large_alone(
     pieces = split_batch(
         batch, output_bytes=output_bytes, room_bytes=room, max_record_bytes=MAX_RECORD_BYTES
     )
-    overflow.extend((piece, record.partition_key) for piece in pieces)
+    overflow.extend((outcome, (piece, record.partition_key)) for piece in pieces)
     summary.split_records += 1
     log.info(
         "record_dropped",
@@ -468,6 +484,99 @@ def _too_large_alone(
         output_bytes=output_bytes,
     )
     outcome.result = Dropped("split")
+
+
+def _entry_bytes(outcome: RecordOutcome) -> int:
+    result = outcome.result
+    return entry_size(outcome.record.record_id, result.result, len(result.data))
+
+
+def answer_bytes(outcomes: Sequence[RecordOutcome]) -> int:
+    """Bytes the answer for ``outcomes`` takes in JSON (``json.dumps`` defaults)."""
+    separators = _ENTRY_SEPARATOR_BYTES * max(len(outcomes) - 1, 0)
+    return RESPONSE_OVERHEAD_BYTES + separators + sum(_entry_bytes(o) for o in outcomes)
+
+
+def _reingest(
+    overflow: list[Overflow], reingester: Reingester, summary: InvocationSummary
+) -> ReingestReport:
+    """Put the overflow back; a record any piece of which did not go back becomes
+    ``ProcessingFailed`` with its original data (Firehose backs it up for replay).
+
+    A split record whose pieces went back only in part is backed up whole: the events of the
+    pieces that did go back can then arrive twice (counted: ``partially_reingested_records``).
+    """
+    report = reingester.put([record for _owner, record in overflow])
+    failed = set(report.failed)
+    owners: dict[int, tuple[RecordOutcome, list[bool]]] = {}
+    for position, (owner, _record) in enumerate(overflow):
+        owners.setdefault(id(owner), (owner, []))[1].append(position not in failed)
+    went_back = [record for position, (_o, record) in enumerate(overflow) if position not in failed]
+    summary.reingested_pieces = len(went_back)
+    summary.reingested_bytes = sum(len(data) for data, _key in went_back)
+    for owner, pieces in owners.values():
+        if all(pieces):
+            continue
+        assert isinstance(owner.result, Dropped)  # only re-ingested records are in the overflow
+        if owner.result.reason == "split":
+            summary.split_records -= 1
+        else:
+            summary.reingested_records -= 1
+        summary.reingest_failed_records += 1
+        if any(pieces):
+            summary.partially_reingested_records += 1
+        log.warning(
+            "record_failed",
+            record_id=owner.record.record_id,
+            reason="reingest_failed",
+            pieces=len(pieces),
+            pieces_reingested=sum(pieces),
+            error_codes=list(report.error_codes),
+        )
+        owner.result = ProcessingFailed("reingest_failed", owner.record.data or "")
+    if went_back:
+        log.info(
+            "records_reingested",
+            records=summary.reingested_records,
+            split_records=summary.split_records,
+            pieces=summary.reingested_pieces,
+            bytes=summary.reingested_bytes,
+        )
+    return report
+
+
+def _refit(outcomes: list[RecordOutcome], *, limit_bytes: int, summary: InvocationSummary) -> None:
+    """Make room for the echoes of records whose re-ingestion failed.
+
+    ``Ok`` records, last first, become ``ProcessingFailed`` with their original data where
+    that is smaller than their output, until the answer fits. With Lambda's limit that always
+    suffices: an answer of original data only is smaller than the event that brought it
+    (Firehose's processor buffer is at most 3 MiB). Only far smaller limits (tests) reach the
+    last resort of echoing nothing (Firehose still backs the record up).
+    """
+    budget = response_budget(limit_bytes)
+    size = answer_bytes(outcomes)
+    for outcome in reversed(outcomes):
+        if size <= budget:
+            break
+        if isinstance(outcome.result, Ok):
+            before = _entry_bytes(outcome)
+            kept = outcome.result
+            outcome.result = ProcessingFailed("answer_full", outcome.record.data or "")
+            if _entry_bytes(outcome) >= before:
+                outcome.result = kept
+                continue
+            size -= before - _entry_bytes(outcome)
+            summary.demoted_records += 1
+            log.warning("record_failed", record_id=outcome.record.record_id, reason="answer_full")
+    for outcome in reversed(outcomes):
+        if size <= budget:
+            break
+        if isinstance(outcome.result, ProcessingFailed) and outcome.result.data:
+            size -= len(outcome.result.data)
+            outcome.result = ProcessingFailed(outcome.result.reason, "")
+            log.warning("record_failed", record_id=outcome.record.record_id, reason="echo_omitted")
+    summary.response_bytes = size
 
 
 def transform_event(
@@ -482,11 +591,10 @@ def transform_event(
 
     Returns:
         The answer, every recordId exactly once, in input order, within the size limit.
+        Overflow that could not be put back is ``ProcessingFailed`` with its original data.
 
     Raises:
         InvalidEventError: the event has a record without a recordId.
-        transforms.reingest.ReingestError: overflow could not be put back (the invocation
-            must fail so that Firehose retries it).
     """
     records = parse_event(event)
     options = settings.transform
@@ -498,16 +606,9 @@ def transform_event(
         outcomes, options, limit_bytes=settings.firehose.response_limit_bytes, summary=summary
     )
     if overflow:
-        reingester.put(overflow)
-        summary.reingested_pieces = len(overflow)
-        summary.reingested_bytes = sum(len(data) for data, _key in overflow)
-        log.info(
-            "records_reingested",
-            records=summary.reingested_records,
-            split_records=summary.split_records,
-            pieces=summary.reingested_pieces,
-            bytes=summary.reingested_bytes,
-        )
+        report = _reingest(overflow, reingester, summary)
+        if report.failed:
+            _refit(outcomes, limit_bytes=settings.firehose.response_limit_bytes, summary=summary)
     for outcome in outcomes:
         result = outcome.result
         if isinstance(result, Ok):
@@ -566,16 +667,24 @@ class _SourceStreamReingester:
         self.remaining_s = remaining_s
         self.inner: FirehoseReingester | KinesisReingester | None = None
 
-    def put(self, records: Sequence[ReingestRecord]) -> None:
-        if self.inner is None:
-            from transforms.reingest import reingester_for  # noqa: PLC0415 - boto3 is slow
+    def put(self, records: Sequence[ReingestRecord]) -> ReingestReport:
+        from transforms.reingest import (  # noqa: PLC0415 - boto3 is slow
+            ReingestError,
+            ReingestReport,
+            reingester_for,
+        )
 
-            self.inner = reingester_for(
-                delivery_stream_arn=self.delivery_stream_arn,
-                kinesis_stream_arn=self.kinesis_stream_arn,
-                remaining_s=self.remaining_s,
-            )
-        self.inner.put(records)
+        if self.inner is None:
+            try:
+                self.inner = reingester_for(
+                    delivery_stream_arn=self.delivery_stream_arn,
+                    kinesis_stream_arn=self.kinesis_stream_arn,
+                    remaining_s=self.remaining_s,
+                )
+            except ReingestError:
+                log.exception("reingest_failed", failed=len(records), of=len(records))
+                return ReingestReport.all_failed(len(records), "NoSourceStream")
+        return self.inner.put(records)
 
     def close(self) -> None:
         if self.inner is not None:
@@ -598,10 +707,12 @@ def handler(event: Mapping[str, Any], context: Any) -> FirehoseResponse:
 
     Raises:
         config.loader.ConfigError: the function is misconfigured.
-        transforms.reingest.ReingestError: overflow could not be re-ingested; Firehose retries.
+        InvalidEventError: the event is not an object, or a record has no recordId.
     """
     settings = current_settings()
-    invocation_id = event.get("invocationId") if isinstance(event, Mapping) else None
+    if not isinstance(event, Mapping):
+        raise InvalidEventError(f"the event is a JSON {type(event).__name__}, not an object")
+    invocation_id = event.get("invocationId")
     with structlog.contextvars.bound_contextvars(
         aws_request_id=getattr(context, "aws_request_id", None), invocation_id=invocation_id
     ):

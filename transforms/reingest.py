@@ -7,16 +7,20 @@ Firehose sources get ``PutRecordBatch`` (at most 500 records and 4 MiB per call,
 record); Kinesis sources get ``PutRecords`` (500 records and 5 MiB per call, partition keys
 counted, 1 MiB per record). Both answer 200 even when some entries failed: the per-entry
 ``ErrorCode`` (with ``FailedPutCount`` / ``FailedRecordCount``) says which, and only those are
-sent again, with exponential backoff and full jitter, within the Lambda's remaining time. When
-entries still fail, ``ReingestError`` is raised so the invocation fails and Firehose retries it:
-nothing is dropped silently.
+sent again, with exponential backoff and full jitter, within the Lambda's remaining time.
+
+``put`` never raises for the stream's sake: it returns a :class:`ReingestReport` naming the
+records that did not make it back (still failing, a call that failed, a record too large, no
+time left), and the transform answers those ``ProcessingFailed`` with their original data.
+Failing the invocation instead would make Firehose retry all of it and put the records of the
+chunks that did succeed a second time (DESIGN.md sections 2 and 5).
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
@@ -67,12 +71,27 @@ class ReingestPolicy:
 
 
 class ReingestError(Exception):
-    """Re-ingestion gave up; the invocation must fail so Firehose retries the whole batch."""
+    """No reingester can be built for this invocation (no usable stream ARN)."""
 
-    def __init__(self, message: str, *, failed: int, error_codes: Sequence[str] = ()) -> None:
-        super().__init__(message)
-        self.failed = failed
-        self.error_codes = tuple(error_codes)
+
+@dataclass(frozen=True, slots=True)
+class ReingestReport:
+    """What came of one ``put``: which records did not make it back, and why.
+
+    Attributes:
+        failed: positions (into the records given to ``put``) of the records not put back,
+            ascending. A record listed here may still have arrived when a call's answer was
+            lost after the stream took it (a timeout, a broken connection).
+        error_codes: the distinct error codes behind them, sorted.
+    """
+
+    failed: tuple[int, ...] = ()
+    error_codes: tuple[str, ...] = ()
+
+    @classmethod
+    def all_failed(cls, count: int, error_code: str) -> ReingestReport:
+        """Nothing was put back."""
+        return cls(tuple(range(count)), (error_code,) if count else ())
 
 
 class _PartialFailure(Exception):
@@ -84,15 +103,21 @@ class _PartialFailure(Exception):
 
 
 class Reingester(Protocol):
-    """Something that durably puts records back into the source stream or raises."""
+    """Something that puts records back into the source stream and says which did not go."""
 
-    def put(self, records: Sequence[ReingestRecord]) -> None:
-        """Put every record, or raise ``ReingestError``."""
+    def put(self, records: Sequence[ReingestRecord]) -> ReingestReport:
+        """Put every record it can; report the others (never raise for the stream's sake)."""
 
 
-def chunk_records(
+def record_size(record: ReingestRecord) -> int:
+    """Bytes a record counts against the API's limits: data plus partition key."""
+    data, key = record
+    return len(data) + (len(key.encode()) if key else 0)
+
+
+def plan_chunks(
     records: Sequence[ReingestRecord], *, max_records: int, max_bytes: int, max_record_bytes: int
-) -> list[list[ReingestRecord]]:
+) -> tuple[list[list[int]], list[int]]:
     """Group records into API calls that respect the service's count and byte limits.
 
     Args:
@@ -102,29 +127,26 @@ def chunk_records(
         max_record_bytes: bytes per record (data plus partition key).
 
     Returns:
-        Consecutive chunks, in the input order.
-
-    Raises:
-        ReingestError: a record is larger than one record may be.
+        ``(chunks, too_large)``: consecutive chunks of positions into ``records``, in order,
+        and the positions of the records larger than one record may be (never sent).
     """
-    chunks: list[list[ReingestRecord]] = []
-    current: list[ReingestRecord] = []
+    chunks: list[list[int]] = []
+    too_large: list[int] = []
+    current: list[int] = []
     current_bytes = 0
-    for data, key in records:
-        size = len(data) + (len(key.encode()) if key else 0)
+    for position, record in enumerate(records):
+        size = record_size(record)
         if size > max_record_bytes:
-            raise ReingestError(
-                f"a record of {size} bytes exceeds the {max_record_bytes}-byte record limit",
-                failed=len(records),
-            )
+            too_large.append(position)
+            continue
         if current and (len(current) >= max_records or current_bytes + size > max_bytes):
             chunks.append(current)
             current, current_bytes = [], 0
-        current.append((data, key))
+        current.append(position)
         current_bytes += size
     if current:
         chunks.append(current)
-    return chunks
+    return chunks, too_large
 
 
 def arn_parts(arn: str) -> tuple[str, str]:
@@ -141,10 +163,22 @@ def arn_parts(arn: str) -> tuple[str, str]:
     return parts[3], parts[5].split("/", 1)[1]
 
 
+#: One put call's socket bounds: a hung endpoint must not hold the Lambda until it is killed
+#: (a killed invocation is retried whole by Firehose, re-putting what had gone back already).
+CONNECT_TIMEOUT_S = 5.0
+READ_TIMEOUT_S = 20.0
+
+
 def make_client(service: str, region: str) -> Any:
     """A boto3 client for ``service`` in ``region``; endpoints follow ``AWS_ENDPOINT_URL*``."""
     return boto3.client(  # type: ignore[call-overload]
-        service, region_name=region, config=Config(retries={"mode": "standard"})
+        service,
+        region_name=region,
+        config=Config(
+            retries={"mode": "standard"},
+            connect_timeout=CONNECT_TIMEOUT_S,
+            read_timeout=READ_TIMEOUT_S,
+        ),
     )
 
 
@@ -179,42 +213,76 @@ class _StreamReingester(Generic[ClientT]):
         self.sleep = sleep
         self.calls = 0
 
-    def _send(self, records: list[ReingestRecord]) -> list[tuple[ReingestRecord, str]]:
-        """One API call; returns the records that failed with their error codes, in order."""
+    def _send(self, records: list[ReingestRecord]) -> list[tuple[int, str]]:
+        """One API call; returns the positions (in ``records``) that failed, with codes."""
         raise NotImplementedError
 
     def close(self) -> None:
         """Close the client's connections."""
         self.client.close()
 
-    def put(self, records: Sequence[ReingestRecord]) -> None:
-        """Put every record, chunked to the API's limits, retrying failed entries.
+    def _out_of_time(self) -> bool:
+        return self.remaining_s is not None and self.remaining_s() < self.policy.time_margin_s
 
-        Raises:
-            ReingestError: entries still failed when attempts or Lambda time ran out, or the
-                API call itself failed after botocore's own retries.
+    def put(self, records: Sequence[ReingestRecord]) -> ReingestReport:
+        """Put every record it can, chunked to the API's limits, retrying failed entries.
+
+        Each chunk is tried on its own: a chunk that gives up does not stop the next ones, but
+        no chunk starts (and no retry sleeps) into the time kept for answering Firehose.
+
+        Returns:
+            The records that were not put back: entries still failing when attempts or time
+            ran out, chunks whose call failed after botocore's own retries, chunks not started
+            for lack of time, and records above the per-record limit.
         """
-        chunks = chunk_records(
+        chunks, too_large = plan_chunks(
             records,
             max_records=self.max_records,
             max_bytes=self.max_bytes,
             max_record_bytes=self.max_record_bytes,
         )
-        for chunk in chunks:
-            self._put_chunk(chunk)
+        failed: dict[int, str] = dict.fromkeys(too_large, "RecordTooLarge")
+        for position in too_large:
+            log.error(
+                "reingest_failed",
+                operation=self.operation,
+                failed=1,
+                of=1,
+                error_codes=["RecordTooLarge"],
+                record_bytes=record_size(records[position]),
+                max_record_bytes=self.max_record_bytes,
+            )
+        for number, chunk in enumerate(chunks):
+            if self._out_of_time():
+                left = [position for later in chunks[number:] for position in later]
+                failed.update(dict.fromkeys(left, "NoTimeLeft"))
+                log.error(
+                    "reingest_failed",
+                    operation=self.operation,
+                    failed=len(left),
+                    of=len(left),
+                    error_codes=["NoTimeLeft"],
+                    chunks_not_started=len(chunks) - number,
+                )
+                break
+            failed.update(self._put_chunk(records, chunk))
+        return ReingestReport(tuple(sorted(failed)), tuple(sorted(set(failed.values()))))
 
-    def _put_chunk(self, chunk: list[ReingestRecord]) -> None:
+    def _put_chunk(self, records: Sequence[ReingestRecord], chunk: list[int]) -> dict[int, str]:
+        """Put one chunk, retrying its failed entries; returns the positions still failing."""
         pending = chunk
+        codes: dict[int, str] = {}
         attempts = 0
 
         def attempt() -> None:
-            nonlocal pending, attempts
+            nonlocal pending, codes, attempts
             self.calls += 1
             attempts += 1
-            failed = self._send(pending)
+            failed = self._send([records[position] for position in pending])
             if failed:
-                pending = [record for record, _code in failed]
-                raise _PartialFailure([code for _record, code in failed])
+                codes = {pending[index]: code for index, code in failed}
+                pending = list(codes)
+                raise _PartialFailure(list(codes.values()))
 
         def before_sleep(state: tenacity.RetryCallState) -> None:
             log.warning(
@@ -241,29 +309,42 @@ class _StreamReingester(Generic[ClientT]):
         )
         try:
             retrying(attempt)
-        except _PartialFailure as exc:
-            failure = exc
+        except _PartialFailure:
+            pass
         except (BotoCoreError, ClientError) as exc:
-            log.exception(
-                "reingest_failed", operation=self.operation, failed=len(pending), of=len(chunk)
+            # The stream may have taken the call whose answer was lost: these records may
+            # arrive although they are reported failed (the one source of duplicates left).
+            code = _client_error_code(exc)
+            codes = dict.fromkeys(pending, code)
+            log.warning(
+                "reingest_failed",
+                operation=self.operation,
+                failed=len(pending),
+                of=len(chunk),
+                attempts=attempts,
+                error_codes=[code],
+                error=str(exc)[:300],
             )
-            raise ReingestError(f"{self.operation} failed: {exc}", failed=len(pending)) from exc
+            return codes
         else:
-            return
-        codes = sorted(set(failure.error_codes))
+            return {}
         log.error(
             "reingest_failed",
             operation=self.operation,
-            failed=len(pending),
+            failed=len(codes),
             of=len(chunk),
             attempts=attempts,
-            error_codes=codes,
+            error_codes=sorted(set(codes.values())),
         )
-        raise ReingestError(
-            f"{self.operation}: {len(pending)} of {len(chunk)} records still failed ({codes})",
-            failed=len(pending),
-            error_codes=failure.error_codes,
-        ) from failure
+        return codes
+
+
+def _client_error_code(exc: BotoCoreError | ClientError) -> str:
+    if isinstance(exc, ClientError):
+        code = exc.response.get("Error", {}).get("Code")
+        if code:
+            return str(code)
+    return type(exc).__name__
 
 
 class _StopBeforeDeadline(tenacity.stop.stop_base):
@@ -292,18 +373,14 @@ class FirehoseReingester(_StreamReingester[FirehoseClient]):
     max_record_bytes = FIREHOSE_MAX_RECORD_BYTES
     operation = "PutRecordBatch"
 
-    def _send(self, records: list[ReingestRecord]) -> list[tuple[ReingestRecord, str]]:
+    def _send(self, records: list[ReingestRecord]) -> list[tuple[int, str]]:
         response = self.client.put_record_batch(
             DeliveryStreamName=self.stream_name,
             Records=[{"Data": data} for data, _key in records],
         )
         if not response.get("FailedPutCount"):
             return []
-        return [
-            (record, entry.get("ErrorCode") or "Unknown")
-            for record, entry in zip(records, response["RequestResponses"], strict=True)
-            if "ErrorCode" in entry
-        ]
+        return _failed_entries(len(records), response["RequestResponses"])
 
 
 class KinesisReingester(_StreamReingester[KinesisClient]):
@@ -314,7 +391,7 @@ class KinesisReingester(_StreamReingester[KinesisClient]):
     max_record_bytes = KINESIS_MAX_RECORD_BYTES
     operation = "PutRecords"
 
-    def _send(self, records: list[ReingestRecord]) -> list[tuple[ReingestRecord, str]]:
+    def _send(self, records: list[ReingestRecord]) -> list[tuple[int, str]]:
         response = self.client.put_records(
             StreamName=self.stream_name,
             Records=[
@@ -324,11 +401,22 @@ class KinesisReingester(_StreamReingester[KinesisClient]):
         )
         if not response.get("FailedRecordCount"):
             return []
-        return [
-            (record, entry.get("ErrorCode") or "Unknown")
-            for record, entry in zip(records, response["Records"], strict=True)
-            if "ErrorCode" in entry
-        ]
+        return _failed_entries(len(records), response["Records"])
+
+
+def _failed_entries(sent: int, entries: Sequence[Mapping[str, Any]]) -> list[tuple[int, str]]:
+    """Positions and codes of the entries that carry an ``ErrorCode``.
+
+    An answer whose entries do not match the records sent one for one cannot say which
+    records arrived: all of them count as failed (the transform backs them up).
+    """
+    if len(entries) != sent:
+        return [(index, "MalformedResponse") for index in range(sent)]
+    return [
+        (index, str(entry.get("ErrorCode") or "Unknown"))
+        for index, entry in enumerate(entries)
+        if "ErrorCode" in entry
+    ]
 
 
 def default_partition_key(data: bytes) -> str:
@@ -375,6 +463,6 @@ def reingester_for(
                 remaining_s=remaining_s,
                 sleep=sleep,
             )
-    except ValueError as exc:
-        raise ReingestError(f"cannot re-ingest: {exc}", failed=0) from exc
-    raise ReingestError("cannot re-ingest: the event names no source stream ARN", failed=0)
+    except (ValueError, BotoCoreError) as exc:
+        raise ReingestError(f"cannot re-ingest: {exc}") from exc
+    raise ReingestError("cannot re-ingest: the event names no source stream ARN")

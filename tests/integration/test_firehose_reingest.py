@@ -2,19 +2,24 @@
 
 The handler builds its own boto3 clients from ``AWS_ENDPOINT_URL``. Moto never reports
 per-entry failures, so the partial-failure tests wrap the real client at the edge: the first
-entries of the first calls are answered the way AWS answers them (``ErrorCode`` per entry,
-``FailedPutCount`` / ``FailedRecordCount``) without being sent; every other entry goes to the
-server. Everything read back comes from the server.
+entries of chosen calls are answered the way AWS answers them (``ErrorCode`` per entry,
+``FailedPutCount`` / ``FailedRecordCount``) without being sent, or a call fails outright as
+botocore raises it once its own retries are spent; every other entry goes to the server.
+Everything read back comes from the server.
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import time
 import zlib
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError
 from structlog.testing import capture_logs
 
 from config.settings import Settings
@@ -44,21 +49,38 @@ class Context:
 
 
 class EdgeClient:
-    """A real boto3 client; the first ``fail_calls`` puts report their first ``fail_entries``
-    entries as failed (not sent), exactly as AWS reports throttled entries. Counts every call.
+    """A real boto3 client; after the first ``after`` puts, the next ``fail_calls`` puts report
+    their first ``fail_entries`` entries as failed (not sent), exactly as AWS reports throttled
+    entries, or, with ``raise_error``, fail whole as botocore raises a call that gave up.
+    Counts every call.
     """
 
-    def __init__(self, client: Any, *, fail_entries: int = 0, fail_calls: int = 0) -> None:
+    def __init__(
+        self,
+        client: Any,
+        *,
+        fail_entries: int = 0,
+        fail_calls: int = 0,
+        after: int = 0,
+        raise_error: bool = False,
+    ) -> None:
         self.client = client
         self.fail_entries = fail_entries
         self.fail_calls = fail_calls
+        self.after = after
+        self.raise_error = raise_error
         self.calls: list[int] = []
 
     def _failing(self, count: int) -> int:
         self.calls.append(count)
-        if self.fail_calls <= 0:
+        if len(self.calls) <= self.after or self.fail_calls <= 0:
             return 0
         self.fail_calls -= 1
+        if self.raise_error:
+            raise ClientError(
+                {"Error": {"Code": "ServiceUnavailableException", "Message": "Slow down."}},
+                "PutRecordBatch",
+            )
         return min(self.fail_entries, count)
 
     def put_record_batch(self, **kwargs: Any) -> Any:
@@ -95,10 +117,15 @@ class Edge:
 
     def __init__(self) -> None:
         self.clients: list[EdgeClient] = []
-        self.failures = {"fail_entries": 0, "fail_calls": 0}
+        self.failures: dict[str, Any] = {"fail_entries": 0, "fail_calls": 0}
 
-    def fail(self, *, entries: int, calls: int) -> None:
-        self.failures = {"fail_entries": entries, "fail_calls": calls}
+    def fail(self, *, entries: int, calls: int, after: int = 0, raise_error: bool = False) -> None:
+        self.failures = {
+            "fail_entries": entries,
+            "fail_calls": calls,
+            "after": after,
+            "raise_error": raise_error,
+        }
 
     @property
     def calls(self) -> list[list[int]]:
@@ -317,19 +344,131 @@ def test_partially_failed_kinesis_puts_are_retried_keeping_partition_keys(
     assert arrived == expected[2:] + expected[:2]  # the throttled two arrive on the retry
 
 
-def test_reingestion_that_keeps_failing_fails_the_invocation_in_time(
+def invoke_like_firehose(
+    event: dict[str, Any], *, seconds: float, attempts: int = 2
+) -> tuple[FirehoseResponse | None, int]:
+    """Invoke as Firehose does: a failed invocation is retried whole (same records).
+
+    Returns the first answer (None when every attempt failed) and the invocations made.
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            return handler(event, Context(seconds=seconds)), attempt
+        except Exception:  # Firehose sees only that the invocation failed, and retries it
+            continue
+    return None, attempts
+
+
+def assert_every_record_accounted_for(
+    event: dict[str, Any], response: FirehoseResponse, originals: list[bytes], arrived: list[bytes]
+) -> dict[str, int]:
+    """Every record is Ok, Dropped because it went back (exactly once), or ProcessingFailed
+    with its original data (for Firehose's processing-failed/ backup and replay)."""
+    assert [entry["recordId"] for entry in response["records"]] == [
+        record["recordId"] for record in event["records"]
+    ]
+    went_back = []
+    for record, original, entry in zip(
+        event["records"], originals, response["records"], strict=True
+    ):
+        if entry["result"] == "Dropped":
+            went_back.append(original)
+        elif entry["result"] == "ProcessingFailed":
+            assert entry["data"] == record["data"]
+            assert base64.b64decode(entry["data"]) == original
+        else:
+            assert entry["result"] == "Ok"
+    assert sorted(arrived) == sorted(went_back)
+    return Counter(entry["result"] for entry in response["records"])
+
+
+def test_a_failing_later_chunk_puts_nothing_back_twice(
     delivery_stream: str, aws_endpoint: str, edge: Edge
 ) -> None:
+    """GIVEN more than 500 overflowing records (two PutRecordBatch chunks) WHEN the second
+    chunk keeps failing THEN the invocation still answers: the first chunk's records are
+    Dropped (they went back once), the second chunk's are ProcessingFailed with their original
+    data, so no Firehose retry of the invocation puts the first chunk back again."""
+    originals = payloads(530, lines=10)
+    event = make_firehose_event(originals, delivery_stream_arn=delivery_stream)
+    limit = 96 * 1024
+    overflowing(limit)
+    edge.fail(entries=10_000, calls=1_000, after=1)
+
+    with capture_logs() as logs:
+        # Time enough for the first chunk on a loaded machine; the second one's retries
+        # stop at the policy's attempts or at the margin, whichever comes first.
+        response, invocations = invoke_like_firehose(
+            event, seconds=reingest.ReingestPolicy().time_margin_s + 15
+        )
+
+    arrived = [record for records in delivered_objects(aws_endpoint) for record in records]
+    twice = [data for data, times in Counter(arrived).items() if times > 1]
+    assert twice == [], f"{len(twice)} records were put back more than once"
+    assert response is not None and invocations == 1
+    calls = [count for client in edge.calls for count in client]
+    assert calls[0] == 500 and len(calls) >= 2  # the second chunk was tried, and failed
+    results = assert_every_record_accounted_for(event, response, originals, arrived)
+    assert len(arrived) == 500
+    assert results["ProcessingFailed"] >= calls[1] > 0  # at least the second chunk's records
+    assert len(json.dumps(response)) <= limit
+    failed = [line for line in logs if line.get("reason") == "reingest_failed"]
+    assert failed and {line["error_codes"][0] for line in failed} == {"ServiceUnavailableException"}
+    [summary] = [line for line in logs if line["event"] == "firehose_invocation_summarized"]
+    assert summary["reingested_records"] == 500
+    assert summary["reingest_failed_records"] == len(failed)
+
+
+def test_a_later_call_that_fails_outright_puts_nothing_back_twice(
+    delivery_stream: str, kinesis_stream: str, aws_endpoint: str, edge: Edge
+) -> None:
+    """GIVEN two PutRecords chunks WHEN the second call fails whole (botocore gave up) THEN
+    its records are ProcessingFailed with their original data and the first chunk's went back
+    once, with their partition keys."""
+    originals = payloads(530, lines=10)
+    event = make_firehose_event(
+        originals, delivery_stream_arn=delivery_stream, kinesis_stream_arn=kinesis_stream
+    )
+    overflowing(96 * 1024)
+    edge.fail(entries=0, calls=1, after=1, raise_error=True)
+
+    response, invocations = invoke_like_firehose(event, seconds=60)
+
+    arrived = kinesis_records(aws_endpoint)
+    assert Counter(arrived).most_common(1)[0][1] == 1  # nothing twice
+    assert response is not None and invocations == 1
+    results = assert_every_record_accounted_for(
+        event, response, originals, [data for data, _key in arrived]
+    )
+    assert len(arrived) == 500
+    [calls] = edge.calls
+    assert calls[0] == 500 and results["ProcessingFailed"] >= calls[1] > 0
+    keys = {
+        record["data"]: record["kinesisRecordMetadata"]["partitionKey"]
+        for record in event["records"]
+    }
+    assert all(keys[base64.b64encode(data).decode()] == key for data, key in arrived)
+
+
+def test_reingestion_that_keeps_failing_answers_in_time_with_originals(
+    delivery_stream: str, aws_endpoint: str, edge: Edge
+) -> None:
+    """GIVEN entries that never stop failing WHEN the Lambda's time runs short THEN retries
+    stop with the margin intact and those records are ProcessingFailed with their original
+    data; the invocation does not fail."""
     originals = payloads(12, lines=40)
     event = make_firehose_event(originals, delivery_stream_arn=delivery_stream)
     overflowing(24 * 1024)
     edge.fail(entries=1, calls=1_000)
-    context = Context(seconds=reingest.ReingestPolicy().time_margin_s + 0.5)
+    context = Context(seconds=reingest.ReingestPolicy().time_margin_s + 2.0)
 
-    with capture_logs() as logs, pytest.raises(reingest.ReingestError) as caught:
-        handler(event, context)
+    with capture_logs() as logs:
+        response = handler(event, context)
 
-    assert caught.value.failed == 1
-    assert caught.value.error_codes == ("ServiceUnavailableException",)
     assert context.get_remaining_time_in_millis() > 2_000  # stopped with the margin intact
-    assert [line["event"] for line in logs][-1] == "reingest_failed"
+    arrived = [record for records in delivered_objects(aws_endpoint) for record in records]
+    results = assert_every_record_accounted_for(event, response, originals, arrived)
+    assert results["ProcessingFailed"] >= 1
+    [gave_up] = [line for line in logs if line["event"] == "reingest_failed"]
+    assert gave_up["error_codes"] == ["ServiceUnavailableException"]
+    assert gave_up["failed"] == 1

@@ -333,6 +333,73 @@ def test_invalid_settings_file_is_refused_before_pip_runs(tmp_path: Path) -> Non
     assert not (tmp_path / "x.zip").exists()
 
 
+SECRET_VALUE = "5d3b1c6e-0000-4000-8000-shipped-token"
+
+#: Settings files that hold a secret, and the key the refusal must name.
+SECRET_FILES = {
+    "token": (f'splunk_hec_token = "{SECRET_VALUE}"\n' + PACKAGED_SETTINGS, "splunk_hec_token"),
+    "token_upper_case": (f'SPLUNK_HEC_TOKEN = "{SECRET_VALUE}"\n', "SPLUNK_HEC_TOKEN"),
+    "token_among_valid_keys": (
+        f'splunk_index = "main"\nsplunk_hec_token = "{SECRET_VALUE}"\nlog_level = "INFO"\n',
+        "splunk_hec_token",
+    ),
+    "firehose_http_access_key": (
+        f'[source]\ntype = "firehose-http"\naccess_key = "{SECRET_VALUE}"\n',
+        "source.access_key",
+    ),
+}
+
+
+def test_every_setting_config_marks_secret_is_refused() -> None:
+    """The refused keys come from config's own marks (fields kept out of repr)."""
+    assert packaging.secret_setting_names() == {"splunk_hec_token", "source.access_key"}
+
+
+@pytest.mark.parametrize(("text", "key"), SECRET_FILES.values(), ids=SECRET_FILES.keys())
+def test_package_refuses_a_settings_file_holding_a_secret(
+    text: str, key: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """GIVEN `forwarder package --config FILE` with a secret in FILE THEN exit 2, one line
+    naming the key (never the value), and no zip."""
+    settings_file = tmp_path / "forwarder.toml"
+    settings_file.write_text(text)
+    args = _args(tmp_path, None)
+    args.config = settings_file
+
+    status = packaging.run(args)
+
+    out, err = capsys.readouterr()
+    assert status == packaging.EXIT_USAGE == 2
+    assert len(err.splitlines()) == 1 and key in err and "secret" in err
+    assert SECRET_VALUE not in out + err
+    assert not (tmp_path / "dist").exists()  # no zip, not even its directory
+
+
+def test_forwarder_package_command_refuses_a_token_with_exit_2(tmp_path: Path) -> None:
+    """The console command: exit status 2, the key named, the token in no output, no zip."""
+    settings_file = tmp_path / "forwarder.toml"
+    settings_file.write_text(SECRET_FILES["token"][0])
+    output = tmp_path / "out" / "lambda.zip"
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "forwarder", "package", "--config", str(settings_file),
+         "--output", str(output)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+
+    assert proc.returncode == 2, proc.stderr
+    assert "splunk_hec_token" in proc.stderr
+    assert SECRET_VALUE not in proc.stdout + proc.stderr
+    assert not output.exists() and not output.parent.exists()
+
+
+def test_an_empty_token_key_holds_no_secret(tmp_path: Path) -> None:
+    """An empty value means unset (as the loader reads it): nothing to leak, not refused."""
+    settings_file = tmp_path / "forwarder.toml"
+    settings_file.write_text('splunk_hec_token = ""\n' + PACKAGED_SETTINGS)
+    packaging._check_config(settings_file)
+
+
 def test_missing_package_is_reported_before_pip_runs(tmp_path: Path) -> None:
     """GIVEN a source root without our packages WHEN building THEN PackagingError names it."""
     with pytest.raises(PackagingError, match="no package 'forwarder'"):

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import structlog
+from botocore.exceptions import ClientError
 from structlog.testing import capture_logs
 
 from config.settings import Settings
@@ -36,10 +37,10 @@ from transforms.firehose import (
 from transforms.reingest import (
     FirehoseReingester,
     KinesisReingester,
-    ReingestError,
     ReingestPolicy,
     ReingestRecord,
-    chunk_records,
+    ReingestReport,
+    plan_chunks,
 )
 
 FLOW_GROUP = "/aws/vpc/flowlogs"
@@ -49,13 +50,19 @@ KINESIS_STREAM_ARN = "arn:aws:kinesis:us-east-1:123456789012:stream/cwl"
 
 
 class RecordingReingester:
-    """An in-memory reingester: remembers what it was given, in order."""
+    """An in-memory reingester: remembers what it was given, in order; the positions in
+    ``failing`` (of one call) are reported failed and not kept."""
 
-    def __init__(self) -> None:
+    def __init__(self, failing: Sequence[int] = ()) -> None:
         self.calls: list[list[ReingestRecord]] = []
+        self.failing = set(failing)
+        self.kept: list[ReingestRecord] = []
 
-    def put(self, records: Sequence[ReingestRecord]) -> None:
+    def put(self, records: Sequence[ReingestRecord]) -> ReingestReport:
         self.calls.append(list(records))
+        failed = tuple(i for i in range(len(records)) if i in self.failing)
+        self.kept.extend(record for i, record in enumerate(records) if i not in self.failing)
+        return ReingestReport(failed, ("ServiceUnavailableException",) if failed else ())
 
     @property
     def records(self) -> list[ReingestRecord]:
@@ -65,8 +72,8 @@ class RecordingReingester:
 class RefusingReingester:
     """Fails like a source stream that stays unavailable."""
 
-    def put(self, records: Sequence[ReingestRecord]) -> None:
-        raise ReingestError("source stream unavailable", failed=len(records))
+    def put(self, records: Sequence[ReingestRecord]) -> ReingestReport:
+        return ReingestReport.all_failed(len(records), "ServiceUnavailableException")
 
 
 def hec_objects(data: str) -> list[dict[str, Any]]:
@@ -285,6 +292,14 @@ def test_unexpected_error_fails_the_record_not_the_invocation(
     assert failed["log_level"] == "error"
 
 
+@pytest.mark.parametrize("event", [None, [], "records", 7])
+def test_an_event_that_is_not_an_object_is_an_invalid_event(event: Any) -> None:
+    """Found by fuzzing: a non-object event raised AttributeError deep in the handler."""
+    firehose.use_settings(make_settings())
+    with pytest.raises(firehose.InvalidEventError, match="not an object"):
+        handler(event, FakeContext())
+
+
 def test_record_without_record_id_is_an_invalid_event() -> None:
     with pytest.raises(firehose.InvalidEventError):
         run({"records": [{"data": "AA=="}]})
@@ -328,6 +343,9 @@ def test_summary_line_counts_everything() -> None:
         "split_records": 0,
         "reingested_pieces": 0,
         "reingested_bytes": 0,
+        "reingest_failed_records": 0,
+        "partially_reingested_records": 0,
+        "demoted_records": 0,
     }
     assert summary["response_bytes"] >= response_size(response) - 4 * 2  # exact, bar separators
 
@@ -397,11 +415,111 @@ def test_processing_failed_echoes_are_kept_before_ok_outputs() -> None:
     assert response_size(response) <= 8192
 
 
-def test_reingestion_failure_fails_the_invocation() -> None:
-    event = make_firehose_event([flow_payload(40, seed=i * 100) for i in range(6)])
+def assert_accounted_for(
+    event: dict[str, Any], response: FirehoseResponse, payloads: list[bytes], kept: list[bytes]
+) -> None:
+    """Every record is Ok, Dropped and put back, or ProcessingFailed with its original data."""
+    went_back = []
+    for record, payload, entry in zip(event["records"], payloads, response["records"], strict=True):
+        assert entry["recordId"] == record["recordId"]
+        if entry["result"] == "Dropped":
+            went_back.append(payload)
+        elif entry["result"] == "ProcessingFailed":
+            assert entry["data"] == record["data"]
+    assert sorted(went_back) == sorted(kept)
 
-    with pytest.raises(ReingestError):
-        run(event, make_settings(FIREHOSE_RESPONSE_LIMIT_BYTES="8192"), RefusingReingester())
+
+def test_reingestion_failure_answers_processing_failed_with_originals() -> None:
+    """GIVEN overflow the source stream refuses THEN the invocation still answers: those
+    records are ProcessingFailed with their original data (Firehose backs them up), never
+    failing the invocation, which Firehose would retry whole."""
+    payloads = [flow_payload(40, seed=i * 100) for i in range(6)]
+    event = make_firehose_event(payloads)
+    limit = 24 * 1024  # room for every original, not for every output
+
+    with capture_logs() as logs:
+        response = run(event, make_settings(FIREHOSE_RESPONSE_LIMIT_BYTES=str(limit)))
+
+    outcome = [result for _, result in results(response)]
+    assert "Dropped" not in outcome and "ProcessingFailed" in outcome
+    assert_accounted_for(event, response, payloads, [])
+    assert response_size(response) <= limit
+    [summary] = [line for line in logs if line["event"] == "firehose_invocation_summarized"]
+    assert summary["reingested_records"] == 0
+    reasons = [line["reason"] for line in logs if line["event"] == "record_failed"]
+    assert summary["reingest_failed_records"] == reasons.count("reingest_failed") > 0
+    assert set(reasons) <= {"reingest_failed", "answer_full"}
+
+
+def test_only_the_records_that_did_not_go_back_fail() -> None:
+    payloads = [flow_payload(40, seed=i * 100) for i in range(8)]
+    event = make_firehose_event(payloads)
+    reingester = RecordingReingester(failing=[1, 3])
+
+    response = run(event, make_settings(FIREHOSE_RESPONSE_LIMIT_BYTES="16384"), reingester)
+
+    [sent] = reingester.calls
+    assert len(sent) >= 4
+    outcome = [result for _, result in results(response)]
+    assert outcome.count("Dropped") == len(sent) - 2
+    assert_accounted_for(event, response, payloads, [data for data, _ in reingester.kept])
+    assert response_size(response) <= 16384
+
+
+def test_ok_records_make_room_for_the_echoes_of_failed_reingestion() -> None:
+    """GIVEN a tight answer full of Ok output WHEN re-ingestion fails THEN Ok records become
+    ProcessingFailed with their (smaller) original data until the echoes fit."""
+    payloads = [flow_payload(60, seed=i * 100) for i in range(6)]
+    event = make_firehose_event(payloads)
+    limit = 32 * 1024
+
+    with capture_logs() as logs:
+        response = run(event, make_settings(FIREHOSE_RESPONSE_LIMIT_BYTES=str(limit)))
+
+    assert response_size(response) <= response_budget(limit)
+    assert_accounted_for(event, response, payloads, [])
+    reasons = [line["reason"] for line in logs if line["event"] == "record_failed"]
+    assert "answer_full" in reasons and "reingest_failed" in reasons
+    assert "echo_omitted" not in reasons
+    [summary] = [line for line in logs if line["event"] == "firehose_invocation_summarized"]
+    assert summary["demoted_records"] == reasons.count("answer_full")
+    assert summary["response_bytes"] == response_size(response)
+
+
+def test_a_split_record_with_a_piece_that_did_not_go_back_is_backed_up_whole() -> None:
+    """The bound on duplicates: pieces that went back are delivered, and the original (all
+    its events) is backed up for replay; counted as partially re-ingested."""
+    payload = make_cwl_payload(make_flow_lines(400), log_group=FLOW_GROUP, log_stream="e")
+    event = make_firehose_event([payload])
+    reingester = RecordingReingester(failing=[0])
+
+    with capture_logs() as logs:
+        response = run(event, make_settings(FIREHOSE_RESPONSE_LIMIT_BYTES="32768"), reingester)
+
+    [sent] = reingester.calls
+    assert len(sent) >= 2
+    [entry] = response["records"]
+    assert (entry["result"], entry["data"]) == ("ProcessingFailed", event["records"][0]["data"])
+    [summary] = [line for line in logs if line["event"] == "firehose_invocation_summarized"]
+    assert summary["partially_reingested_records"] == 1
+    assert summary["split_records"] == 0
+    assert summary["reingested_pieces"] == len(sent) - 1
+    failed = next(line for line in logs if line["event"] == "record_failed")
+    assert (failed["pieces"], failed["pieces_reingested"]) == (len(sent), len(sent) - 1)
+
+
+def test_handler_without_a_source_stream_answers_overflow_as_processing_failed() -> None:
+    payloads = [flow_payload(40, seed=i * 100) for i in range(6)]
+    event = make_firehose_event(payloads)
+    del event["deliveryStreamArn"]
+    firehose.use_settings(make_settings(FIREHOSE_RESPONSE_LIMIT_BYTES=str(24 * 1024)))
+
+    with capture_logs() as logs:
+        response = handler(event, FakeContext())
+
+    assert "ProcessingFailed" in [result for _, result in results(response)]
+    assert_accounted_for(event, response, payloads, [])
+    assert any(line["event"] == "reingest_failed" for line in logs)
 
 
 def _settle(
@@ -600,29 +718,35 @@ def test_transform_file_contents_reads_a_flow_log_file_with_or_without_header() 
 
 
 def test_chunks_respect_count_and_byte_limits() -> None:
-    small = [(b"x" * 10, None)] * 1201
-    assert [len(chunk) for chunk in chunk_records(
+    small: list[ReingestRecord] = [(b"x" * 10, None)] * 1201
+    chunks, too_large = plan_chunks(
         small, max_records=500, max_bytes=4 * 1024 * 1024, max_record_bytes=1000 * 1024
-    )] == [500, 500, 201]  # fmt: skip
-    big = [(b"x" * (1000 * 1024), "k")] * 9
-    chunks = chunk_records(
+    )
+    assert [len(chunk) for chunk in chunks] == [500, 500, 201]
+    assert [p for chunk in chunks for p in chunk] == list(range(1201)) and too_large == []
+    big: list[ReingestRecord] = [(b"x" * (1000 * 1024), "k")] * 9
+    chunks, _ = plan_chunks(
         big, max_records=500, max_bytes=5 * 1024 * 1024, max_record_bytes=1024**2
     )
     assert [len(chunk) for chunk in chunks] == [5, 4]
-    with pytest.raises(ReingestError):
-        chunk_records(big, max_records=500, max_bytes=4 * 1024**2, max_record_bytes=1000 * 1024 - 1)
+    mixed: list[ReingestRecord] = [(b"a", None), (b"x" * 11, "k"), (b"b", None)]
+    chunks, too_large = plan_chunks(mixed, max_records=500, max_bytes=100, max_record_bytes=11)
+    assert (chunks, too_large) == ([[0, 2]], [1])
 
 
 class FakeFirehoseClient:
-    """Answers PutRecordBatch like Firehose, failing the first entries of the first calls."""
+    """Answers PutRecordBatch like Firehose, failing the first entries of the first calls;
+    an exception in ``fail`` is raised by that call instead."""
 
-    def __init__(self, fail: list[int]) -> None:
+    def __init__(self, fail: list[int | Exception]) -> None:
         self.fail = fail
         self.calls: list[list[bytes]] = []
 
     def put_record_batch(self, DeliveryStreamName: str, Records: list[dict[str, bytes]]) -> Any:
         self.calls.append([record["Data"] for record in Records])
         failing = self.fail.pop(0) if self.fail else 0
+        if isinstance(failing, Exception):
+            raise failing
         entries = [
             {"ErrorCode": "ServiceUnavailableException", "ErrorMessage": "slow down"}
             if i < failing
@@ -644,8 +768,9 @@ def test_failed_entries_are_retried_alone_with_backoff() -> None:
     records = [(f"r{i}".encode(), None) for i in range(5)]
 
     with capture_logs() as logs:
-        reingester.put(records)
+        report = reingester.put(records)
 
+    assert report == ReingestReport()
     assert client.calls == [[b"r0", b"r1", b"r2", b"r3", b"r4"], [b"r0", b"r1", b"r2"], [b"r0"]]
     assert len(sleeps) == 2 and all(0 <= s <= 2.0 for s in sleeps)
     retries = [line for line in logs if line["event"] == "reingest_retry_scheduled"]
@@ -653,7 +778,7 @@ def test_failed_entries_are_retried_alone_with_backoff() -> None:
     assert retries[0]["error_codes"] == ["ServiceUnavailableException"]
 
 
-def test_entries_that_keep_failing_raise_after_the_last_attempt() -> None:
+def test_entries_that_keep_failing_are_reported_after_the_last_attempt() -> None:
     client = FakeFirehoseClient(fail=[2] * 10)
     reingester = FirehoseReingester(
         client,  # type: ignore[arg-type]
@@ -662,12 +787,77 @@ def test_entries_that_keep_failing_raise_after_the_last_attempt() -> None:
         sleep=lambda _s: None,
     )
 
-    with capture_logs() as logs, pytest.raises(ReingestError) as caught:
-        reingester.put([(b"a", None), (b"b", None), (b"c", None)])
+    with capture_logs() as logs:
+        report = reingester.put([(b"a", None), (b"b", None), (b"c", None)])
 
-    assert caught.value.failed == 2
+    assert report == ReingestReport((0, 1), ("ServiceUnavailableException",))
     assert len(client.calls) == 3
     assert [line["event"] for line in logs][-1] == "reingest_failed"
+
+
+def test_a_chunk_that_fails_does_not_stop_the_next_one() -> None:
+    """GIVEN three chunks WHEN the second call fails whole (botocore gave up) THEN only its
+    records are reported, the third chunk still goes, and nothing is sent twice."""
+    error = ClientError(
+        {"Error": {"Code": "ThrottlingException", "Message": "x"}}, "PutRecordBatch"
+    )
+    client = FakeFirehoseClient(fail=[0, error])
+    reingester = FirehoseReingester(
+        client,  # type: ignore[arg-type]
+        "s",
+        policy=ReingestPolicy(max_attempts=3),
+        sleep=lambda _s: None,
+    )
+    records: list[ReingestRecord] = [(f"r{i:04d}".encode(), None) for i in range(1200)]
+
+    report = reingester.put(records)
+
+    assert report == ReingestReport(tuple(range(500, 1000)), ("ThrottlingException",))
+    assert [len(call) for call in client.calls] == [500, 500, 200]
+    sent = [data for call in client.calls for data in call]
+    assert len(set(sent)) == len(sent)
+
+
+def test_too_large_records_are_reported_and_the_others_go() -> None:
+    client = FakeFirehoseClient(fail=[])
+    reingester = FirehoseReingester(client, "s", sleep=lambda _s: None)  # type: ignore[arg-type]
+
+    report = reingester.put([(b"a", None), (b"x" * (1000 * 1024 + 1), None), (b"b", None)])
+
+    assert report == ReingestReport((1,), ("RecordTooLarge",))
+    assert client.calls == [[b"a", b"b"]]
+
+
+def test_an_answer_that_does_not_match_the_records_fails_them_all() -> None:
+    class Client:
+        def put_record_batch(self, DeliveryStreamName: str, Records: list[Any]) -> Any:
+            return {"FailedPutCount": 1, "RequestResponses": [{"ErrorCode": "InternalFailure"}]}
+
+    report = FirehoseReingester(
+        Client(),  # type: ignore[arg-type]
+        "s",
+        policy=ReingestPolicy(max_attempts=1),
+        sleep=lambda _s: None,
+    ).put([(b"a", None), (b"b", None)])
+
+    assert report == ReingestReport((0, 1), ("MalformedResponse",))
+
+
+def test_no_chunk_starts_in_the_time_kept_for_answering() -> None:
+    client = FakeFirehoseClient(fail=[])
+    remaining = iter([10.0, 2.9])
+    reingester = FirehoseReingester(
+        client,  # type: ignore[arg-type]
+        "s",
+        policy=ReingestPolicy(time_margin_s=3.0),
+        remaining_s=lambda: next(remaining),
+        sleep=lambda _s: None,
+    )
+
+    report = reingester.put([(f"r{i:04d}".encode(), None) for i in range(700)])
+
+    assert report == ReingestReport(tuple(range(500, 700)), ("NoTimeLeft",))
+    assert [len(call) for call in client.calls] == [500]
 
 
 def test_retries_stop_before_the_lambda_runs_out_of_time() -> None:
@@ -681,9 +871,9 @@ def test_retries_stop_before_the_lambda_runs_out_of_time() -> None:
         sleep=lambda _s: None,
     )
 
-    with pytest.raises(ReingestError):
-        reingester.put([(b"a", None)])
+    report = reingester.put([(b"a", None)])
 
+    assert report.failed == (0,)
     assert 2 <= len(client.calls) <= 3
 
 

@@ -5,17 +5,19 @@ from __future__ import annotations
 import base64
 import gzip
 import json
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import event as hypothesis_event
 from hypothesis import strategies as st
+from structlog.testing import capture_logs
 
 from tests.conftest import make_settings
 from tests.factories import make_cwl_payload, make_firehose_event
 from transforms.firehose import FirehoseResponse, transform_event
-from transforms.reingest import ReingestRecord
+from transforms.reingest import ReingestRecord, ReingestReport
 
 DEFAULTS = make_settings(MAX_DECOMPRESSED_BYTES=str(1024 * 1024))
 TIGHT_LIMIT = 4096
@@ -29,11 +31,19 @@ PROPERTY_SETTINGS = settings(
 
 
 class Recorder:
-    def __init__(self) -> None:
-        self.records: list[ReingestRecord] = []
+    """Keeps what it is given; the positions ``failing`` picks (per call) are reported failed
+    and not kept, like entries a throttled stream refused."""
 
-    def put(self, records: Sequence[ReingestRecord]) -> None:
-        self.records.extend(records)
+    def __init__(self, failing: Callable[[int], bool] = lambda _position: False) -> None:
+        self.records: list[ReingestRecord] = []
+        self.failing = failing
+        self.offered = 0
+
+    def put(self, records: Sequence[ReingestRecord]) -> ReingestReport:
+        failed = tuple(i for i in range(len(records)) if self.failing(i))
+        self.offered += len(records)
+        self.records.extend(record for i, record in enumerate(records) if i not in failed)
+        return ReingestReport(failed, ("ServiceUnavailableException",) if failed else ())
 
 
 messages = st.text(max_size=200)
@@ -157,3 +167,45 @@ def test_under_a_tight_limit_the_answer_fits_and_overflow_is_reingested(
     for data, _key in recorder.records:
         # either an original record, or a piece of a split CloudWatch batch
         assert data in originals or data.startswith(b"\x1f\x8b")
+
+
+@PROPERTY_SETTINGS
+@given(
+    st.lists(st.one_of(record_bytes, large_cwl_payloads), max_size=20),
+    st.sets(st.integers(min_value=0, max_value=40)),
+)
+def test_when_reingestion_fails_in_part_every_record_is_still_accounted_for(
+    datas: list[bytes], failing: set[int]
+) -> None:
+    """Whatever re-ingestion refuses: the answer fits, a record Dropped for re-ingestion went
+    back (whole, or every piece of it), and one that did not is ProcessingFailed with its
+    original data; nothing goes back that is not answered Dropped."""
+    event = make_firehose_event(datas)
+    recorder = Recorder(failing=failing.__contains__)
+
+    with capture_logs() as logs:
+        response = transform_event(event, TIGHT, reingester=recorder)
+
+    assert_well_formed(event, response, TIGHT_LIMIT)
+    hypothesis_event(f"refused {recorder.offered - len(recorder.records)} of {recorder.offered}")
+    reasons = {
+        line["record_id"]: line["reason"] for line in logs if line["event"] == "record_dropped"
+    }
+    went_back = Counter(data for data, _key in recorder.records)
+    split_records = 0
+    for record, data, entry in zip(event["records"], datas, response["records"], strict=True):
+        reason = reasons.get(record["recordId"])
+        if entry["result"] == "Dropped" and reason == "reingested":
+            assert went_back[data] > 0, "answered Dropped but never put back"
+            went_back[data] -= 1
+        elif reason == "split":
+            # Dropped: every piece went back. ProcessingFailed: some piece did not, and the
+            # original is backed up whole (the documented bound on duplicates).
+            split_records += 1
+            if entry["result"] == "ProcessingFailed":
+                assert entry["data"] in (record["data"], "")
+        elif entry["result"] == "ProcessingFailed" and reason == "reingested":
+            assert entry["data"] in (record["data"], "")  # "": only under a tiny limit
+    leftover = [data for data, count in went_back.items() for _ in range(count)]
+    assert not leftover or split_records, "put back, yet answered as if not"
+    assert all(data.startswith(b"\x1f\x8b") for data in leftover)  # split pieces only
