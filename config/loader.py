@@ -284,6 +284,13 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError("FORWARDER_CONFIG", f"no such file: {path}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError("FORWARDER_CONFIG", f"{path} is not valid TOML: {exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError("FORWARDER_CONFIG", f"{path} is not UTF-8 text") from None
+    except RecursionError:
+        raise ConfigError("FORWARDER_CONFIG", f"{path} nests arrays or tables too deeply") from None
+    except (OSError, ValueError) as exc:  # a directory, a name too long, a NUL in the path
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError("FORWARDER_CONFIG", f"cannot read {str(path)[:200]}: {reason}") from None
 
 
 def _route(index: int, table: object) -> Route:

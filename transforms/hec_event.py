@@ -19,7 +19,7 @@ from functools import lru_cache
 from transforms.errors import FlowLogParseError
 from transforms.records import WIRE_ERRORS, HecEvent, LogEvent
 from transforms.routing import Destination
-from transforms.vpc_flow import epoch_seconds, parse_flow_log, to_splunk_fields
+from transforms.vpc_flow import epoch_seconds, is_flow_int, parse_flow_log, to_splunk_fields
 
 _SEPARATORS = (",", ":")
 
@@ -70,7 +70,7 @@ def flow_line_fits(line: str, fields: tuple[str, ...]) -> tuple[bool, int | floa
     if "start" not in fields:
         return True, None
     start = values[fields.index("start")]
-    if not (start.isascii() and start.isdigit()):
+    if not is_flow_int(start):
         return False, None
     return True, epoch_seconds(start)
 

@@ -36,6 +36,7 @@ from transforms.vpc_flow import (
     compile_format,
     epoch_seconds,
     fields_from_header,
+    is_flow_int,
     is_header_line,
 )
 
@@ -363,7 +364,7 @@ def _fast_starts(fmt: FlowFormat, messages: list[str]) -> list[str] | None:
 
 def _start_time(start: str) -> str | None:
     """HEC ``time`` text for a ``start`` value, or None if it is not an integer."""
-    if not (start.isascii() and start.isdigit()):
+    if not is_flow_int(start):
         return None
     if len(start) == 10 and start[0] != "0":
         return start

@@ -281,8 +281,14 @@ def fields_from_header(line: str) -> tuple[str, ...]:
     return parse_format(line)
 
 
-def _is_int(value: str) -> bool:
-    return value.isascii() and value.isdigit()
+#: Flow-log integers are at most 64-bit (``bytes``, ``packets``): 20 digits. A longer digit run
+#: is not a flow-log value, and converting it would cost quadratic time or overflow a float.
+MAX_INT_DIGITS = 20
+
+
+def is_flow_int(value: str) -> bool:
+    """Whether ``value`` is a flow-log integer: 1 to 20 ASCII digits."""
+    return len(value) <= MAX_INT_DIGITS and value.isascii() and value.isdigit()
 
 
 def parse_flow_log(line: str, fields: tuple[str, ...] = DEFAULT_FIELDS) -> FlowLogRecord:
@@ -308,7 +314,7 @@ def parse_flow_log(line: str, fields: tuple[str, ...] = DEFAULT_FIELDS) -> FlowL
             f"(line starts {line[:40]!r}); check the flow-log format configured for this source"
         )
     for name, value in zip(fields, values, strict=True):
-        if value != "-" and FIELDS[name].is_int and not _is_int(value):
+        if value != "-" and FIELDS[name].is_int and not is_flow_int(value):
             raise FlowLogParseError(
                 f"flow-log field {name!r} should be an integer or '-', got {value[:20]!r}"
             )
@@ -321,7 +327,13 @@ def format_flow_log(record: FlowLogRecord) -> str:
 
 
 def epoch_seconds(value: str) -> int | float:
-    """Seconds from a ``start``/``end`` value; values above 1e11 are milliseconds."""
+    """Seconds from a ``start``/``end`` value; values above 1e11 are milliseconds.
+
+    Raises:
+        ValueError: ``value`` is not a flow-log integer (``is_flow_int``).
+    """
+    if not is_flow_int(value):
+        raise ValueError(f"not a flow-log integer: {value[:20]!r}")
     number = int(value)
     if number > _MS_THRESHOLD:
         return number // 1000 if number % 1000 == 0 else number / 1000
@@ -394,7 +406,7 @@ class FlowFormat:
                 continue
             if kind == 0:
                 parts.append(prefix + encode_basestring(value))
-            elif not (value.isascii() and value.isdigit()):
+            elif not is_flow_int(value):
                 return None
             elif kind == 2 and len(value) > 11:
                 parts.append(prefix + repr(epoch_seconds(value)))
