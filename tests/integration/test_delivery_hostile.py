@@ -51,7 +51,7 @@ def wait_for(condition: Any, timeout: float = BOUND_S) -> None:
 
 def assert_all_backsplashed(deliverer: Deliverer, backsplash: MemoryBacksplash, count: int) -> None:
     ledger = deliverer.ledger
-    assert ledger.balanced and ledger.in_flight == 0
+    assert ledger.balanced() and ledger.in_flight == 0
     assert ledger.acknowledged == 0
     assert ledger.backsplashed == ledger.events_in == count == len(backsplash.records)
     assert deliverer.pending_acks == 0
@@ -92,9 +92,12 @@ def test_a_guard_cancelled_from_another_thread_ends_the_request() -> None:
     with HostileHec("blackhole") as hec, requests.Session() as session:
         client = HecClient(session, hec_settings(hec.url, read_timeout_s=600.0), hec.url)
         guard = RequestGuard()
-        canceller = threading.Thread(
-            target=lambda: (wait_for(lambda: hec.requests["data"] >= 1), guard.cancel())
-        )
+
+        def cancel_once_sent() -> None:
+            wait_for(lambda: hec.requests["data"] >= 1)
+            guard.cancel()
+
+        canceller = threading.Thread(target=cancel_once_sent)
         canceller.start()
         with pytest.raises(RequestCancelledError):
             client.send(b'{"event":"x"}', endpoint="event", guard=guard)
@@ -280,9 +283,12 @@ def test_close_with_a_deadline_against_a_black_hole() -> None:
         deliverer = Deliverer(settings, backsplash=backsplash)
         deliverer.submit(flow_events(10))  # a partial batch: close() sends it
         finished = threading.Event()
-        closer = threading.Thread(
-            target=lambda: (deliverer.close(time.monotonic() + 1.0), finished.set()), daemon=True
-        )
+
+        def close() -> None:
+            deliverer.close(time.monotonic() + 1.0)
+            finished.set()
+
+        closer = threading.Thread(target=close, daemon=True)
         closer.start()
         assert finished.wait(BOUND_S)
     assert_all_backsplashed(deliverer, backsplash, 10)
@@ -329,7 +335,7 @@ def test_acks_come_back_when_hec_hands_out_ackids_again() -> None:
         deliverer.flush(time.monotonic() + BOUND_S)
         deliverer.close()
     ledger = deliverer.ledger
-    assert ledger.balanced and ledger.in_flight == 0
+    assert ledger.balanced() and ledger.in_flight == 0
     first_batch = ledger.acknowledged
     assert 0 < first_batch < 60  # only the batch HEC took with acks off
     assert ledger.ack_unavailable == 1
