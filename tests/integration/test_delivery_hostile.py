@@ -296,6 +296,49 @@ def test_close_with_a_deadline_against_a_black_hole() -> None:
     assert not [t for t in new_threads if t.name.startswith("hec-send")]
 
 
+class StuckSession(requests.Session):
+    """Holds every request before it has a socket, where no shutdown can reach it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+
+    def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> Any:
+        self.entered.set()
+        self.gate.wait(120)
+        return super().request(method, url, *args, **kwargs)
+
+
+def test_abort_gives_up_on_a_request_thread_that_cannot_be_woken(emulator: HecEmulator) -> None:
+    """GIVEN the I/O thread stuck where no socket shutdown reaches it (held before its
+    socket exists) WHEN abort() is called THEN the deliverer's call still returns, the batch
+    is backsplashed, and the stuck thread is left behind (logged ``hec_request_stuck``)."""
+    session = StuckSession()
+    backsplash = MemoryBacksplash()
+    deliverer = Deliverer(delivery_settings(emulator.url), session=session, backsplash=backsplash)
+    finished = threading.Event()
+
+    def run() -> None:
+        deliverer.submit(flow_events(10))
+        deliverer.close()
+        finished.set()
+
+    worker = threading.Thread(target=run, daemon=True)
+    try:
+        worker.start()
+        assert session.entered.wait(BOUND_S)
+        deliverer.abort("Splunk.Shutdown", "second shutdown signal")
+        assert finished.wait(BOUND_S)
+    finally:
+        session.gate.set()  # let the stuck thread go
+    worker.join(BOUND_S)
+    assert_all_backsplashed(deliverer, backsplash, 10)
+    assert {code for _, code, _ in backsplash.records} == {"Splunk.Shutdown"}
+    assert emulator.stats().data_requests == 0
+    session.close()
+
+
 # ------------------------------------------------------------------ untrusted answers
 
 
