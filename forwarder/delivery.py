@@ -709,18 +709,23 @@ class Deliverer:
 
         Waits in slices: an abort cancels the request and a deadline set meanwhile tightens
         its bound (the guard's watchdog then ends it). If its thread has not ended
-        ``_STUCK_GRACE_S`` after the bound, the answer is given up on (a retryable timeout)
-        and the I/O thread left behind; the next request gets a new one.
+        ``_STUCK_GRACE_S`` after the bound or the cancel, the answer is given up on (a
+        retryable timeout) and the I/O thread left behind; the next request gets a new one.
         """
         future, guard = flight.future, flight.guard
+        give_up_at = guard.deadline + _STUCK_GRACE_S
+        cancelled = False
         while True:
-            if self._aborted.is_set():
-                guard.cancel()
+            if not cancelled and (self._aborted.is_set() or guard.cancelled):
+                cancelled = True
+                guard.cancel()  # (again: abort() cancels the guard it sees)
+                give_up_at = min(give_up_at, time.monotonic() + _STUCK_GRACE_S)
             self._tighten_guard()
+            give_up_at = min(give_up_at, guard.deadline + _STUCK_GRACE_S)
             try:
                 error = future.exception(timeout=_NAP_SLICE_S)
             except TimeoutError:
-                if time.monotonic() < guard.deadline + _STUCK_GRACE_S:
+                if time.monotonic() < give_up_at:
                     continue
                 guard.cancel()
                 self._abandon_io()

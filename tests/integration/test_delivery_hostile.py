@@ -51,7 +51,7 @@ def wait_for(condition: Any, timeout: float = BOUND_S) -> None:
 
 def assert_all_backsplashed(deliverer: Deliverer, backsplash: MemoryBacksplash, count: int) -> None:
     ledger = deliverer.ledger
-    assert ledger.balanced and ledger.in_flight == 0
+    assert ledger.balanced() and ledger.in_flight == 0
     assert ledger.acknowledged == 0
     assert ledger.backsplashed == ledger.events_in == count == len(backsplash.records)
     assert deliverer.pending_acks == 0
@@ -92,9 +92,12 @@ def test_a_guard_cancelled_from_another_thread_ends_the_request() -> None:
     with HostileHec("blackhole") as hec, requests.Session() as session:
         client = HecClient(session, hec_settings(hec.url, read_timeout_s=600.0), hec.url)
         guard = RequestGuard()
-        canceller = threading.Thread(
-            target=lambda: (wait_for(lambda: hec.requests["data"] >= 1), guard.cancel())
-        )
+
+        def cancel_once_sent() -> None:
+            wait_for(lambda: hec.requests["data"] >= 1)
+            guard.cancel()
+
+        canceller = threading.Thread(target=cancel_once_sent)
         canceller.start()
         with pytest.raises(RequestCancelledError):
             client.send(b'{"event":"x"}', endpoint="event", guard=guard)
@@ -280,14 +283,60 @@ def test_close_with_a_deadline_against_a_black_hole() -> None:
         deliverer = Deliverer(settings, backsplash=backsplash)
         deliverer.submit(flow_events(10))  # a partial batch: close() sends it
         finished = threading.Event()
-        closer = threading.Thread(
-            target=lambda: (deliverer.close(time.monotonic() + 1.0), finished.set()), daemon=True
-        )
+
+        def close() -> None:
+            deliverer.close(time.monotonic() + 1.0)
+            finished.set()
+
+        closer = threading.Thread(target=close, daemon=True)
         closer.start()
         assert finished.wait(BOUND_S)
     assert_all_backsplashed(deliverer, backsplash, 10)
     new_threads = set(threading.enumerate()) - threads_before
     assert not [t for t in new_threads if t.name.startswith("hec-send")]
+
+
+class StuckSession(requests.Session):
+    """Holds every request before it has a socket, where no shutdown can reach it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+
+    def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> Any:
+        self.entered.set()
+        self.gate.wait(120)
+        return super().request(method, url, *args, **kwargs)
+
+
+def test_abort_gives_up_on_a_request_thread_that_cannot_be_woken(emulator: HecEmulator) -> None:
+    """GIVEN the I/O thread stuck where no socket shutdown reaches it (held before its
+    socket exists) WHEN abort() is called THEN the deliverer's call still returns, the batch
+    is backsplashed, and the stuck thread is left behind (logged ``hec_request_stuck``)."""
+    session = StuckSession()
+    backsplash = MemoryBacksplash()
+    deliverer = Deliverer(delivery_settings(emulator.url), session=session, backsplash=backsplash)
+    finished = threading.Event()
+
+    def run() -> None:
+        deliverer.submit(flow_events(10))
+        deliverer.close()
+        finished.set()
+
+    worker = threading.Thread(target=run, daemon=True)
+    try:
+        worker.start()
+        assert session.entered.wait(BOUND_S)
+        deliverer.abort("Splunk.Shutdown", "second shutdown signal")
+        assert finished.wait(BOUND_S)
+    finally:
+        session.gate.set()  # let the stuck thread go
+    worker.join(BOUND_S)
+    assert_all_backsplashed(deliverer, backsplash, 10)
+    assert {code for _, code, _ in backsplash.records} == {"Splunk.Shutdown"}
+    assert emulator.stats().data_requests == 0
+    session.close()
 
 
 # ------------------------------------------------------------------ untrusted answers
@@ -329,7 +378,7 @@ def test_acks_come_back_when_hec_hands_out_ackids_again() -> None:
         deliverer.flush(time.monotonic() + BOUND_S)
         deliverer.close()
     ledger = deliverer.ledger
-    assert ledger.balanced and ledger.in_flight == 0
+    assert ledger.balanced() and ledger.in_flight == 0
     first_batch = ledger.acknowledged
     assert 0 < first_batch < 60  # only the batch HEC took with acks off
     assert ledger.ack_unavailable == 1

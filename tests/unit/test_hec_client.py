@@ -170,6 +170,19 @@ def test_query_acks_errors(
         client(session).query_acks([0])
 
 
+@pytest.mark.parametrize("status", [200, 204])
+@pytest.mark.parametrize("body", ["<html>maintenance</html>", "", '{"text":"Success","code":0}'])
+@responses.activate
+def test_a_proxys_answer_on_the_ack_endpoint_is_retryable(
+    session: requests.Session, status: int, body: str
+) -> None:
+    """A 2xx on the ack endpoint that is not HEC's ack answer says nothing about acks."""
+    responses.post(f"{URL}/services/collector/ack", body=body, status=status)
+    with pytest.raises(RetryableError) as caught:
+        client(session).query_acks([0])
+    assert not isinstance(caught.value, AckUnavailableError)
+
+
 @responses.activate
 def test_health(session: requests.Session) -> None:
     responses.get(f"{URL}/services/collector/health", json={"text": "HEC is healthy", "code": 17})
