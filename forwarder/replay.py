@@ -1258,6 +1258,8 @@ class _Worker:
             for deliverer in self.deliverers.values():
                 if flush:
                     deliverer.close(summarize=False)
+                else:
+                    deliverer.release()  # stop its I/O thread; the chunk is retried next run
                 summary = deliverer.ledger.summary()
                 self.shared.ledger.add(
                     **{
