@@ -48,6 +48,7 @@ import time
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, BinaryIO, Final, Protocol
 from urllib.parse import unquote_plus
 
@@ -66,7 +67,7 @@ from forwarder.backsplash_objects import (
     kind_from_key,
     sniff,
 )
-from forwarder.checkpoints import SHARD_END, CheckpointStore
+from forwarder.checkpoints import SHARD_END, CheckpointStore, pin_position, pinned_at
 from transforms.cloudwatch import GZIP_MAGIC
 from transforms.options import TransformOptions
 from transforms.records import Origin
@@ -552,19 +553,47 @@ class _Shard:
     iterator: str | None = None
     read_seq: str | None = None
     committed: str | None = None
+    #: ``LATEST`` pinned: epoch seconds to re-read from (``AT_TIMESTAMP``) while no record
+    #: of the shard is known (its first iterator expired, its first records were released,
+    #: a restart); also in the checkpoint store until a sequence number replaces it.
+    pin_s: float | None = None
+    #: The first ``LATEST`` iterator was taken: from now on the pin stands for it.
+    latest_taken: bool = False
     ended: bool = False
     finished: bool = False
     next_at: float = 0.0
     backoff_s: float = 0.0
     lag_ms: int | None = None
+    #: Clock time of the last answered GetRecords (None: never read yet).
+    read_at: float | None = None
+    #: Clock time the shard became known (the lag of a shard not read yet runs from here).
+    known_since: float = 0.0
 
 
 def _error_code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
 
 
+#: A ``LATEST`` pin is set this long before the moment the shard is first seen, so a local
+#: clock ahead of Kinesis' cannot make ``AT_TIMESTAMP`` skip records (a few older records may
+#: come: duplicates-at-worst, never a gap).
+LATEST_PIN_MARGIN_S: Final = 5.0
+
+
 class KinesisSource:
     """All shards of a stream (or a list and their descendants), checkpointed per shard.
+
+    What must survive a crash is in the checkpoint store, never only in memory:
+
+    - a shard read to its end is committed as ``SHARD_END`` as soon as nothing read from it is
+      still in doubt: by :meth:`commit` when its last records are delivered, or by
+      :meth:`poll` itself when the end comes on a read with no records and everything
+      before it is already committed (a caught-up daemon, or a restart on a closed shard),
+      so the children are read without waiting for a cycle that took records;
+    - a shard started at ``LATEST`` is pinned first (:func:`~forwarder.checkpoints.
+      pin_position`): an iterator that expires before the first record, records released
+      by a shutdown, or a restart before the first checkpoint, resume from that moment
+      (``AT_TIMESTAMP``) instead of a new ``LATEST``.
 
     Args:
         client: a boto3 Kinesis client.
@@ -572,6 +601,7 @@ class KinesisSource:
         checkpoints: where positions live.
         stop_event: set on shutdown; waits end early.
         clock: monotonic clock.
+        wall_clock: epoch seconds (``LATEST`` pins).
     """
 
     def __init__(
@@ -582,6 +612,7 @@ class KinesisSource:
         *,
         stop_event: threading.Event | None = None,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         assert settings.stream_name is not None
         self.name = "kinesis"
@@ -591,6 +622,7 @@ class KinesisSource:
         self._checkpoints = checkpoints
         self._stop = stop_event if stop_event is not None else threading.Event()
         self._clock = clock
+        self._wall_clock = wall_clock
         self._shards: dict[str, _Shard] = {}
         self._positions: dict[str, str] = {}
         self._next_refresh = 0.0
@@ -606,9 +638,27 @@ class KinesisSource:
         return self._attached
 
     def lag_seconds(self) -> float | None:
-        """The largest ``MillisBehindLatest`` over the shards being read, in seconds."""
-        lags = [s.lag_ms for s in self._shards.values() if s.lag_ms is not None and not s.finished]
-        return max(lags) / 1000.0 if lags else None
+        """How far behind the stream the daemon is, in seconds (the largest over shards).
+
+        A shard being read: its last ``MillisBehindLatest``, plus the time since that read
+        beyond one ``poll_interval_s`` (a reader that stopped reading, whatever the cause,
+        falls behind by the time it stopped). A shard not read yet (a child waiting for its
+        parents, for instance): the time since it became known. A shard read to its end adds
+        nothing itself (its children carry the lag). So a stall shows as a growing lag,
+        never as 0.
+        """
+        now = self._clock()
+        idle = self._settings.poll_interval_s
+        lags: list[float] = []
+        for shard in self._shards.values():
+            if shard.finished or shard.ended:
+                continue
+            if shard.read_at is None:
+                lags.append(max(now - shard.known_since, 0.0))
+            else:
+                behind = (shard.lag_ms or 0) / 1000.0
+                lags.append(behind + max(now - shard.read_at - idle, 0.0))
+        return max(lags) if lags else None
 
     def shard_positions(self) -> dict[str, str | None]:
         """Each known shard's committed position (for tests and logs)."""
@@ -668,6 +718,7 @@ class KinesisSource:
             )
             for item in listed
         }
+        fresh: list[_Shard] = []
         for item in listed:
             shard_id = item["ShardId"]
             ending = item.get("SequenceNumberRange", {}).get("EndingSequenceNumber")
@@ -678,13 +729,25 @@ class KinesisSource:
                 continue
             if not self._wanted(shard_id, parents):
                 continue
-            shard = _Shard(shard_id, parents[shard_id], ending is not None, ending)
+            shard = _Shard(
+                shard_id,
+                parents[shard_id],
+                ending is not None,
+                ending,
+                known_since=self._clock(),
+            )
             position = self._positions.get(shard_id)
+            pinned = pinned_at(position)
             if position == SHARD_END:
                 shard.ended = shard.finished = True
                 shard.committed = SHARD_END
+            elif pinned is not None:
+                shard.pin_s = pinned
+                shard.latest_taken = True  # a restart: resume from the pin, not a new LATEST
             elif position:
                 shard.committed = shard.read_seq = position
+            else:
+                fresh.append(shard)
             self._shards[shard_id] = shard
             _log.info(
                 "shard_discovered",
@@ -694,7 +757,24 @@ class KinesisSource:
                 closed=shard.closed,
                 position=position,
             )
+        pins: dict[str, str] = {}
+        for shard in fresh:
+            if self._starts_at_latest(shard):
+                shard.pin_s = self._wall_clock() - LATEST_PIN_MARGIN_S
+                pins[shard.shard_id] = pin_position(shard.pin_s)
+        if pins:
+            # Durable before the first read: a later LATEST would skip what arrives meanwhile.
+            self._checkpoints.save(self.stream_name, pins)
+            self._positions.update(pins)
+            _log.info("shard_pinned", stream=self.stream_name, shards=sorted(pins))
         self._next_refresh = self._clock() + self._settings.shard_refresh_interval_s
+
+    def _starts_at_latest(self, shard: _Shard) -> bool:
+        """A shard without a checkpoint that :meth:`_iterator` starts at ``LATEST`` (not a
+        child of a shard we read)."""
+        if self._settings.start_position != "LATEST":
+            return False
+        return not any(parent in self._shards for parent in shard.parents)
 
     def _ready(self, shard: _Shard) -> bool:
         """Not finished, and every parent we know is finished (parents before children)."""
@@ -712,8 +792,18 @@ class KinesisSource:
             )
         elif any(parent in self._shards for parent in shard.parents):
             arguments["ShardIteratorType"] = "TRIM_HORIZON"  # a child: from its very start
+        elif shard.pin_s is not None and shard.latest_taken:
+            # LATEST again would skip whatever arrived since the first iterator.
+            arguments.update(
+                ShardIteratorType="AT_TIMESTAMP",
+                Timestamp=datetime.fromtimestamp(shard.pin_s, tz=UTC),
+            )
         else:
             arguments["ShardIteratorType"] = self._settings.start_position
+            shard.latest_taken = shard.pin_s is not None
+        _log.debug(
+            "shard_iterator_fetched", shard=shard.shard_id, kind=arguments["ShardIteratorType"]
+        )
         iterator: str = self._client.get_shard_iterator(**arguments)["ShardIterator"]
         return iterator
 
@@ -766,7 +856,8 @@ class KinesisSource:
                 )
                 return []
             if code == "ExpiredIteratorException":
-                shard.iterator = None
+                shard.iterator = None  # fetched again from what was read (or the pin)
+                _log.info("shard_iterator_expired", shard=shard.shard_id)
                 return []
             if code == "ResourceNotFoundException":
                 shard.iterator = None
@@ -776,6 +867,7 @@ class KinesisSource:
                 return []
             raise
         shard.backoff_s = 0.0
+        shard.read_at = self._clock()
         records = answer.get("Records", [])
         shard.lag_ms = answer.get("MillisBehindLatest")
         shard.iterator = answer.get("NextShardIterator")
@@ -795,7 +887,18 @@ class KinesisSource:
             shard.ended = True
             self._next_refresh = 0.0  # its children may be new to us
             _log.info("shard_ended", stream=self.stream_name, shard=shard.shard_id)
+            if not records and shard.read_seq == shard.committed:
+                self._finish_shard(shard)
         return out
+
+    def _finish_shard(self, shard: _Shard) -> None:
+        """Commit ``SHARD_END`` now: the shard is read to its end and nothing read from it is
+        in doubt (all committed), so no later cycle with records has to do it (there may be
+        none: the new records are in the children, which wait for this)."""
+        self._checkpoints.save(self.stream_name, {shard.shard_id: SHARD_END})
+        shard.committed = SHARD_END
+        shard.finished = True
+        _log.info("shard_end_committed", stream=self.stream_name, shard=shard.shard_id)
 
     def _closed_and_drained(self, shard: _Shard, got_records: bool) -> bool:
         """A closed shard read past its last sequence number (or empty and not behind).
