@@ -1015,6 +1015,7 @@ class KinesisSource:
             )
             for item in listed
         }
+        added: dict[str, _Shard] = {}
         fresh: list[_Shard] = []
         for item in listed:
             shard_id = item["ShardId"]
@@ -1045,6 +1046,20 @@ class KinesisSource:
                 shard.committed = shard.read_seq = position
             else:
                 fresh.append(shard)
+            added[shard_id] = shard
+        pins: dict[str, str] = {}
+        for shard in fresh:
+            if self._starts_at_latest(shard, {**self._shards, **added}):
+                shard.pin_s = self._wall_clock() - LATEST_PIN_MARGIN_S
+                pins[shard.shard_id] = pin_position(shard.pin_s)
+        if pins:
+            # Durable before the shards are known (so before their first read): a later
+            # LATEST would skip what arrives meanwhile. If this fails, they stay unknown and
+            # the next refresh (or attach) pins them again.
+            self._checkpoints.save(self.stream_name, pins)
+            self._positions.update(pins)
+            _log.info("shard_pinned", stream=self.stream_name, shards=sorted(pins))
+        for shard_id, shard in added.items():
             self._shards[shard_id] = shard
             _log.info(
                 "shard_discovered",
@@ -1052,26 +1067,16 @@ class KinesisSource:
                 shard=shard_id,
                 parents=list(shard.parents),
                 closed=shard.closed,
-                position=position,
+                position=self._positions.get(shard_id),
             )
-        pins: dict[str, str] = {}
-        for shard in fresh:
-            if self._starts_at_latest(shard):
-                shard.pin_s = self._wall_clock() - LATEST_PIN_MARGIN_S
-                pins[shard.shard_id] = pin_position(shard.pin_s)
-        if pins:
-            # Durable before the first read: a later LATEST would skip what arrives meanwhile.
-            self._checkpoints.save(self.stream_name, pins)
-            self._positions.update(pins)
-            _log.info("shard_pinned", stream=self.stream_name, shards=sorted(pins))
         self._next_refresh = self._clock() + self._settings.shard_refresh_interval_s
 
-    def _starts_at_latest(self, shard: _Shard) -> bool:
+    def _starts_at_latest(self, shard: _Shard, shards: dict[str, _Shard]) -> bool:
         """A shard without a checkpoint that :meth:`_iterator` starts at ``LATEST`` (not a
         child of a shard we read)."""
         if self._settings.start_position != "LATEST":
             return False
-        return not any(parent in self._shards for parent in shard.parents)
+        return not any(parent in shards for parent in shard.parents)
 
     def _ready(self, shard: _Shard) -> bool:
         """Not finished, and every parent we know is finished (parents before children)."""

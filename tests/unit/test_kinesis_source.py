@@ -294,3 +294,31 @@ def test_pin_positions_round_trip() -> None:
     assert pinned_at("49590338271490256608559692538361571095921575989136588898") is None
     assert pinned_at(SHARD_END) is None and pinned_at(None) is None
     assert pinned_at("AT_TIMESTAMP:x") is None
+
+
+class FailingOnceStore(MemoryCheckpointStore):
+    """A store whose first save fails (DynamoDB unreachable for a moment)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failures = 1
+
+    def save(self, stream_name: str, positions: Any) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise OSError("store unreachable")
+        super().save(stream_name, positions)
+
+
+def test_a_pin_that_could_not_be_saved_is_saved_on_the_next_attach() -> None:
+    """GIVEN the pin's save fails at attach WHEN attach is retried (the daemon does) THEN the
+    pin is saved then: a shard is never read from LATEST without a durable pin."""
+    fake = FakeKinesis()
+    fake.shards["s0"] = FakeShard()
+    store = FailingOnceStore()
+    source = KinesisSource(fake, settings(start_position="LATEST"), store)
+    with pytest.raises(OSError, match="unreachable"):
+        source.attach()
+    assert source.shard_positions() == {}
+    source.attach()
+    assert pinned_at(store.load(STREAM)["s0"]) is not None
