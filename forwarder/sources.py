@@ -1113,10 +1113,19 @@ class KinesisSource:
         """Read the shards that are due, round-robin, up to ``max_records`` records.
 
         When no shard is due, wait (interruptibly) until one is, at most ``poll_interval_s``.
+        Writes to the checkpoint store (``SHARD_END`` of shards read to their end, pins) happen
+        before any read, so a failing store raises with nothing read; a read that fails after
+        other shards gave records ends the poll with those records (the failed shard is read
+        again next time), so records read are never lost to an exception.
+
+        Raises:
+            ClientError, BotoCoreError, OSError: Kinesis or the checkpoint store failed before
+                anything was read.
         """
         now = self._clock()
         if now >= self._next_refresh:
             self._refresh()
+        self._finish_ended()
         ready = [shard for shard in self._shards.values() if self._ready(shard)]
         out: list[SourceRecord] = []
         if ready:
@@ -1127,7 +1136,18 @@ class KinesisSource:
                     break
                 if shard.next_at > self._clock():
                     continue
-                out.extend(self._read(shard, max_records - len(out)))
+                try:
+                    out.extend(self._read(shard, max_records - len(out)))
+                except (ClientError, BotoCoreError) as exc:
+                    if not out:
+                        raise
+                    shard.iterator = None
+                    _log.warning(
+                        "source_read_failed",
+                        shard=shard.shard_id,
+                        reason=f"{type(exc).__name__}: {exc}",
+                    )
+                    break
         if not out:
             due = [s.next_at for s in self._shards.values() if self._ready(s)]
             wait = self._settings.poll_interval_s
@@ -1189,18 +1209,25 @@ class KinesisSource:
             shard.ended = True
             self._next_refresh = 0.0  # its children may be new to us
             _log.info("shard_ended", stream=self.stream_name, shard=shard.shard_id)
-            if not records and shard.read_seq == shard.committed:
-                self._finish_shard(shard)
         return out
 
-    def _finish_shard(self, shard: _Shard) -> None:
-        """Commit ``SHARD_END`` now: the shard is read to its end and nothing read from it is
-        in doubt (all committed), so no later cycle with records has to do it (there may be
-        none: the new records are in the children, which wait for this)."""
-        self._checkpoints.save(self.stream_name, {shard.shard_id: SHARD_END})
-        shard.committed = SHARD_END
-        shard.finished = True
-        _log.info("shard_end_committed", stream=self.stream_name, shard=shard.shard_id)
+    def _finish_ended(self) -> None:
+        """Commit ``SHARD_END`` for shards read to their end with nothing read from them in
+        doubt (everything committed): the end came on a read with no records. No cycle with
+        records has to do it (there may be none: the new records are in the children, which
+        wait for this). Retried on every poll until the store takes it."""
+        ended = [
+            shard
+            for shard in self._shards.values()
+            if shard.ended and not shard.finished and shard.read_seq == shard.committed
+        ]
+        if not ended:
+            return
+        self._checkpoints.save(self.stream_name, {shard.shard_id: SHARD_END for shard in ended})
+        for shard in ended:
+            shard.committed = SHARD_END
+            shard.finished = True
+            _log.info("shard_end_committed", stream=self.stream_name, shard=shard.shard_id)
 
     def _closed_and_drained(self, shard: _Shard, got_records: bool) -> bool:
         """A closed shard read past its last sequence number (or empty and not behind).

@@ -322,3 +322,63 @@ def test_a_pin_that_could_not_be_saved_is_saved_on_the_next_attach() -> None:
     assert source.shard_positions() == {}
     source.attach()
     assert pinned_at(store.load(STREAM)["s0"]) is not None
+
+
+class FailingSaveStore(MemoryCheckpointStore):
+    """A store that refuses saves while ``down``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = False
+
+    def save(self, stream_name: str, positions: Any) -> None:
+        if self.down:
+            raise OSError("store unreachable")
+        super().save(stream_name, positions)
+
+
+def test_shard_end_is_retried_until_the_store_takes_it() -> None:
+    """GIVEN the end of a shard on an empty read while the checkpoint store is down WHEN the
+    store comes back THEN SHARD_END is written on a later poll (not kept in memory only) and
+    the children are read."""
+    fake = FakeKinesis()
+    fake.shards["s0"] = FakeShard()
+    fake.put("s0", b"p0")
+    store = FailingSaveStore()
+    source = KinesisSource(fake, settings(), store)
+    source.attach()
+    assert like_the_daemon(source, rounds=2) == [b"p0"]
+    resharded(fake)
+    store.down = True
+    assert source.poll(100) == []  # the end, seen on an empty read
+    with pytest.raises(OSError, match="unreachable"):
+        source.poll(100)  # the store refuses before anything is read
+    store.down = False
+    assert sorted(like_the_daemon(source)) == [b"c1", b"c2"]
+    assert store.load(STREAM)["s0"] == SHARD_END
+
+
+def test_a_failed_read_after_records_keeps_them() -> None:
+    """GIVEN a poll that read records from one shard WHEN the next shard's read fails THEN the
+    poll returns the records (never lost to the exception); the failed shard comes next."""
+    fake = FakeKinesis()
+    fake.shards["a"] = FakeShard()
+    fake.shards["b"] = FakeShard()
+    fake.put("a", b"a0")
+    fake.put("b", b"b0")
+    real = fake.get_records
+    failures = {"n": 0}
+
+    def flaky(ShardIterator: str, Limit: int) -> dict[str, Any]:
+        if not ShardIterator.startswith("a") and failures["n"] == 0:
+            failures["n"] += 1
+            raise ClientError({"Error": {"Code": "InternalFailure", "Message": "x"}}, "GetRecords")
+        return real(ShardIterator=ShardIterator, Limit=Limit)
+
+    fake.get_records = flaky  # type: ignore[method-assign]
+    source = KinesisSource(fake, settings(), MemoryCheckpointStore())
+    source.attach()
+    got = [r.payload or b"" for r in source.poll(100)]
+    assert failures["n"] == 1
+    got += [r.payload or b"" for r in source.poll(100)]
+    assert sorted(got) == [b"a0", b"b0"]
