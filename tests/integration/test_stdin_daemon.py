@@ -7,6 +7,7 @@ import array
 import contextlib
 import fcntl
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -112,11 +113,14 @@ def test_stdin_streams_from_an_open_pipe_and_sigterm_loses_nothing(
     assert proc.poll() is None  # still running: nothing waited for the end of the input
 
     emulator.set_faults(FaultPlan(lost_acks=1000))
-    unacked = numbered(20, 30)
+    unacked = numbered(20, 1)  # one request awaiting an ack that never comes
     send(proc, unacked)
     written += unacked
     wait_for(lambda: unacked[0] in indexed_messages(emulator), timeout=60, what="in flight")
-    burst = numbered(50, 500)
+    # Under PIPE_BUF, so one atomic write: one poll takes it all, then delivery blocks after
+    # one more request (SPLUNK_HEC_MAX_PENDING_ACKS=2) with the rest of it not handed over.
+    burst = numbered(21, 200)
+    assert len("".join(f"{line}\n" for line in burst)) < select.PIPE_BUF
     send(proc, burst)
     written += burst
     wait_for(lambda: unread_in_pipe(proc) == 0, timeout=60, what="the daemon to read the burst")
