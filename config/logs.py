@@ -68,6 +68,11 @@ Daemon (``forwarder.daemon``, ``forwarder.sources``, ``forwarder.metrics``):
                                     failed poll
     source_release_failed           records could not be handed back (not committed either)
     shard_discovered, shard_ended   Kinesis shards appearing (splits, merges) and finishing
+    shard_end_committed             SHARD_END written as the end came on an empty read
+    shard_pinned                    LATEST shards pinned (AT_TIMESTAMP) before their first read
+    shard_iterator_fetched          a shard iterator and its type (debug)
+    shard_iterator_expired          Kinesis expired an iterator; fetched again from the position
+    line_truncated                  a stdin line over the cap was cut (the rest skipped)
     source_throttled                Kinesis throttling; backing off
     source_read_failed              a read failed; retried
     visibility_extended             an in-flight SQS message kept invisible (debug)

@@ -1,8 +1,12 @@
 """Checkpoints: how far each Kinesis shard has been delivered (acknowledged or backsplashed).
 
 A checkpoint is a position string per ``(stream_name, shard_id)``: the sequence number of the
-last record whose every event is acknowledged or backsplashed, or :data:`SHARD_END` once a
-closed shard is finished (its children may then be read). Two stores:
+last record whose every event is acknowledged or backsplashed, :data:`SHARD_END` once a
+closed shard is finished (its children may then be read), or a pin (:func:`pin_position`,
+``AT_TIMESTAMP:<epoch ms>``) for a shard started at ``LATEST`` that has no record delivered
+yet: it is written before the shard's first read, so a restart (or an expired iterator)
+resumes from that moment instead of a new ``LATEST``, which would skip what arrived in
+between. Two stores:
 
 - :class:`FileCheckpointStore`: one local JSON file ``{stream: {shard: position}}``, written
   atomically (temporary file, fsync, ``os.replace``, fsync of the directory), so a crash
@@ -22,6 +26,23 @@ from pathlib import Path
 from typing import Any, Final, Protocol
 
 SHARD_END: Final = "SHARD_END"
+#: The prefix of a pin position (:func:`pin_position`).
+PIN_PREFIX: Final = "AT_TIMESTAMP:"
+
+
+def pin_position(epoch_s: float) -> str:
+    """The position that pins a shard at a moment: read from there with ``AT_TIMESTAMP``."""
+    return f"{PIN_PREFIX}{int(epoch_s * 1000)}"
+
+
+def pinned_at(position: str | None) -> float | None:
+    """The moment (epoch seconds) a pin position names, or None for any other position."""
+    if position is None or not position.startswith(PIN_PREFIX):
+        return None
+    try:
+        return int(position[len(PIN_PREFIX) :]) / 1000.0
+    except ValueError:
+        return None
 
 
 class CheckpointStore(Protocol):

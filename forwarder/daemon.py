@@ -705,6 +705,11 @@ class Daemon:
         else:  # the source ended (files, stdin) or delivery stopped: same grace
             deadline = self._clock() + self.daemon_settings.shutdown_grace_s
         try:
+            if isinstance(self.source, FileSource):
+                # stdin cannot be read again: what left the pipe is delivered (or, past the
+                # grace, backsplashed), never dropped.
+                for record in self.source.unread():
+                    self._deliver(record)
             self._checkpoint(deadline=deadline)  # ends at once after request_abort()
             for deliverer in self.deliverers():
                 deliverer.close(summarize=False)

@@ -45,12 +45,16 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
+import select
 import sys
 import threading
 import time
 import zlib
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, BinaryIO, Final, Protocol
 from urllib.parse import unquote_plus
 
@@ -58,6 +62,7 @@ import structlog
 from botocore.exceptions import BotoCoreError, ClientError
 
 from config.daemon import SourceSettings
+from config.loader import ConfigError
 from forwarder.backsplash_objects import (
     REPLAY_FAILED,
     CorruptLine,
@@ -69,8 +74,9 @@ from forwarder.backsplash_objects import (
     kind_from_key,
     sniff,
 )
-from forwarder.checkpoints import SHARD_END, CheckpointStore
+from forwarder.checkpoints import SHARD_END, CheckpointStore, pin_position, pinned_at
 from forwarder.replay import MAX_OBJECT_INFLATED_BYTES, decompressed
+from transforms.cloudwatch import GZIP_MAGIC
 from transforms.options import TransformOptions
 from transforms.records import Origin
 from transforms.vpc_flow import fields_from_header, is_header_line
@@ -547,6 +553,219 @@ def backsplash_records(
 
 # --- files and stdin -------------------------------------------------------------------------
 
+#: A stdin line longer than this many bytes is cut: its first bytes are handed over as the line
+#: (counted in ``lines_cut``, logged ``line_truncated``) and the rest, up to its newline, is
+#: skipped unread into memory. So one enormous line, with or without a newline, costs bounded
+#: memory.
+STREAM_MAX_LINE_BYTES: Final = 512 * 1024
+#: One ``os.read`` (and one step of gunzip output) from stdin.
+_STREAM_READ_SIZE: Final = 1 << 16
+#: Reads (or gunzip steps) at most per poll: a poll returns after about this much input even
+#: while a writer keeps the pipe full (or streams one huge line being skipped).
+_STREAM_MAX_STEPS: Final = FILE_POLL_MAX_CHARS // _STREAM_READ_SIZE
+
+
+#: The position of records read from stdin (:meth:`FileSource.release` keeps them).
+_FROM_STREAM: Final = object()
+
+
+def _fileno(stream: Any) -> int | None:
+    """The stream's descriptor, or None when it has none (an in-memory stream)."""
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        return None
+    return fd if isinstance(fd, int) else None
+
+
+class _LineStream:
+    """The lines of a byte stream (stdin) as they arrive, never waiting for more than asked.
+
+    Reads with ``os.read`` on the descriptor after ``select`` says it is readable, so lines
+    written into a pipe that stays open are handed out at once (a buffered reader would wait
+    for a full buffer or the end). A gzip stream (told by its first two bytes, members one
+    after another) is inflated step by step with bounded output. Lines are decoded as UTF-8
+    (bad bytes replaced); ``\\r\\n`` ends a line like ``\\n``; the last line needs no newline.
+    Memory is bounded: complete lines are read only up to what a poll takes, and a partial
+    line up to :data:`STREAM_MAX_LINE_BYTES` (then cut).
+    """
+
+    def __init__(self, stream: Any, name: str, max_line: int = STREAM_MAX_LINE_BYTES) -> None:
+        self._stream = stream
+        self._fd = _fileno(stream)
+        self._name = name
+        self._max_line = max_line
+        self._head = b""  # the first bytes, until gzip or not is told
+        self._sniffed = False
+        self._gzip = False
+        self._inflater: Any = None
+        self._tail = b""  # input read and not yet inflated (at most one read's worth)
+        self._partial = bytearray()
+        self._skipping = False  # inside a cut line: drop bytes up to its newline
+        self._lines: deque[str] = deque()
+        self._chars = 0
+        self.eof = False
+        self.lines_cut = 0
+        self.bytes_read = 0
+
+    @property
+    def drained(self) -> bool:
+        """The end was reached and every line handed out."""
+        return self.eof and not self._lines
+
+    def next_lines(self, timeout: float, max_lines: int, max_chars: int) -> list[str] | None:
+        """Complete lines read so far (at most ``max_lines``, about ``max_chars``).
+
+        Waits up to ``timeout`` only when no line is ready; then takes whatever input is
+        there at once. Returns [] when nothing came in time, None once the stream is drained.
+        """
+        steps = 0
+        while (
+            not self.eof
+            and len(self._lines) < max_lines
+            and self._chars < max_chars
+            and steps < _STREAM_MAX_STEPS
+        ):
+            wait = timeout if steps == 0 and not self._lines else 0.0
+            if not self._step(wait):
+                break
+            steps += 1
+        if not self._lines:
+            return None if self.eof else []
+        return self._take(max_lines, max_chars)
+
+    def rest(self) -> list[str]:
+        """Everything read and not handed out, the unfinished last line included (shutdown:
+        these bytes left the pipe and cannot be read again)."""
+        while self._tail and self._inflate(b""):
+            pass
+        if self._partial and not self._skipping:
+            self._emit()
+        self._partial.clear()
+        return self._take(len(self._lines), None)
+
+    def _take(self, max_lines: int, max_chars: int | None) -> list[str]:
+        out: list[str] = []
+        chars = 0
+        while self._lines and len(out) < max_lines:
+            line = self._lines.popleft()
+            out.append(line)
+            chars += len(line)
+            self._chars -= len(line)
+            if max_chars is not None and chars >= max_chars:
+                break
+        return out
+
+    def _readable(self, timeout: float) -> bool:
+        if self._fd is None:
+            return True
+        ready, _, _ = select.select([self._fd], [], [], max(timeout, 0.0))
+        return bool(ready)
+
+    def _read(self) -> bytes:
+        if self._fd is not None:
+            return os.read(self._fd, _STREAM_READ_SIZE)
+        read1 = getattr(self._stream, "read1", None)
+        data = (
+            read1(_STREAM_READ_SIZE) if read1 is not None else self._stream.read(_STREAM_READ_SIZE)
+        )
+        return bytes(data)
+
+    def _step(self, timeout: float) -> bool:
+        """Take one piece of input; False when none is there now (or at the end)."""
+        if self._tail:
+            return self._inflate(b"")
+        if not self._readable(timeout):
+            return False
+        data = self._read()
+        if not data:
+            self._end()
+            return False
+        self.bytes_read += len(data)
+        if not self._sniffed:
+            self._head += data
+            if len(self._head) < len(GZIP_MAGIC):
+                return True
+            data, self._head, self._sniffed = self._head, b"", True
+            self._gzip = data.startswith(GZIP_MAGIC)
+        if self._gzip:
+            return self._inflate(data)
+        self._split(data)
+        return True
+
+    def _inflate(self, data: bytes) -> bool:
+        source = self._tail + data
+        if self._inflater is None:
+            self._inflater = zlib.decompressobj(wbits=31)
+        try:
+            out = self._inflater.decompress(source, _STREAM_READ_SIZE)
+        except zlib.error as exc:
+            self._broken(f"corrupt gzip: {exc}")
+            return False
+        if self._inflater.eof:  # a member ends; what follows starts the next one
+            self._tail = self._inflater.unused_data
+            self._inflater = None
+        else:
+            self._tail = self._inflater.unconsumed_tail
+        self._split(out)
+        return True
+
+    def _broken(self, reason: str) -> None:
+        _log.error("input_unreadable", source=self._name, reason=reason)
+        self._tail = b""
+        self._inflater = None
+        self._end()
+
+    def _end(self) -> None:
+        if self.eof:
+            return
+        self.eof = True
+        if self._head:  # fewer bytes than the gzip magic: plain text
+            head, self._head = self._head, b""
+            self._split(head)
+        if self._gzip and self._inflater is not None:
+            self._inflater = None
+            _log.error("input_unreadable", source=self._name, reason="gzip data ends early")
+        if self._partial and not self._skipping:
+            self._emit()
+        self._partial.clear()
+
+    def _split(self, data: bytes) -> None:
+        start = 0
+        while True:
+            newline = data.find(b"\n", start)
+            piece = data[start:] if newline < 0 else data[start:newline]
+            if self._skipping:
+                self._skipping = newline < 0
+            elif len(self._partial) + len(piece) > self._max_line:
+                self._partial += piece[: self._max_line - len(self._partial)]
+                self._cut(complete=newline >= 0)
+            else:
+                self._partial += piece
+                if newline >= 0:
+                    self._emit()
+            if newline < 0:
+                return
+            start = newline + 1
+
+    def _cut(self, *, complete: bool) -> None:
+        self.lines_cut += 1
+        _log.warning(
+            "line_truncated",
+            source=self._name,
+            kept_bytes=len(self._partial),
+            reason=f"line longer than {self._max_line} bytes: the rest is skipped",
+        )
+        self._emit()
+        self._skipping = not complete
+
+    def _emit(self) -> None:
+        raw = bytes(self._partial)
+        self._partial.clear()
+        line = raw.removesuffix(b"\r").decode("utf-8", errors="replace")
+        self._lines.append(line)
+        self._chars += len(line)
+
 
 class FileSource:
     """Local files (or stdin with ``-``), read once, line by line, in chunks.
@@ -558,9 +777,17 @@ class FileSource:
     chunks only once the deliverer took the last ones, and the deliverer blocks (acks pending,
     retries while HEC is down) instead of buffering.
 
-    A shutdown before the end (:meth:`release`) leaves the rest of the input unread: nothing
-    records how far it got, so a later run reads the files (stdin: whatever is fed again) from
-    the start. :attr:`lines_delivered` and :attr:`position` say where it stopped.
+    stdin streams (:class:`_LineStream`): lines written into a pipe that stays open (``tail -f
+    | forwarder daemon``) are handed out as they arrive; a poll with nothing to give waits at
+    most ``poll_interval_s``. A stdin line over :data:`STREAM_MAX_LINE_BYTES` is cut
+    (:attr:`lines_cut`).
+
+    A shutdown before the end (:meth:`release`) leaves the rest of a file unread: nothing
+    records how far it got, so a later run reads the files from the start. stdin cannot be
+    read again, so what left the pipe is never dropped: records released are kept, and
+    :meth:`unread` hands them back with every line read and not yet handed out (the
+    unfinished last one included), for the daemon to deliver or backsplash before it exits.
+    :attr:`lines_delivered` and :attr:`position` say where it stopped.
     """
 
     def __init__(self, settings: SourceSettings, *, stdin: BinaryIO | None = None) -> None:
@@ -568,8 +795,14 @@ class FileSource:
         self._paths = list(settings.paths) if settings.type == "files" else ["-"]
         self._stdin = stdin
         self._chunk_lines = min(settings.chunk_lines, FILE_POLL_MAX_LINES)
+        self._poll_interval_s = settings.poll_interval_s
         self._log_group = settings.log_group
-        self._chunks: Iterator[SourceRecord] | None = None
+        self._chunks: Iterator[SourceRecord | None] | None = None
+        self._stream: _LineStream | None = None
+        self._held: list[SourceRecord] = []
+        self._wait_s = 0.0
+        self._header_done = False
+        self._fields: tuple[str, ...] | None = None
         self._exhausted = False
         self._released = False
         self._attached = False
@@ -592,32 +825,73 @@ class FileSource:
         """Records were released (a shutdown before the end of the input)."""
         return self._released
 
+    @property
+    def lines_cut(self) -> int:
+        """stdin lines cut at :data:`STREAM_MAX_LINE_BYTES`."""
+        return self._stream.lines_cut if self._stream is not None else 0
+
     def lag_seconds(self) -> float | None:
         return None
 
     def attach(self) -> None:
-        """Check every file can be opened."""
+        """Check every file can be opened.
+
+        Raises:
+            ConfigError: a file is missing or cannot be opened (a setting to fix, not a
+                failure to retry); the message names the path.
+        """
         for path in self._paths:
-            if path != "-":
+            if path == "-":
+                continue
+            try:
                 with open(path, "rb"):
                     pass
+            except FileNotFoundError:
+                raise ConfigError("source.paths", f"files source: no such file: {path}") from None
+            except (IsADirectoryError, NotADirectoryError, PermissionError) as exc:
+                raise ConfigError(
+                    "source.paths", f"files source: cannot read {path}: {exc.strerror}"
+                ) from None
         self._chunks = self._records()
         self._attached = True
 
-    def _records(self) -> Iterator[SourceRecord]:
+    def _records(self) -> Iterator[SourceRecord | None]:
+        """Records in order; None: stdin has nothing more for now (the poll ends there)."""
         for path in self._paths:
             if path == "-":
                 stream = self._stdin if self._stdin is not None else sys.stdin.buffer
-                for lines, fields in line_chunks(
-                    text_lines(stream), self._chunk_lines, FILE_POLL_MAX_CHARS
-                ):
-                    yield self._record(lines, fields, "stdin")
+                yield from self._stream_records(stream)
             else:
                 with open(path, "rb") as handle:
                     for lines, fields in line_chunks(
                         text_lines(handle), self._chunk_lines, FILE_POLL_MAX_CHARS
                     ):
                         yield self._record(lines, fields, path)
+
+    def _stream_records(self, stream: Any) -> Iterator[SourceRecord | None]:
+        reader = self._stream = _LineStream(stream, self.name)
+        self._header_done = False
+        self._fields = None
+        while True:
+            lines = reader.next_lines(self._wait_s, self._chunk_lines, FILE_POLL_MAX_CHARS)
+            if lines is None:
+                return
+            lines = self._text(lines)
+            yield self._record(lines, self._fields, "stdin") if lines else None
+
+    def _text(self, lines: list[str]) -> list[str]:
+        """Blank lines out; a flow-log header (first non-blank line) names the fields."""
+        kept: list[str] = []
+        for line in lines:
+            if not line.strip():
+                continue
+            if not self._header_done:
+                self._header_done = True
+                if is_header_line(line):
+                    self._fields = fields_from_header(line)
+                    continue
+            kept.append(line)
+        return kept
 
     def _record(self, lines: list[str], fields: tuple[str, ...] | None, name: str) -> SourceRecord:
         return SourceRecord(
@@ -626,16 +900,22 @@ class FileSource:
             log_stream=name,
             flow_fields=fields,
             origin="text",
+            position=_FROM_STREAM if name == "stdin" and self._stream is not None else None,
         )
 
     def poll(self, max_records: int) -> list[SourceRecord]:
         """Up to ``max_records`` chunks, and no more than :data:`FILE_POLL_MAX_LINES` lines
-        and :data:`FILE_POLL_MAX_CHARS` characters (always at least one chunk)."""
+        and :data:`FILE_POLL_MAX_CHARS` characters (always at least one chunk, except from
+        stdin with nothing new within ``poll_interval_s``)."""
         assert self._chunks is not None, "attach() first"
         out: list[SourceRecord] = []
         lines = chars = 0
+        self._wait_s = self._poll_interval_s
         for record in self._chunks:
+            if record is None:
+                break  # stdin: nothing more for now
             out.append(record)
+            self._wait_s = 0.0  # something to hand over: do not wait for more
             chunk = record.lines or ()
             lines += len(chunk)
             chars += sum(map(len, chunk))
@@ -657,7 +937,8 @@ class FileSource:
         self.lines_delivered += count
 
     def release(self, records: Sequence[SourceRecord]) -> None:
-        """Not delivered: the input is not read to its end (no checkpoint to hold back)."""
+        """Not delivered: the input is not read to its end (no checkpoint to hold back). stdin
+        records are kept for :meth:`unread` (they cannot be read again)."""
         if not records:
             return
         self._released = True
@@ -666,6 +947,24 @@ class FileSource:
             self.lines_delivered -= count
             if self.position is not None and self.position[0] == record.log_stream:
                 self.position = (self.position[0], max(self.position[1] - count, 0))
+            if record.position is _FROM_STREAM:
+                self._held.append(record)
+
+    def unread(self) -> Iterator[SourceRecord]:
+        """stdin at shutdown: the records released and every line read and not handed out,
+        in order, as records (counted as handed over). The daemon delivers them (or, past its
+        grace, backsplashes them): bytes that left the pipe are never dropped."""
+        held, self._held = self._held, []
+        for record in held:
+            self._advance(record, len(record.lines or ()))
+            yield record
+        if self._stream is None:
+            return
+        rest = self._text(self._stream.rest())
+        for start in range(0, len(rest), self._chunk_lines):
+            record = self._record(rest[start : start + self._chunk_lines], self._fields, "stdin")
+            self._advance(record, len(record.lines or ()))
+            yield record
 
     def commit(self) -> int:
         """Nothing to checkpoint."""
@@ -687,19 +986,47 @@ class _Shard:
     iterator: str | None = None
     read_seq: str | None = None
     committed: str | None = None
+    #: ``LATEST`` pinned: epoch seconds to re-read from (``AT_TIMESTAMP``) while no record
+    #: of the shard is known (its first iterator expired, its first records were released,
+    #: a restart); also in the checkpoint store until a sequence number replaces it.
+    pin_s: float | None = None
+    #: The first ``LATEST`` iterator was taken: from now on the pin stands for it.
+    latest_taken: bool = False
     ended: bool = False
     finished: bool = False
     next_at: float = 0.0
     backoff_s: float = 0.0
     lag_ms: int | None = None
+    #: Clock time of the last answered GetRecords (None: never read yet).
+    read_at: float | None = None
+    #: Clock time the shard became known (the lag of a shard not read yet runs from here).
+    known_since: float = 0.0
 
 
 def _error_code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
 
 
+#: A ``LATEST`` pin is set this long before the moment the shard is first seen, so a local
+#: clock ahead of Kinesis' cannot make ``AT_TIMESTAMP`` skip records (a few older records may
+#: come: duplicates-at-worst, never a gap).
+LATEST_PIN_MARGIN_S: Final = 5.0
+
+
 class KinesisSource:
     """All shards of a stream (or a list and their descendants), checkpointed per shard.
+
+    What must survive a crash is in the checkpoint store, never only in memory:
+
+    - a shard read to its end is committed as ``SHARD_END`` as soon as nothing read from it is
+      still in doubt: by :meth:`commit` when its last records are delivered, or by
+      :meth:`poll` itself when the end comes on a read with no records and everything
+      before it is already committed (a caught-up daemon, or a restart on a closed shard),
+      so the children are read without waiting for a cycle that took records;
+    - a shard started at ``LATEST`` is pinned first (:func:`~forwarder.checkpoints.
+      pin_position`): an iterator that expires before the first record, records released
+      by a shutdown, or a restart before the first checkpoint, resume from that moment
+      (``AT_TIMESTAMP``) instead of a new ``LATEST``.
 
     Args:
         client: a boto3 Kinesis client.
@@ -707,6 +1034,7 @@ class KinesisSource:
         checkpoints: where positions live.
         stop_event: set on shutdown; waits end early.
         clock: monotonic clock.
+        wall_clock: epoch seconds (``LATEST`` pins).
     """
 
     def __init__(
@@ -717,6 +1045,7 @@ class KinesisSource:
         *,
         stop_event: threading.Event | None = None,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         assert settings.stream_name is not None
         self.name = "kinesis"
@@ -726,6 +1055,7 @@ class KinesisSource:
         self._checkpoints = checkpoints
         self._stop = stop_event if stop_event is not None else threading.Event()
         self._clock = clock
+        self._wall_clock = wall_clock
         self._shards: dict[str, _Shard] = {}
         self._positions: dict[str, str] = {}
         self._next_refresh = 0.0
@@ -741,9 +1071,27 @@ class KinesisSource:
         return self._attached
 
     def lag_seconds(self) -> float | None:
-        """The largest ``MillisBehindLatest`` over the shards being read, in seconds."""
-        lags = [s.lag_ms for s in self._shards.values() if s.lag_ms is not None and not s.finished]
-        return max(lags) / 1000.0 if lags else None
+        """How far behind the stream the daemon is, in seconds (the largest over shards).
+
+        A shard being read: its last ``MillisBehindLatest``, plus the time since that read
+        beyond one ``poll_interval_s`` (a reader that stopped reading, whatever the cause,
+        falls behind by the time it stopped). A shard not read yet (a child waiting for its
+        parents, for instance): the time since it became known. A shard read to its end adds
+        nothing itself (its children carry the lag). So a stall shows as a growing lag,
+        never as 0.
+        """
+        now = self._clock()
+        idle = self._settings.poll_interval_s
+        lags: list[float] = []
+        for shard in self._shards.values():
+            if shard.finished or shard.ended:
+                continue
+            if shard.read_at is None:
+                lags.append(max(now - shard.known_since, 0.0))
+            else:
+                behind = (shard.lag_ms or 0) / 1000.0
+                lags.append(behind + max(now - shard.read_at - idle, 0.0))
+        return max(lags) if lags else None
 
     def shard_positions(self) -> dict[str, str | None]:
         """Each known shard's committed position (for tests and logs)."""
@@ -803,6 +1151,8 @@ class KinesisSource:
             )
             for item in listed
         }
+        added: dict[str, _Shard] = {}
+        fresh: list[_Shard] = []
         for item in listed:
             shard_id = item["ShardId"]
             ending = item.get("SequenceNumberRange", {}).get("EndingSequenceNumber")
@@ -813,13 +1163,39 @@ class KinesisSource:
                 continue
             if not self._wanted(shard_id, parents):
                 continue
-            shard = _Shard(shard_id, parents[shard_id], ending is not None, ending)
+            shard = _Shard(
+                shard_id,
+                parents[shard_id],
+                ending is not None,
+                ending,
+                known_since=self._clock(),
+            )
             position = self._positions.get(shard_id)
+            pinned = pinned_at(position)
             if position == SHARD_END:
                 shard.ended = shard.finished = True
                 shard.committed = SHARD_END
+            elif pinned is not None:
+                shard.pin_s = pinned
+                shard.latest_taken = True  # a restart: resume from the pin, not a new LATEST
             elif position:
                 shard.committed = shard.read_seq = position
+            else:
+                fresh.append(shard)
+            added[shard_id] = shard
+        pins: dict[str, str] = {}
+        for shard in fresh:
+            if self._starts_at_latest(shard, {**self._shards, **added}):
+                shard.pin_s = self._wall_clock() - LATEST_PIN_MARGIN_S
+                pins[shard.shard_id] = pin_position(shard.pin_s)
+        if pins:
+            # Durable before the shards are known (so before their first read): a later
+            # LATEST would skip what arrives meanwhile. If this fails, they stay unknown and
+            # the next refresh (or attach) pins them again.
+            self._checkpoints.save(self.stream_name, pins)
+            self._positions.update(pins)
+            _log.info("shard_pinned", stream=self.stream_name, shards=sorted(pins))
+        for shard_id, shard in added.items():
             self._shards[shard_id] = shard
             _log.info(
                 "shard_discovered",
@@ -827,9 +1203,16 @@ class KinesisSource:
                 shard=shard_id,
                 parents=list(shard.parents),
                 closed=shard.closed,
-                position=position,
+                position=self._positions.get(shard_id),
             )
         self._next_refresh = self._clock() + self._settings.shard_refresh_interval_s
+
+    def _starts_at_latest(self, shard: _Shard, shards: dict[str, _Shard]) -> bool:
+        """A shard without a checkpoint that :meth:`_iterator` starts at ``LATEST`` (not a
+        child of a shard we read)."""
+        if self._settings.start_position != "LATEST":
+            return False
+        return not any(parent in shards for parent in shard.parents)
 
     def _ready(self, shard: _Shard) -> bool:
         """Not finished, and every parent we know is finished (parents before children)."""
@@ -847,8 +1230,18 @@ class KinesisSource:
             )
         elif any(parent in self._shards for parent in shard.parents):
             arguments["ShardIteratorType"] = "TRIM_HORIZON"  # a child: from its very start
+        elif shard.pin_s is not None and shard.latest_taken:
+            # LATEST again would skip whatever arrived since the first iterator.
+            arguments.update(
+                ShardIteratorType="AT_TIMESTAMP",
+                Timestamp=datetime.fromtimestamp(shard.pin_s, tz=UTC),
+            )
         else:
             arguments["ShardIteratorType"] = self._settings.start_position
+            shard.latest_taken = shard.pin_s is not None
+        _log.debug(
+            "shard_iterator_fetched", shard=shard.shard_id, kind=arguments["ShardIteratorType"]
+        )
         iterator: str = self._client.get_shard_iterator(**arguments)["ShardIterator"]
         return iterator
 
@@ -856,10 +1249,19 @@ class KinesisSource:
         """Read the shards that are due, round-robin, up to ``max_records`` records.
 
         When no shard is due, wait (interruptibly) until one is, at most ``poll_interval_s``.
+        Writes to the checkpoint store (``SHARD_END`` of shards read to their end, pins) happen
+        before any read, so a failing store raises with nothing read; a read that fails after
+        other shards gave records ends the poll with those records (the failed shard is read
+        again next time), so records read are never lost to an exception.
+
+        Raises:
+            ClientError, BotoCoreError, OSError: Kinesis or the checkpoint store failed before
+                anything was read.
         """
         now = self._clock()
         if now >= self._next_refresh:
             self._refresh()
+        self._finish_ended()
         ready = [shard for shard in self._shards.values() if self._ready(shard)]
         out: list[SourceRecord] = []
         if ready:
@@ -870,7 +1272,18 @@ class KinesisSource:
                     break
                 if shard.next_at > self._clock():
                     continue
-                out.extend(self._read(shard, max_records - len(out)))
+                try:
+                    out.extend(self._read(shard, max_records - len(out)))
+                except (ClientError, BotoCoreError) as exc:
+                    if not out:
+                        raise
+                    shard.iterator = None
+                    _log.warning(
+                        "source_read_failed",
+                        shard=shard.shard_id,
+                        reason=f"{type(exc).__name__}: {exc}",
+                    )
+                    break
         if not out:
             due = [s.next_at for s in self._shards.values() if self._ready(s)]
             wait = self._settings.poll_interval_s
@@ -901,7 +1314,8 @@ class KinesisSource:
                 )
                 return []
             if code == "ExpiredIteratorException":
-                shard.iterator = None
+                shard.iterator = None  # fetched again from what was read (or the pin)
+                _log.info("shard_iterator_expired", shard=shard.shard_id)
                 return []
             if code == "ResourceNotFoundException":
                 shard.iterator = None
@@ -911,6 +1325,7 @@ class KinesisSource:
                 return []
             raise
         shard.backoff_s = 0.0
+        shard.read_at = self._clock()
         records = answer.get("Records", [])
         shard.lag_ms = answer.get("MillisBehindLatest")
         shard.iterator = answer.get("NextShardIterator")
@@ -931,6 +1346,24 @@ class KinesisSource:
             self._next_refresh = 0.0  # its children may be new to us
             _log.info("shard_ended", stream=self.stream_name, shard=shard.shard_id)
         return out
+
+    def _finish_ended(self) -> None:
+        """Commit ``SHARD_END`` for shards read to their end with nothing read from them in
+        doubt (everything committed): the end came on a read with no records. No cycle with
+        records has to do it (there may be none: the new records are in the children, which
+        wait for this). Retried on every poll until the store takes it."""
+        ended = [
+            shard
+            for shard in self._shards.values()
+            if shard.ended and not shard.finished and shard.read_seq == shard.committed
+        ]
+        if not ended:
+            return
+        self._checkpoints.save(self.stream_name, {shard.shard_id: SHARD_END for shard in ended})
+        for shard in ended:
+            shard.committed = SHARD_END
+            shard.finished = True
+            _log.info("shard_end_committed", stream=self.stream_name, shard=shard.shard_id)
 
     def _closed_and_drained(self, shard: _Shard, got_records: bool) -> bool:
         """A closed shard read past its last sequence number (or empty and not behind).

@@ -465,3 +465,54 @@ def test_sqs_release_leaves_the_message_on_the_queue(aws_endpoint: str) -> None:
         assert len(again.get("Messages", [])) == 1
     finally:
         source.close()
+
+
+class ExpiringKinesis:
+    """Delegates to moto; the first GetRecords finds its iterator expired (as Kinesis answers
+    an iterator unused for five minutes), after ``arrive`` puts records meanwhile."""
+
+    def __init__(self, real: Any, arrive: Any) -> None:
+        self._real = real
+        self._arrive = arrive
+        self.kinds: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+    def get_shard_iterator(self, **kwargs: Any) -> Any:
+        self.kinds.append(kwargs["ShardIteratorType"])
+        return self._real.get_shard_iterator(**kwargs)
+
+    def get_records(self, **kwargs: Any) -> Any:
+        if self._arrive is not None:
+            arrive, self._arrive = self._arrive, None
+            arrive()
+            raise ClientError(
+                {"Error": {"Code": "ExpiredIteratorException", "Message": "expired"}},
+                "GetRecords",
+            )
+        return self._real.get_records(**kwargs)
+
+
+def test_kinesis_latest_iterator_expired_before_the_first_read_skips_nothing(
+    aws_endpoint: str,
+) -> None:
+    """GIVEN a LATEST reader whose first iterator expires before its first read WHEN records
+    arrive in between THEN they are read (the shard was pinned at attach, AT_TIMESTAMP)."""
+    kinesis = boto_client("kinesis", aws_endpoint)
+    kinesis.create_stream(StreamName=STREAM, ShardCount=1)
+    arrived = [f"late-{i}".encode() for i in range(3)]
+    sequence: list[str] = []
+
+    def arrive() -> None:
+        for payload in arrived:
+            put = kinesis.put_record(StreamName=STREAM, Data=payload, PartitionKey="p")
+            sequence.append(put["SequenceNumber"])
+
+    client = ExpiringKinesis(kinesis, arrive)
+    store = MemoryCheckpointStore()
+    source = KinesisSource(client, kinesis_settings(start_position="LATEST"), store)
+    source.attach()
+    assert drain(source) == arrived
+    assert client.kinds == ["LATEST", "AT_TIMESTAMP"]
+    assert list(store.load(STREAM).values()) == [sequence[-1]]  # the pin is replaced
