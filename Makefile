@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint typecheck unit demo bench package clean
+.PHONY: test lint typecheck unit demo bench package clean crash
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
+
+# The long crash runs (kinesis with reshards, then sqs-s3): 10+ SIGKILLs each; CRASH_SEED repeats one.
+crash: $(STAMP)
+	timeout 1800 $(BIN)/python -m tests.crash --profile long
 
 package: $(STAMP)
 	$(BIN)/forwarder package --output dist/lambda.zip
