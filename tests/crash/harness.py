@@ -67,12 +67,14 @@ FLOW_HEADER = (
 FLOW_LINE = "2 123456789012 eni-0c0ffee000000001 10.0.0.1 10.0.1.1 443 49152 6 1 {n} 1764000000 1764000060 ACCEPT OK"  # noqa: E501
 
 #: Kill kinds: at a random moment; right after a reshard; a reshard while the daemon runs,
-#: then a random kill; a random kill, then a reshard before the restart.
-RANDOM, AFTER_RESHARD, LIVE_RESHARD, WHILE_DOWN = (
+#: then a random kill; a random kill, then a reshard before the restart; the moment the
+#: emulator indexed a batch (its ack not yet polled, so not checkpointed: duplicates follow).
+RANDOM, AFTER_RESHARD, LIVE_RESHARD, WHILE_DOWN, JUST_INDEXED = (
     "random",
     "after_reshard",
     "live_reshard",
     "reshard_while_down",
+    "just_indexed",
 )
 RESHARD_KINDS = frozenset({AFTER_RESHARD, LIVE_RESHARD, WHILE_DOWN})
 
@@ -86,7 +88,8 @@ class Profile:
     events_per_unit: int  # events per Kinesis record or per S3 object
     produce_s: float  # the producer spreads its events over this long
     kills: tuple[str, ...]  # the kind of each kill, in order
-    kill_delay_s: tuple[float, float] = (0.2, 2.5)  # random delay after progress, before a kill
+    #: The random delay before a kill whose planned moment a slow restart already passed.
+    kill_delay_s: tuple[float, float] = (0.2, 2.0)
     progress_timeout_s: float = 15.0  # longest wait for a restarted daemon to index anything
     catch_up_timeout_s: float = 60.0
     checkpoint_store: str = "file"
@@ -98,8 +101,7 @@ SHORT_KINESIS = Profile(
     events=8_000,
     events_per_unit=20,
     produce_s=30.0,
-    kills=(RANDOM, AFTER_RESHARD, RANDOM, LIVE_RESHARD, AFTER_RESHARD, WHILE_DOWN),
-    kill_delay_s=(0.2, 2.0),
+    kills=(RANDOM, AFTER_RESHARD, JUST_INDEXED, LIVE_RESHARD, AFTER_RESHARD, WHILE_DOWN),
     progress_timeout_s=10.0,
     catch_up_timeout_s=30.0,
 )
@@ -111,18 +113,17 @@ LONG_KINESIS = Profile(
     kills=(
         RANDOM,
         AFTER_RESHARD,
-        RANDOM,
+        JUST_INDEXED,
         LIVE_RESHARD,
         RANDOM,
         AFTER_RESHARD,
         WHILE_DOWN,
-        RANDOM,
+        JUST_INDEXED,
         AFTER_RESHARD,
         LIVE_RESHARD,
         RANDOM,
         AFTER_RESHARD,
     ),
-    kill_delay_s=(0.5, 6.0),
     progress_timeout_s=20.0,
     catch_up_timeout_s=120.0,
     checkpoint_store="dynamodb",
@@ -132,8 +133,7 @@ SHORT_SQS = Profile(
     events=6_000,
     events_per_unit=100,
     produce_s=25.0,
-    kills=(RANDOM,) * 5,
-    kill_delay_s=(0.2, 2.0),
+    kills=(RANDOM, JUST_INDEXED, RANDOM, JUST_INDEXED, RANDOM),
     progress_timeout_s=10.0,
     catch_up_timeout_s=30.0,
 )
@@ -142,8 +142,7 @@ LONG_SQS = Profile(
     events=50_000,
     events_per_unit=250,
     produce_s=120.0,
-    kills=(RANDOM,) * 10,
-    kill_delay_s=(0.5, 6.0),
+    kills=(RANDOM, JUST_INDEXED) * 5,
     progress_timeout_s=20.0,
     catch_up_timeout_s=120.0,
 )
@@ -169,7 +168,7 @@ class Kill:
     number: int
     kind: str
     at_s: float  # since the run started
-    since_reshard_s: float | None  # since the last reshard, when one preceded it
+    since_reshard_s: float | None  # since the last reshard (None: none yet)
     produced: int  # events produced when the daemon died
     indexed_pos: int  # the emulator's indexed-event count when the daemon was dead
     uncommitted_indexed: int = 0  # indexed events whose record was not checkpointed
@@ -247,7 +246,7 @@ class Report:
         ]
         for k in self.kills:
             after = (
-                f", {k.since_reshard_s:.2f}s after a reshard"
+                f", {k.since_reshard_s:.2f}s after the last reshard"
                 if k.since_reshard_s is not None
                 else ""
             )
@@ -406,6 +405,10 @@ class Progress:
         self.read = 0
         self.contiguous = 0  # every event below this number is indexed
         self.unknown = 0
+
+    def indexed_now(self) -> int:
+        """Events indexed so far (duplicates included), without reading them."""
+        return self._emulator.stats().events_indexed
 
     def update(self) -> int:
         events = self._emulator.indexed_events()
@@ -784,6 +787,15 @@ class CrashRun:
             time.sleep(0.05)
         return False
 
+    def _until_indexed(self, progress: Progress, proc: Any) -> None:
+        """Return the moment the emulator indexes more events (a batch just landed), bounded."""
+        start = progress.indexed_now()
+        end = time.monotonic() + self.profile.progress_timeout_s
+        while time.monotonic() < end and proc.poll() is None:
+            if progress.indexed_now() > start:
+                return
+            time.sleep(0.002)
+
     def _note_recovery(self, progress: Progress) -> None:
         for kill in self.report.kills:
             if kill.restart_at is None:
@@ -834,7 +846,7 @@ class CrashRun:
             number=len(self.report.kills) + 1,
             kind=kind,
             at_s=at,
-            since_reshard_s=since if kind == AFTER_RESHARD else None,
+            since_reshard_s=since,
             produced=self.produced,
             indexed_pos=progress.update(),
             progressed=progressed,
@@ -893,7 +905,12 @@ class CrashRun:
 
             return moved
 
-        for kind in profile.kills:
+        # The kills are spread over the producing time: kill i at a random moment of slot i
+        # (or, when a slow restart already used the slot up, after a short random delay).
+        slot = profile.produce_s / len(profile.kills)
+        for number, kind in enumerate(profile.kills):
+            planned = self.rng.uniform(number + 0.2, number + 1.0) * slot
+            fallback = self.rng.uniform(*profile.kill_delay_s)
             until = moved_since(progress.update())
             progressed = self._wait(progress, until, profile.progress_timeout_s, proc)
             if kind == LIVE_RESHARD:
@@ -901,8 +918,10 @@ class CrashRun:
                 self._reshard(adapter, kind, progress if quiet else None, proc)
                 until = moved_since(progress.update())
                 progressed = self._wait(progress, until, profile.progress_timeout_s, proc)
-            delay = self.rng.uniform(*profile.kill_delay_s)
-            self._wait(progress, lambda: False, delay, proc)
+            delay = planned - self.now()
+            self._wait(progress, lambda: False, delay if delay > 0 else fallback, proc)
+            if kind == JUST_INDEXED:
+                self._until_indexed(progress, proc)
             if kind == AFTER_RESHARD:
                 quiet = len(self.report.reshards) % 2 == 0
                 self._reshard(adapter, kind, progress if quiet else None, proc)
@@ -913,7 +932,7 @@ class CrashRun:
             proc = self._start(config, environ)
             kill.restart_at = self.now()
         # every kill done: let the producer finish, then let the last daemon catch up
-        self.producer_done.wait(timeout=profile.produce_s * 3 + 60)
+        self._wait(progress, self.producer_done.is_set, profile.produce_s * 3 + 60, proc)
         if self.producer_error:
             raise RuntimeError(f"producer failed: {self.producer_error[0]!r}")
         total = self.produced
