@@ -7,6 +7,7 @@ Usage: ``python -m tests.crash [--source kinesis|sqs-s3|all] [--profile long|sho
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -35,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--workdir", type=Path, default=None, help="keep logs here")
     args = parser.parse_args(argv)
+    # `timeout` (make crash) sends SIGTERM: unwind, so every daemon subprocess is killed too
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     seed = args.seed if args.seed is not None else seed_from_env()
     sources = ["kinesis", "sqs-s3"] if args.source == "all" else [args.source]
     failed = []

@@ -103,7 +103,7 @@ SHORT_KINESIS = Profile(
     produce_s=30.0,
     kills=(RANDOM, AFTER_RESHARD, JUST_INDEXED, LIVE_RESHARD, AFTER_RESHARD, WHILE_DOWN),
     progress_timeout_s=10.0,
-    catch_up_timeout_s=30.0,
+    catch_up_timeout_s=60.0,
 )
 LONG_KINESIS = Profile(
     name="long",
@@ -135,7 +135,7 @@ SHORT_SQS = Profile(
     produce_s=25.0,
     kills=(RANDOM, JUST_INDEXED, RANDOM, JUST_INDEXED, RANDOM),
     progress_timeout_s=10.0,
-    catch_up_timeout_s=30.0,
+    catch_up_timeout_s=60.0,
 )
 LONG_SQS = Profile(
     name="long",
@@ -258,6 +258,15 @@ class Report:
                 f"{k.uncommitted_indexed})"
                 f"{'' if k.progressed else ', NO PROGRESS before the kill'}; "
                 f"restart: first event {first}, recovery {recovery}"
+            )
+        firsts = sorted(k.first_event_s for k in self.kills if k.first_event_s is not None)
+        recoveries = sorted(k.recovery_s for k in self.kills if k.recovery_s is not None)
+        if firsts and recoveries:
+            out.append(
+                f"  restarts: first event indexed after median {firsts[len(firsts) // 2]:.1f}s "
+                f"(max {firsts[-1]:.1f}s); every event produced before the kill indexed after "
+                f"median {recoveries[len(recoveries) // 2]:.1f}s (max {recoveries[-1]:.1f}s); "
+                f"{len(self.kills) - len(recoveries)} never recovered"
             )
         out += [
             f"  indexed: {self.indexed} ({self.indexed_unique} unique)",
