@@ -50,6 +50,7 @@ from tests.factories import make_cwl_payload
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "00000000-crash-token-0000-000000000000"
 REGION = "us-east-1"
+ACCOUNT = "123456789012"  # moto's default account
 BUCKET = "crash-backsplash"
 PREFIX = "failed/"
 FLOW_BUCKET = "crash-flow-logs"
@@ -391,7 +392,7 @@ def moto_server() -> Iterator[str]:
 
 def read_log(path: Path) -> list[dict[str, Any]]:
     """The JSON log lines of a daemon run (anything else is skipped)."""
-    found = []
+    found: list[dict[str, Any]] = []
     if not path.exists():
         return found
     for line in path.read_text(errors="replace").splitlines():
@@ -540,7 +541,7 @@ class KinesisAdapter(SourceAdapter):
             position = positions.get(shard)
             if position is None:
                 return False
-            return position == SHARD_END or seq <= int(position)
+            return bool(position == SHARD_END or seq <= int(position))
 
         return committed
 
@@ -591,7 +592,7 @@ class SqsAdapter(SourceAdapter):
         return [
             'type = "sqs-s3"',
             f'queue_url = "{self.queue_url}"',
-            "visibility_timeout_s = 5",
+            "visibility_timeout_s = 8",
             "wait_time_s = 1",
             "max_messages = 5",
             "chunk_lines = 50",
@@ -621,10 +622,9 @@ class SqsAdapter(SourceAdapter):
 
     def _queued_keys(self) -> set[str]:
         """Keys whose message is still in the queue (visible or in flight): not deleted."""
-        from moto.core import DEFAULT_ACCOUNT_ID
         from moto.sqs.models import sqs_backends
 
-        queue = sqs_backends[DEFAULT_ACCOUNT_ID][REGION].queues[QUEUE]
+        queue = sqs_backends[ACCOUNT][REGION].queues[QUEUE]
         keys: set[str] = set()
         for message in list(queue._messages):
             for record in json.loads(message.body)["Records"]:
@@ -819,11 +819,11 @@ class CrashRun:
     ) -> None:
         """Reshard; with ``progress``, in a quiet moment: the producer pauses, the daemon catches
         up and checkpoints, then the parents close (end-of-shard arrives on an empty read)."""
-        quiet = progress is not None
+        quiet = False
         if progress is not None:
             self._producing.clear()
             total = self.produced
-            self._wait(progress, lambda: progress.contiguous >= total, 15.0, proc)
+            quiet = self._wait(progress, lambda: progress.contiguous >= total, 15.0, proc)
             self._wait(progress, lambda: False, 1.5, proc)  # > two checkpoint intervals
         try:
             before, after = adapter.reshard()
