@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint typecheck unit demo bench package clean fuzz
+.PHONY: test lint typecheck unit demo bench package clean fuzz crash
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ bench: $(STAMP)
 # The fuzz tests also run in `make test`, quickly; this is the deep run (minutes).
 fuzz: $(STAMP)
 	HYPOTHESIS_PROFILE=fuzz $(BIN)/pytest tests/fuzz -p no:randomly -q
+
+# The long crash runs (kinesis with reshards, then sqs-s3): 10+ SIGKILLs each; CRASH_SEED repeats one.
+crash: $(STAMP)
+	timeout 1800 $(BIN)/python -m tests.crash --profile long
 
 package: $(STAMP)
 	$(BIN)/forwarder package --output dist/lambda.zip
