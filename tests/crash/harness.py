@@ -17,7 +17,7 @@ reshard, and restarts it each time. At the end the producer stops, the last daem
 - every ledger a run logged balances (``checkpoint_saved`` and the final
   ``delivery_summarized``), the last run exits 0, no run exits on its own.
 
-moto departs from Kinesis on resharding; :mod:`tests.crash.faithful_kinesis` makes it split,
+moto departs from Kinesis on resharding; :mod:`tests.faithful_kinesis` makes it split,
 merge and end shards as AWS does for the run's duration.
 """
 
@@ -44,8 +44,8 @@ from typing import Any
 from forwarder.backsplash import Backsplash, LocalSpool
 from forwarder.checkpoints import SHARD_END, DynamoCheckpointStore, FileCheckpointStore
 from forwarder.emulator import HecEmulator
-from tests.crash.faithful_kinesis import faithful_resharding
 from tests.factories import make_cwl_payload
+from tests.faithful_kinesis import faithful_resharding
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "00000000-crash-token-0000-000000000000"

@@ -64,7 +64,7 @@ def test_faithful_resharding_on_moto(aws_endpoint: str) -> None:
     """The harness's premise: with the patch, a split keeps the parent's records, new writes go
     to the children only, and a closed shard read to its end answers no next iterator."""
     from tests.conftest import boto_client
-    from tests.crash.faithful_kinesis import faithful_resharding
+    from tests.faithful_kinesis import faithful_resharding
 
     kinesis = boto_client("kinesis", aws_endpoint)
     with faithful_resharding():

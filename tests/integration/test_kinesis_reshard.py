@@ -1,34 +1,24 @@
 """A daemon reading Kinesis through a reshard (moto server, the HEC emulator, real processes).
 
-moto departs from Kinesis in three ways that matter here, so these tests make the in-process
-moto server (ThreadedMotoServer shares this process's backends) follow what the Kinesis API
-reference documents:
-
-- a closed shard takes no more writes (moto routes them to the first shard whose hash range
-  fits, the closed parent included);
-- SplitShard and MergeShards leave a parent's records where they are (moto moves or copies
-  them into the children);
-- GetRecords on a closed shard read to its end answers a null ``NextShardIterator`` (moto
-  always hands out another iterator).
+moto departs from Kinesis on resharding, so these tests make the in-process moto server
+(ThreadedMotoServer shares this process's backends) follow what the Kinesis API reference
+documents: :mod:`tests.faithful_kinesis` says how.
 """
 
 from __future__ import annotations
 
-import hashlib
 import signal
-from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from moto.kinesis.models import KinesisBackend, Shard, Stream
-from moto.kinesis.utils import decompose_shard_iterator
 
 from forwarder.checkpoints import SHARD_END, FileCheckpointStore
 from forwarder.emulator import HecEmulator
 from forwarder.synthetic import cloudwatch_payload
 from tests.conftest import boto_client
+from tests.faithful_kinesis import faithful_resharding
 from tests.integration.test_daemon import (
     STREAM,
     indexed_messages,
@@ -42,52 +32,10 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(name="aws_like_kinesis")
-def fixture_aws_like_kinesis(monkeypatch: pytest.MonkeyPatch) -> None:
+def fixture_aws_like_kinesis() -> Iterator[None]:
     """moto's Kinesis with Kinesis' documented reshard and end-of-shard behaviour."""
-    split, merge, get_records = Stream.split_shard, Stream.merge_shards, KinesisBackend.get_records
-
-    def shard_for_key(self: Stream, partition_key: str, explicit_hash_key: str) -> Shard | None:
-        key = int(hashlib.md5(partition_key.encode(), usedforsecurity=False).hexdigest(), 16)
-        if explicit_hash_key:
-            key = int(explicit_hash_key)
-        for shard in self.shards.values():
-            if shard.is_open and shard.starting_hash <= key <= shard.ending_hash:
-                return shard
-        return None
-
-    def keep_records(method: Any, *shard_ids: str, self: Stream, args: tuple[Any, ...]) -> None:
-        kept = {shard_id: self.shards[shard_id].records for shard_id in shard_ids}
-        for shard_id in shard_ids:
-            self.shards[shard_id].records = OrderedDict()  # nothing for moto to move
-        try:
-            method(self, *args)
-        finally:
-            for shard_id, records in kept.items():
-                self.shards[shard_id].records = records
-
-    def split_shard(self: Stream, shard_to_split: str, new_starting_hash_key: str) -> None:
-        keep_records(split, shard_to_split, self=self, args=(shard_to_split, new_starting_hash_key))
-
-    def merge_shards(self: Stream, shard_to_merge: str, adjacent_shard_to_merge: str) -> None:
-        args = (shard_to_merge, adjacent_shard_to_merge)
-        keep_records(merge, *args, self=self, args=args)
-
-    def closed_end(
-        self: KinesisBackend, stream_arn: str | None, shard_iterator: str, limit: int | None
-    ) -> tuple[str | None, Any, int]:
-        next_iterator, records, behind = get_records(self, stream_arn, shard_iterator, limit)
-        stream_name, shard_id, last = decompose_shard_iterator(next_iterator)
-        shard = self.describe_stream(stream_arn=stream_arn, stream_name=stream_name).shards[
-            shard_id
-        ]
-        if not shard.is_open and int(last) >= shard.get_max_sequence_number():
-            return None, records, behind
-        return next_iterator, records, behind
-
-    monkeypatch.setattr(Stream, "get_shard_for_key", shard_for_key)
-    monkeypatch.setattr(Stream, "split_shard", split_shard)
-    monkeypatch.setattr(Stream, "merge_shards", merge_shards)
-    monkeypatch.setattr(KinesisBackend, "get_records", closed_end)
+    with faithful_resharding():
+        yield
 
 
 @pytest.fixture(name="kinesis")

@@ -1,4 +1,4 @@
-"""moto's Kinesis made to reshard as AWS does, for the crash run (in-process moto server only).
+"""moto's Kinesis made to reshard as AWS does (in-process moto server only; crash, chaos, reshard).
 
 moto (5.x) departs from Kinesis where a crash run must be exact:
 
