@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint typecheck unit demo bench package clean
+.PHONY: test lint typecheck unit demo bench package clean chaos
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
+
+# The full chaos run (>= 200,000 events, a few minutes; stops by itself). CHAOS_SEED=N replays a run.
+chaos: $(STAMP)
+	$(BIN)/python -m tests.chaos.harness
 
 package: $(STAMP)
 	$(BIN)/forwarder package --output dist/lambda.zip
