@@ -54,7 +54,7 @@ import time
 import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -174,7 +174,7 @@ class ChaosConfig:
             },
             hec_outage=Outage(start_s=20, duration_s=6, every_s=60),
             s3_outage=Outage(start_s=35, duration_s=8, every_s=75),
-            reshard_after_s=15,
+            reshard_after_s=60,
             faults=_faults(seed, drips=0),
         )
 
@@ -186,7 +186,7 @@ class ChaosConfig:
             units={"a": (6, 100), "b": (4, 200), "c": (24, 50), "d": (3, 200), "e": (2, 300)},
             hec_outage=Outage(start_s=6, duration_s=2),
             s3_outage=Outage(start_s=9, duration_s=3),
-            reshard_after_s=4,
+            reshard_after_s=20,
             push_budget_s=15.0,
             daemon_grace_s=5.0,
             forward_bound_s=60.0,
@@ -253,6 +253,8 @@ class RunRecord:
     deadline_s: float | None = None
     exit_status: int | None = None
     failed: str | None = None
+    #: A push invocation that raised: AWS retries it whole (not a failure of the run).
+    raised: str | None = None
 
     @property
     def overrun_s(self) -> float:
@@ -337,6 +339,15 @@ def log_events(path: Path, name: str) -> list[dict[str, Any]]:
     return found
 
 
+def settled(metrics: dict[str, float]) -> float:
+    """Events a daemon acknowledged, backsplashed or dropped, from its /metrics."""
+    return (
+        metrics.get("forwarder_events_acknowledged_total", 0)
+        + metrics.get("forwarder_events_backsplashed_total", 0)
+        + metrics.get("forwarder_events_dropped_total", 0)
+    )
+
+
 def metric_values(url: str) -> dict[str, float]:
     """The daemon's /metrics as name -> summed value (labels summed away)."""
     with urllib.request.urlopen(f"{url}/metrics", timeout=5) as response:
@@ -356,7 +367,8 @@ def metric_values(url: str) -> dict[str, float]:
 
 
 class World:
-    """Moto (S3, SQS, Kinesis), the S3 outage proxy and the HEC emulator, on loopback."""
+    """Moto (S3, SQS, Kinesis, resharding as AWS does), the S3 outage proxy and the HEC
+    emulator, on loopback."""
 
     def __init__(self, config: ChaosConfig, workdir: Path, book: Book) -> None:
         self.config = config
@@ -369,6 +381,7 @@ class World:
         self.output = workdir / "indexed.jsonl"
         self.rss = RssWatcher(book)
         self.emulator: subprocess.Popen[bytes] | None = None
+        self.queue_url = ""
 
     def popen(
         self, role: str, argv: list[str], log: Path, **kwargs: Any
@@ -384,10 +397,9 @@ class World:
     def start(self) -> None:
         self.rss.start()
         port = free_port()
-        moto_server = Path(sys.executable).with_name("moto_server")
         self.popen(
             "moto",
-            [str(moto_server), "-H", "127.0.0.1", "-p", str(port)],
+            [sys.executable, "-m", "tests.chaos.moto_server", "-H", "127.0.0.1", "-p", str(port)],
             self.workdir / "moto.log",
         )
         self.moto_url = f"http://127.0.0.1:{port}"
@@ -581,16 +593,15 @@ def _invoke(
             result = push.handler(event, FakeContext(config.push_budget_s, name))
         except Exception as exc:
             run.wall_s = time.monotonic() - start
-            run.failed = f"{type(exc).__name__}: {exc}"[:200]
+            run.raised = f"{type(exc).__name__}: {exc}"[:200]
             book.add(run)
             items = len(event.get("Records", ())) or 1
             book.retried_events[f"{shape}_invocation_retried"] += items * per_unit
-            book.note(f"push {name} raised {run.failed}; retried as AWS would")
+            book.note(f"push {name} raised {run.raised}; retried as AWS would")
             time.sleep(LAMBDA_RETRY_DELAY_S)
             continue
         run.wall_s = time.monotonic() - start
-        run.ledger = result.get("ledger")
-        book.add(run)
+        book.add(run)  # its ledger is its push_invocation_summarized line (see collect)
         failures = {f["itemIdentifier"] for f in result.get("batchItemFailures", ())}
         if not failures:
             return
@@ -684,8 +695,12 @@ def start_daemon(
     )
 
 
-def kinesis_producer(world: World, config: ChaosConfig, book: Book, start: float) -> None:
-    """Path c: half the records, a shard split once the daemon is reading, the other half."""
+def kinesis_producer(
+    world: World, config: ChaosConfig, book: Book, start: float, daemon: DaemonRun
+) -> None:
+    """Path c: half the records; once the daemon has settled them (it is caught up, the case
+    where a closing parent shard ends on an empty read) or ``reshard_after_s`` passed, the
+    shard is split; then the other half, which lands on the two children."""
     kinesis = world.client("kinesis")
     n, per = config.units["c"]
     rng = random.Random(config.seed)
@@ -710,7 +725,12 @@ def kinesis_producer(world: World, config: ChaosConfig, book: Book, start: float
 
     half = len(records) // 2
     put(records[:half])
-    time.sleep(max(0.0, start + config.reshard_after_s - time.monotonic()))
+    end = time.monotonic() + config.reshard_after_s
+    while time.monotonic() < end and daemon.proc.poll() is None:
+        with contextlib.suppress(OSError):
+            if settled(metric_values(daemon.metrics_url)) >= half * per:
+                break
+        time.sleep(0.2)
     shard = kinesis.list_shards(StreamName=STREAM)["Shards"][0]["ShardId"]
     kinesis.split_shard(StreamName=STREAM, ShardToSplit=shard, NewStartingHashKey=str(2**127))
     book.note(f"kinesis: shard {shard} split at {time.monotonic() - start:.1f} s")
@@ -825,24 +845,20 @@ def wait_daemons(runs: list[DaemonRun], config: ChaosConfig, book: Book, start: 
                 m = metric_values(run.metrics_url)
             except OSError:
                 m = {}
-            settled = (
-                m.get("forwarder_events_acknowledged_total", 0)
-                + m.get("forwarder_events_backsplashed_total", 0)
-                + m.get("forwarder_events_dropped_total", 0)
-            )
-            done = settled >= run.expected and not m.get("forwarder_pending_acks", 0)
+            done_events = settled(m)
+            done = done_events >= run.expected and not m.get("forwarder_pending_acks", 0)
             if done and run.source_done is not None:
                 done = run.source_done()
             last, since = progress.get(run.name, (-1.0, now))
-            if settled != last:
-                progress[run.name] = (settled, now)
+            if done_events != last:
+                progress[run.name] = (done_events, now)
                 since = now
             stalled = now - since > config.stall_s
             late = now - start > config.bound_s
             if done or stalled or late:
                 if not done:
                     why = "made no progress" if stalled else "ran out of time"
-                    book.note(f"{run.name} {why}: {settled:.0f} of {run.expected} settled")
+                    book.note(f"{run.name} {why}: {done_events:.0f} of {run.expected} settled")
                 run.terminate()
         time.sleep(0.5)
 
@@ -912,6 +928,29 @@ def _record_ids(record: dict[str, Any]) -> list[str]:
     return list(_ids_in(data))
 
 
+def queued_keys(world: World) -> set[str]:
+    """Object keys named by the messages still in path d's queue (daemons stopped)."""
+    if not world.queue_url:
+        return set()
+    sqs = world.client("sqs")
+    keys: set[str] = set()
+    for _ in range(50):
+        answer = sqs.receive_message(
+            QueueUrl=world.queue_url,
+            MaxNumberOfMessages=10,
+            VisibilityTimeout=600,
+            WaitTimeSeconds=0,
+        )
+        messages = answer.get("Messages", [])
+        if not messages:
+            break
+        for message in messages:
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                for record in json.loads(message["Body"])["Records"]:
+                    keys.add(record["s3"]["object"]["key"])
+    return keys
+
+
 def collect(world: World, book: Book, stats: dict[str, Any]) -> Report:
     from forwarder.backsplash import LocalSpool, decode_records
 
@@ -942,11 +981,31 @@ def collect(world: World, book: Book, stats: dict[str, Any]) -> Report:
                 spooled.update(_record_ids(record))
 
     found = set(indexed) | backsplashed | spooled
-    lost = expected - found
+    unaccounted = expected - found
+    # Not delivered, but not gone either (yet): what a stopped daemon left in its source.
+    # Kinesis keeps records until its retention passes; a queued message names its object.
+    queued = queued_keys(world)
+    per_d = config.units["d"][1]
+    left_in_stream = {i for i in unaccounted if i[4] == "c"}
+    left_in_queue = {
+        i
+        for i in unaccounted
+        if i[4] == "d" and f"daemon/{int(i[5:]) // per_d:04d}.log.gz" in queued
+    }
+    lost = unaccounted - left_in_stream - left_in_queue
     unexpected = found - expected
     duplicates = sum(n - 1 for n in indexed.values() if n > 1)
     both = len(set(indexed) & (backsplashed | spooled))
 
+    # A push invocation's ledger is its push_invocation_summarized line (by request id); one
+    # that raised is retried whole by AWS, so its own ledger need not balance.
+    summaries = log_events(world.workdir / "push.log", "push_invocation_summarized")
+    by_request = {str(line.get("aws_request_id")): line for line in summaries}
+    for run in book.runs:
+        if run.kind == "push" and run.raised is None:
+            run.ledger = by_request.get(run.name)
+            if run.ledger is None:
+                run.failed = "no push_invocation_summarized line"
     finished = [r for r in book.runs if r.ledger is not None]
     totals: Counter[str] = Counter()
     dropped: Counter[str] = Counter()
@@ -1008,8 +1067,14 @@ def collect(world: World, book: Book, stats: dict[str, Any]) -> Report:
         ("resends after an expired ack", str(totals["resends"])),
         ("lost", f"{len(lost)}" + (f" by path {by_path}" if lost else "")),
         (
+            "left unread in the source",
+            f"{len(left_in_stream)} in the Kinesis stream (lost once its retention passes), "
+            f"{len(left_in_queue)} named by messages still queued",
+        ),
+        (
             "ledgers",
-            f"{len(finished)} runs {dict(kinds)}: in {totals['events_in']}, "
+            f"{len(finished)} of {len(book.runs)} runs {dict(kinds)} logged one: "
+            f"in {totals['events_in']}, "
             f"acknowledged {totals['acknowledged']}, backsplashed {totals['backsplashed']}, "
             f"unbalanced {len(unbalanced)}",
         ),
@@ -1024,6 +1089,11 @@ def collect(world: World, book: Book, stats: dict[str, Any]) -> Report:
         ("peak RSS (MiB)", ", ".join(f"{k} {v / 1024:.0f}" for k, v in peak.items())),
     ]
     failures = []
+    if left_in_stream or left_in_queue:
+        failures.append(
+            f"not delivered when the run ended: {len(left_in_stream)} events left in the "
+            f"Kinesis stream, {len(left_in_queue)} in objects still queued"
+        )
     if lost:
         failures.append(f"lost {len(lost)} events (by path {by_path}), e.g. {sorted(lost)[:5]}")
     if unexpected:
@@ -1041,7 +1111,7 @@ def collect(world: World, book: Book, stats: dict[str, Any]) -> Report:
             + "; ".join(f"{r.name} {r.wall_s:.1f} s, deadline {r.deadline_s} s" for r in late[:5])
         )
     for run in book.runs:
-        if run.failed and run.kind != "push":
+        if run.failed:
             failures.append(f"{run.name}: {run.failed}")
         if run.kind == "daemon" and run.exit_status != 0:
             failures.append(f"{run.name} exited {run.exit_status}")
@@ -1105,7 +1175,7 @@ def _deliver(world: World, config: ChaosConfig, book: Book) -> Report:
     host, port = world.moto_url.removeprefix("http://").split(":")
     world.proxy = OutageProxy((host, int(port)), config.s3_outage).start()
     env = {**world.aws_environ(world.proxy.url), **hec_environ(config, world.hec_url)}
-    queue_url = sqs_setup(world, config)
+    queue_url = world.queue_url = sqs_setup(world, config)
     start = time.monotonic()
     world.set_faults(
         {
@@ -1152,7 +1222,7 @@ def _deliver(world: World, config: ChaosConfig, book: Book) -> Report:
         threading.Thread(target=push_driver, args=(world, config, book, env), name="push"),
         threading.Thread(target=forward_driver, args=(world, config, book, env), name="fwd"),
         threading.Thread(
-            target=kinesis_producer, args=(world, config, book, start), name="kinesis"
+            target=kinesis_producer, args=(world, config, book, start, daemons[0]), name="kinesis"
         ),
     ]
     for thread in threads:
@@ -1162,7 +1232,7 @@ def _deliver(world: World, config: ChaosConfig, book: Book) -> Report:
     for run in daemons:
         finish_daemon(run, book)
     for thread in threads:
-        thread.join(timeout=max(1.0, config.bound_s - (time.monotonic() - start)) + 120)
+        thread.join(timeout=max(1.0, config.bound_s - (time.monotonic() - start)) + config.stall_s)
         if thread.is_alive():
             book.note(f"driver {thread.name} ran out of time (died)")
     world.rss.sample()
@@ -1185,9 +1255,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--short", action="store_true", help="the small version (make test)")
     parser.add_argument("--seed", type=int, default=None, help="default: $CHAOS_SEED or random")
     parser.add_argument("--workdir", type=Path, default=None, help="keep the run's files here")
+    parser.add_argument(
+        "--faults",
+        type=json.loads,
+        default={},
+        metavar="JSON",
+        help='emulator faults to change, e.g. \'{"p_drip": 0, "drip_requests": 0}\' (diagnosis)',
+    )
     args = parser.parse_args(argv)
     seed = args.seed if args.seed is not None else default_seed()
     config = ChaosConfig.short(seed) if args.short else ChaosConfig.full(seed)
+    if args.faults:
+        config = replace(config, faults={**config.faults, **args.faults})
     with contextlib.ExitStack() as stack:
         workdir = args.workdir or Path(
             stack.enter_context(tempfile.TemporaryDirectory(prefix="chaos-"))
