@@ -68,7 +68,8 @@ class OutageProxy:
         self._t0 = clock()
         self._stop = threading.Event()
         self._lock = threading.Lock()
-        self._pairs: set[tuple[socket.socket, socket.socket]] = set()
+        # Open pairs, with how many of their two pumps still run (the last one closes both).
+        self._pairs: dict[tuple[socket.socket, socket.socket], int] = {}
         self.resets = 0
         self.windows_seen = 0
         self._threads = [
@@ -93,7 +94,6 @@ class OutageProxy:
         self._listener.close()
         with self._lock:
             pairs = list(self._pairs)
-            self._pairs.clear()
         for client, upstream in pairs:
             _reset(client)
             _reset(upstream)
@@ -123,7 +123,7 @@ class OutageProxy:
             client.settimeout(None)
             pair = (client, upstream)
             with self._lock:
-                self._pairs.add(pair)
+                self._pairs[pair] = 2
             for src, dst in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pump, args=(src, dst, pair), daemon=True).start()
 
@@ -140,7 +140,15 @@ class OutageProxy:
             _reset(dst)
         finally:
             with self._lock:
-                self._pairs.discard(pair)
+                left = self._pairs.get(pair, 0) - 1
+                if left > 0:
+                    self._pairs[pair] = left
+                else:
+                    self._pairs.pop(pair, None)
+            if left <= 0:
+                for sock in pair:
+                    with contextlib.suppress(OSError):
+                        sock.close()
 
     def _watch_loop(self) -> None:
         """At the start of each window, reset every open connection."""
@@ -151,7 +159,6 @@ class OutageProxy:
                 self.windows_seen += 1
                 with self._lock:
                     pairs = list(self._pairs)
-                    self._pairs.clear()
                     self.resets += len(pairs)
                 for client, upstream in pairs:
                     _reset(client)
