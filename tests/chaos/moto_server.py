@@ -16,9 +16,11 @@ Run as ``python -m tests.chaos.moto_server -H 127.0.0.1 -p PORT`` (moto's own fl
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import sys
 from collections import OrderedDict
+from collections.abc import Iterator
 from typing import Any
 
 from moto.kinesis import models, utils
@@ -68,12 +70,27 @@ def get_records(self: Any, stream_arn: str | None, shard_iterator: str, limit: i
     return next_iterator, records, millis_behind
 
 
-models.Stream.split_shard = split_shard  # type: ignore[method-assign]
-models.Stream.get_shard_for_key = get_shard_for_key  # type: ignore[method-assign]
-models.KinesisBackend.get_records = get_records  # type: ignore[method-assign]
+_PATCHES: list[tuple[Any, str, Any, Any]] = [
+    (models.Stream, "split_shard", split_shard, _split_shard),
+    (models.Stream, "get_shard_for_key", get_shard_for_key, _shard_for_key),
+    (models.KinesisBackend, "get_records", get_records, _get_records),
+]
+
+
+@contextlib.contextmanager
+def aws_resharding() -> Iterator[None]:
+    """Within the block, moto's Kinesis reshards as AWS does (this process only)."""
+    for owner, name, patched, _ in _PATCHES:
+        setattr(owner, name, patched)
+    try:
+        yield
+    finally:
+        for owner, name, _, original in _PATCHES:
+            setattr(owner, name, original)
 
 
 if __name__ == "__main__":
     from moto.server import main
 
-    main(sys.argv[1:])
+    with aws_resharding():
+        main(sys.argv[1:])
