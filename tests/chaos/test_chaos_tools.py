@@ -48,12 +48,12 @@ def fixture_echo() -> Iterator[tuple[str, int]]:
 
 def exchange(port: int) -> bytes | None:
     """Send b"ping" through the proxy; the echo, or None when the connection was reset."""
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        try:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
             sock.sendall(b"ping")
             return sock.recv(1024) or None
-        except ConnectionResetError:
-            return None
+    except ConnectionResetError:
+        return None
 
 
 @pytest.mark.integration
