@@ -7,14 +7,17 @@ Paths (all at once, on loopback):
 - ``b``: the push Lambda with SQS batches of S3 notifications naming flow-log files, the
   items in ``batchItemFailures`` handed back as SQS would;
 - ``c``: ``forwarder daemon`` (a subprocess) reading a Kinesis stream that is split
-  (resharded) mid-run;
+  (resharded) once the daemon has caught up with the first half (moto patched to reshard
+  as AWS does: :mod:`tests.chaos.moto_server`);
 - ``d``: ``forwarder daemon`` on an ``sqs-s3`` source;
 - ``e``: ``forwarder forward FILE`` (subprocesses).
 
 Faults: the HEC emulator (a subprocess) answers at random busy, 500, resets, a proxy's HTML
 200s, black holes, byte-drips, lost and delayed acks and 413s above a size, and is down in
 repeating windows; S3 sits behind :class:`~tests.chaos.proxy.OutageProxy`, which takes it
-away in windows too. Kinesis and SQS stay up.
+away in windows too. Kinesis and SQS stay up. Each daemon gets SIGTERM once all its events
+are settled (and, for ``sqs-s3``, its queue is empty), or when it made no progress for
+``stall_s``, or at ``bound_s``: the run always ends by itself.
 
 Every event carries a unique id (``eni-<path><9 digits>``, in the log message or in the
 flow-log line). At the end the run reads what the emulator indexed, the backsplash bucket
@@ -27,7 +30,9 @@ and the local spools (with the forwarder's own backsplash reader) and checks:
    as possible duplicates (ack expired or lost, read timeout) + events of invocations, SQS
    items and objects that were retried whole;
 4. no run passed its deadline: push invocations their Lambda budget, daemons
-   ``shutdown_grace_s`` (+ ``EXIT_ALLOWANCE_S`` to exit) after SIGTERM, ``forward`` its bound.
+   ``shutdown_grace_s`` (+ ``EXIT_ALLOWANCE_S`` to exit) after SIGTERM, ``forward`` its bound;
+5. nothing was left unread in a source (a daemon that stalled), every daemon exited 0 and no
+   Lambda event was given up (retries exhausted).
 
 It prints the figures. ``python -m tests.chaos.harness`` runs it (``--short`` for the small
 version; ``CHAOS_SEED`` or ``--seed`` to replay a seed); ``make chaos`` runs the full one.
@@ -1077,6 +1082,11 @@ def collect(world: World, book: Book, stats: dict[str, Any]) -> Report:
             f"in {totals['events_in']}, "
             f"acknowledged {totals['acknowledged']}, backsplashed {totals['backsplashed']}, "
             f"unbalanced {len(unbalanced)}",
+        ),
+        (
+            "push invocations that raised",
+            json.dumps(Counter(r.raised.split(":")[0] for r in book.runs if r.raised))
+            + " (AWS retries them whole)",
         ),
         ("longest wall time", ", ".join(f"{k} {v:.1f} s" for k, v in walls.items())),
         (
