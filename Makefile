@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint typecheck unit demo bench package clean fuzz crash
+.PHONY: test lint typecheck unit demo bench package clean fuzz crash chaos
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,10 @@ fuzz: $(STAMP)
 # The long crash runs (kinesis with reshards, then sqs-s3): 10+ SIGKILLs each; CRASH_SEED repeats one.
 crash: $(STAMP)
 	timeout 1800 $(BIN)/python -m tests.crash --profile long
+
+# The full chaos run (>= 200,000 events, a few minutes; stops by itself). CHAOS_SEED=N replays a run.
+chaos: $(STAMP)
+	$(BIN)/python -m tests.chaos.harness
 
 package: $(STAMP)
 	$(BIN)/forwarder package --output dist/lambda.zip

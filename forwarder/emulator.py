@@ -12,11 +12,21 @@ scanner, nothing is re-serialised on the way to the output file unless it must b
 output file is buffered.
 
 Fault semantics (see :class:`FaultPlan`) apply to data requests (event and raw endpoints) unless
-noted. The order in which a data request meets them is: down window and connection resets
-(transport faults, before anything is checked), then authentication and channel checks, then
-``busy_requests`` and ``error_500_requests``, then the body size limit, then body validation,
-then indexing (where lost and delayed acks apply). A request that fails a check does not consume
-the budget of a later fault.
+noted. The order in which a data request meets them is: down window, connection resets, black
+holes and HTML 200 pages (transport faults, before anything is checked: a proxy in front of HEC
+answers before HEC sees the token), then authentication and channel checks, then busy and 500
+answers, then the body size limit, then body validation, then indexing (where lost and delayed
+acks apply), then the answer itself, byte by byte when it drips. A request that fails a check
+does not consume the budget of a later fault.
+
+Each fault comes both as a budget (the next N requests) and as a probability per request
+(``p_busy``, ``p_500``, ...). Probabilities are drawn from one ``random.Random(seed)``, so a run
+with the same seed and the same order of requests meets the same faults. With no probability
+set, no random number is drawn: the hot path stays as fast as without faults.
+
+Black-holed and dripping requests hold their connection thread until the client gives up (the
+client's own timeout closes the socket), the emulator stops, or ``_HOLD_MAX_S`` passes; such a
+client can never block other connections or :meth:`HecEmulator.stop`.
 
 Besides HEC, three unauthenticated endpoints serve tests and the demo: ``GET /emulator/stats``,
 ``GET|POST /emulator/faults`` (POST replaces the fault plan with the JSON body) and
@@ -32,7 +42,9 @@ import contextlib
 import hmac
 import json
 import os
+import random
 import re
+import select
 import signal
 import socket
 import ssl
@@ -42,7 +54,7 @@ import threading
 import time
 import zlib
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from email.message import Message
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -120,6 +132,27 @@ _MAX_LINE: Final = 65_537
 _OUTPUT_BUFFER_BYTES: Final = 1 << 20
 _OUTPUT_FLUSH_INTERVAL_S: Final = 1.0
 _STOP_GRACE_S: Final = 2.0
+# A black-holed or dripping connection is released after this long even if the client waits on.
+_HOLD_MAX_S: Final = 600.0
+# How often a held connection checks whether the client left or the emulator stopped.
+_HOLD_POLL_S: Final = 0.2
+# What a proxy or load balancer in front of HEC shows during maintenance: a 200 with HTML.
+HTML_MAINTENANCE_PAGE: Final = (
+    b"<!DOCTYPE html>\n<html><head><title>Scheduled maintenance</title></head>\n"
+    b"<body><h1>We'll be back soon</h1><p>This service is undergoing maintenance.</p>"
+    b"</body></html>\n"
+)
+#: The random faults: FaultPlan probability field -> fault kind counted in faults_injected.
+RANDOM_FAULTS: Final[Mapping[str, str]] = {
+    "p_busy": "busy",
+    "p_500": "error_500",
+    "p_reset": "reset",
+    "p_html_200": "html_200",
+    "p_blackhole": "blackhole",
+    "p_drip": "drip",
+    "p_lost_ack": "lost_ack",
+    "p_delayed_ack": "delayed_ack",
+}
 
 
 @dataclass(frozen=True)
@@ -142,6 +175,25 @@ class FaultPlan:
         down_for_s: for this many seconds from when the plan is set, the server is "down":
             data and ack requests get their connection reset and health answers 503 code 18
             (code 20 when the health probe asks ``?ack=true``).
+        down_at_s: the down window starts this many seconds after the plan is set (0: at once).
+        down_every_s: if > 0, the down window repeats with this period (an outage of
+            ``down_for_s`` every ``down_every_s`` seconds, the first at ``down_at_s``).
+        html_200_requests: the next N data requests answer ``200`` with a proxy's
+            ``text/html`` maintenance page; nothing is indexed (a proxy, not HEC, answered).
+        blackhole_requests: the next N data requests are read and never answered; the
+            connection is held until the client closes it. Nothing is indexed.
+        drip_requests: the next N data requests are processed as usual (indexed when valid),
+            then answered one byte every ``drip_interval_s``.
+        drip_interval_s: seconds between two bytes of a dripping answer.
+        seed: seed of the random number generator behind the ``p_*`` probabilities (None: a
+            random seed, drawn once when the plan is set).
+        p_busy, p_500, p_reset, p_html_200, p_blackhole, p_drip: probability, per data
+            request, of the fault of the same name as the budgets above (busy: 503 code 9).
+        p_lost_ack: probability, per accepted data request, that its ``ackId`` is lost
+            (as ``lost_acks``: the events are indexed unless ``lost_ack_drops_data``).
+        p_delayed_ack: probability, per accepted data request, that its ``ackId`` turns true
+            only ``delayed_ack_s`` after the request (on top of ``ack_delay_s``).
+        delayed_ack_s: the delay of a randomly delayed ack.
         max_body_bytes: bodies larger than this, measured after gzip decompression (Splunk's
             ``max_content_length`` applies to the decoded content), answer 413. None: no limit.
         ack_disabled: behave like a token without indexer acknowledgment: no channel required,
@@ -161,6 +213,22 @@ class FaultPlan:
     max_body_bytes: int | None = None
     ack_disabled: bool = False
     unhealthy_code: int | None = None
+    down_at_s: float = 0.0
+    down_every_s: float = 0.0
+    html_200_requests: int = 0
+    blackhole_requests: int = 0
+    drip_requests: int = 0
+    drip_interval_s: float = 1.0
+    seed: int | None = None
+    p_busy: float = 0.0
+    p_500: float = 0.0
+    p_reset: float = 0.0
+    p_html_200: float = 0.0
+    p_blackhole: float = 0.0
+    p_drip: float = 0.0
+    p_lost_ack: float = 0.0
+    p_delayed_ack: float = 0.0
+    delayed_ack_s: float = 0.0
 
     def __post_init__(self) -> None:
         """Reject negative budgets and unknown health codes.
@@ -168,11 +236,19 @@ class FaultPlan:
         Raises:
             ValueError: a field is out of range.
         """
-        for name in ("busy_requests", "error_500_requests", "reset_requests", "lost_acks"):
+        for name in _BUDGETS:
             if getattr(self, name) < 0:
                 raise ValueError(f"FaultPlan.{name} must be >= 0")
-        if self.ack_delay_s < 0 or self.down_for_s < 0:
-            raise ValueError("FaultPlan durations must be >= 0")
+        for name in _DURATIONS:
+            if getattr(self, name) < 0:
+                raise ValueError(f"FaultPlan.{name} must be >= 0 (durations)")
+        if self.drip_interval_s <= 0:
+            raise ValueError("FaultPlan.drip_interval_s must be > 0")
+        for name in RANDOM_FAULTS:
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"FaultPlan.{name} must be a probability in [0, 1]")
+        if self.down_every_s and self.down_every_s < self.down_for_s:
+            raise ValueError("FaultPlan.down_every_s must be >= down_for_s (or 0: once)")
         if self.retry_after_s is not None and self.retry_after_s < 0:
             raise ValueError("FaultPlan.retry_after_s must be >= 0")
         if self.max_body_bytes is not None and self.max_body_bytes < 1:
@@ -209,6 +285,22 @@ class FaultPlan:
         """Return the plan as JSON-ready data."""
         return asdict(self)
 
+    @property
+    def randomised(self) -> bool:
+        """True when some fault is drawn at random (a ``p_*`` field above 0)."""
+        return any(getattr(self, name) > 0 for name in RANDOM_FAULTS)
+
+
+_BUDGETS: Final = (
+    "busy_requests",
+    "error_500_requests",
+    "reset_requests",
+    "lost_acks",
+    "html_200_requests",
+    "blackhole_requests",
+    "drip_requests",
+)
+_DURATIONS: Final = ("ack_delay_s", "down_for_s", "down_at_s", "down_every_s", "delayed_ack_s")
 
 _FAULT_FIELD_KINDS: Final[Mapping[str, str]] = {
     "busy_requests": "int",
@@ -222,6 +314,15 @@ _FAULT_FIELD_KINDS: Final[Mapping[str, str]] = {
     "max_body_bytes": "int or null",
     "ack_disabled": "bool",
     "unhealthy_code": "int or null",
+    "down_at_s": "float",
+    "down_every_s": "float",
+    "html_200_requests": "int",
+    "blackhole_requests": "int",
+    "drip_requests": "int",
+    "drip_interval_s": "float",
+    "seed": "int or null",
+    **dict.fromkeys(RANDOM_FAULTS, "float"),
+    "delayed_ack_s": "float",
 }
 
 
@@ -255,7 +356,7 @@ class EmulatorStats:
         acks_lost: ``ackId`` s that will never turn true.
         rejected: error answers by code in the body (HEC code; 404/405/413 mirror HTTP).
         faults_injected: injected faults by kind: ``busy``, ``error_500``, ``reset``, ``down``,
-            ``lost_ack``, ``delayed_ack``, ``too_large``.
+            ``lost_ack``, ``delayed_ack``, ``too_large``, ``html_200``, ``blackhole``, ``drip``.
         channels: distinct channels seen on data requests.
         connections: TCP connections accepted (keep-alive reuses one for many requests).
     """
@@ -291,9 +392,17 @@ class _Response:
     headers: tuple[tuple[str, str], ...] = ()
     reset: bool = False
     close: bool = False
+    # Held open, never answered (a black hole); or answered one byte per interval (a drip).
+    hold: bool = False
+    drip_interval_s: float = 0.0
+    content_type: str = "application/json; charset=UTF-8"
 
 
 _RESET: Final = _Response(status=0, reset=True)
+_BLACKHOLE: Final = _Response(status=0, hold=True)
+_HTML_200: Final = _Response(
+    status=200, body=HTML_MAINTENANCE_PAGE, content_type="text/html; charset=UTF-8"
+)
 _BAD_FRAMING: Final = _Response(
     status=400, body=b'{"text":"Invalid data format","code":6}', close=True
 )
@@ -486,11 +595,10 @@ class HecEmulator:
         self._last_flush = 0.0
 
         self._plan = FaultPlan()
-        self._busy_left = 0
-        self._err500_left = 0
-        self._reset_left = 0
-        self._lost_left = 0
-        self._down_until = 0.0
+        self._left: dict[str, int] = {}
+        self._plan_t0 = 0.0
+        self._rng = random.Random(0)
+        self._stopping = threading.Event()
         self._apply_plan(faults or FaultPlan())
 
         self._channels: dict[str, _Channel] = {}
@@ -528,6 +636,7 @@ class HecEmulator:
         """
         if self._server is not None:
             raise RuntimeError("HecEmulator is already started")
+        self._stopping.clear()
         context: ssl.SSLContext | None = None
         if self._tls_certfile is not None:
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -554,6 +663,7 @@ class HecEmulator:
         server, thread = self._server, self._thread
         if server is None:
             return
+        self._stopping.set()  # held (black-holed, dripping) connections let go
         server.shutdown()
         server.server_close()
         if thread is not None:
@@ -637,27 +747,38 @@ class HecEmulator:
 
     def _apply_plan(self, plan: FaultPlan) -> None:
         self._plan = plan
-        self._busy_left = plan.busy_requests
-        self._err500_left = plan.error_500_requests
-        self._reset_left = plan.reset_requests
-        self._lost_left = plan.lost_acks
-        self._down_until = self._clock() + plan.down_for_s if plan.down_for_s > 0 else 0.0
+        self._left = {name: getattr(plan, name) for name in _BUDGETS}
+        self._plan_t0 = self._clock()
+        seed = plan.seed if plan.seed is not None else random.SystemRandom().randrange(2**32)
+        self._rng = random.Random(seed)
 
     def _current_plan(self) -> FaultPlan:
-        down_left = max(0.0, self._down_until - self._clock()) if self._down_until else 0.0
-        return FaultPlan(
-            busy_requests=self._busy_left,
-            retry_after_s=self._plan.retry_after_s,
-            error_500_requests=self._err500_left,
-            reset_requests=self._reset_left,
-            lost_acks=self._lost_left,
-            lost_ack_drops_data=self._plan.lost_ack_drops_data,
-            ack_delay_s=self._plan.ack_delay_s,
-            down_for_s=down_left,
-            max_body_bytes=self._plan.max_body_bytes,
-            ack_disabled=self._plan.ack_disabled,
-            unhealthy_code=self._plan.unhealthy_code,
-        )
+        """The plan as it stands: budgets left, and the down schedule seen from now."""
+        plan = self._plan
+        down_at, down_for = plan.down_at_s, plan.down_for_s
+        if down_for > 0:
+            since_start = self._clock() - self._plan_t0 - plan.down_at_s
+            if since_start >= 0 and plan.down_every_s > 0:
+                phase = since_start % plan.down_every_s
+                down_at = 0.0 if phase < down_for else plan.down_every_s - phase
+                down_for = down_for - phase if phase < down_for else down_for
+            elif since_start >= 0:
+                down_at, down_for = 0.0, max(0.0, down_for - since_start)
+            else:
+                down_at = -since_start
+        budgets: dict[str, Any] = dict(self._left)
+        return replace(plan, down_at_s=down_at, down_for_s=down_for, **budgets)
+
+    def _take(self, budget: str, probability: float) -> bool:
+        """Whether this request meets the fault (lock held): its budget first, then its odds.
+
+        No random number is drawn unless the fault has a probability.
+        """
+        left = self._left[budget]
+        if left > 0:
+            self._left[budget] = left - 1
+            return True
+        return probability > 0.0 and self._rng.random() < probability
 
     def _count(self, key: str, n: int = 1) -> None:
         self._counts[key] = self._counts.get(key, 0) + n
@@ -671,10 +792,15 @@ class HecEmulator:
             self._last_flush = time.monotonic()
 
     def _is_down(self) -> bool:
-        if self._down_until and self._clock() < self._down_until:
-            return True
-        self._down_until = 0.0
-        return False
+        plan = self._plan
+        if plan.down_for_s <= 0:
+            return False
+        since_start = self._clock() - self._plan_t0 - plan.down_at_s
+        if since_start < 0:
+            return False
+        if plan.down_every_s > 0:
+            since_start %= plan.down_every_s
+        return since_start < plan.down_for_s
 
     def _track(self, conn: socket.socket, add: bool) -> None:
         with self._conns_cond:
@@ -721,15 +847,18 @@ class HecEmulator:
                 return _RESET
             if kind == "ack":
                 return self._ack(headers, query, body)
-            if self._reset_left > 0:
-                self._reset_left -= 1
-                self._fault("reset")
-                return _RESET
+            transport = self._transport_fault()
+            if transport is not None:
+                return transport
             prelude = self._check_data_request(headers, query)
             if isinstance(prelude, _Response):
                 return prelude
             channel, acks_on, limit = prelude
-        return self._data(
+            plan = self._plan
+            drip = self._take("drip_requests", plan.p_drip)
+            if drip:
+                self._fault("drip")
+        response = self._data(
             kind,
             query=query,
             headers=headers,
@@ -738,6 +867,21 @@ class HecEmulator:
             acks_on=acks_on,
             limit=limit,
         )
+        return replace(response, drip_interval_s=plan.drip_interval_s) if drip else response
+
+    def _transport_fault(self) -> _Response | None:
+        """Faults met before HEC sees the request: reset, black hole, a proxy's HTML 200."""
+        plan = self._plan
+        if self._take("reset_requests", plan.p_reset):
+            self._fault("reset")
+            return _RESET
+        if self._take("blackhole_requests", plan.p_blackhole):
+            self._fault("blackhole")
+            return _BLACKHOLE
+        if self._take("html_200_requests", plan.p_html_200):
+            self._fault("html_200")
+            return _HTML_200
+        return None
 
     def _auth(self, headers: Message, query: Mapping[str, list[str]]) -> _Response | None:
         """Check the token (lock held); return the rejection or None."""
@@ -797,14 +941,13 @@ class HecEmulator:
             return channel
         if channel is not None and channel not in self._channels:
             self._channels[channel] = _Channel()
-        if self._busy_left > 0:
-            self._busy_left -= 1
+        plan = self._plan
+        if self._take("busy_requests", plan.p_busy):
             self._fault("busy")
-            retry_after = self._plan.retry_after_s
+            retry_after = plan.retry_after_s
             extra = () if retry_after is None else (("Retry-After", str(retry_after)),)
             return self._rejected_answer(_hec(9, extra), 9)
-        if self._err500_left > 0:
-            self._err500_left -= 1
+        if self._take("error_500_requests", plan.p_500):
             self._fault("error_500")
             return self._rejected_answer(_hec(8), 8)
         return channel, acks_on, self._plan.max_body_bytes
@@ -872,9 +1015,9 @@ class HecEmulator:
     ) -> _Response:
         with self._lock:
             self._count("bytes_decompressed", decoded_size)
-            lost = acks_on and self._lost_left > 0
+            plan = self._plan
+            lost = acks_on and self._take("lost_acks", plan.p_lost_ack)
             if lost:
-                self._lost_left -= 1
                 self._fault("lost_ack")
                 self._count("acks_lost")
             if not (lost and self._plan.lost_ack_drops_data):
@@ -893,7 +1036,9 @@ class HecEmulator:
             state.next_ack_id += 1
             self._count("acks_issued")
             if not lost:
-                delay = self._plan.ack_delay_s
+                delay = plan.ack_delay_s
+                if plan.p_delayed_ack > 0 and self._rng.random() < plan.p_delayed_ack:
+                    delay += plan.delayed_ack_s
                 if delay > 0:
                     self._fault("delayed_ack")
                 state.pending[ack_id] = self._clock() + delay
@@ -1042,20 +1187,50 @@ class _Handler(BaseHTTPRequestHandler):
         if response.reset:
             self._reset_connection()
             return
+        if response.hold:
+            self._hold()
+            return
         if response.close:
             self.close_connection = True
         head = [
             f"HTTP/1.1 {response.status} {HTTPStatus(response.status).phrase}",
             f"Server: {self.server_version}",
             f"Date: {self.date_time_string()}",
-            "Content-Type: application/json; charset=UTF-8",
+            f"Content-Type: {response.content_type}",
             f"Content-Length: {len(response.body)}",
         ]
         head.extend(f"{name}: {value}" for name, value in response.headers)
         if self.close_connection:
             head.append("Connection: close")
         head.append("\r\n")
-        self.wfile.write("\r\n".join(head).encode("latin-1") + response.body)
+        data = "\r\n".join(head).encode("latin-1") + response.body
+        if response.drip_interval_s > 0:
+            self._drip(data, response.drip_interval_s)
+        else:
+            self.wfile.write(data)
+
+    def _hold(self) -> None:
+        """A black hole: answer nothing until the client closes (or the emulator stops)."""
+        self.close_connection = True
+        stopping = self._emulator._stopping
+        deadline = time.monotonic() + _HOLD_MAX_S
+        with contextlib.suppress(OSError, ValueError):  # the socket went away under us
+            while not stopping.is_set() and time.monotonic() < deadline:
+                readable, _, _ = select.select([self.connection], [], [], _HOLD_POLL_S)
+                # Readable means the client sent more (ignored) or closed (EOF): stop at EOF.
+                if readable and not self.connection.recv(65536):
+                    return
+
+    def _drip(self, data: bytes, interval: float) -> None:
+        """Write ``data`` one byte per ``interval`` until done, the client leaves or we stop."""
+        self.close_connection = True  # never reuse a connection a client may have given up on
+        stopping = self._emulator._stopping
+        deadline = time.monotonic() + _HOLD_MAX_S
+        with contextlib.suppress(OSError, ValueError):  # the client closed: it gave up
+            for i in range(len(data)):
+                if i and (stopping.wait(interval) or time.monotonic() >= deadline):
+                    return
+                self.wfile.write(data[i : i + 1])
 
     def _read_body(self) -> bytes | None:
         """Read the request body (Content-Length or chunked); None on a framing error."""
@@ -1154,6 +1329,66 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="answer 413 to bodies above N bytes (after decompression)",
     )
+    parser.add_argument(
+        "--down-at",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="the down window starts S seconds after start",
+    )
+    parser.add_argument(
+        "--down-every",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="repeat the down window every S seconds",
+    )
+    parser.add_argument(
+        "--html-200",
+        type=int,
+        default=0,
+        metavar="N",
+        help="answer the next N data requests 200 with a proxy's HTML page (nothing indexed)",
+    )
+    parser.add_argument(
+        "--blackholes",
+        type=int,
+        default=0,
+        metavar="N",
+        help="never answer the next N data requests (held until the client closes)",
+    )
+    parser.add_argument(
+        "--drips",
+        type=int,
+        default=0,
+        metavar="N",
+        help="answer the next N data requests one byte per --drip-interval",
+    )
+    parser.add_argument(
+        "--drip-interval",
+        type=float,
+        default=1.0,
+        metavar="S",
+        help="seconds between two bytes of a dripping answer (%(default)s)",
+    )
+    parser.add_argument(
+        "--delayed-ack",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="delay of a randomly delayed ack (--p-delayed-ack)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=None, help="seed of the random faults (--p-*); random if unset"
+    )
+    for name, kind in RANDOM_FAULTS.items():
+        parser.add_argument(
+            f"--{name.replace('_', '-')}",
+            type=float,
+            default=0.0,
+            metavar="P",
+            help=f"probability per data request of a {kind.replace('_', ' ')} fault",
+        )
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -1176,6 +1411,15 @@ def serve(args: argparse.Namespace) -> int:
         ack_delay_s=args.ack_delay,
         down_for_s=getattr(args, "down_for", 0.0),
         max_body_bytes=args.max_body_bytes,
+        down_at_s=getattr(args, "down_at", 0.0),
+        down_every_s=getattr(args, "down_every", 0.0),
+        html_200_requests=getattr(args, "html_200", 0),
+        blackhole_requests=getattr(args, "blackholes", 0),
+        drip_requests=getattr(args, "drips", 0),
+        drip_interval_s=getattr(args, "drip_interval", 1.0),
+        delayed_ack_s=getattr(args, "delayed_ack", 0.0),
+        seed=getattr(args, "seed", None),
+        **cast(dict[str, Any], {name: getattr(args, name, 0.0) for name in RANDOM_FAULTS}),
     )
     emulator = HecEmulator(
         token=args.token,

@@ -8,18 +8,27 @@ import gzip
 import ipaddress
 import json
 import signal
+import socket
 import subprocess
 import sys
 import threading
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 
-from forwarder.emulator import EmulatorStats, FaultPlan, HecEmulator, add_arguments, serve
+from forwarder.emulator import (
+    HTML_MAINTENANCE_PAGE,
+    EmulatorStats,
+    FaultPlan,
+    HecEmulator,
+    add_arguments,
+    serve,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -696,3 +705,234 @@ def test_cli_serve_prints_url_and_stops_on_sigterm(tmp_path: Path) -> None:
     assert proc.returncode == 0, stderr
     assert (busy.status_code, sent.json()["ackId"]) == (503, 0)
     assert json.loads(output.read_text(encoding="utf-8")) == {"event": "a line"}
+
+
+# ------------------------------------------------------------------ chaos faults
+
+
+def raw_request(hec: HecEmulator, channel: str, body: bytes = b'{"event":"x"}') -> socket.socket:
+    """Send one event request on a bare socket (no client timeout logic); return the socket."""
+    host, port = hec.url.removeprefix("http://").rsplit(":", 1)
+    sock = socket.create_connection((host, int(port)), timeout=30)
+    head = (
+        f"POST {EVENT} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Splunk {TOKEN}\r\n"
+        f"X-Splunk-Request-Channel: {channel}\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    sock.sendall(head.encode() + body)
+    return sock
+
+
+def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    end = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < end, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def open_connections(hec: HecEmulator) -> int:
+    with hec._lock:
+        return len(hec._connections)
+
+
+def test_html_200_is_a_proxy_page_and_indexes_nothing(
+    hec: HecEmulator, session: requests.Session, channel: str
+) -> None:
+    """GIVEN html_200_requests=1 THEN a 200 text/html maintenance page, nothing indexed."""
+    hec.set_faults(FaultPlan(html_200_requests=1))
+
+    page = post(session, hec, EVENT, events_body("x"), channel)
+    after = post(session, hec, EVENT, events_body("y"), channel)
+
+    assert page.status_code == 200
+    assert page.headers["Content-Type"].startswith("text/html")
+    assert page.content == HTML_MAINTENANCE_PAGE
+    assert after.json() == {"text": "Success", "code": 0, "ackId": 0}
+    assert [e["event"] for e in hec.indexed_events()] == ["y"]
+    assert hec.stats().faults_injected == {"html_200": 1}
+
+
+def test_blackhole_holds_the_request_until_the_client_closes(
+    hec: HecEmulator, session: requests.Session, channel: str
+) -> None:
+    """GIVEN a black hole THEN no answer; the client's close frees the connection; no index."""
+    hec.set_faults(FaultPlan(blackhole_requests=1))
+
+    with pytest.raises(requests.ReadTimeout):
+        session.post(
+            f"{hec.url}{EVENT}", data=events_body("x"), headers=headers(channel), timeout=0.3
+        )
+    session.close()  # the client gives up: its socket closes
+    wait_until(lambda: open_connections(hec) == 0, "the held connection to be released")
+
+    with requests.Session() as fresh:
+        assert post(fresh, hec, EVENT, events_body("y"), channel).json()["ackId"] == 0
+    assert [e["event"] for e in hec.indexed_events()] == ["y"]
+    assert hec.stats().faults_injected == {"blackhole": 1}
+
+
+def test_stop_releases_a_black_holed_client(clock: FakeClock, channel: str) -> None:
+    """A client that never gives up cannot keep stop() waiting: its connection is closed."""
+    hec = HecEmulator(token=TOKEN, clock=clock, faults=FaultPlan(blackhole_requests=1)).start()
+    try:
+        sock = raw_request(hec, channel)
+        wait_until(lambda: hec.stats().faults_injected == {"blackhole": 1}, "the black hole")
+    finally:
+        hec.stop()
+    with sock:
+        assert sock.recv(100) == b""  # closed without an answer
+
+
+def test_drip_delivers_the_real_answer_and_indexes(hec: HecEmulator, channel: str) -> None:
+    """GIVEN a drip THEN the real answer arrives in the end; the events are indexed."""
+    hec.set_faults(FaultPlan(drip_requests=1, drip_interval_s=0.005))
+
+    with raw_request(hec, channel) as sock:
+        answer = b""
+        while chunk := sock.recv(4096):
+            answer += chunk
+
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert json.loads(answer.split(b"\r\n\r\n", 1)[1]) == {"text": "Success", "code": 0, "ackId": 0}
+    assert hec.stats().events_indexed == 1
+    assert hec.stats().faults_injected == {"drip": 1}
+
+
+def test_drip_stops_when_the_client_gives_up(hec: HecEmulator, channel: str) -> None:
+    """A client that closes mid-drip frees the emulator's thread."""
+    hec.set_faults(FaultPlan(drip_requests=1, drip_interval_s=1.0))
+
+    with raw_request(hec, channel) as sock:
+        assert sock.recv(4096) == b"H"  # one byte, and the next only a second later
+    wait_until(lambda: open_connections(hec) == 0, "the dripping connection to be released")
+
+    assert hec.stats().faults_injected == {"drip": 1}
+
+
+def statuses(hec: HecEmulator, session: requests.Session, channel: str, n: int) -> list[object]:
+    """Send n requests one after another; return each one's status or exception name."""
+    result: list[object] = []
+    for _ in range(n):
+        try:
+            result.append(post(session, hec, EVENT, events_body("x"), channel).status_code)
+        except requests.ConnectionError:
+            result.append("reset")
+    return result
+
+
+def test_random_faults_reproduce_with_the_same_seed(
+    hec: HecEmulator, session: requests.Session, channel: str
+) -> None:
+    """GIVEN p_busy, p_500, p_reset and a seed THEN the same seed gives the same faults."""
+    plan = FaultPlan(seed=1234, p_busy=0.25, p_500=0.2, p_reset=0.1, p_lost_ack=0.3)
+
+    hec.set_faults(plan)
+    first = statuses(hec, session, channel, 60)
+    first_faults = hec.stats().faults_injected
+    hec.reset()
+    hec.set_faults(plan)
+    second = statuses(hec, session, channel, 60)
+
+    assert first == second
+    assert hec.stats().faults_injected == first_faults
+    assert {503, 500, 200, "reset"} <= set(first)
+    assert set(first_faults) == {"busy", "error_500", "reset", "lost_ack"}
+    assert first_faults["busy"] == first.count(503)
+    assert first_faults["lost_ack"] + hec.stats().acks_pending == first.count(200)
+
+
+@pytest.mark.parametrize(
+    ("field_name", "kind"),
+    [("p_busy", "busy"), ("p_500", "error_500"), ("p_html_200", "html_200")],
+)
+def test_probability_one_always_injects(
+    hec: HecEmulator, session: requests.Session, channel: str, field_name: str, kind: str
+) -> None:
+    hec.set_faults(FaultPlan.from_mapping({field_name: 1, "seed": 1}))
+
+    codes = statuses(hec, session, channel, 5)
+
+    assert hec.stats().faults_injected == {kind: 5}
+    assert hec.stats().events_indexed == 0
+    assert len(set(codes)) == 1
+
+
+def test_random_lost_and_delayed_acks(
+    hec: HecEmulator, session: requests.Session, channel: str, clock: FakeClock
+) -> None:
+    """p_lost_ack=1 loses every ack (data indexed); p_delayed_ack=1 delays each by delayed_ack_s."""
+    hec.set_faults(FaultPlan(p_lost_ack=1.0, seed=3))
+    lost = post(session, hec, EVENT, events_body("a"), channel).json()["ackId"]
+    hec.set_faults(FaultPlan(p_delayed_ack=1.0, delayed_ack_s=30, seed=3))
+    delayed = post(session, hec, EVENT, events_body("b"), channel).json()["ackId"]
+
+    assert query_acks(session, hec, channel, [lost, delayed]) == {"0": False, "1": False}
+    clock.now += 30
+    assert query_acks(session, hec, channel, [lost, delayed]) == {"0": False, "1": True}
+    assert hec.stats().faults_injected == {"lost_ack": 1, "delayed_ack": 1}
+    assert hec.stats().events_indexed == 2
+
+
+def test_outage_windows_start_late_and_repeat(
+    hec: HecEmulator, session: requests.Session, channel: str, clock: FakeClock
+) -> None:
+    """GIVEN down 2 s at 5 s, every 10 s THEN resets in [5, 7) and [15, 17), answers between."""
+    hec.set_faults(FaultPlan(down_at_s=5, down_for_s=2, down_every_s=10))
+    seen = []
+    for at in (0, 4.9, 5, 6.9, 7, 14.9, 15, 16.5, 17, 25.5):
+        clock.now = 1000.0 + at
+        seen.append(statuses(hec, session, channel, 1)[0])
+
+    assert seen == [200, 200, "reset", "reset", 200, 200, "reset", "reset", 200, "reset"]
+    assert hec.stats().faults_injected == {"down": 5}
+    clock.now = 1000.0 + 26
+    assert hec.current_faults().down_at_s == 0
+    assert hec.current_faults().down_for_s == pytest.approx(1)
+
+
+def test_chaos_fault_validation() -> None:
+    with pytest.raises(ValueError, match="p_drip"):
+        FaultPlan(p_drip=1.5)
+    with pytest.raises(ValueError, match="drip_interval_s"):
+        FaultPlan(drip_interval_s=0)
+    with pytest.raises(ValueError, match="down_every_s"):
+        FaultPlan(down_for_s=5, down_every_s=2)
+    with pytest.raises(ValueError, match="blackhole_requests"):
+        FaultPlan.from_mapping({"blackhole_requests": -1})
+    assert FaultPlan.from_mapping({"p_reset": 1, "seed": 9}) == FaultPlan(p_reset=1.0, seed=9)
+    assert FaultPlan(p_lost_ack=0.1).randomised
+    assert not FaultPlan(busy_requests=3).randomised
+
+
+def test_chaos_flags_build_the_plan(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Every chaos flag reaches the emulator's fault plan."""
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(
+        [
+            *("--seed", "5", "--p-busy", "0.1", "--p-500", "0.2", "--p-reset", "0.03"),
+            *("--p-html-200", "0.04", "--p-blackhole", "0.05", "--p-drip", "0.06"),
+            *("--p-lost-ack", "0.07", "--p-delayed-ack", "0.08", "--delayed-ack", "9"),
+            *("--html-200", "1", "--blackholes", "2", "--drips", "3", "--drip-interval", "0.5"),
+            *("--down-at", "10", "--down-for", "2", "--down-every", "30", "--port", "0"),
+        ]
+    )
+    captured: list[FaultPlan] = []
+
+    class Captured(Exception):
+        pass
+
+    def fake_start(self: HecEmulator) -> HecEmulator:
+        captured.append(self._plan)
+        raise Captured
+
+    monkeypatch.setattr(HecEmulator, "start", fake_start)
+    with pytest.raises(Captured):
+        serve(args)
+
+    plan = captured[0]
+    assert (plan.seed, plan.p_busy, plan.p_500, plan.p_reset) == (5, 0.1, 0.2, 0.03)
+    assert (plan.p_html_200, plan.p_blackhole, plan.p_drip) == (0.04, 0.05, 0.06)
+    assert (plan.p_lost_ack, plan.p_delayed_ack, plan.delayed_ack_s) == (0.07, 0.08, 9.0)
+    assert (plan.html_200_requests, plan.blackhole_requests, plan.drip_requests) == (1, 2, 3)
+    assert plan.drip_interval_s == 0.5
+    assert (plan.down_at_s, plan.down_every_s) == (10.0, 30.0)
