@@ -8,7 +8,7 @@ Paths (all at once, on loopback):
   items in ``batchItemFailures`` handed back as SQS would;
 - ``c``: ``forwarder daemon`` (a subprocess) reading a Kinesis stream that is split
   (resharded) once the daemon has caught up with the first half (moto patched to reshard
-  as AWS does: :mod:`tests.chaos.moto_server`);
+  as AWS does: :mod:`tests.faithful_kinesis`);
 - ``d``: ``forwarder daemon`` on an ``sqs-s3`` source;
 - ``e``: ``forwarder forward FILE`` (subprocesses).
 

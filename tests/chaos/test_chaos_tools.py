@@ -6,11 +6,8 @@ import socket
 import threading
 from collections.abc import Iterator
 
-import boto3
 import pytest
-from moto import mock_aws
 
-from tests.chaos.moto_server import aws_resharding
 from tests.chaos.proxy import Outage, OutageProxy
 
 
@@ -85,29 +82,3 @@ def test_outage_schedule() -> None:
         True,
         False,
     ]
-
-
-def test_moto_reshards_as_aws_does() -> None:
-    """A split parent keeps its records, ends (null iterator) once read; new records go to
-    the children."""
-    with mock_aws(), aws_resharding():
-        kinesis = boto3.client("kinesis", region_name="us-east-1")
-        kinesis.create_stream(StreamName="s", ShardCount=1)
-        kinesis.put_record(StreamName="s", Data=b"before", PartitionKey="k")
-        iterator = kinesis.get_shard_iterator(
-            StreamName="s", ShardId="shardId-000000000000", ShardIteratorType="TRIM_HORIZON"
-        )["ShardIterator"]
-        first = kinesis.get_records(ShardIterator=iterator)
-        kinesis.split_shard(
-            StreamName="s", ShardToSplit="shardId-000000000000", NewStartingHashKey=str(2**127)
-        )
-        shards = {
-            kinesis.put_record(StreamName="s", Data=b"after", PartitionKey=f"k{i}")["ShardId"]
-            for i in range(20)
-        }
-        end = kinesis.get_records(ShardIterator=first["NextShardIterator"])
-
-    assert [r["Data"] for r in first["Records"]] == [b"before"]
-    assert end["Records"] == []
-    assert not end.get("NextShardIterator")  # null: the parent shard has ended
-    assert shards == {"shardId-000000000001", "shardId-000000000002"}
