@@ -260,14 +260,21 @@ out.write(b"\n" + after.encode())
 out.flush()
 """
 
-#: Runs ``forwarder forward`` in this process, then prints its ledger and its peak RSS.
+#: Runs ``forwarder forward`` in this process, then writes its exit status, its ledger and
+#: its peak RSS to the file named first (stdout carries the log).
 _FORWARD = r"""
-import io, json, resource, sys
+import io, json, sys
 from forwarder.cli import main
 out = io.StringIO()
-status = main(["forward", *sys.argv[1:], "--json"], out=out)
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: kilobytes
-print(json.dumps({"status": status, "summary": json.loads(out.getvalue()), "peak": peak}))
+status = main(["forward", *sys.argv[2:], "--json"], out=out)
+# VmHWM: the peak RSS of this process's own memory (ru_maxrss would include the parent's,
+# which Linux carries over the fork and exec that started it).
+with open("/proc/self/status") as status_file:
+    (hwm,) = [line for line in status_file if line.startswith("VmHWM:")]
+peak = int(hwm.split()[1]) * 1024  # kB
+result = {"status": status, "summary": json.loads(out.getvalue()), "peak": peak}
+with open(sys.argv[1], "w") as handle:
+    json.dump(result, handle)
 """
 
 
@@ -284,6 +291,7 @@ def test_forward_skips_a_400_mb_line_with_bounded_memory(
     before = "".join(f"{line}\n" for line in GOOD_BEFORE)
     after = "".join(f"{line}\n" for line in GOOD_AFTER)
     env = {**os.environ, **environ_for(hec.url, aws_endpoint)}
+    result_path = tmp_path / "result.json"
     if how == "gzip-file":
         path = tmp_path / "long.log.gz"
         path.write_bytes(
@@ -291,8 +299,9 @@ def test_forward_skips_a_400_mb_line_with_bounded_memory(
         )
         generator = None
         forward = subprocess.Popen(
-            [sys.executable, "-c", _FORWARD, str(path)],
+            [sys.executable, "-c", _FORWARD, str(result_path), str(path)],
             stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
             env=env,
             cwd=ROOT,
         )
@@ -302,27 +311,29 @@ def test_forward_skips_a_400_mb_line_with_bounded_memory(
             stdout=subprocess.PIPE,
         )
         forward = subprocess.Popen(
-            [sys.executable, "-c", _FORWARD, "-"],
+            [sys.executable, "-c", _FORWARD, str(result_path), "-"],
             stdin=generator.stdout,
             stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
             env=env,
             cwd=ROOT,
         )
         assert generator.stdout is not None
         generator.stdout.close()  # the forward process holds the pipe's read end
     try:
-        answer, _ = forward.communicate(timeout=600)
+        log, _ = forward.communicate(timeout=600)
     finally:
         for process in (forward, generator):
             if process is not None and process.poll() is None:
                 process.kill()
                 process.wait()
-    assert forward.returncode == 0
-    result = json.loads(answer.decode().strip().splitlines()[-1])
+    assert forward.returncode == 0, log.decode(errors="replace")[-4000:]
+    result = json.loads(result_path.read_text())
     summary = result["summary"]
     assert summary["dropped"] == {"line_too_long": 1}, summary
     assert summary["acknowledged"] == len(GOOD_BEFORE) + len(GOOD_AFTER)
     assert summary["balanced"] is True
     assert result["status"] == ExitStatus.INCOMPLETE
-    assert [event["event"] for event in hec.indexed_events()] == GOOD_BEFORE + GOOD_AFTER
+    indexed = [event["event"] for event in hec.indexed_events()]
+    assert indexed == GOOD_BEFORE + GOOD_AFTER, log.decode(errors="replace")[-4000:]
     assert result["peak"] < PEAK_RSS_LIMIT_BYTES, result
