@@ -119,6 +119,9 @@ EXIT_INTERRUPTED: Final = 130
 #: A backoff after a source failure is slept in slices this long, servicing the deliverers
 #: (ack polls, retries) between them.
 _BACKOFF_SLICE_S: Final = 0.5
+#: The shortest idle wait of a poll when a deliverer has work due (a floor, so that a wake-up
+#: time that stays in the past cannot turn the loop into a busy loop).
+_MIN_IDLE_WAIT_S: Final = 0.01
 
 _T = TypeVar("_T")
 
@@ -462,15 +465,27 @@ class Daemon:
 
     def _poll(self, want: int) -> list[SourceRecord]:
         """One poll; a Kinesis source that failed a poll is re-attached from its checkpoints
-        first (the failed poll may have read some shards past what the daemon received)."""
+        first (the failed poll may have read some shards past what the daemon received).
+
+        A poll with nothing to give waits no longer than until the deliverers' next wake-up
+        (a partial batch ageing out, an ack poll), so a record read while the input goes quiet
+        is sent when its batch is due, not a whole ``poll_interval_s`` later."""
         if self._source_stale:
             self._reattach()
         try:
-            return self.source.poll(want)
+            return self.source.poll(want, wait_s=self._idle_wait())
         except Exception:
             if self._reattach_after_poll_failure:
                 self._source_stale = True
             raise
+
+    def _idle_wait(self) -> float | None:
+        """Seconds until a deliverer has something to do (at least :data:`_MIN_IDLE_WAIT_S`,
+        so a wake-up that stays due cannot spin the loop), or None when none has."""
+        wakeups = [t for d in self.deliverers() if (t := d.next_wakeup()) is not None]
+        if not wakeups:
+            return None
+        return max(min(wakeups) - self._clock(), _MIN_IDLE_WAIT_S)
 
     def _reattach(self) -> None:
         old = self.source
@@ -490,6 +505,9 @@ class Daemon:
         _log.info("daemon_started", source=self.source.name)
         max_records = daemon.source.max_records
         cycle_records = 0
+        # A checkpoint skipped or failed: records delivered and not committed. Tried again
+        # once ``checkpoint_interval_s`` has passed, whether or not new records come in.
+        uncommitted = False
         cycle_start = self._clock()
         try:
             if not self._attach():
@@ -513,11 +531,11 @@ class Daemon:
                 answer_by = self._answer_deadline()
                 if (
                     cycle_records >= daemon.checkpoint_max_records
-                    or (cycle_records and elapsed >= daemon.checkpoint_interval_s)
+                    or ((cycle_records or uncommitted) and elapsed >= daemon.checkpoint_interval_s)
                     or (answer_by is not None and now >= answer_by)
                     or self.source.exhausted
                 ):
-                    self._checkpoint(deadline=None)
+                    uncommitted = not self._checkpoint(deadline=None)
                     cycle_records = 0
                     cycle_start = self._clock()
                     fatal = self.fatal

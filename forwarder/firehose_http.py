@@ -291,10 +291,13 @@ class FirehoseHttpSource:
             max_connections=receiver.max_connections,
         )
 
-    def poll(self, max_records: int) -> list[SourceRecord]:
+    def poll(self, max_records: int, wait_s: float | None = None) -> list[SourceRecord]:
         """Up to ``max_records`` records of the requests received, oldest request first;
-        waits up to ``poll_interval_s`` (at most a second) when none is there."""
+        waits up to ``poll_interval_s`` (at most a second, and at most ``wait_s`` when
+        given) when none is there."""
         wait = min(self._settings.poll_interval_s, _POLL_WAIT_MAX_S)
+        if wait_s is not None:
+            wait = max(min(wait, wait_s), 0.0)
         out: list[SourceRecord] = []
         with self._lock:
             if not self._queue and wait > 0 and not self._stop.is_set():

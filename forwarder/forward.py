@@ -4,7 +4,9 @@
 it through the same engine as the daemon: a Firehose transformation event (JSON with
 ``records``), a push-Lambda event (``{"awslogs": {"data": ...}}``), a gzip CloudWatch Logs
 payload, a flow-log file (plain or gzip, with or without its header line), or plain text
-lines. Text is read in chunks, so memory stays bounded whatever the input size.
+lines. Text is read as a stream in chunks, so memory stays bounded whatever the input size:
+a line longer than ``forwarder.sources.MAX_LINE_BYTES`` is skipped as it streams and counted
+dropped (``line_too_long``, logged ``line_dropped``).
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
-import gzip
 import io
 import json
 import signal
@@ -33,6 +34,7 @@ from forwarder.delivery import Deliverer
 from forwarder.errors import BacksplashError
 from forwarder.hec_client import HecClient
 from forwarder.ledger import Ledger
+from forwarder.sources import FILE_POLL_MAX_CHARS, LINE_TOO_LONG, LongLine, text_lines
 from transforms.errors import TransformError
 from transforms.pipeline import transform_lines, transform_payload
 from transforms.records import EncodedBatch
@@ -52,6 +54,7 @@ class Failure:
     reason: str
     detail: str
     count: int = 1
+    event: str = "record_failed"
 
 
 Unit = EncodedBatch | Failure
@@ -66,17 +69,15 @@ def _sniff_gzip_json(head: bytes) -> bool:
     return start.lstrip()[:1] == b"{"
 
 
-def _lines(binary: IO[bytes]) -> Iterator[str]:
-    """Decoded lines of a binary stream, leaving the stream open for its owner to close."""
-    text = io.TextIOWrapper(binary, encoding="utf-8", errors="replace", newline=None)
-    try:
-        yield from text
-    finally:
-        text.detach()  # a collected TextIOWrapper would close the caller's stream
+def _lines(binary: IO[bytes]) -> Iterator[str | LongLine]:
+    """Decoded lines of a plain or gzip binary stream, read as a stream (memory: one read
+    plus ``MAX_LINE_BYTES``; a longer line comes as a :class:`LongLine`), leaving the stream
+    open for its owner to close."""
+    return text_lines(binary, max_inflated=None)
 
 
 def _text_units(
-    lines: Iterator[str],
+    lines: Iterator[str | LongLine],
     settings: Settings,
     *,
     log_group: str | None,
@@ -99,8 +100,17 @@ def _text_units(
             flow_fields=flow_fields,
         )
 
+    chars = 0
     try:
         for line in lines:
+            if isinstance(line, LongLine):
+                first = False  # a header is short: an over-long first line is data
+                yield Failure(
+                    LINE_TOO_LONG,
+                    f"line {line.line}: {line.size} bytes, skipped",
+                    event="line_dropped",
+                )
+                continue
             if first:
                 first = False
                 if is_header_line(line.strip()):
@@ -108,9 +118,11 @@ def _text_units(
                     origin = "s3"
                     continue
             chunk.append(line)
-            if len(chunk) >= CHUNK_LINES:
+            chars += len(line)
+            if len(chunk) >= CHUNK_LINES or chars >= FILE_POLL_MAX_CHARS:
                 yield encode(chunk)
                 chunk = []
+                chars = 0
                 if stop.is_set():
                     return
     except (OSError, EOFError, zlib.error, ValueError):
@@ -185,7 +197,7 @@ def read_units(
                 yield Failure("undecodable_record", str(exc))
             return
         yield from _text_units(
-            _lines(cast(IO[bytes], gzip.GzipFile(fileobj=buffered))),
+            _lines(buffered),
             settings,
             log_group=log_group,
             log_stream=log_stream,
@@ -289,7 +301,7 @@ def forward_stream(
                 stream, settings, log_group=log_group, log_stream=log_stream, stop=stop
             ):
                 if isinstance(unit, Failure):
-                    log.error("record_failed", reason=unit.reason, detail=unit.detail)
+                    log.error(unit.event, reason=unit.reason, detail=unit.detail)
                     ledger.drop(unit.reason, unit.count)
                     continue
                 if unit.is_control:

@@ -45,6 +45,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import os
 import select
 import sys
@@ -173,8 +174,9 @@ class Source(Protocol):
         """Connect and load positions."""
         ...
 
-    def poll(self, max_records: int) -> list[SourceRecord]:
-        """The next records; may wait briefly when there are none."""
+    def poll(self, max_records: int, wait_s: float | None = None) -> list[SourceRecord]:
+        """The next records; may wait briefly when there are none: at most ``wait_s`` when
+        given (the daemon's deliverers have work due then), else ``poll_interval_s``."""
         ...
 
     def commit(self) -> int:
@@ -188,6 +190,11 @@ class Source(Protocol):
     def close(self) -> None:
         """Release threads and handles."""
         ...
+
+
+def _shorter(interval: float, wait_s: float | None) -> float:
+    """How long a poll may wait: ``interval``, or ``wait_s`` when given and shorter."""
+    return interval if wait_s is None else max(min(interval, wait_s), 0.0)
 
 
 # --- reading objects and files line by line ---------------------------------------------------
@@ -903,14 +910,14 @@ class FileSource:
             position=_FROM_STREAM if name == "stdin" and self._stream is not None else None,
         )
 
-    def poll(self, max_records: int) -> list[SourceRecord]:
+    def poll(self, max_records: int, wait_s: float | None = None) -> list[SourceRecord]:
         """Up to ``max_records`` chunks, and no more than :data:`FILE_POLL_MAX_LINES` lines
         and :data:`FILE_POLL_MAX_CHARS` characters (always at least one chunk, except from
-        stdin with nothing new within ``poll_interval_s``)."""
+        stdin with nothing new within ``poll_interval_s``, or ``wait_s`` when shorter)."""
         assert self._chunks is not None, "attach() first"
         out: list[SourceRecord] = []
         lines = chars = 0
-        self._wait_s = self._poll_interval_s
+        self._wait_s = _shorter(self._poll_interval_s, wait_s)
         for record in self._chunks:
             if record is None:
                 break  # stdin: nothing more for now
@@ -1245,10 +1252,11 @@ class KinesisSource:
         iterator: str = self._client.get_shard_iterator(**arguments)["ShardIterator"]
         return iterator
 
-    def poll(self, max_records: int) -> list[SourceRecord]:
+    def poll(self, max_records: int, wait_s: float | None = None) -> list[SourceRecord]:
         """Read the shards that are due, round-robin, up to ``max_records`` records.
 
-        When no shard is due, wait (interruptibly) until one is, at most ``poll_interval_s``.
+        When no shard is due, wait (interruptibly) until one is, at most ``poll_interval_s``
+        (or ``wait_s`` when shorter).
         Writes to the checkpoint store (``SHARD_END`` of shards read to their end, pins) happen
         before any read, so a failing store raises with nothing read; a read that fails after
         other shards gave records ends the poll with those records (the failed shard is read
@@ -1286,7 +1294,7 @@ class KinesisSource:
                     break
         if not out:
             due = [s.next_at for s in self._shards.values() if self._ready(s)]
-            wait = self._settings.poll_interval_s
+            wait = _shorter(self._settings.poll_interval_s, wait_s)
             if due:
                 wait = min(wait, max(min(due) - self._clock(), 0.0))
             if wait > 0:
@@ -1473,6 +1481,7 @@ class SqsS3Source:
         self._settings = settings
         self._stop = stop_event if stop_event is not None else threading.Event()
         self._wall_clock = wall_clock
+        self._receive_wait_s: float = settings.wait_time_s
         self._transform = transform if transform is not None else TransformOptions()
         self._lock = threading.Lock()
         self._in_flight: dict[str, _Message] = {}  # by receipt handle
@@ -1549,7 +1558,7 @@ class SqsS3Source:
         answer = self._sqs.receive_message(
             QueueUrl=self.queue_url,
             MaxNumberOfMessages=settings.max_messages,
-            WaitTimeSeconds=settings.wait_time_s,
+            WaitTimeSeconds=math.ceil(self._receive_wait_s),
             VisibilityTimeout=settings.visibility_timeout_s,
             AttributeNames=["SentTimestamp"],
         )
@@ -1585,8 +1594,11 @@ class SqsS3Source:
         message = self._backlog.pop(0)
         return _Cursor(message, list(message.objects))
 
-    def poll(self, max_records: int) -> list[SourceRecord]:
-        """Up to ``max_records`` chunks of lines from the objects of received messages."""
+    def poll(self, max_records: int, wait_s: float | None = None) -> list[SourceRecord]:
+        """Up to ``max_records`` chunks of lines from the objects of received messages; a
+        receive long-polls ``wait_time_s``, or ``wait_s`` (rounded up to whole seconds) when
+        shorter."""
+        self._receive_wait_s = _shorter(self._settings.wait_time_s, wait_s)
         out: list[SourceRecord] = []
         while len(out) < max_records and not self._stop.is_set():
             if self._cursor is None:

@@ -6,6 +6,9 @@ import base64
 import gzip
 import io
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +25,7 @@ from forwarder.synthetic import (
 )
 from tests.conftest import TEST_TOKEN, boto_client
 from tests.integration.conftest import BUCKET, FAST, backsplashed
+from tests.unit.test_hostile_objects import LONG_LINE_BYTES, bomb
 
 pytestmark = pytest.mark.integration
 
@@ -230,3 +234,106 @@ def test_forward_corrupt_gzip_delivers_what_was_read_and_exits_5(
     indexed = [event["event"] for event in hec.indexed_events()]
     assert 0 < len(indexed) < len(lines)
     assert indexed == lines[: len(indexed)]
+
+
+# --------------------------------------------------------------------- a 400 MB line, measured
+
+#: The forward process's peak resident memory must stay under this (an interpreter with its
+#: imports is well under 100 MB; reading a 400 MB line whole costs several times 400 MB).
+PEAK_RSS_LIMIT_BYTES = 200 * 1024 * 1024
+GOOD_BEFORE = [f"good line before {n}" for n in range(3)]
+GOOD_AFTER = [f"good line after {n}" for n in range(3)]
+ROOT = Path(__file__).resolve().parents[2]
+
+#: Writes the good lines, one LONG_LINE_BYTES line (no newline until its end), the good
+#: lines after, to stdout, streaming (never holding the long line).
+_GENERATE = r"""
+import sys
+before, after, size = sys.argv[1], sys.argv[2], int(sys.argv[3])
+out = sys.stdout.buffer
+out.write(before.encode())
+block = b"x" * (1 << 20)
+for _ in range(size >> 20):
+    out.write(block)
+out.write(b"x" * (size & ((1 << 20) - 1)))
+out.write(b"\n" + after.encode())
+out.flush()
+"""
+
+#: Runs ``forwarder forward`` in this process, then writes its exit status, its ledger and
+#: its peak RSS to the file named first (stdout carries the log).
+_FORWARD = r"""
+import io, json, sys
+from forwarder.cli import main
+out = io.StringIO()
+status = main(["forward", *sys.argv[2:], "--json"], out=out)
+# VmHWM: the peak RSS of this process's own memory (ru_maxrss would include the parent's,
+# which Linux carries over the fork and exec that started it).
+with open("/proc/self/status") as status_file:
+    (hwm,) = [line for line in status_file if line.startswith("VmHWM:")]
+peak = int(hwm.split()[1]) * 1024  # kB
+result = {"status": status, "summary": json.loads(out.getvalue()), "peak": peak}
+with open(sys.argv[1], "w") as handle:
+    json.dump(result, handle)
+"""
+
+
+@pytest.mark.parametrize("how", ["stdin", "gzip-file"])
+def test_forward_skips_a_400_mb_line_with_bounded_memory(
+    hec: HecEmulator, s3: Any, aws_endpoint: str, tmp_path: Path, how: str
+) -> None:
+    """GIVEN good lines, one 400 MB line without a newline, good lines: piped into
+    ``forward -`` from a generator, or a ~0.4 MB gzip file
+    WHEN forwarded to the HEC emulator
+    THEN the good lines are indexed in order, the long line is counted dropped
+    (``line_too_long``), the ledger balances, the exit status is 5 (something was dropped),
+    and the forward process's peak RSS stays under 200 MB."""
+    before = "".join(f"{line}\n" for line in GOOD_BEFORE)
+    after = "".join(f"{line}\n" for line in GOOD_AFTER)
+    env = {**os.environ, **environ_for(hec.url, aws_endpoint)}
+    result_path = tmp_path / "result.json"
+    if how == "gzip-file":
+        path = tmp_path / "long.log.gz"
+        path.write_bytes(
+            bomb(LONG_LINE_BYTES, prefix=before.encode(), suffix=f"\n{after}".encode())
+        )
+        generator = None
+        forward = subprocess.Popen(
+            [sys.executable, "-c", _FORWARD, str(result_path), str(path)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=ROOT,
+        )
+    else:
+        generator = subprocess.Popen(
+            [sys.executable, "-c", _GENERATE, before, after, str(LONG_LINE_BYTES)],
+            stdout=subprocess.PIPE,
+        )
+        forward = subprocess.Popen(
+            [sys.executable, "-c", _FORWARD, str(result_path), "-"],
+            stdin=generator.stdout,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=ROOT,
+        )
+        assert generator.stdout is not None
+        generator.stdout.close()  # the forward process holds the pipe's read end
+    try:
+        log, _ = forward.communicate(timeout=600)
+    finally:
+        for process in (forward, generator):
+            if process is not None and process.poll() is None:
+                process.kill()
+                process.wait()
+    assert forward.returncode == 0, log.decode(errors="replace")[-4000:]
+    result = json.loads(result_path.read_text())
+    summary = result["summary"]
+    assert summary["dropped"] == {"line_too_long": 1}, summary
+    assert summary["acknowledged"] == len(GOOD_BEFORE) + len(GOOD_AFTER)
+    assert summary["balanced"] is True
+    assert result["status"] == ExitStatus.INCOMPLETE
+    indexed = [event["event"] for event in hec.indexed_events()]
+    assert indexed == GOOD_BEFORE + GOOD_AFTER, log.decode(errors="replace")[-4000:]
+    assert result["peak"] < PEAK_RSS_LIMIT_BYTES, result
