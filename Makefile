@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint typecheck unit demo bench package clean
+.PHONY: test lint typecheck unit demo bench package clean mutation
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,13 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
+
+# Mutation testing of the pure core (minutes; not part of `make test`). mutmut is installed on
+# demand, pinned; MODULES=ledger limits the run, MUTATION_JOBS sets the parallelism (default 2).
+MUTMUT_VERSION := 3.8.1
+mutation: $(STAMP)
+	$(BIN)/python -m pip install --quiet 'mutmut==$(MUTMUT_VERSION)'
+	$(BIN)/python tests/mutation/run.py $(MODULES)
 
 package: $(STAMP)
 	$(BIN)/forwarder package --output dist/lambda.zip
