@@ -411,3 +411,44 @@ def test_zlib_streams_are_not_gzip() -> None:
     """A zlib (not gzip) stream is refused rather than guessed."""
     with pytest.raises(DecodeError):
         decode(zlib.compress(json.dumps(make_cwl_envelope(["a"])).encode()))
+
+
+# --- boundaries that mutation testing showed unpinned (make mutation) -------------------------
+
+
+def test_gunzip_at_exactly_the_ceiling_and_one_byte_over() -> None:
+    payload = bytes(range(256)) * 4  # 1024 bytes
+    data = gzip.compress(payload)
+    assert gunzip(data, max_decompressed_bytes=1024) == payload
+    with pytest.raises(PayloadTooLargeError) as caught:
+        gunzip(data, max_decompressed_bytes=1023)
+    assert str(caught.value) == (
+        f"payload inflates past the 1023-byte ceiling ({len(data)} bytes compressed); "
+        "a gzip bomb or a misrouted file"
+    )
+
+
+def test_gunzip_of_several_members_at_exactly_the_ceiling_and_one_byte_over() -> None:
+    first, second = gzip.compress(b"a" * 300), gzip.compress(b"b" * 200)
+    assert gunzip(first + second, max_decompressed_bytes=500) == b"a" * 300 + b"b" * 200
+    with pytest.raises(PayloadTooLargeError):
+        gunzip(first + second, max_decompressed_bytes=499)
+    three = gunzip(first + second + first, max_decompressed_bytes=800)
+    assert three == b"a" * 300 + b"b" * 200 + b"a" * 300
+
+
+def test_plain_record_at_exactly_the_ceiling_and_one_byte_over() -> None:
+    record = b"x" * 1024
+    (event,) = decode_record(record, max_decompressed_bytes=1024).events
+    assert event.message == "x" * 1024
+    with pytest.raises(PayloadTooLargeError) as caught:
+        decode_record(record, max_decompressed_bytes=1023)
+    assert str(caught.value) == "record of 1024 bytes is over the 1023-byte ceiling"
+
+
+def test_subscription_payload_at_exactly_the_ceiling_and_one_byte_over() -> None:
+    data = make_cwl_payload(["a", "b"])
+    size = len(gzip.decompress(data))
+    assert [e.message for e in decode(data, ceiling=size).events] == ["a", "b"]
+    with pytest.raises(PayloadTooLargeError):
+        decode(data, ceiling=size - 1)
