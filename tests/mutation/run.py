@@ -217,19 +217,20 @@ def report(results: list[Result], fail_under: float) -> None:
                     print(f"      {line}")
     print(f"\nthreshold: {fail_under}% per module")
     BUILD.mkdir(parents=True, exist_ok=True)
-    summary = {
-        r.name: {
-            "path": r.path,
-            "mutants": r.total,
-            "equivalent": r.equivalent,
-            "killed": r.killed,
-            "killed_on_fresh_recheck": r.killed_on_recheck,
-            "score": round(r.score, 1),
-            "survivors": r.survivors,
-        }
-        for r in results
-    }
+    summary = {r.name: figures(r) for r in results}
     (BUILD / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+
+
+def figures(result: Result) -> dict[str, Any]:
+    return {
+        "path": result.path,
+        "mutants": result.total,
+        "equivalent": result.equivalent,
+        "killed": result.killed,
+        "killed_on_fresh_recheck": result.killed_on_recheck,
+        "score": round(result.score, 1),
+        "survivors": result.survivors,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -243,7 +244,13 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [name for name in args.modules if name not in modules]
     if unknown:
         parser.error(f"unknown module(s) {', '.join(unknown)}; known: {', '.join(modules)}")
-    results = [run_module(name, modules[name], args.jobs) for name in args.modules or modules]
+    results = []
+    for name in args.modules or modules:
+        result = run_module(name, modules[name], args.jobs)
+        (BUILD / f"{name}.json").write_text(json.dumps(figures(result), indent=2), encoding="utf-8")
+        score = f"{result.killed}/{result.counted} killed, {result.score:.1f}%"
+        print(f"   {name}: {score}", flush=True)
+        results.append(result)
     report(results, args.fail_under)
     return 0 if all(r.score >= args.fail_under for r in results) else 1
 
