@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint typecheck unit demo bench package clean fuzz crash chaos
+.PHONY: test lint typecheck unit demo bench package clean fuzz crash chaos mutation
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,13 @@ crash: $(STAMP)
 # The full chaos run (>= 200,000 events, a few minutes; stops by itself). CHAOS_SEED=N replays a run.
 chaos: $(STAMP)
 	$(BIN)/python -m tests.chaos.harness
+
+# Mutation testing of the pure core (minutes; not part of `make test`). mutmut is installed on
+# demand, pinned; MODULES=ledger limits the run, MUTATION_JOBS sets the parallelism (default 2).
+MUTMUT_VERSION := 3.8.1
+mutation: $(STAMP)
+	$(BIN)/python -m pip install --quiet 'mutmut==$(MUTMUT_VERSION)'
+	$(BIN)/python tests/mutation/run.py $(MODULES)
 
 package: $(STAMP)
 	$(BIN)/forwarder package --output dist/lambda.zip

@@ -8,6 +8,7 @@ import pytest
 
 from forwarder.hec_protocol import (
     classify,
+    classify_answer,
     health_of,
     parse_acks,
     parse_response,
@@ -192,3 +193,173 @@ def test_health() -> None:
 def test_health_needs_hecs_own_healthy_answer(body: bytes) -> None:
     """A 200 that is not HEC's code 17 (a proxy's page) does not count as healthy."""
     assert health_of(200, body)[0] is False
+
+
+# Boundaries, secondary fields and branches that mutation testing showed unpinned
+# (make mutation). A 2xx answer appears here only with HEC's own JSON success and an ackId.
+
+SUCCESS_WITH_ACK = b'{"text":"Success","code":0,"ackId":7}'
+
+
+@pytest.mark.parametrize("status", [200, 299])
+def test_every_2xx_status_with_hec_success_is_ok(status: int) -> None:
+    assert classify(status, SUCCESS_WITH_ACK).action == "ok"
+
+
+@pytest.mark.parametrize(
+    ("status", "error_code"),
+    [
+        (300, "Splunk.InvalidEndpoint"),
+        (301, "Splunk.InvalidEndpoint"),
+        (399, "Splunk.InvalidEndpoint"),
+        (401, "Splunk.InvalidToken"),
+        (403, "Splunk.InvalidToken"),
+        (404, "Splunk.URLNotFound"),
+        (405, "Splunk.URLNotFound"),
+    ],
+)
+def test_bare_redirect_auth_and_not_found_statuses_are_fatal_with_their_error_code(
+    status: int, error_code: str
+) -> None:
+    """Without a HEC code, the HTTP status alone picks the backsplash errorCode."""
+    outcome = classify(status, b"")
+    assert (outcome.action, outcome.error_code, outcome.code) == ("fatal", error_code, None)
+
+
+@pytest.mark.parametrize("status", [402, 406])
+def test_neighbours_of_auth_and_not_found_statuses_are_rejected_not_fatal(status: int) -> None:
+    outcome = classify(status, b"")
+    assert (outcome.action, outcome.error_code) == ("reject", "Splunk.InvalidDataFormat")
+
+
+@pytest.mark.parametrize(
+    ("status", "text"), [(100, "Continue"), (101, "Switching Protocols"), (199, "unknown status")]
+)
+def test_an_informational_status_as_final_answer_is_a_retryable_server_error(
+    status: int, text: str
+) -> None:
+    """A 1xx can only come from a broken proxy: retry, with HEC's code kept when present."""
+    bare = classify(status, b"")
+    assert bare == ("retry", f"HEC {status}: {text}", None, None, None, "Splunk.ServerError")
+    coded = classify(status, hec_body(99, "odd"))
+    assert (coded.action, coded.code, coded.reason) == ("retry", 99, f"HEC {status} code 99: odd")
+    assert coded.error_code == "Splunk.ServerError"
+
+
+def test_an_unknown_4xx_code_is_rejected_keeping_code_and_error_code() -> None:
+    outcome = classify(418, hec_body(99, "teapot"))
+    assert outcome == (
+        "reject",
+        "HEC 418 code 99: teapot",
+        99,
+        None,
+        None,
+        "Splunk.InvalidDataFormat",
+    )
+
+
+def test_no_data_is_rejected_as_a_forwarder_bug() -> None:
+    """Code 5 means we sent an empty body: the reason says so."""
+    outcome = classify(400, hec_body(5, "No data"))
+    assert outcome.reason == "HEC 400 code 5: No data (empty body: a forwarder bug)"
+    assert classify(400, hec_body(6, "Invalid data format")).reason.endswith("format")
+
+
+def test_a_status_http_does_not_know_is_described_as_unknown() -> None:
+    assert classify(599, b"").reason == "HEC 599: unknown status"
+    assert classify(599, b'{"code":8}').reason == "HEC 599 code 8: Internal server error"
+
+
+def test_incorrect_index_isolates_on_the_default_event_endpoint() -> None:
+    """The event endpoint is the default: an event naming a bad index is cut out alone."""
+    outcome = classify(400, hec_body(7, "Incorrect index", **{"invalid-event-number": 4}))
+    assert outcome == (
+        "isolate",
+        "HEC 400 code 7: Incorrect index",
+        7,
+        None,
+        4,
+        "Splunk.InvalidIndex",
+    )
+    without_number = classify(400, hec_body(7, "Incorrect index"))
+    assert (without_number.action, without_number.code) == ("reject", 7)
+    assert without_number.reason == "HEC 400 code 7: Incorrect index"
+
+
+def test_a_bad_event_isolates_with_reason_code_and_event_number() -> None:
+    outcome = classify(400, hec_body(12, "Event field is required", **{"invalid-event-number": 0}))
+    assert outcome == (
+        "isolate",
+        "HEC 400 code 12: Event field is required",
+        12,
+        None,
+        0,
+        "Splunk.InvalidEvent",
+    )
+
+
+def test_retry_after_http_date_is_measured_from_the_given_now() -> None:
+    date = "Wed, 21 Oct 2015 07:28:10 GMT"
+    outcome = classify(503, hec_body(9), {"Retry-After": date}, now=1445412470.0)
+    assert outcome.retry_after == 20.0
+    answer = parse_response(hec_body(9))
+    by_answer = classify_answer(503, answer, {"Retry-After": date}, now=1445412480.0)
+    assert by_answer.retry_after == 10.0
+
+
+def test_retry_after_http_date_without_now_uses_the_wall_clock() -> None:
+    ahead = parse_retry_after("Fri, 01 Jan 2100 00:00:00 GMT")
+    assert ahead is not None and ahead > 1e9  # decades ahead
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:10 GMT") == 0.0  # long past
+
+
+def test_retry_after_is_read_only_for_retryable_answers() -> None:
+    """500 is retried (and honours Retry-After); 501 Not Implemented is rejected."""
+    assert classify(500, b"", {"Retry-After": "3"}) == (
+        "retry",
+        "HEC 500: Internal Server Error",
+        None,
+        3.0,
+        None,
+        "Splunk.ServerError",
+    )
+    assert classify(501, b"", {"Retry-After": "3"}).retry_after is None
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "headers", "endpoint"),
+    [
+        (200, SUCCESS_WITH_ACK, None, "event"),
+        (503, hec_body(9, "Server is busy"), {"Retry-After": "4"}, "event"),
+        (401, b"", None, "event"),
+        (400, hec_body(7, "Incorrect index", **{"invalid-event-number": 1}), None, "event"),
+        (400, hec_body(7, "Incorrect index", **{"invalid-event-number": 1}), None, "raw"),
+        (413, b"", None, "raw"),
+    ],
+)
+def test_classify_answer_agrees_with_classify(
+    status: int, body: bytes, headers: dict[str, str] | None, endpoint: str
+) -> None:
+    """The client parses once and calls classify_answer: same outcome as classify."""
+    answer = parse_response(body)
+    expected = classify(status, body, headers, endpoint=endpoint)  # type: ignore[arg-type]
+    got = classify_answer(status, answer, headers, endpoint=endpoint)  # type: ignore[arg-type]
+    assert got == expected
+
+
+def test_classify_answer_defaults_to_the_event_endpoint() -> None:
+    answer = parse_response(hec_body(7, "Incorrect index", **{"invalid-event-number": 1}))
+    assert classify_answer(400, answer).action == "isolate"
+
+
+def test_parse_acks_rejects_json_that_is_not_an_object() -> None:
+    for body in (b"[1, 2]", b'"acks"', b'{"acks": [true]}'):
+        with pytest.raises(ValueError, match=r"^ack answer has no 'acks' object$"):
+            parse_acks(body)
+
+
+def test_health_needs_both_http_200_and_a_healthy_code() -> None:
+    assert health_of(200, hec_body(17))[0] is True
+    assert health_of(503, b"") == (False, None, "HEC 503: Service Unavailable")
+    assert health_of(503, hec_body(17))[0] is False
+    assert health_of(200, hec_body(18))[0] is False

@@ -13,6 +13,7 @@ from tests.factories import CUSTOM_FIELDS, make_flow_lines
 from transforms.errors import FlowLogFormatError, FlowLogParseError
 from transforms.records import FlowLogRecord
 from transforms.vpc_flow import (
+    _TEMPLATE_CACHE_SIZE,
     ALL_VPC_FIELDS,
     DEFAULT_FIELDS,
     FIELDS,
@@ -365,3 +366,154 @@ def test_format_strings_round_trip(fields: list[str]) -> None:
     """Both format syntaxes give back the fields."""
     assert parse_format(" ".join(f"${{{name}}}" for name in fields)) == tuple(fields)
     assert fields_from_header(" ".join(fields)) == tuple(fields)
+
+
+# --- boundaries and messages that mutation testing showed unpinned (make mutation) ------------
+
+_FORMAT_HOWTO = (
+    "write each field as ${name}, separated by single spaces, e.g. '${version} ${account-id} "
+    "${interface-id}' (the LogFormat of `aws ec2 describe-flow-logs`)"
+)
+
+
+def test_format_version_of_no_fields_is_the_default_version_2() -> None:
+    assert format_version(()) == 2
+    assert format_version(("srcaddr",)) == 2
+
+
+def test_a_half_written_brace_token_is_malformed_and_quoted() -> None:
+    """A token with only an opening or only a closing brace is malformed, not unknown."""
+    with pytest.raises(FlowLogFormatError) as caught:
+        parse_format("${version} {srcaddr dstaddr}")
+    assert str(caught.value) == (
+        f"malformed flow-log format token(s) '{{srcaddr', 'dstaddr}}': {_FORMAT_HOWTO}"
+    )
+
+
+def test_an_empty_format_says_how_to_fix_it() -> None:
+    with pytest.raises(FlowLogFormatError) as caught:
+        parse_format(" \t")
+    assert str(caught.value) == (
+        "empty flow-log format: name at least one field, e.g. '${version} ${srcaddr}', or "
+        "leave the setting unset for the default version 2 format"
+    )
+
+
+def test_unknown_fields_are_listed_with_hints_and_every_known_field() -> None:
+    with pytest.raises(FlowLogFormatError) as caught:
+        parse_format("${version} ${srcadr} ${zzzz}")
+    assert str(caught.value) == (
+        "unknown flow-log field(s) 'srcadr' (did you mean 'srcaddr'?), 'zzzz': use the field "
+        "names of the AWS 'Flow log records' and 'Transit Gateway Flow Log records' tables, "
+        "spelled exactly (lower case, with hyphens); copy the LogFormat of `aws ec2 "
+        f"describe-flow-logs` to be sure. Known fields: {' '.join(FIELDS)}"
+    )
+    assert str(caught.value).endswith(
+        "tgw-pair-attachment-id packets-lost-no-route "
+        "packets-lost-blackhole packets-lost-mtu-exceeded packets-lost-ttl-expired"
+    )
+
+
+def test_duplicated_fields_are_listed_once_each_in_order() -> None:
+    with pytest.raises(FlowLogFormatError) as caught:
+        parse_format("${version} ${srcaddr} ${version} ${srcaddr} ${dstaddr}")
+    assert str(caught.value) == (
+        "flow-log field(s) 'srcaddr', 'version' appear more than once in the format: name each "
+        "field once"
+    )
+
+
+def test_a_line_of_the_wrong_length_is_quoted_to_40_characters() -> None:
+    line = "abcdefghij" * 5
+    with pytest.raises(FlowLogParseError) as caught:
+        parse_flow_log(line)
+    assert str(caught.value) == (
+        f"flow-log line has 1 values but its format has 14 fields (line starts {line[:40]!r}); "
+        "check the flow-log format configured for this source"
+    )
+
+
+def test_a_bad_integer_is_quoted_to_20_characters() -> None:
+    value = "p" * 30
+    with pytest.raises(FlowLogParseError) as caught:
+        parse_flow_log(ACCEPT_LINE.replace(" 22 ", f" {value} "))
+    assert str(caught.value) == (
+        f"flow-log field 'dstport' should be an integer or '-', got {'p' * 20!r}"
+    )
+
+
+def test_epoch_seconds_at_the_millisecond_threshold_1e11() -> None:
+    """1e11 itself is seconds (year 5138); one more is milliseconds."""
+    assert epoch_seconds("100000000000") == 100_000_000_000
+    assert epoch_seconds("100000000001") == 100_000_000.001
+    assert epoch_seconds("99999999999") == 99_999_999_999
+
+
+def test_whole_milliseconds_become_integer_seconds_others_a_fraction() -> None:
+    whole = epoch_seconds("1418530010000")
+    assert (whole, type(whole)) == (1418530010, int)
+    fraction = epoch_seconds("1418530010001")
+    assert (fraction, type(fraction)) == (1418530010.001, float)
+    assert type(epoch_seconds("1418530010")) is int
+
+
+def test_compiled_json_converts_milliseconds_only_in_start_and_end() -> None:
+    """start/end above 1e11 are milliseconds; a large bytes count stays as it is."""
+    compiled = compile_format(DEFAULT_FIELDS)
+    line = ACCEPT_LINE.replace(
+        "20 4249 1418530010 1418530070", "20 1234567890123 100000000001 1418530070250"
+    )
+    data = json.loads(compiled.to_json(line.split()) or "")
+    assert data["bytes"] == 1234567890123
+    assert data["start_time"] == 100_000_000.001
+    assert data["end_time"] == 1418530070.25
+    at_threshold = ACCEPT_LINE.replace("1418530010 ", "100000000000 ")
+    assert json.loads(compiled.to_json(at_threshold.split()) or "")["start_time"] == 1e11
+
+
+def test_compiled_json_strips_a_single_leading_zero() -> None:
+    compiled = compile_format(DEFAULT_FIELDS)
+    data = json.loads(compiled.to_json(ACCEPT_LINE.replace(" 22 6 ", " 07 0 ").split()) or "")
+    assert (data["dest_port"], data["protocol_code"]) == (7, 0)
+
+
+def test_values_that_do_not_match_the_fields_are_refused() -> None:
+    """A record or value list of the wrong length is an error, never silently cut."""
+    with pytest.raises(ValueError):
+        to_splunk_fields(FlowLogRecord(("version", "srcaddr"), ("2",)))
+    with pytest.raises(ValueError):
+        compile_format(DEFAULT_FIELDS).to_json(ACCEPT_LINE.split()[:-1])
+
+
+def test_json_templates_are_cached_per_dash_pattern() -> None:
+    compiled = compile_format.__wrapped__(DEFAULT_FIELDS)
+    first = compiled.json_template((3, 4))
+    assert compiled.json_template((3, 4)) is first
+    assert compiled.json_template((3,)) is not first
+    assert compiled.json_template() is compiled.json_template(())
+
+
+def test_json_template_cache_is_bounded() -> None:
+    """Past _TEMPLATE_CACHE_SIZE patterns, templates are built but no longer kept."""
+    compiled = compile_format.__wrapped__(DEFAULT_FIELDS)
+    patterns = [
+        tuple(i for i in range(14) if mask >> i & 1) for mask in range(_TEMPLATE_CACHE_SIZE + 1)
+    ]
+    for pattern in patterns[:-1]:
+        compiled.json_template(pattern)
+    last = patterns[-1]
+    assert compiled.json_template(patterns[-2]) is compiled.json_template(patterns[-2])
+    assert compiled.json_template(last) is not compiled.json_template(last)
+    assert compiled.json_template(last).template == compiled.json_template(last).template
+
+
+@pytest.mark.parametrize("kept", [0, 1, 2, 3])
+def test_json_template_with_few_values_left_matches_to_json(kept: int) -> None:
+    """Templates for lines with 0, 1, 2 or 3 values that are not '-' give to_json's result."""
+    fields = ("srcaddr", "dstport", "action", "bytes")
+    compiled = compile_format(fields)
+    values = ["10.0.0.1", "443", "ACCEPT", "99"][:kept] + ["-"] * (4 - kept)
+    dashes = tuple(range(kept, 4))
+    template = compiled.json_template(dashes)
+    assert template.template % template.values(values) == compiled.to_json(values)
+    assert template.integers(values) == tuple(v for v in values[:kept] if v.isdigit())
