@@ -565,6 +565,10 @@ def backsplash_records(
 #: skipped unread into memory. So one enormous line, with or without a newline, costs bounded
 #: memory.
 STREAM_MAX_LINE_BYTES: Final = 512 * 1024
+#: The longest a quiet stdin poll waits, whatever ``poll_interval_s`` says: ``select`` resumes
+#: after a signal handler runs (PEP 475), so a shutdown requested during a wait is noticed only
+#: when the wait ends. An idle poll that returns nothing costs one loop turn.
+STREAM_MAX_WAIT_S: Final = 1.0
 #: One ``os.read`` (and one step of gunzip output) from stdin.
 _STREAM_READ_SIZE: Final = 1 << 16
 #: Reads (or gunzip steps) at most per poll: a poll returns after about this much input even
@@ -880,7 +884,8 @@ class FileSource:
         self._header_done = False
         self._fields = None
         while True:
-            lines = reader.next_lines(self._wait_s, self._chunk_lines, FILE_POLL_MAX_CHARS)
+            wait = min(self._wait_s, STREAM_MAX_WAIT_S)
+            lines = reader.next_lines(wait, self._chunk_lines, FILE_POLL_MAX_CHARS)
             if lines is None:
                 return
             lines = self._text(lines)

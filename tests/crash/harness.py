@@ -957,6 +957,9 @@ class CrashRun:
             )
         if proc.poll() is not None:
             self.report.unexpected_exits.append(f"run {len(self.procs)}: exit {proc.returncode}")
+        # A SIGTERM before the daemon installs its handlers (while it still loads settings)
+        # ends it by the default action: wait for its start line, so the stop tested is its own.
+        self._wait(progress, lambda: b'"daemon_started"' in self.logs[-1].read_bytes(), 60, proc)
         proc.send_signal(signal.SIGTERM)
         try:
             self.report.final_exit = proc.wait(timeout=profile.shutdown_grace_s + 60)

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import termios
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -37,15 +38,21 @@ def numbered(start: int, count: int) -> list[str]:
 
 @pytest.fixture(name="stdin_daemon")
 def fixture_stdin_daemon(
-    emulator: HecEmulator, s3: Any, aws_endpoint: str, tmp_path: Path
+    request: pytest.FixtureRequest,
+    emulator: HecEmulator,
+    s3: Any,
+    aws_endpoint: str,
+    tmp_path: Path,
 ) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
-    """``forwarder daemon`` with a stdin source, its stdin a pipe this test holds open."""
+    """``forwarder daemon`` with a stdin source, its stdin a pipe this test holds open
+    (``poll_interval_s`` 0.1, or the test's indirect parameter)."""
+    poll_interval_s = getattr(request, "param", 0.1)
     config = tmp_path / "daemon.toml"
     config.write_text(
         f'splunk_hec_url = "{emulator.url}"\n'
         "[source]\n"
         'type = "stdin"\n'
-        "poll_interval_s = 0.1\n"
+        f"poll_interval_s = {poll_interval_s}\n"
         "chunk_lines = 10\n"
         "[daemon]\n"
         'checkpoint_store = "none"\n'
@@ -134,3 +141,19 @@ def test_stdin_streams_from_an_open_pipe_and_sigterm_loses_nothing(
     assert set(unacked) <= stored  # acks never came: backsplashed at the grace
     (summary,) = log_events(log, "delivery_summarized")
     assert summary["balanced"] and summary["events_in"] == len(written)
+
+
+@pytest.mark.parametrize("stdin_daemon", [300.0], indirect=True)
+def test_sigterm_on_a_quiet_pipe_is_not_held_by_a_long_poll_interval(
+    emulator: HecEmulator, stdin_daemon: tuple[subprocess.Popen[bytes], Path]
+) -> None:
+    """GIVEN poll_interval_s = 300 and a pipe kept open and quiet WHEN SIGTERM THEN the
+    daemon exits 0 within its grace, not after the poll interval (select resumes after the
+    signal handler, so each quiet wait is capped)."""
+    proc, log = stdin_daemon
+    line = numbered(0, 1)
+    send(proc, line)
+    wait_for(lambda: indexed_messages(emulator) == line, timeout=60, what="the first line")
+    time.sleep(3)  # acks settled, nothing due: the daemon is in a quiet wait on the pipe
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 0, log.read_text()  # 60 s is far below the 300 s interval
