@@ -363,3 +363,20 @@ def test_health_needs_both_http_200_and_a_healthy_code() -> None:
     assert health_of(503, b"") == (False, None, "HEC 503: Service Unavailable")
     assert health_of(503, hec_body(17))[0] is False
     assert health_of(200, hec_body(18))[0] is False
+
+
+def test_a_2xx_that_is_not_hec_success_keeps_its_code_and_retry_after() -> None:
+    """A proxy's 200 is retried: its code (if any) is kept and Retry-After is honoured,
+    HTTP-dates counted from the given clock."""
+    outcome = classify(
+        200,
+        hec_body(9, "busy"),
+        {"Retry-After": "Thu, 01 Jan 1970 00:01:40 GMT"},
+        now=70.0,
+    )
+    assert (outcome.action, outcome.code, outcome.retry_after) == ("retry", 9, 30.0)
+
+
+def test_an_ack_answer_nested_too_deeply_is_a_value_error() -> None:
+    with pytest.raises(ValueError, match=r"^ack answer is JSON nested too deeply$"):
+        parse_acks(b"[" * 100_000)

@@ -26,6 +26,7 @@ from transforms.vpc_flow import (
     fields_from_header,
     format_flow_log,
     format_version,
+    is_flow_int,
     is_header_line,
     parse_flow_log,
     parse_format,
@@ -517,3 +518,22 @@ def test_json_template_with_few_values_left_matches_to_json(kept: int) -> None:
     template = compiled.json_template(dashes)
     assert template.template % template.values(values) == compiled.to_json(values)
     assert template.integers(values) == tuple(v for v in values[:kept] if v.isdigit())
+
+
+def test_a_flow_log_integer_is_at_most_twenty_digits() -> None:
+    """64-bit counters fit (20 digits); a longer digit run is not a flow-log value."""
+    assert is_flow_int("1" * 20)
+    assert not is_flow_int("1" * 21)
+    assert not is_flow_int("")
+    assert not is_flow_int("\u0661")  # a non-ASCII digit
+
+
+def test_epoch_seconds_refuses_what_is_not_a_flow_log_integer() -> None:
+    with pytest.raises(ValueError, match=r"^not a flow-log integer: '9{20}'$"):
+        epoch_seconds("9" * 4400)
+
+
+def test_a_line_with_a_huge_integer_is_a_parse_error_not_a_crash() -> None:
+    line = "2 123456789012 eni-1 10.0.0.1 10.0.0.2 1 2 6 " + "9" * 4400 + " 1 1 2 ACCEPT OK"
+    with pytest.raises(FlowLogParseError, match="should be an integer"):
+        parse_flow_log(line)
