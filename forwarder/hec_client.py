@@ -394,6 +394,31 @@ def guard_session(session: requests.Session) -> None:
             session.mount(prefix, _GuardedAdapter())
 
 
+#: The most of an answer body read. HEC's answers are small JSON objects (an ack answer for
+#: every pending ackId stays far below this); a longer body is not HEC's, and reading it whole
+#: would let a hostile server choose our memory.
+MAX_ANSWER_BYTES: Final = 1 << 20
+_ANSWER_CHUNK: Final = 64 * 1024
+
+
+def _read_capped(response: requests.Response) -> bool:
+    """Read the body into ``response.content`` if it is at most :data:`MAX_ANSWER_BYTES`.
+
+    Returns:
+        False when the body is longer: then the connection is dropped, not drained.
+    """
+    chunks: list[bytes] = []
+    size = 0
+    for chunk in response.iter_content(_ANSWER_CHUNK):
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > MAX_ANSWER_BYTES:
+            break
+    response._content = b"".join(chunks)[:MAX_ANSWER_BYTES]  # requests' own cache of the body
+    response.close()  # fully read: the connection goes back to the pool; else it is closed
+    return size <= MAX_ANSWER_BYTES
+
+
 class HecClient:
     """Talks to one HEC base URL on one channel.
 
@@ -489,11 +514,29 @@ class HecClient:
         _CURRENT.guard = guard
         _WATCHDOG.watch(guard)
         try:
-            return call(url, timeout=timeout, verify=self._verify, allow_redirects=False, **kwargs)
+            response = call(
+                url,
+                timeout=timeout,
+                verify=self._verify,
+                allow_redirects=False,
+                stream=True,
+                **kwargs,
+            )
+            if not _read_capped(response):
+                raise RetryableError(
+                    f"{what} to {self.url}: HTTP {response.status_code} with an answer over "
+                    f"{MAX_ANSWER_BYTES} bytes (not HEC's)",
+                    error_code="Splunk.ServerError",
+                    url=self.url,
+                    unhealthy=True,
+                    maybe_delivered=True,
+                )
         except requests.RequestException as exc:
             if guard.cancelled or guard.expired:
                 raise self._stopped_error(guard, what) from None
             raise self._transport_error(exc, what) from None
+        else:
+            return response
         finally:
             _CURRENT.guard = None
             guard.finish()

@@ -9,6 +9,8 @@ Modes (``HostileHec(mode)``):
 - ``html_then_acks_lost``: the first data request gets the HTML page; later data requests get
   HEC's ``{"text":"Success","code":0,"ackId":N}`` and every ack query answers false (the
   batches were taken and never indexed).
+- ``flood``: answers ``200`` with a 400 MB body (HEC's success, then spaces), sent as fast as
+  the client reads it.
 - ``noack_then_acks_lost``: the same, but the first data request gets HEC's own success without
   an ackId (``{"text":"Success","code":0}``: the token has acks off).
 
@@ -25,7 +27,8 @@ from collections import Counter
 from types import TracebackType
 from typing import Literal
 
-Mode = Literal["blackhole", "drip", "html", "html_then_acks_lost", "noack_then_acks_lost"]
+Mode = Literal["blackhole", "drip", "flood", "html", "html_then_acks_lost", "noack_then_acks_lost"]
+FLOOD_BYTES = 400 * 1024 * 1024
 
 _HTML = b"<html><body><h1>Down for maintenance</h1></body></html>"
 
@@ -140,6 +143,9 @@ class HostileHec:
             with self._lock:
                 self.requests[kind] += 1
                 seen = self.requests[kind]
+            if self.mode == "flood":
+                self._flood(conn)
+                return
             answer = self._answer(kind, seen, body)
             if answer is None:  # black hole: hold the connection until told to stop
                 self._stop.wait()
@@ -154,6 +160,21 @@ class HostileHec:
                     conn.sendall(answer)
             except OSError:
                 return
+
+    def _flood(self, conn: socket.socket) -> None:
+        success = b'{"text":"Success","code":0,"ackId":0}'
+        head = (
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {FLOOD_BYTES}\r\n\r\n"
+        )
+        block = b" " * (1 << 20)
+        with contextlib.suppress(OSError):
+            conn.sendall(head.encode() + success)
+            sent = len(success)
+            while sent < FLOOD_BYTES and not self._stop.is_set():
+                piece = block[: FLOOD_BYTES - sent]
+                conn.sendall(piece)
+                sent += len(piece)
 
     def _answer(self, kind: str, seen: int, body: bytes) -> bytes | None:
         if self.mode == "blackhole":

@@ -14,6 +14,7 @@ import ipaddress
 import socket
 import threading
 import time
+import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -383,3 +384,22 @@ def test_acks_come_back_when_hec_hands_out_ackids_again() -> None:
     assert 0 < first_batch < 60  # only the batch HEC took with acks off
     assert ledger.ack_unavailable == 1
     assert ledger.backsplashed == 60 - first_batch == len(backsplash.records)
+
+
+def test_a_flood_of_an_answer_costs_bounded_memory() -> None:
+    """GIVEN a HEC that answers 200 with a 400 MB body WHEN a batch is sent THEN the client
+    reads at most 1 MiB of it, drops the connection and fails the request as a retryable
+    server error that may have delivered (the answer is not HEC's), in bounded memory."""
+    with HostileHec("flood") as hec, requests.Session() as session:  # type: ignore[arg-type]
+        client = HecClient(session, hec_settings(hec.url), hec.url)
+        tracemalloc.start()
+        try:
+            with pytest.raises(RetryableError) as caught:
+                client.send(b'{"event":"x"}', endpoint="event")
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert caught.value.error_code == "Splunk.ServerError"
+    assert caught.value.maybe_delivered
+    assert "over 1048576 bytes" in str(caught.value)
+    assert peak < 16 * 1024 * 1024
