@@ -162,10 +162,6 @@ def decode_records(data: bytes) -> Iterator[dict[str, Any]]:
         yield record
 
 
-def _now_ms(clock: Callable[[], float]) -> int:
-    return int(clock() * 1000)
-
-
 class BacksplashWriter(Protocol):
     """What the deliverer needs from a backsplash."""
 

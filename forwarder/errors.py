@@ -3,13 +3,11 @@
 ```
 DeliveryError
   ├─ RetryableError          connection error, timeout, 408/429/5xx: back off and retry
-  │    ├─ AckTimeoutError    no ack within the timeout: the batch is re-sent (at least once)
   │    └─ RequestCancelledError  the caller ended a request on the wire (abort, deadline)
   ├─ RejectedBatchError      HEC refused the data: backsplash it with the reason, no retry
   ├─ FatalHecError           token, channel or endpoint problem: stop sending, backsplash the rest
   ├─ AckUnavailableError     the token has indexer acknowledgment off (HEC code 14)
   └─ BacksplashError         S3 refused the write after retries: the caller decides
-ShutdownRequested(BaseException)   control flow, not an error
 ```
 
 Messages carry HEC's text and code, never the token.
@@ -66,12 +64,6 @@ class RetryableError(DeliveryError):
         self.maybe_delivered = maybe_delivered
 
 
-class AckTimeoutError(RetryableError):
-    """An ackId stayed false past the ack timeout; the batch is re-sent."""
-
-    default_error_code = "Splunk.AckTimeout"
-
-
 class RequestCancelledError(RetryableError):
     """The caller cancelled a request on the wire (:meth:`RequestGuard.cancel`).
 
@@ -104,7 +96,3 @@ class BacksplashError(DeliveryError):
     """The backsplash write failed after its retries; the events are not stored."""
 
     default_error_code = "Backsplash.WriteFailed"
-
-
-class ShutdownRequested(BaseException):
-    """Raised to unwind on a second shutdown signal; not an error."""

@@ -43,7 +43,6 @@ message comes back).
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import math
 import os
@@ -88,8 +87,6 @@ _log = structlog.get_logger("forwarder.sources")
 #: (what failed again during a replay or a push re-delivery) are never re-delivered
 #: automatically: ``forwarder replay`` takes those (loop guard).
 BACKSPLASH_MARKERS: Final = ("splunk-failed/", "processing-failed/", "replay-failed/")
-#: What to tell the user about a backsplash object a source does not re-deliver itself.
-REPLAY_HINT: Final = "backsplash object: replay it with forwarder replay"
 #: Why an object recognised as replay-failed by its content (no marker in its key) is skipped.
 REPLAY_FAILED_CONTENT_HINT: Final = (
     "replay-failed records (replayAttempts): not re-delivered automatically (a notification "
@@ -198,21 +195,6 @@ def _shorter(interval: float, wait_s: float | None) -> float:
 
 
 # --- reading objects and files line by line ---------------------------------------------------
-
-
-class _StreamReader(io.RawIOBase):
-    """A raw binary stream over anything with ``read(n)`` (botocore's StreamingBody)."""
-
-    def __init__(self, body: Any) -> None:
-        self._body = body
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        data: bytes = self._body.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
 
 
 @dataclass(frozen=True, slots=True)
@@ -392,11 +374,6 @@ class S3Object:
     def is_backsplash(self) -> bool:
         """A backsplash object by its key (ours or Firehose's)."""
         return any(marker in self.key for marker in BACKSPLASH_MARKERS)
-
-    @property
-    def is_replay_failed(self) -> bool:
-        """Under ``replay-failed/``: only ``forwarder replay`` re-delivers it (loop guard)."""
-        return "replay-failed/" in self.key
 
 
 def replay_failed_hint(obj: S3Object) -> str:
