@@ -102,3 +102,19 @@ def boto_client(service: str, endpoint: str) -> Any:
         aws_access_key_id="testing",
         aws_secret_access_key="testing",
     )
+
+
+def create_checkpoint_table(dynamodb: Any, table: str) -> None:
+    """The daemon's DynamoDB checkpoint table, keyed as daemon.yaml creates it."""
+    dynamodb.create_table(
+        TableName=table,
+        KeySchema=[
+            {"AttributeName": "stream_name", "KeyType": "HASH"},
+            {"AttributeName": "shard_id", "KeyType": "RANGE"},
+        ],
+        AttributeDefinitions=[
+            {"AttributeName": "stream_name", "AttributeType": "S"},
+            {"AttributeName": "shard_id", "AttributeType": "S"},
+        ],
+        BillingMode="PAY_PER_REQUEST",
+    )

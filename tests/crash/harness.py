@@ -44,6 +44,7 @@ from typing import Any
 from forwarder.backsplash import Backsplash, LocalSpool
 from forwarder.checkpoints import SHARD_END, DynamoCheckpointStore, FileCheckpointStore
 from forwarder.emulator import HecEmulator
+from tests.conftest import create_checkpoint_table
 from tests.factories import make_cwl_payload
 from tests.faithful_kinesis import faithful_resharding
 
@@ -488,18 +489,7 @@ class KinesisAdapter(SourceAdapter):
         self.targets = list(SHARD_TARGETS)
         if self.profile.checkpoint_store == "dynamodb":
             dynamodb = boto("dynamodb", self.endpoint)
-            dynamodb.create_table(
-                TableName=TABLE,
-                KeySchema=[
-                    {"AttributeName": "stream_name", "KeyType": "HASH"},
-                    {"AttributeName": "shard_id", "KeyType": "RANGE"},
-                ],
-                AttributeDefinitions=[
-                    {"AttributeName": "stream_name", "AttributeType": "S"},
-                    {"AttributeName": "shard_id", "AttributeType": "S"},
-                ],
-                BillingMode="PAY_PER_REQUEST",
-            )
+            create_checkpoint_table(dynamodb, TABLE)
             self.store: Any = DynamoCheckpointStore(dynamodb, TABLE)
             self.daemon_toml = ['checkpoint_store = "dynamodb"', f'checkpoint_table = "{TABLE}"']
         else:

@@ -21,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from config.daemon import DaemonSettings, SourceSettings
 from forwarder.daemon import Daemon
 from forwarder.emulator import HecEmulator
-from tests.conftest import TEST_TOKEN, boto_client
+from tests.conftest import TEST_TOKEN, boto_client, create_checkpoint_table
 from tests.integration.conftest import delivery_settings
 from tests.integration.test_daemon import (
     RUN_DAEMON,
@@ -143,18 +143,7 @@ def fixture_proxy(aws_endpoint: str) -> Iterator[FlakyProxy]:
 def fixture_table(aws_endpoint: str) -> str:
     """The DynamoDB checkpoint table (as daemon.yaml creates it) on the moto server."""
     client = boto_client("dynamodb", aws_endpoint)
-    client.create_table(
-        TableName=TABLE,
-        KeySchema=[
-            {"AttributeName": "stream_name", "KeyType": "HASH"},
-            {"AttributeName": "shard_id", "KeyType": "RANGE"},
-        ],
-        AttributeDefinitions=[
-            {"AttributeName": "stream_name", "AttributeType": "S"},
-            {"AttributeName": "shard_id", "AttributeType": "S"},
-        ],
-        BillingMode="PAY_PER_REQUEST",
-    )
+    create_checkpoint_table(client, TABLE)
     return TABLE
 
 

@@ -9,7 +9,6 @@ generous limits; what is asserted is the outcome (returned, backsplashed, balanc
 
 from __future__ import annotations
 
-import datetime
 import ipaddress
 import socket
 import threading
@@ -28,7 +27,12 @@ from forwarder.emulator import HecEmulator
 from forwarder.errors import RequestCancelledError, RetryableError
 from forwarder.hec_client import HecClient, RequestGuard
 from tests.conftest import TEST_TOKEN
-from tests.integration.conftest import delivery_settings, flow_events, indexed_ids
+from tests.integration.conftest import (
+    delivery_settings,
+    flow_events,
+    indexed_ids,
+    self_signed_certificate,
+)
 from tests.integration.hostile_hec import HostileHec
 from tests.integration.test_delivery_pipelined import MemoryBacksplash
 
@@ -163,44 +167,13 @@ def test_a_host_name_is_resolved_and_used(resolver: dict[str, Any]) -> None:
         assert sorted(indexed_ids(emulator)) == sorted(str(e.event_id) for e in events)
 
 
-def _certificate(tmp_path: Path, name: str) -> tuple[Path, Path]:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
-
-
 def test_tls_still_checks_the_url_host_name(resolver: dict[str, Any], tmp_path: Path) -> None:
     """GIVEN HEC over TLS with a certificate for ``hec.test`` WHEN reached as ``hec.test``
     THEN it works (SNI and verification use the URL's name, not the resolved address);
     reached as ``other.test`` (same address) THEN verification fails."""
-    cert, key = _certificate(tmp_path, "hec.test")
+    from cryptography import x509
+
+    cert, key = self_signed_certificate(tmp_path, "hec.test", x509.DNSName("hec.test"))
     with HecEmulator(token=TEST_TOKEN, tls_certfile=cert, tls_keyfile=key) as emulator:
         port = emulator.url.rsplit(":", 1)[1]
         with requests.Session() as session:
@@ -390,7 +363,7 @@ def test_a_flood_of_an_answer_costs_bounded_memory() -> None:
     """GIVEN a HEC that answers 200 with a 400 MB body WHEN a batch is sent THEN the client
     reads at most 1 MiB of it, drops the connection and fails the request as a retryable
     server error that may have delivered (the answer is not HEC's), in bounded memory."""
-    with HostileHec("flood") as hec, requests.Session() as session:  # type: ignore[arg-type]
+    with HostileHec("flood") as hec, requests.Session() as session:
         client = HecClient(session, hec_settings(hec.url), hec.url)
         tracemalloc.start()
         try:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import datetime
 import gzip
 import ipaddress
 import json
@@ -29,6 +28,7 @@ from forwarder.emulator import (
     add_arguments,
     serve,
 )
+from tests.integration.conftest import self_signed_certificate
 
 pytestmark = pytest.mark.integration
 
@@ -613,46 +613,11 @@ def test_stats_faults_and_reset_endpoints(
 # ------------------------------------------------------------------ TLS and CLI
 
 
-def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
-    pytest.importorskip("cryptography")
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
-
-
 def test_tls(tmp_path: Path, session: requests.Session, channel: str) -> None:
-    cert, key = _self_signed(tmp_path)
+    from cryptography import x509
+
+    ip = x509.IPAddress(ipaddress.ip_address("127.0.0.1"))
+    cert, key = self_signed_certificate(tmp_path, "127.0.0.1", ip)
     with HecEmulator(token=TOKEN, tls_certfile=cert, tls_keyfile=key) as hec:
         assert hec.url.startswith("https://127.0.0.1:")
         response = session.post(

@@ -13,6 +13,7 @@ import pytest
 from moto import mock_aws
 
 from forwarder.checkpoints import SHARD_END, DynamoCheckpointStore, FileCheckpointStore
+from tests.conftest import create_checkpoint_table
 
 
 def test_file_store_round_trip_and_merge(tmp_path: Path) -> None:
@@ -61,18 +62,7 @@ def fixture_dynamodb(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
     with mock_aws():
         client = boto3.client("dynamodb", region_name="us-east-1")
-        client.create_table(
-            TableName="ckpt",
-            KeySchema=[
-                {"AttributeName": "stream_name", "KeyType": "HASH"},
-                {"AttributeName": "shard_id", "KeyType": "RANGE"},
-            ],
-            AttributeDefinitions=[
-                {"AttributeName": "stream_name", "AttributeType": "S"},
-                {"AttributeName": "shard_id", "AttributeType": "S"},
-            ],
-            BillingMode="PAY_PER_REQUEST",
-        )
+        create_checkpoint_table(client, "ckpt")
         yield client
 
 
