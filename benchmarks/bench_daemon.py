@@ -3,7 +3,7 @@
 Throughput: one HEC emulator in its own process, acks and gzip on, default settings. On the
 same flow-log file of ``--events`` lines, interleaved in this process:
 
-* ``forward``: :func:`forwarder.forward.forward_stream` (the ``forwarder forward`` engine);
+* ``forward``: :func:`forwarder.commands.forward.forward_stream` (the ``forwarder forward`` engine);
 * ``daemon``: :class:`forwarder.daemon.Daemon` with a ``files`` source, run in this process's
   main thread until the file is exhausted (its final flush included), metrics server on, no
   checkpoint store (a files source has nothing to commit).

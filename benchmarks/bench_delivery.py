@@ -4,8 +4,9 @@ One HEC emulator runs in its own process (so it does not share the sender's GIL)
 every sender gzips its bodies at level 1 (the forwarder's default) and waits until every
 ackId is true. On the same flow-log text file of ``--events`` version-2 lines, interleaved:
 
-* ``forward``: :func:`forwarder.forward.forward_stream` with default settings, routed as flow
-  logs (``log_group=/aws/vpc/flowlogs``): read, transform, batch, send, poll acks, ledger;
+* ``forward``: :func:`forwarder.commands.forward.forward_stream` with default settings,
+  routed as flow logs (``log_group=/aws/vpc/flowlogs``): read, transform, batch, send, poll
+  acks, ledger;
 * ``naive``: a naive correct sender: per line one ``json.dumps`` of a HEC event envelope (time,
   source, sourcetype, event), 1 MB batches gzipped and posted back to back on one channel with
   one ``requests.Session``, acks polled at the end, no retries;
@@ -45,9 +46,9 @@ from benchmarks.common import median_seconds
 from config.loader import load_settings
 from config.logs import configure_logging
 from config.settings import LogSettings, Settings
-from forwarder.forward import forward_stream
-from forwarder.hec_client import DEFAULT_GZIP_LEVEL
-from forwarder.synthetic import FlowLogGenerator
+from forwarder.commands.forward import forward_stream
+from forwarder.devtools.synthetic import FlowLogGenerator
+from forwarder.hec.client import DEFAULT_GZIP_LEVEL
 
 TOKEN = "00000000-bench-0000-0000-000000000000"
 LOG_GROUP = "/aws/vpc/flowlogs"

@@ -26,7 +26,7 @@ from benchmarks.common import median_seconds
 from config.loader import load_settings
 from config.logs import configure_logging
 from config.settings import FirehoseSettings, LogSettings, Settings
-from forwarder.synthetic import firehose_event, flow_log_payloads
+from forwarder.devtools.synthetic import firehose_event, flow_log_payloads
 from transforms.firehose import transform_event
 from transforms.reingest import ReingestReport
 

@@ -48,7 +48,7 @@ Push Lambda (``forwarder.push``):
     items_deferred                  Kinesis/SQS items not started before the deadline
                                     (reported in batchItemFailures)
 
-Daemon (``forwarder.daemon``, ``forwarder.sources``, ``forwarder.metrics``):
+Daemon (``forwarder.daemon``, ``forwarder.sources.streams``, ``forwarder.delivery.metrics``):
     daemon_started, daemon_stopped  start and end, with the exit status
     shutdown_requested              first signal: stop reading, drain within the grace
     input_not_finished              a files/stdin run stopped before the end of its input
@@ -96,7 +96,7 @@ Daemon (``forwarder.daemon``, ``forwarder.sources``, ``forwarder.metrics``):
     firehose_connection_expired     a request did not arrive within request_timeout_s (debug)
     firehose_connection_failed      handling one connection raised; that connection is closed
 
-Replay (``forwarder.replay``):
+Replay (``forwarder.replay.engine``):
     replay_started                  the run begins (uri, selection)
     replay_object_started           an object is being read (debug)
     replay_object_finished          an object is done (events delivered, failed again)
@@ -112,7 +112,7 @@ Replay (``forwarder.replay``):
     replay_stopped                  interrupted; the state file lets the next run resume
     replay_summarized               the run's totals (also one delivery_summarized, replay=True)
 
-HEC emulator (``forwarder.emulator``):
+HEC emulator (``forwarder.devtools.emulator``):
     hec_emulator_started            listening (url); hec_emulator_stopped at the end
     hec_emulator_stopped
     hec_emulator_faults_set         the fault plan changed

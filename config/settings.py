@@ -41,7 +41,7 @@ class AckSettings:
 
 @dataclass(frozen=True)
 class RetrySettings:
-    """Retry policy as data; ``forwarder.retry`` turns it into a tenacity policy."""
+    """Retry policy as data; ``forwarder.delivery.retry`` turns it into a tenacity policy."""
 
     duration_s: float = 3600.0  # like Firehose's RetryOptions, 0-7200, ack waits excluded
     max_attempts: int = 0  # 0: unlimited within duration_s

@@ -6,7 +6,6 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from enum import IntEnum
 from pathlib import Path
 from typing import TextIO
 
@@ -15,19 +14,7 @@ import structlog
 from config.loader import ConfigError, load_settings, warnings_for
 from config.logs import configure_logging, register_secret
 from config.settings import Settings
-
-
-class ExitStatus(IntEnum):
-    """Exit statuses; the README lists them. 0 means everything delivered and acknowledged."""
-
-    OK = 0
-    FAILURE = 1
-    USAGE = 2  # also every configuration error (DESIGN.md section 7)
-    HEC_FATAL = 4  # token or channel refused by HEC; data went to the backsplash
-    INCOMPLETE = 5  # some events were backsplashed or dropped as unparsable input
-    BACKSPLASH_FAILED = 6  # events could be neither delivered nor stored: see the log
-    INTERRUPTED = 130
-
+from forwarder.status import ExitStatus
 
 Command = Callable[[argparse.Namespace, "CommandContext"], int]
 
@@ -99,19 +86,19 @@ def _cmd_transform(args: argparse.Namespace, ctx: CommandContext) -> int:
 
 
 def _cmd_hec_emulator(args: argparse.Namespace, ctx: CommandContext) -> int:
-    from forwarder.emulator import serve  # noqa: PLC0415
+    from forwarder.devtools.emulator import serve  # noqa: PLC0415
 
     return serve(args)
 
 
 def _cmd_forward(args: argparse.Namespace, ctx: CommandContext) -> int:
-    from forwarder.forward import run_forward  # noqa: PLC0415
+    from forwarder.commands.forward import run_forward  # noqa: PLC0415
 
     return run_forward(args, ctx.settings(), ctx.out)
 
 
 def _cmd_check(args: argparse.Namespace, ctx: CommandContext) -> int:
-    from forwarder.forward import run_check  # noqa: PLC0415
+    from forwarder.commands.forward import run_check  # noqa: PLC0415
 
     return run_check(ctx.settings(), ctx.out)
 
@@ -123,19 +110,19 @@ def _cmd_daemon(args: argparse.Namespace, ctx: CommandContext) -> int:
 
 
 def _cmd_replay(args: argparse.Namespace, ctx: CommandContext) -> int:
-    from forwarder.replay import run  # noqa: PLC0415
+    from forwarder.replay.engine import run  # noqa: PLC0415
 
     return run(args, ctx)
 
 
 def _cmd_demo(args: argparse.Namespace, ctx: CommandContext) -> int:
-    from forwarder.demo import run_demo  # noqa: PLC0415
+    from forwarder.devtools.demo import run_demo  # noqa: PLC0415
 
     return run_demo(args, ctx.out)
 
 
 def _cmd_package(args: argparse.Namespace, ctx: CommandContext) -> int:
-    from forwarder.packaging import run  # noqa: PLC0415
+    from forwarder.devtools.packaging import run  # noqa: PLC0415
 
     return run(args)
 
@@ -158,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
         "flow-log file or text file through the transform and delivery engine once. "
         "Exit status 0 means every event was acknowledged.",
     )
-    from forwarder.forward import add_forward_arguments  # noqa: PLC0415
+    from forwarder.commands.forward import add_forward_arguments  # noqa: PLC0415
 
     add_forward_arguments(forward)
     _add_common(forward)
@@ -192,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
         "from S3 and deliver them with acknowledgment; a local state file makes a second "
         "run send nothing. Failures go to replay-failed/, never back into the source.",
     )
-    from forwarder.replay import add_arguments as add_replay_arguments  # noqa: PLC0415
+    from forwarder.replay.engine import add_arguments as add_replay_arguments  # noqa: PLC0415
 
     add_replay_arguments(replay)
     _add_common(replay, hec=False)
@@ -213,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="run a local Splunk HEC for trials and tests",
         description="A local HEC with acknowledgments, channels and injectable faults.",
     )
-    from forwarder.emulator import add_arguments as add_emulator_arguments  # noqa: PLC0415
+    from forwarder.devtools.emulator import add_arguments as add_emulator_arguments  # noqa: PLC0415
 
     add_emulator_arguments(emulator)
     emulator.set_defaults(func=_cmd_hec_emulator)
@@ -225,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
         "S3 server and generated VPC flow log batches; prints what was delivered, "
         "acknowledged and backsplashed.",
     )
-    from forwarder.demo import add_arguments as add_demo_arguments  # noqa: PLC0415
+    from forwarder.devtools.demo import add_arguments as add_demo_arguments  # noqa: PLC0415
 
     add_demo_arguments(demo)
     demo.set_defaults(func=_cmd_demo)
@@ -236,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Build a reproducible Lambda zip of forwarder, transforms, config and "
         "their runtime dependencies (boto3 excluded: the Lambda runtime provides it).",
     )
-    from forwarder.packaging import add_arguments as add_package_arguments  # noqa: PLC0415
+    from forwarder.devtools.packaging import add_arguments as add_package_arguments  # noqa: PLC0415
 
     add_package_arguments(package)
     package.set_defaults(func=_cmd_package)

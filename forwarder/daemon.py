@@ -1,7 +1,7 @@
 """``forwarder daemon``: read a source, deliver with acks, checkpoint, serve health and metrics.
 
 The loop, in cycles: poll the source, transform each record, hand the events to the
-:class:`~forwarder.delivery.Deliverer`; every ``checkpoint_interval_s`` seconds or
+:class:`~forwarder.delivery.deliverer.Deliverer`; every ``checkpoint_interval_s`` seconds or
 ``checkpoint_max_records`` records, :meth:`Deliverer.flush` (everything acknowledged or
 backsplashed) and only then commit the source (Kinesis checkpoint, SQS delete). So a
 checkpoint never passes a record with an event still in doubt, and a ``kill -9`` costs at most
@@ -31,9 +31,9 @@ above once what was taken in is acknowledged or backsplashed, and logs ``input_n
 files from the start again (stdin: whatever is fed to it again).
 
 Backsplash objects named by the ``sqs-s3`` source (as in the push Lambda, DESIGN.md §6) come as
-records already decoded (:class:`~forwarder.sources.SourceRecord` ``decoded``): they go to
+records already decoded (:class:`~forwarder.sources.streams.SourceRecord` ``decoded``): they go to
 deliverers of their own, one per endpoint (the configured HEC with the endpoint the record
-needs), whose backsplash writes under ``replay-failed/`` (:class:`~forwarder.backsplash_objects.
+needs), whose backsplash writes under ``replay-failed/`` (:class:`~forwarder.backsplash.objects.
 ReplayFailedBacksplash`, ``replayAttempts: 1``), never ``splunk-failed/``. Every deliverer
 shares the main deliverer's ledger (so health, metrics and the summary read one ledger), and
 the checkpoint flushes them all: an SQS message is deleted only once every event of its
@@ -82,21 +82,25 @@ from botocore.exceptions import ClientError
 from config.daemon import DaemonSettings, load_daemon_settings
 from config.loader import ConfigError, read_toml, require_hec
 from config.settings import Settings
-from forwarder.backsplash import BacksplashWriter, FallbackBacksplash, backsplash_from_settings
-from forwarder.backsplash_objects import CORRUPT_RECORD, ReplayFailedBacksplash
-from forwarder.checkpoints import (
+from forwarder.backsplash.objects import CORRUPT_RECORD, ReplayFailedBacksplash
+from forwarder.backsplash.writers import (
+    BacksplashWriter,
+    FallbackBacksplash,
+    backsplash_from_settings,
+)
+from forwarder.delivery.deliverer import Deliverer
+from forwarder.delivery.ledger import Ledger
+from forwarder.delivery.metrics import DaemonState, MetricsServer
+from forwarder.errors import BacksplashError, FatalHecError
+from forwarder.hec.client import HecClient
+from forwarder.sources.checkpoints import (
     CheckpointStore,
     DynamoCheckpointStore,
     FileCheckpointStore,
     MemoryCheckpointStore,
 )
-from forwarder.delivery import Deliverer
-from forwarder.errors import BacksplashError, FatalHecError
-from forwarder.firehose_http import FirehoseHttpSource
-from forwarder.hec_client import HecClient
-from forwarder.ledger import Ledger
-from forwarder.metrics import DaemonState, MetricsServer
-from forwarder.sources import (
+from forwarder.sources.firehose_http import FirehoseHttpSource
+from forwarder.sources.streams import (
     FileSource,
     KinesisSource,
     Source,

@@ -13,7 +13,7 @@ The event is recognised by its shape:
 Backsplash objects (DESIGN.md §6), recognised by key (``splunk-failed/``,
 ``processing-failed/``, ``replay-failed/`` anywhere in it) or by content (JSON records with a
 ``rawData`` string), are re-delivered record by record, streamed
-(:mod:`forwarder.backsplash_objects`, with the decoder ``forwarder replay`` uses):
+(:mod:`forwarder.backsplash.objects`, with the decoder ``forwarder replay`` uses):
 ``splunk-failed`` records send their HEC payload as it was (event JSON to the event endpoint;
 raw lines to the raw endpoint with the ``source``, ``sourcetype``, ``index`` and ``host`` our
 records keep), ``processing-failed`` records go through the transform first. They go through
@@ -40,7 +40,7 @@ refused it, a corrupt or truncated gzip stream, a header naming a field twice) f
 message only: events already submitted from it are delivered, the message comes back (and,
 after the queue's ``maxReceiveCount``, goes to its dead-letter queue); the object stays where
 it is. Objects are read as streams in chunks of at most ``CHUNK_LINES`` lines and
-``MAX_CHUNK_CHARS`` characters; a line longer than ``forwarder.sources.MAX_LINE_BYTES`` is
+``MAX_CHUNK_CHARS`` characters; a line longer than ``forwarder.sources.streams.MAX_LINE_BYTES`` is
 skipped as it streams and counted dropped (``line_too_long``, logged ``line_dropped``), a
 line that is not usable JSON in a backsplash object is one corrupt record. If the backsplash
 write itself fails, the handler raises: AWS retries the whole invocation, nothing is lost.
@@ -77,8 +77,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from config.loader import load_settings, require_hec, warnings_for, with_token
 from config.logs import configure_logging, register_secret
 from config.settings import Settings
-from forwarder.backsplash import BacksplashWriter, backsplash_from_settings
-from forwarder.backsplash_objects import (
+from forwarder.backsplash.objects import (
     REPLAY_FAILED,
     CorruptLine,
     Kind,
@@ -88,10 +87,11 @@ from forwarder.backsplash_objects import (
     kind_from_key,
     sniff,
 )
-from forwarder.delivery import Deliverer
+from forwarder.backsplash.writers import BacksplashWriter, backsplash_from_settings
+from forwarder.delivery.deliverer import Deliverer
+from forwarder.delivery.ledger import Ledger
 from forwarder.errors import BacksplashError
-from forwarder.ledger import Ledger
-from forwarder.sources import (
+from forwarder.sources.streams import (
     FILE_POLL_MAX_CHARS,
     LINE_TOO_LONG,
     LongLine,

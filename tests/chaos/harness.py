@@ -413,7 +413,7 @@ class World:
             [
                 sys.executable,
                 "-m",
-                "forwarder.emulator",
+                "forwarder.devtools.emulator",
                 "--port",
                 "0",
                 "--token",
@@ -957,7 +957,7 @@ def queued_keys(world: World) -> set[str]:
 
 
 def collect(world: World, book: Book, stats: dict[str, Any]) -> Report:
-    from forwarder.backsplash import LocalSpool, decode_records
+    from forwarder.backsplash.writers import LocalSpool, decode_records
 
     config = world.config
     expected = {

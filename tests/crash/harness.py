@@ -41,9 +41,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from forwarder.backsplash import Backsplash, LocalSpool
-from forwarder.checkpoints import SHARD_END, DynamoCheckpointStore, FileCheckpointStore
-from forwarder.emulator import HecEmulator
+from forwarder.backsplash.writers import Backsplash, LocalSpool
+from forwarder.devtools.emulator import HecEmulator
+from forwarder.sources.checkpoints import SHARD_END, DynamoCheckpointStore, FileCheckpointStore
 from tests.conftest import create_checkpoint_table
 from tests.factories import make_cwl_payload
 from tests.faithful_kinesis import faithful_resharding

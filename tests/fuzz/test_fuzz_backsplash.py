@@ -1,5 +1,5 @@
-"""Fuzz the backsplash readers: ``forwarder.backsplash.decode_records`` (whole objects) and
-``forwarder.backsplash_objects.decode_object`` (streamed).
+"""Fuzz the backsplash readers: ``forwarder.backsplash.writers.decode_records`` (whole objects) and
+``forwarder.backsplash.objects.decode_object`` (streamed).
 
 ``decode_records`` raises only ``ValueError`` (not gzip/JSON records, invalid UTF-8) or
 ``TypeError`` (a record that is not an object), as documented. ``decode_object`` never raises:
@@ -20,9 +20,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from forwarder.backsplash import decode_records
-from forwarder.backsplash_objects import CorruptLine, decode_object
-from forwarder.replay import MAX_RECORD_CHARS
+from forwarder.backsplash.objects import CorruptLine, decode_object
+from forwarder.backsplash.writers import decode_records
+from forwarder.replay.engine import MAX_RECORD_CHARS
 from tests.conftest import make_settings
 from tests.factories import make_cwl_payload
 from tests.fuzz.support import (

@@ -1,4 +1,4 @@
-"""Fuzz the HEC answer parser and classifier (``forwarder.hec_protocol``).
+"""Fuzz the HEC answer parser and classifier (``forwarder.hec.protocol``).
 
 Whatever a server (or a proxy in front of it) answers, ``parse_response``, ``classify``,
 ``classify_answer``, ``health_of`` and ``parse_retry_after`` return a value and never raise;
@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from forwarder.hec_protocol import (
+from forwarder.hec.protocol import (
     HecAnswer,
     Outcome,
     classify,

@@ -1,4 +1,4 @@
-"""Fuzz the S3-object line reader (``forwarder.sources``: ``text_lines``, ``line_chunks``,
+"""Fuzz the S3-object line reader (``forwarder.sources.streams``: ``text_lines``, ``line_chunks``,
 ``object_chunks``).
 
 Whatever an object holds, reading it raises nothing but ``OBJECT_READ_ERRORS`` (what the
@@ -16,7 +16,7 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from forwarder.sources import (
+from forwarder.sources.streams import (
     OBJECT_READ_ERRORS,
     S3Object,
     line_chunks,

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from config.settings import Settings
-from forwarder.backsplash import Backsplash
-from forwarder.emulator import HecEmulator
+from forwarder.backsplash.writers import Backsplash
+from forwarder.devtools.emulator import HecEmulator
 from tests.conftest import TEST_TOKEN, boto_client, make_settings
 from transforms.records import EncodedEvent
 

@@ -15,7 +15,7 @@ import pytest
 from botocore.config import Config
 
 from config.settings import BacksplashSettings
-from forwarder.backsplash import (
+from forwarder.backsplash.writers import (
     Backsplash,
     FallbackBacksplash,
     LocalSpool,

@@ -24,14 +24,14 @@ from botocore.exceptions import EndpointConnectionError
 from prometheus_client.parser import text_string_to_metric_families
 
 from config.daemon import DaemonSettings, SourceSettings
-from forwarder.backsplash import Backsplash, FallbackBacksplash, LocalSpool
-from forwarder.checkpoints import FileCheckpointStore
+from forwarder.backsplash.writers import Backsplash, FallbackBacksplash, LocalSpool
 from forwarder.daemon import Daemon
-from forwarder.emulator import FaultPlan, HecEmulator
-from forwarder.ledger import Ledger
-from forwarder.metrics import DaemonState, MetricsServer
-from forwarder.sources import FileSource
-from forwarder.synthetic import cloudwatch_payload
+from forwarder.delivery.ledger import Ledger
+from forwarder.delivery.metrics import DaemonState, MetricsServer
+from forwarder.devtools.emulator import FaultPlan, HecEmulator
+from forwarder.devtools.synthetic import cloudwatch_payload
+from forwarder.sources.checkpoints import FileCheckpointStore
+from forwarder.sources.streams import FileSource
 from tests.conftest import TEST_TOKEN, boto_client
 from tests.integration.conftest import BUCKET, FAST, PREFIX, backsplashed, delivery_settings
 from tests.integration.test_push import (

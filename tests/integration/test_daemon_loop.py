@@ -17,7 +17,7 @@ import pytest
 
 from config.daemon import SourceSettings
 from forwarder.daemon import Daemon
-from forwarder.emulator import HecEmulator
+from forwarder.devtools.emulator import HecEmulator
 from tests.integration.conftest import delivery_settings
 from tests.integration.test_daemon import daemon_settings, indexed_messages, running, wait_for
 

@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from config.daemon import DaemonSettings, SourceSettings
 from forwarder.daemon import Daemon
-from forwarder.emulator import HecEmulator
+from forwarder.devtools.emulator import HecEmulator
 from tests.conftest import TEST_TOKEN, boto_client, create_checkpoint_table
 from tests.integration.conftest import delivery_settings
 from tests.integration.test_daemon import (

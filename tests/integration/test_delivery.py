@@ -20,9 +20,9 @@ from structlog.testing import capture_logs
 
 from config.logs import configure_logging
 from config.settings import LogSettings
-from forwarder.backsplash import Backsplash
-from forwarder.delivery import Deliverer
-from forwarder.emulator import FaultPlan, HecEmulator
+from forwarder.backsplash.writers import Backsplash
+from forwarder.delivery.deliverer import Deliverer
+from forwarder.devtools.emulator import FaultPlan, HecEmulator
 from forwarder.errors import BacksplashError
 from tests.conftest import TEST_TOKEN, free_port
 from tests.integration.conftest import (

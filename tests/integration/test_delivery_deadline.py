@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from forwarder.backsplash import Backsplash
-from forwarder.delivery import Deliverer
-from forwarder.emulator import FaultPlan, HecEmulator
+from forwarder.backsplash.writers import Backsplash
+from forwarder.delivery.deliverer import Deliverer
+from forwarder.devtools.emulator import FaultPlan, HecEmulator
 from tests.integration.conftest import backsplashed, delivery_settings, flow_events, indexed_ids
 from transforms.records import EncodedEvent
 

@@ -22,10 +22,10 @@ import pytest
 import requests
 
 from config.settings import HecSettings
-from forwarder.delivery import Deliverer
-from forwarder.emulator import HecEmulator
+from forwarder.delivery.deliverer import Deliverer
+from forwarder.devtools.emulator import HecEmulator
 from forwarder.errors import RequestCancelledError, RetryableError
-from forwarder.hec_client import HecClient, RequestGuard
+from forwarder.hec.client import HecClient, RequestGuard
 from tests.conftest import TEST_TOKEN
 from tests.integration.conftest import (
     delivery_settings,

@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 import requests
 
-from forwarder.delivery import Deliverer
-from forwarder.emulator import FaultPlan, HecEmulator
-from forwarder.hec_protocol import Endpoint
+from forwarder.delivery.deliverer import Deliverer
+from forwarder.devtools.emulator import FaultPlan, HecEmulator
+from forwarder.hec.protocol import Endpoint
 from tests.conftest import TEST_TOKEN
 from tests.integration.conftest import delivery_settings, flow_events, indexed_ids
 from transforms.records import EncodedEvent, RawTarget

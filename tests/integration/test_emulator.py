@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import requests
 
-from forwarder.emulator import (
+from forwarder.devtools.emulator import (
     HTML_MAINTENANCE_PAGE,
     EmulatorStats,
     FaultPlan,
@@ -640,9 +640,17 @@ def test_add_arguments_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_cli_serve_prints_url_and_stops_on_sigterm(tmp_path: Path) -> None:
-    """`python -m forwarder.emulator` prints its URL first, serves, and exits 0 on SIGTERM."""
+    """`python -m forwarder.devtools.emulator` prints its URL, serves, and exits 0 on SIGTERM."""
     output = tmp_path / "out.jsonl"
-    command = [sys.executable, "-m", "forwarder.emulator", "--port", "0", "--token", "cli-token"]
+    command = [
+        sys.executable,
+        "-m",
+        "forwarder.devtools.emulator",
+        "--port",
+        "0",
+        "--token",
+        "cli-token",
+    ]
     command += ["--output", str(output), "--busy", "1"]
     with subprocess.Popen(
         command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True

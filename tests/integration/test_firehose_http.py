@@ -23,11 +23,11 @@ import requests
 from structlog.testing import capture_logs
 
 from config.daemon import DaemonSettings, SourceSettings
-from forwarder.backsplash import Backsplash
+from forwarder.backsplash.writers import Backsplash
 from forwarder.daemon import Daemon
-from forwarder.emulator import FaultPlan, HecEmulator
-from forwarder.firehose_http import FirehoseHttpSource
-from forwarder.synthetic import cloudwatch_payload
+from forwarder.devtools.emulator import FaultPlan, HecEmulator
+from forwarder.devtools.synthetic import cloudwatch_payload
+from forwarder.sources.firehose_http import FirehoseHttpSource
 from tests.conftest import boto_client
 from tests.integration.conftest import FAST, PREFIX, backsplashed, delivery_settings
 

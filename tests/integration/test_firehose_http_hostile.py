@@ -21,8 +21,8 @@ from typing import Any
 
 import pytest
 
-from forwarder.emulator import FaultPlan, HecEmulator
-from forwarder.firehose_http import FirehoseHttpSource, RequestRejectedError, parse_head
+from forwarder.devtools.emulator import FaultPlan, HecEmulator
+from forwarder.sources.firehose_http import FirehoseHttpSource, RequestRejectedError, parse_head
 from tests.conftest import TEST_TOKEN
 from tests.integration.conftest import FAST, backsplashed
 from tests.integration.test_firehose_http import (

@@ -14,15 +14,16 @@ from typing import Any
 
 import pytest
 
-from forwarder.cli import ExitStatus, main
-from forwarder.emulator import FaultPlan, HecEmulator
-from forwarder.synthetic import (
+from forwarder.cli import main
+from forwarder.devtools.emulator import FaultPlan, HecEmulator
+from forwarder.devtools.synthetic import (
     FlowLogGenerator,
     cloudwatch_payload,
     control_payload,
     firehose_event,
     flow_log_payloads,
 )
+from forwarder.status import ExitStatus
 from tests.conftest import TEST_TOKEN, boto_client
 from tests.integration.conftest import BUCKET, FAST, backsplashed
 from tests.unit.test_hostile_objects import LONG_LINE_BYTES, bomb

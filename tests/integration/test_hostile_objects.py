@@ -18,9 +18,9 @@ import structlog.testing
 
 from config.settings import Settings
 from forwarder import push
-from forwarder.emulator import HecEmulator
-from forwarder.replay import ReplayOptions, replay
-from forwarder.sources import LINE_TOO_LONG
+from forwarder.devtools.emulator import HecEmulator
+from forwarder.replay.engine import ReplayOptions, replay
+from forwarder.sources.streams import LINE_TOO_LONG
 from tests.integration.conftest import BUCKET, delivery_settings
 from tests.integration.test_daemon import queue_counts, running, sqs_daemon, wait_for
 from tests.integration.test_push import (
@@ -168,9 +168,10 @@ PEAK_LIMIT_BYTES = 150 * 1024 * 1024
 
 _MEASURE = r"""
 import json, sys, tracemalloc
-from forwarder import push, sources
-from forwarder.backsplash_objects import decode_object
-from forwarder.replay import iter_records, RawRecord, BadLine
+from forwarder import push
+from forwarder.sources import streams as sources
+from forwarder.backsplash.objects import decode_object
+from forwarder.replay.engine import iter_records, RawRecord, BadLine
 from transforms.options import TransformOptions
 
 path, which = sys.argv[1], sys.argv[2]

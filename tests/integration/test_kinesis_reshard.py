@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from forwarder.checkpoints import SHARD_END, FileCheckpointStore
-from forwarder.emulator import HecEmulator
-from forwarder.synthetic import cloudwatch_payload
+from forwarder.devtools.emulator import HecEmulator
+from forwarder.devtools.synthetic import cloudwatch_payload
+from forwarder.sources.checkpoints import SHARD_END, FileCheckpointStore
 from tests.conftest import boto_client
 from tests.faithful_kinesis import faithful_resharding
 from tests.integration.test_daemon import (

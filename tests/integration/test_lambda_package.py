@@ -17,8 +17,8 @@ import pytest
 from cfnlint.decode import decode  # type: ignore[import-untyped]
 from moto import mock_aws
 
-from forwarder import packaging
-from forwarder.packaging import (
+from forwarder.devtools import packaging
+from forwarder.devtools.packaging import (
     LAMBDA_PLATFORM,
     LAMBDA_PYTHON_VERSION,
     LAMBDA_RUNTIME,

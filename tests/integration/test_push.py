@@ -11,13 +11,13 @@ from typing import Any
 import pytest
 
 from forwarder import push
-from forwarder.backsplash import Backsplash
-from forwarder.backsplash_objects import ReplayFailedBacksplash
-from forwarder.delivery import _Work
-from forwarder.emulator import FaultPlan, HecEmulator
+from forwarder.backsplash.objects import ReplayFailedBacksplash
+from forwarder.backsplash.writers import Backsplash
+from forwarder.delivery.deliverer import _Work
+from forwarder.devtools.emulator import FaultPlan, HecEmulator
+from forwarder.devtools.synthetic import FlowLogGenerator, cloudwatch_payload, control_payload
 from forwarder.errors import BacksplashError
-from forwarder.sources import S3Object
-from forwarder.synthetic import FlowLogGenerator, cloudwatch_payload, control_payload
+from forwarder.sources.streams import S3Object
 from tests.conftest import boto_client
 from tests.integration.conftest import BUCKET, PREFIX, backsplashed, delivery_settings
 from transforms.records import EncodedEvent, RawTarget

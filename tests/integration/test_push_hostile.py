@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 
 from forwarder import push
-from forwarder.emulator import HecEmulator
+from forwarder.devtools.emulator import HecEmulator
+from forwarder.devtools.synthetic import cloudwatch_payload
 from forwarder.errors import BacksplashError
-from forwarder.synthetic import cloudwatch_payload
 from tests.conftest import boto_client
 from tests.integration.conftest import backsplashed, delivery_settings
 from tests.integration.hostile_hec import HostileHec

@@ -23,11 +23,11 @@ from typing import Any
 import pytest
 
 from config.settings import Settings
-from forwarder.backsplash import Backsplash, decode_records
-from forwarder.cli import CommandContext, ExitStatus
-from forwarder.delivery import Deliverer
-from forwarder.emulator import HecEmulator
-from forwarder.replay import (
+from forwarder.backsplash.writers import Backsplash, decode_records
+from forwarder.cli import CommandContext
+from forwarder.delivery.deliverer import Deliverer
+from forwarder.devtools.emulator import HecEmulator
+from forwarder.replay.engine import (
     ReplayFailedWriter,
     ReplayOptions,
     ReplayReport,
@@ -36,7 +36,8 @@ from forwarder.replay import (
     replay,
     run,
 )
-from forwarder.replay_state import ReplayState
+from forwarder.replay.state import ReplayState
+from forwarder.status import ExitStatus
 from tests.conftest import TEST_TOKEN
 from tests.integration.conftest import BUCKET, FAST, delivery_settings
 from transforms.records import EncodedEvent, RawTarget
@@ -281,7 +282,7 @@ def test_dry_run_counts_and_sends_nothing(
 
 
 def run_summary(report: ReplayReport) -> str:
-    from forwarder.replay import format_summary
+    from forwarder.replay.engine import format_summary
 
     return format_summary(report)
 

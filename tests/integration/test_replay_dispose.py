@@ -17,9 +17,9 @@ import pytest
 import structlog.testing
 
 from config.settings import Settings
-from forwarder.delivery import Deliverer
-from forwarder.emulator import HecEmulator
-from forwarder.replay import (
+from forwarder.delivery.deliverer import Deliverer
+from forwarder.devtools.emulator import HecEmulator
+from forwarder.replay.engine import (
     AfterSuccess,
     ReplayFailedWriter,
     ReplayOptions,

@@ -16,15 +16,15 @@ import structlog.testing
 from botocore.exceptions import ClientError
 
 from config.daemon import SourceSettings
-from forwarder.checkpoints import SHARD_END, MemoryCheckpointStore
-from forwarder.sources import (
+from forwarder.devtools.synthetic import cloudwatch_payload
+from forwarder.sources.checkpoints import SHARD_END, MemoryCheckpointStore
+from forwarder.sources.streams import (
     FILE_POLL_MAX_CHARS,
     FILE_POLL_MAX_LINES,
     FileSource,
     KinesisSource,
     SqsS3Source,
 )
-from forwarder.synthetic import cloudwatch_payload
 from tests.conftest import boto_client
 
 pytestmark = pytest.mark.integration

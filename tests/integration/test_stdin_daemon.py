@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from forwarder.emulator import FaultPlan, HecEmulator
+from forwarder.devtools.emulator import FaultPlan, HecEmulator
 from tests.integration.conftest import FAST
 from tests.integration.test_daemon import (
     ROOT,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from forwarder.acks import AckTracker
+from forwarder.delivery.acks import AckTracker
 
 
 def tracker(**overrides: float) -> AckTracker[str]:

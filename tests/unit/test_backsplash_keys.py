@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from config.settings import BacksplashSettings
-from forwarder.backsplash import (
+from forwarder.backsplash.writers import (
     Backsplash,
     FallbackBacksplash,
     LocalSpool,

@@ -11,8 +11,7 @@ from typing import Any
 
 import pytest
 
-from forwarder.backsplash import LocalSpool, NullBacksplash, decode_records
-from forwarder.backsplash_objects import (
+from forwarder.backsplash.objects import (
     PROCESSING_FAILED,
     REPLAY_FAILED,
     SPLUNK_FAILED,
@@ -23,8 +22,9 @@ from forwarder.backsplash_objects import (
     kind_from_key,
     sniff,
 )
+from forwarder.backsplash.writers import LocalSpool, NullBacksplash, decode_records
+from forwarder.devtools.synthetic import cloudwatch_payload
 from forwarder.errors import BacksplashError
-from forwarder.synthetic import cloudwatch_payload
 from transforms.options import TransformOptions
 from transforms.records import EncodedEvent, RawTarget
 

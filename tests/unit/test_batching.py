@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from forwarder.batching import Batch, Batcher, _wall_ms, body_size, halve, isolate, pack
+from forwarder.delivery.batching import Batch, Batcher, _wall_ms, body_size, halve, isolate, pack
 from transforms.records import EncodedEvent, RawTarget
 
 

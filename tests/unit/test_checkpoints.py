@@ -12,7 +12,7 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from forwarder.checkpoints import SHARD_END, DynamoCheckpointStore, FileCheckpointStore
+from forwarder.sources.checkpoints import SHARD_END, DynamoCheckpointStore, FileCheckpointStore
 from tests.conftest import create_checkpoint_table
 
 

@@ -19,7 +19,7 @@ from forwarder.errors import (
     RequestCancelledError,
     RetryableError,
 )
-from forwarder.hec_client import HecClient, RequestGuard
+from forwarder.hec.client import HecClient, RequestGuard
 from tests.conftest import TEST_TOKEN
 from transforms.records import RawTarget
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from forwarder.hec_protocol import (
+from forwarder.hec.protocol import (
     classify,
     classify_answer,
     health_of,

@@ -21,12 +21,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from config.loader import ConfigError
-from forwarder.backsplash import decode_records
-from forwarder.backsplash_objects import CorruptLine, decode_object, sniff
-from forwarder.firehose_http import RequestRejectedError, decode_body
-from forwarder.forward import read_units
-from forwarder.hec_protocol import parse_acks, parse_response
-from forwarder.replay import (
+from forwarder.backsplash.objects import CorruptLine, decode_object, sniff
+from forwarder.backsplash.writers import decode_records
+from forwarder.commands.forward import read_units
+from forwarder.hec.protocol import parse_acks, parse_response
+from forwarder.replay.engine import (
     MAX_RECORD_CHARS,
     SPLUNK_FAILED,
     BadLine,
@@ -37,7 +36,8 @@ from forwarder.replay import (
     iter_records,
 )
 from forwarder.secrets import token_from_secret_string
-from forwarder.sources import (
+from forwarder.sources.firehose_http import RequestRejectedError, decode_body
+from forwarder.sources.streams import (
     LongLine,
     bounded_lines,
     line_chunks,

@@ -16,8 +16,8 @@ import pytest
 from botocore.exceptions import ClientError
 
 from config.daemon import SourceSettings
-from forwarder.checkpoints import SHARD_END, MemoryCheckpointStore, pin_position, pinned_at
-from forwarder.sources import LATEST_PIN_MARGIN_S, KinesisSource
+from forwarder.sources.checkpoints import SHARD_END, MemoryCheckpointStore, pin_position, pinned_at
+from forwarder.sources.streams import LATEST_PIN_MARGIN_S, KinesisSource
 
 STREAM = "s"
 

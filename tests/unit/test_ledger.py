@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from forwarder.ledger import Ledger
+from forwarder.delivery.ledger import Ledger
 
 COUNTERS = (
     "events_in",

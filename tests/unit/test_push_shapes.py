@@ -10,7 +10,7 @@ import pytest
 from config.loader import ConfigError
 from forwarder import secrets
 from forwarder.push import shape_of
-from forwarder.sources import S3Object, line_chunks, parse_s3_notification
+from forwarder.sources.streams import S3Object, line_chunks, parse_s3_notification
 
 
 @pytest.mark.parametrize(

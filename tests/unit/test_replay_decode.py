@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from forwarder import replay_state
-from forwarder.replay import (
+from forwarder.replay import state as replay_state
+from forwarder.replay.engine import (
     PROCESSING_FAILED,
     SPLUNK_FAILED,
     BadLine,
@@ -34,7 +34,7 @@ from forwarder.replay import (
     source_root,
     split_hec_payload,
 )
-from forwarder.replay_state import HandledRecords, ReplayState
+from forwarder.replay.state import HandledRecords, ReplayState
 from transforms.options import TransformOptions
 
 

@@ -11,14 +11,14 @@ from structlog.testing import capture_logs
 from tenacity import RetryAction, RetryCallState
 
 from config.settings import RetrySettings
-from forwarder.errors import RejectedBatchError, RetryableError
-from forwarder.retry import (
+from forwarder.delivery.retry import (
     RetryBudget,
     _log_retry_scheduled,
     budget_exhausted,
     build_retrying,
     wait_retry_after,
 )
+from forwarder.errors import RejectedBatchError, RetryableError
 
 
 class FakeTime:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from forwarder.backsplash import LocalSpool
+from forwarder.backsplash.writers import LocalSpool
 from transforms.records import EncodedEvent
 
 NOW = 1_764_000_000.0

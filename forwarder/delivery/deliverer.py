@@ -9,8 +9,8 @@ daemon spools, a Lambda fails its invocation).
 Design: one thread keeps all the state; requests go out one at a time; between and during
 sends (backoff sleeps, backpressure waits) that thread polls acks for every channel. That keeps
 the bookkeeping simple and exact, and is fast enough because the per-event work is a length
-and a join (see ``forwarder.batching``). Pipelining: a batch's first attempt is handed to one
-background I/O thread that only does the POST (body already built and gzipped) and returns the
+and a join (see ``forwarder.delivery.batching``). Pipelining: a batch's first attempt is handed to
+one background I/O thread that only does the POST (body already built and gzipped) and returns the
 answer through a future; :meth:`Deliverer.submit` returns meanwhile, so the caller transforms
 and the deliverer builds and gzips the next batch while the previous request is on the wire.
 The answer is *landed* (handled by the deliverer's thread, exactly as a synchronous send's) before
@@ -41,7 +41,7 @@ what is queued, being retried, in a partial batch or awaiting its ack is backspl
 (``Splunk.Deadline``), and so is whatever is submitted later. :meth:`Deliverer.abort` is the
 same at once and for good, with the caller's reason (``Splunk.Shutdown`` by default).
 
-Every request is bounded as a whole (:class:`~forwarder.hec_client.RequestGuard`): by
+Every request is bounded as a whole (:class:`~forwarder.hec.client.RequestGuard`): by
 ``connect_timeout_s + read_timeout_s`` and by the time left to the deadline (a deadline set or a
 flush started while a request is on the wire tightens its bound). :meth:`Deliverer.abort` cancels
 the request on the wire (its socket is shut down, from whichever thread calls it). A request cut
@@ -69,9 +69,11 @@ import structlog
 from tenacity import RetryCallState
 
 from config.settings import Settings
-from forwarder.acks import AckTracker
-from forwarder.backsplash import BacksplashWriter, NullBacksplash
-from forwarder.batching import Batch, Batcher, halve, isolate, pack
+from forwarder.backsplash.writers import BacksplashWriter, NullBacksplash
+from forwarder.delivery.acks import AckTracker
+from forwarder.delivery.batching import Batch, Batcher, halve, isolate, pack
+from forwarder.delivery.ledger import Ledger
+from forwarder.delivery.retry import RetryBudget, budget_exhausted, build_retrying
 from forwarder.errors import (
     AckUnavailableError,
     BacksplashError,
@@ -80,16 +82,14 @@ from forwarder.errors import (
     RejectedBatchError,
     RetryableError,
 )
-from forwarder.hec_client import (
+from forwarder.hec.client import (
     DEFAULT_GZIP_LEVEL,
     HecClient,
     RequestGuard,
     SendResult,
     gzip_body,
 )
-from forwarder.hec_protocol import UNHEALTHY_CODES, Outcome
-from forwarder.ledger import Ledger
-from forwarder.retry import RetryBudget, budget_exhausted, build_retrying
+from forwarder.hec.protocol import UNHEALTHY_CODES, Outcome
 from transforms.records import EncodedEvent, RawTarget
 
 #: While blocked on acks (backpressure, flush), polls start this soon and double up to the
@@ -293,7 +293,7 @@ class Deliverer:
         self._executor: ThreadPoolExecutor | None = None  # the I/O thread, made on first use
         self._flight: _Flight | None = None  # the request on the wire, answer not yet handled
         self._guard: RequestGuard | None = None  # the request in progress (any thread)
-        self._log = log if log is not None else structlog.get_logger("forwarder.delivery")
+        self._log = log if log is not None else structlog.get_logger("forwarder.delivery.deliverer")
         self.ledger = Ledger()
 
     # ------------------------------------------------------------------ public API

@@ -24,10 +24,10 @@ from typing import IO, Any
 from config.loader import load_settings
 from config.logs import configure_logging, register_secret
 from config.settings import LogSettings, Settings
-from forwarder.backsplash import Backsplash
-from forwarder.delivery import Deliverer
-from forwarder.emulator import FaultPlan, HecEmulator
-from forwarder.synthetic import control_payload, firehose_event, flow_log_payloads
+from forwarder.backsplash.writers import Backsplash
+from forwarder.delivery.deliverer import Deliverer
+from forwarder.devtools.emulator import FaultPlan, HecEmulator
+from forwarder.devtools.synthetic import control_payload, firehose_event, flow_log_payloads
 from transforms.pipeline import transform_payload
 
 DEMO_TOKEN = "5b0c1f9e-demo-4c3a-9d7e-000000000001"
@@ -192,7 +192,7 @@ def _print_ledger(printer: Printer, summary: Mapping[str, Any]) -> None:
 
 def stage_replay(hec_url: str, s3: Any, workdir: Path) -> Any:
     """Stage 4: replay the backsplash bucket into HEC with the right token."""
-    from forwarder.replay import ReplayOptions, replay  # noqa: PLC0415
+    from forwarder.replay.engine import ReplayOptions, replay  # noqa: PLC0415
 
     options = ReplayOptions(state_path=workdir / "replay.sqlite")
     return replay(demo_settings(hec_url), f"s3://{DEMO_BUCKET}/", options, s3_client=s3)
@@ -235,7 +235,7 @@ def stage_daemon(printer: Printer, hec_url: str, payloads: list[bytes], workdir:
     )
     printer.row("records put into the stream", len(payloads))
     printer.row("daemon exit status", status)
-    from forwarder.checkpoints import FileCheckpointStore  # noqa: PLC0415
+    from forwarder.sources.checkpoints import FileCheckpointStore  # noqa: PLC0415
 
     positions = FileCheckpointStore(workdir / "checkpoints.json").load(DEMO_STREAM)
     printer.row("shards checkpointed after acks", len(positions))

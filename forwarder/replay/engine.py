@@ -12,10 +12,11 @@ newline-separated or concatenated:
 
 Objects are streamed (``StreamingBody.iter_chunks``) and records decoded as they arrive, so
 memory follows the chunk size, not the object size. Events go through the
-:class:`~forwarder.delivery.Deliverer` (acks, retries, splitting), one per endpoint. After every
-chunk (``chunk_bytes`` of payload) the deliverers are flushed: then each event is acknowledged
+:class:`~forwarder.delivery.deliverer.Deliverer` (acks, retries, splitting), one per endpoint.
+After every chunk (``chunk_bytes`` of payload) the deliverers are flushed: then each event is
+acknowledged
 or stored under ``<root>replay-failed/`` (never back under the kind being replayed), and only
-then are the chunk's records written to the state file (:mod:`forwarder.replay_state`). An
+then are the chunk's records written to the state file (:mod:`forwarder.replay.state`). An
 interrupted run resumes after the last committed chunk; a second run skips finished objects
 unread and sends nothing.
 
@@ -79,10 +80,11 @@ import structlog
 from botocore.exceptions import BotoCoreError, ClientError
 
 from config.settings import Settings
-from forwarder.backsplash import Backsplash, encode_records, object_key, payload_event_id
+from forwarder.backsplash.writers import Backsplash, encode_records, object_key, payload_event_id
+from forwarder.delivery.ledger import Ledger
 from forwarder.errors import BacksplashError
-from forwarder.ledger import Ledger
-from forwarder.replay_state import HandledRecords, Outcome, ReplayState
+from forwarder.replay.state import HandledRecords, Outcome, ReplayState
+from forwarder.status import ExitStatus
 from transforms.errors import TransformError
 from transforms.options import Endpoint, TransformOptions
 from transforms.pipeline import transform_payload
@@ -91,7 +93,7 @@ from transforms.records import EncodedEvent, RawTarget
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
-    from forwarder.delivery import Deliverer
+    from forwarder.delivery.deliverer import Deliverer
 
 SPLUNK_FAILED: Final = "splunk-failed"
 PROCESSING_FAILED: Final = "processing-failed"
@@ -126,7 +128,7 @@ _DECODER: Final = json.JSONDecoder()
 _RELATIVE: Final = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
 _UNITS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
-_log = structlog.get_logger("forwarder.replay")
+_log = structlog.get_logger("forwarder.replay.engine")
 
 
 class DelivererFactory(Protocol):
@@ -138,8 +140,8 @@ class DelivererFactory(Protocol):
 
 
 def default_deliverer_factory(settings: Settings, *, backsplash: ReplayFailedWriter) -> Deliverer:
-    """A plain :class:`~forwarder.delivery.Deliverer`."""
-    from forwarder.delivery import Deliverer  # noqa: PLC0415 - requests only when sending
+    """A plain :class:`~forwarder.delivery.deliverer.Deliverer`."""
+    from forwarder.delivery.deliverer import Deliverer  # noqa: PLC0415 - requests only when sending
 
     return Deliverer(settings, backsplash=backsplash)
 
@@ -275,7 +277,6 @@ class ReplayReport:
     @property
     def exit_status(self) -> int:
         """The CLI exit status (``forwarder.cli.ExitStatus``) this run deserves."""
-        from forwarder.cli import ExitStatus  # noqa: PLC0415 - cli imports us lazily too
 
         if self.backsplash_error is not None:
             return ExitStatus.BACKSPLASH_FAILED
@@ -1796,7 +1797,6 @@ def options_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> R
 def run(args: argparse.Namespace, ctx: Any) -> int:
     """``forwarder replay``: the CLI entry (``ctx`` is ``forwarder.cli.CommandContext``)."""
     from config.loader import require_hec  # noqa: PLC0415
-    from forwarder.cli import ExitStatus  # noqa: PLC0415
 
     try:
         options = options_from_args(args, ctx.environ)

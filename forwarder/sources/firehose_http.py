@@ -66,9 +66,9 @@ from typing import Any, Final
 import structlog
 
 from config.daemon import SourceSettings
-from forwarder.sources import SourceRecord
+from forwarder.sources.streams import SourceRecord
 
-_log = structlog.get_logger("forwarder.firehose_http")
+_log = structlog.get_logger("forwarder.sources.firehose_http")
 
 #: How often the server loop checks for a shutdown request (bounds :meth:`close`).
 _SERVE_POLL_S: Final = 0.05

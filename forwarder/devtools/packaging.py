@@ -405,14 +405,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m forwarder.packaging``: the same as ``forwarder package``."""
+    """``python -m forwarder.devtools.packaging``: the same as ``forwarder package``."""
     parser = argparse.ArgumentParser(prog="forwarder package", description=__doc__)
     add_arguments(parser)
     return run(parser.parse_args(argv))
 
 
 def _default_source_root() -> Path:
-    # forwarder/packaging.py -> the directory holding forwarder/, transforms/ and config/,
+    # forwarder/devtools/packaging.py -> the directory holding forwarder/, transforms/ and config/,
     # whether that is a checkout or site-packages.
     return Path(__file__).resolve().parent.parent
 

@@ -119,7 +119,7 @@ class Ledger:
 
     def log_summary(self, log: Any = None, **context: Any) -> dict[str, Any]:
         """Log ``delivery_summarized`` (warning when unbalanced) and return the summary."""
-        logger = log if log is not None else structlog.get_logger("forwarder.ledger")
+        logger = log if log is not None else structlog.get_logger("forwarder.delivery.ledger")
         data = self.summary()
         method = logger.info if data["balanced"] else logger.warning
         method("delivery_summarized", **context, **data)

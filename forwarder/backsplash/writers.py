@@ -44,7 +44,7 @@ Endpoint = Literal["event", "raw"]
 SPLUNK_FAILED: Final = "splunk-failed"
 _GZIP_MAGIC: Final = b"\x1f\x8b"
 _DECODER: Final = json.JSONDecoder()
-_log = structlog.get_logger("forwarder.backsplash")
+_log = structlog.get_logger("forwarder.backsplash.writers")
 
 
 def payload_event_id(payload: bytes) -> str:
@@ -133,7 +133,7 @@ def decode_records(data: bytes) -> Iterator[dict[str, Any]]:
 
     Reads whole objects this process wrote (the spool) or tests; S3 objects named by
     notifications and replay go through the streaming reader
-    (:func:`forwarder.replay.iter_records`), where a bad line is that line's problem.
+    (:func:`forwarder.replay.engine.iter_records`), where a bad line is that line's problem.
 
     Raises:
         ValueError: the bytes are not gzip/JSON records (invalid UTF-8, too deep, numbers

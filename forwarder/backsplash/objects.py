@@ -2,15 +2,16 @@
 store what fails again under ``replay-failed/`` (never where a notification would re-trigger).
 
 Used by the push Lambda (:mod:`forwarder.push`) and the daemon's ``sqs-s3`` source
-(:class:`forwarder.sources.SqsS3Source`, delivered by :mod:`forwarder.daemon`) when an SQS message
-names a backsplash object (DESIGN.md §6) instead of a flow-log file:
+(:class:`forwarder.sources.streams.SqsS3Source`, delivered by :mod:`forwarder.daemon`) when an
+SQS message names a backsplash object (DESIGN.md §6) instead of a flow-log file:
 
 - **Recognition.** By key first (:func:`kind_from_key`: ``replay-failed/``, ``processing-failed/``
   or ``splunk-failed/`` anywhere in the key; ``replay-failed/`` wins, for safety), else by
   content (:func:`sniff`: the object, gunzipped, starts with a JSON object holding a
   ``rawData`` string). Flow-log files never start with ``{``.
-- **Decoding.** Records are streamed with replay's decoder (:func:`forwarder.replay.iter_records`
-  and :func:`forwarder.replay.decode_record`, both public and unit-tested), so this and
+- **Decoding.** Records are streamed with replay's decoder
+  (:func:`forwarder.replay.engine.iter_records`
+  and :func:`forwarder.replay.engine.decode_record`, both public and unit-tested), so this and
   ``forwarder replay`` read the same objects the same way: ``splunk-failed`` and
   ``replay-failed`` records carry the HEC payload (event JSON, or raw lines with our
   ``source``/``sourcetype``/``index``/``host``), ``processing-failed`` records carry the
@@ -32,13 +33,13 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from forwarder.backsplash import (
+from forwarder.backsplash.writers import (
     BacksplashWriter,
     Endpoint,
     encode_records,
     put_under,
 )
-from forwarder.replay import (
+from forwarder.replay.engine import (
     PROCESSING_FAILED,
     READ_CHUNK_BYTES,
     REPLAY_FAILED,

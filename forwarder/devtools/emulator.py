@@ -1452,6 +1452,8 @@ def serve(args: argparse.Namespace) -> int:
 if __name__ == "__main__":
     # Standalone runs keep stdout for the URL line; logs go to stderr.
     structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
-    _parser = argparse.ArgumentParser(prog="python -m forwarder.emulator", description=__doc__)
+    _parser = argparse.ArgumentParser(
+        prog="python -m forwarder.devtools.emulator", description=__doc__
+    )
     add_arguments(_parser)
     raise SystemExit(serve(_parser.parse_args()))

@@ -25,7 +25,7 @@ from tenacity.wait import wait_base
 from config.settings import RetrySettings
 from forwarder.errors import RetryableError
 
-_log = structlog.get_logger("forwarder.retry")
+_log = structlog.get_logger("forwarder.delivery.retry")
 
 
 @dataclass(slots=True)

@@ -5,7 +5,7 @@ it through the same engine as the daemon: a Firehose transformation event (JSON 
 ``records``), a push-Lambda event (``{"awslogs": {"data": ...}}``), a gzip CloudWatch Logs
 payload, a flow-log file (plain or gzip, with or without its header line), or plain text
 lines. Text is read as a stream in chunks, so memory stays bounded whatever the input size:
-a line longer than ``forwarder.sources.MAX_LINE_BYTES`` is skipped as it streams and counted
+a line longer than ``forwarder.sources.streams.MAX_LINE_BYTES`` is skipped as it streams and counted
 dropped (``line_too_long``, logged ``line_dropped``).
 """
 
@@ -29,12 +29,13 @@ import structlog
 
 from config.loader import require_hec
 from config.settings import Settings
-from forwarder.backsplash import backsplash_from_settings
-from forwarder.delivery import Deliverer
+from forwarder.backsplash.writers import backsplash_from_settings
+from forwarder.delivery.deliverer import Deliverer
+from forwarder.delivery.ledger import Ledger
 from forwarder.errors import BacksplashError
-from forwarder.hec_client import HecClient
-from forwarder.ledger import Ledger
-from forwarder.sources import FILE_POLL_MAX_CHARS, LINE_TOO_LONG, LongLine, text_lines
+from forwarder.hec.client import HecClient
+from forwarder.sources.streams import FILE_POLL_MAX_CHARS, LINE_TOO_LONG, LongLine, text_lines
+from forwarder.status import ExitStatus
 from transforms.errors import TransformError
 from transforms.pipeline import transform_lines, transform_payload
 from transforms.records import EncodedBatch
@@ -285,7 +286,7 @@ def forward_stream(
         grace_s: how long acknowledgments may take after a stop request.
     """
     stop = stop or threading.Event()
-    log = structlog.get_logger("forwarder.forward")
+    log = structlog.get_logger("forwarder.commands.forward")
     if deliverer is None:
         deliverer = Deliverer(
             settings,
@@ -332,7 +333,6 @@ def forward_stream(
 
 def exit_status(report: ForwardReport, interrupted: bool) -> int:
     """Map a report to the documented exit statuses (see ``forwarder.cli.ExitStatus``)."""
-    from forwarder.cli import ExitStatus  # noqa: PLC0415 - cli imports this module
 
     summary = report.summary
     if report.backsplash_error or not summary["balanced"]:
@@ -443,7 +443,6 @@ def run_check(settings: Settings, out: IO[str]) -> int:
     """``forwarder check``: settings are valid; each HEC URL is healthy and takes the token."""
     import requests  # noqa: PLC0415
 
-    from forwarder.cli import ExitStatus  # noqa: PLC0415
     from forwarder.errors import DeliveryError  # noqa: PLC0415
 
     require_hec(settings)

@@ -31,7 +31,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from forwarder.ledger import Ledger
+from forwarder.delivery.ledger import Ledger
 
 #: How often the server loop checks for a shutdown request: bounds :meth:`MetricsServer.stop`.
 _POLL_INTERVAL_S: Final = 0.05

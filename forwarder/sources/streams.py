@@ -23,13 +23,13 @@ or plain), in chunks of ``chunk_lines`` (and :data:`FILE_POLL_MAX_CHARS`); a flo
 names the fields for the whole object. Memory does not follow an object's size or its
 longest line: a line longer than :data:`MAX_LINE_BYTES` is skipped as it streams and handed
 to the daemon as a ``dropped`` record (counted ``line_too_long``), and gzip inflating past
-``forwarder.replay.MAX_OBJECT_INFLATED_BYTES`` fails the object like a broken stream. A
+``forwarder.replay.engine.MAX_OBJECT_INFLATED_BYTES`` fails the object like a broken stream. A
 message is deleted only once every chunk of every object it names is delivered; a heartbeat
 thread extends the visibility of every message in flight meanwhile.
 
 Backsplash objects (as the push Lambda does, DESIGN.md §6), recognised by key
 (``splunk-failed/``, ``processing-failed/``, ``replay-failed/`` anywhere in it) or else by
-content (:func:`forwarder.backsplash_objects.sniff`), are decoded as a stream with replay's
+content (:func:`forwarder.backsplash.objects.sniff`), are decoded as a stream with replay's
 decoder: one :class:`SourceRecord` per backsplash record, carrying the decoded HEC events
 (``decoded``) or, for a record that cannot be re-delivered, why (``corrupt``). The daemon sends
 those through deliverers of their own whose failures go under ``replay-failed/``. Objects
@@ -63,7 +63,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from config.daemon import SourceSettings
 from config.loader import ConfigError
-from forwarder.backsplash_objects import (
+from forwarder.backsplash.objects import (
     REPLAY_FAILED,
     CorruptLine,
     DecodedRecord,
@@ -74,14 +74,14 @@ from forwarder.backsplash_objects import (
     kind_from_key,
     sniff,
 )
-from forwarder.checkpoints import SHARD_END, CheckpointStore, pin_position, pinned_at
-from forwarder.replay import MAX_OBJECT_INFLATED_BYTES, decompressed
+from forwarder.replay.engine import MAX_OBJECT_INFLATED_BYTES, decompressed
+from forwarder.sources.checkpoints import SHARD_END, CheckpointStore, pin_position, pinned_at
 from transforms.cloudwatch import GZIP_MAGIC
 from transforms.options import TransformOptions
 from transforms.records import Origin
 from transforms.vpc_flow import fields_from_header, is_header_line
 
-_log = structlog.get_logger("forwarder.sources")
+_log = structlog.get_logger("forwarder.sources.streams")
 
 #: Key parts that mark backsplash objects (ours and Firehose's). ``replay-failed/`` objects
 #: (what failed again during a replay or a push re-delivery) are never re-delivered
@@ -1012,7 +1012,7 @@ class KinesisSource:
       :meth:`poll` itself when the end comes on a read with no records and everything
       before it is already committed (a caught-up daemon, or a restart on a closed shard),
       so the children are read without waiting for a cycle that took records;
-    - a shard started at ``LATEST`` is pinned first (:func:`~forwarder.checkpoints.
+    - a shard started at ``LATEST`` is pinned first (:func:`~forwarder.sources.checkpoints.
       pin_position`): an iterator that expires before the first record, records released
       by a shutdown, or a restart before the first checkpoint, resume from that moment
       (``AT_TIMESTAMP``) instead of a new ``LATEST``.
@@ -1774,7 +1774,7 @@ def store_unprocessable(
     Raises:
         BacksplashError: nowhere to store it.
     """
-    from forwarder.backsplash import (  # noqa: PLC0415 - avoids a cycle at import time
+    from forwarder.backsplash.writers import (  # noqa: PLC0415 - avoids a cycle at import time
         encode_records,
         put_under,
     )

@@ -3,7 +3,7 @@
 Each :class:`HecClient` owns one channel (uuid4) for its URL: ackIds are per channel and live on
 the indexer that took the request, so acks are always polled through the client that sent.
 Transport failures become :class:`~forwarder.errors.RetryableError`; HEC answers become an
-:class:`~forwarder.hec_protocol.Outcome` the caller acts on. Nothing here ever puts the token
+:class:`~forwarder.hec.protocol.Outcome` the caller acts on. Nothing here ever puts the token
 in a message, a repr or a log line.
 
 Every request has one wall-clock bound (DESIGN.md §4): name resolution, connect, sending the
@@ -50,7 +50,7 @@ from forwarder.errors import (
     RequestCancelledError,
     RetryableError,
 )
-from forwarder.hec_protocol import (
+from forwarder.hec.protocol import (
     Endpoint,
     Outcome,
     classify_answer,

@@ -1,0 +1,1 @@
+"""backsplash: see the README's code map."""

@@ -1,0 +1,1 @@
+"""delivery: see the README's code map."""

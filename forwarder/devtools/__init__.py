@@ -1,0 +1,1 @@
+"""devtools: see the README's code map."""

@@ -1,0 +1,1 @@
+"""hec: see the README's code map."""

@@ -1,0 +1,1 @@
+"""intake: see the README's code map."""

@@ -1,0 +1,1 @@
+"""replay: see the README's code map."""

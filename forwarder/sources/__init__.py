@@ -1,0 +1,1 @@
+"""sources: see the README's code map."""
