@@ -9,64 +9,11 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TextIO
 
-import structlog
-
-from config.loader import ConfigError, load_settings, warnings_for
-from config.logs import configure_logging, register_secret
-from config.settings import Settings
+from config.loader import ConfigError
+from forwarder.commands.context import CommandContext, add_common_arguments
 from forwarder.status import ExitStatus
 
-Command = Callable[[argparse.Namespace, "CommandContext"], int]
-
-
-class CommandContext:
-    """What every subcommand gets: the environment, lazily loaded settings, output streams."""
-
-    def __init__(self, args: argparse.Namespace, environ: Mapping[str, str], out: TextIO) -> None:
-        self._args = args
-        self.environ = environ
-        self.out = out
-        self._settings: Settings | None = None
-
-    def settings(self, **extra_overrides: str) -> Settings:
-        """Settings from flags > environment > TOML; loaded once; logging configured here."""
-        if self._settings is None:
-            overrides = {k: v for k, v in _flag_overrides(self._args).items() if v is not None}
-            overrides.update(extra_overrides)
-            config_path = getattr(self._args, "config", None)
-            settings = load_settings(
-                self.environ, Path(config_path) if config_path else None, overrides
-            )
-            register_secret(settings.hec.token)
-            configure_logging(settings.log)
-            log = structlog.get_logger()
-            for warning in warnings_for(settings):
-                log.warning("settings_warning", problem=warning)
-            self._settings = settings
-        return self._settings
-
-
-def _flag_overrides(args: argparse.Namespace) -> dict[str, str | None]:
-    return {
-        "SPLUNK_HEC_URL": getattr(args, "hec_url", None),
-        "SPLUNK_HEC_TOKEN": getattr(args, "token", None),
-        "LOG_LEVEL": getattr(args, "log_level", None),
-        "LOG_FORMAT": getattr(args, "log_format", None),
-    }
-
-
-def _add_common(parser: argparse.ArgumentParser, *, hec: bool = True) -> None:
-    parser.add_argument(
-        "--config", metavar="FILE", help="TOML settings file (default: $FORWARDER_CONFIG)"
-    )
-    parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"])
-    parser.add_argument("--log-format", choices=["auto", "json", "console"])
-    if hec:
-        parser.add_argument("--hec-url", help="HEC URL(s), comma-separated ($SPLUNK_HEC_URL)")
-        parser.add_argument(
-            "--token",
-            help="HEC token; prefer $SPLUNK_HEC_TOKEN, which other users cannot see in ps",
-        )
+Command = Callable[[argparse.Namespace, CommandContext], int]
 
 
 def _cmd_transform(args: argparse.Namespace, ctx: CommandContext) -> int:
@@ -148,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     from forwarder.commands.forward import add_forward_arguments  # noqa: PLC0415
 
     add_forward_arguments(forward)
-    _add_common(forward)
+    add_common_arguments(forward)
     forward.set_defaults(func=_cmd_forward)
 
     check = commands.add_parser(
@@ -157,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Validate the settings, then ask every HEC URL for its health and "
         "whether it accepts the token, and say what is wrong in plain words.",
     )
-    _add_common(check)
+    add_common_arguments(check)
     check.set_defaults(func=_cmd_check)
 
     daemon = commands.add_parser(
@@ -182,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     from forwarder.replay.engine import add_arguments as add_replay_arguments  # noqa: PLC0415
 
     add_replay_arguments(replay)
-    _add_common(replay, hec=False)
+    add_common_arguments(replay, hec=False)
     replay.set_defaults(func=_cmd_replay)
 
     transform = commands.add_parser(
@@ -192,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Logs payload or a flow-log text file, and print one HEC event per line.",
     )
     transform.add_argument("file", metavar="FILE", help="payload file, or - for stdin")
-    _add_common(transform, hec=False)
+    add_common_arguments(transform, hec=False)
     transform.set_defaults(func=_cmd_transform)
 
     emulator = commands.add_parser(

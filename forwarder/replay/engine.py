@@ -1795,7 +1795,7 @@ def options_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> R
 
 
 def run(args: argparse.Namespace, ctx: Any) -> int:
-    """``forwarder replay``: the CLI entry (``ctx`` is ``forwarder.cli.CommandContext``)."""
+    """``forwarder replay``: the CLI entry (``ctx``: a ``CommandContext``)."""
     from config.loader import require_hec  # noqa: PLC0415
 
     try:

@@ -24,7 +24,7 @@ import pytest
 
 from config.settings import Settings
 from forwarder.backsplash.writers import Backsplash, decode_records
-from forwarder.cli import CommandContext
+from forwarder.commands.context import CommandContext
 from forwarder.delivery.deliverer import Deliverer
 from forwarder.devtools.emulator import HecEmulator
 from forwarder.replay.engine import (
