@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
 from enum import IntEnum
+from typing import Any
+
+from config.loader import ConfigError
 
 
 class ExitStatus(IntEnum):
@@ -15,3 +20,61 @@ class ExitStatus(IntEnum):
     INCOMPLETE = 5  # some events were backsplashed or dropped as unparsable input
     BACKSPLASH_FAILED = 6  # events could be neither delivered nor stored: see the log
     INTERRUPTED = 130
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """The facts of a finished run that decide its exit status (the flags are independent).
+
+    ``backsplash_failed``: events could be neither delivered nor stored, or the ledger does
+    not balance. ``hec_fatal``: HEC refused the token or channel. ``error``: the run itself
+    failed (an unexpected exception, an unreadable bucket). ``interrupted``: a stop signal
+    ended it early (a daemon's graceful stop is not an interruption). ``incomplete``: some
+    events were backsplashed or dropped for a reason other than control messages.
+    ``partial_failure``: some units (objects, files) failed while the events were accounted for.
+    """
+
+    backsplash_failed: bool = False
+    hec_fatal: bool = False
+    error: bool = False
+    interrupted: bool = False
+    incomplete: bool = False
+    partial_failure: bool = False
+
+
+#: Drop reasons that are not a loss: CloudWatch Logs' own control messages carry no log data.
+NOT_A_LOSS: frozenset[str] = frozenset({"control_message"})
+
+
+def incomplete(summary: Mapping[str, Any]) -> bool:
+    """Whether a ledger summary shows events backsplashed or dropped for a real reason."""
+    dropped: Mapping[str, int] = summary.get("dropped", {})
+    lost = any(count for reason, count in dropped.items() if reason not in NOT_A_LOSS)
+    return bool(summary.get("backsplashed")) or lost
+
+
+def status_for(outcome: RunOutcome | BaseException) -> ExitStatus:
+    """The one mapping from an outcome, or an exception that ended a command, to a status.
+
+    The most severe fact wins: 6 (data neither delivered nor stored), then 4 (HEC refused us),
+    then 1 (the run failed), 130 (interrupted), 5 (incomplete), 1 (some units failed), 0.
+    """
+    if isinstance(outcome, BaseException):
+        if isinstance(outcome, ConfigError):
+            return ExitStatus.USAGE
+        if isinstance(outcome, KeyboardInterrupt):
+            return ExitStatus.INTERRUPTED
+        return ExitStatus.FAILURE
+    if outcome.backsplash_failed:
+        return ExitStatus.BACKSPLASH_FAILED
+    if outcome.hec_fatal:
+        return ExitStatus.HEC_FATAL
+    if outcome.error:
+        return ExitStatus.FAILURE
+    if outcome.interrupted:
+        return ExitStatus.INTERRUPTED
+    if outcome.incomplete:
+        return ExitStatus.INCOMPLETE
+    if outcome.partial_failure:
+        return ExitStatus.FAILURE
+    return ExitStatus.OK
