@@ -412,9 +412,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _default_source_root() -> Path:
-    # forwarder/devtools/packaging.py -> the directory holding forwarder/, transforms/ and config/,
-    # whether that is a checkout or site-packages.
-    return Path(__file__).resolve().parent.parent
+    # forwarder/devtools/packaging.py -> the directory holding forwarder/, transforms/ and
+    # config/, whether that is a checkout or site-packages.
+    return Path(__file__).resolve().parents[2]
 
 
 def _package_files(source_root: Path) -> Iterator[tuple[str, Path]]:
