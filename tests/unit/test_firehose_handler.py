@@ -24,16 +24,15 @@ from tests.factories import (
     make_flow_lines,
     make_gzip_bomb,
 )
-from transforms import firehose, pipeline
+from transforms import firehose, firehose_invocation, pipeline
 from transforms.cloudwatch import decode_subscription_batch
 from transforms.firehose import (
     FirehoseResponse,
-    entry_size,
     handler,
-    response_budget,
     transform_event,
     transform_file_contents,
 )
+from transforms.firehose_codec import entry_size, response_budget
 from transforms.reingest import (
     FirehoseReingester,
     KinesisReingester,
@@ -280,7 +279,7 @@ def test_unexpected_error_fails_the_record_not_the_invocation(
             raise KeyError("bug")
         return pipeline.transform_payload(data, options)
 
-    monkeypatch.setattr(firehose, "transform_payload", explode_on_text)
+    monkeypatch.setattr(firehose_invocation, "transform_payload", explode_on_text)
     event = make_firehose_event([b"boom", flow_payload(1)])
 
     with capture_logs() as logs:
