@@ -36,6 +36,18 @@ if TYPE_CHECKING:
         ReingestReport,
     )
 
+#: The Lambda's interface: the handler with its answer and error types, the settings hook, the
+#: core for callers that bring their own settings and re-ingester, and ``forwarder transform``.
+__all__ = [
+    "FirehoseResponse",
+    "InvalidEventError",
+    "current_settings",
+    "handler",
+    "transform_event",
+    "transform_file_contents",
+    "use_settings",
+]
+
 log = structlog.get_logger()
 
 
