@@ -16,7 +16,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import machine
 
-SCRIPTS = ("bench_transform", "bench_delivery", "bench_daemon", "bench_replay")
+SCRIPTS = (
+    "bench_transform",
+    "bench_delivery",
+    "bench_daemon",
+    "bench_replay",
+    "bench_startup",
+)
 
 
 def main(names: list[str]) -> int:

@@ -33,23 +33,39 @@ from botocore.exceptions import BotoCoreError, ClientError
 if TYPE_CHECKING:
     from mypy_boto3_firehose import FirehoseClient
     from mypy_boto3_kinesis import KinesisClient
+    from mypy_boto3_kinesis.type_defs import PutRecordsRequestEntryTypeDef
 else:  # the stubs are a dev dependency; at run time the clients are plain boto3 objects
     FirehoseClient = KinesisClient = Any
 
 #: One record to put back: its bytes and, for Kinesis, its partition key.
 ReingestRecord = tuple[bytes, str | None]
 
-#: PutRecordBatch limits (Firehose API reference, "PutRecordBatch").
-FIREHOSE_MAX_BATCH_RECORDS = 500
-FIREHOSE_MAX_BATCH_BYTES = 4 * 1024 * 1024
-FIREHOSE_MAX_RECORD_BYTES = 1000 * 1024
-
-#: PutRecords limits (Kinesis API reference, "PutRecords"); the partition key counts.
-KINESIS_MAX_BATCH_RECORDS = 500
-KINESIS_MAX_BATCH_BYTES = 5 * 1024 * 1024
-KINESIS_MAX_RECORD_BYTES = 1024 * 1024
-
 log = structlog.get_logger()
+
+
+@dataclass(frozen=True, slots=True)
+class PutApi:
+    """One put operation of a stream service and its limits per call and per record.
+
+    Attributes:
+        service: the boto3 service name.
+        operation: the API operation, as logged.
+        max_records: records per call.
+        max_bytes: bytes per call (data plus partition key).
+        max_record_bytes: bytes per record (data plus partition key).
+    """
+
+    service: str
+    operation: str
+    max_records: int
+    max_bytes: int
+    max_record_bytes: int
+
+
+#: Firehose API reference, "PutRecordBatch".
+PUT_RECORD_BATCH = PutApi("firehose", "PutRecordBatch", 500, 4 * 1024 * 1024, 1000 * 1024)
+#: Kinesis API reference, "PutRecords"; the partition key counts.
+PUT_RECORDS = PutApi("kinesis", "PutRecords", 500, 5 * 1024 * 1024, 1024 * 1024)
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,10 +208,7 @@ ClientT = TypeVar("ClientT", bound=_ClosableClient)
 class _StreamReingester(Generic[ClientT]):
     """Chunking and the retry loop; subclasses make one API call and report failed entries."""
 
-    max_records: int
-    max_bytes: int
-    max_record_bytes: int
-    operation: str
+    api: PutApi
 
     def __init__(
         self,
@@ -237,20 +250,20 @@ class _StreamReingester(Generic[ClientT]):
         """
         chunks, too_large = plan_chunks(
             records,
-            max_records=self.max_records,
-            max_bytes=self.max_bytes,
-            max_record_bytes=self.max_record_bytes,
+            max_records=self.api.max_records,
+            max_bytes=self.api.max_bytes,
+            max_record_bytes=self.api.max_record_bytes,
         )
         failed: dict[int, str] = dict.fromkeys(too_large, "RecordTooLarge")
         for position in too_large:
             log.error(
                 "reingest_failed",
-                operation=self.operation,
+                operation=self.api.operation,
                 failed=1,
                 of=1,
                 error_codes=["RecordTooLarge"],
                 record_bytes=record_size(records[position]),
-                max_record_bytes=self.max_record_bytes,
+                max_record_bytes=self.api.max_record_bytes,
             )
         for number, chunk in enumerate(chunks):
             if self._out_of_time():
@@ -258,7 +271,7 @@ class _StreamReingester(Generic[ClientT]):
                 failed.update(dict.fromkeys(left, "NoTimeLeft"))
                 log.error(
                     "reingest_failed",
-                    operation=self.operation,
+                    operation=self.api.operation,
                     failed=len(left),
                     of=len(left),
                     error_codes=["NoTimeLeft"],
@@ -287,7 +300,7 @@ class _StreamReingester(Generic[ClientT]):
         def before_sleep(state: tenacity.RetryCallState) -> None:
             log.warning(
                 "reingest_retry_scheduled",
-                operation=self.operation,
+                operation=self.api.operation,
                 failed=len(pending),
                 attempt=state.attempt_number,
                 sleep_s=round(state.upcoming_sleep, 3),
@@ -307,6 +320,7 @@ class _StreamReingester(Generic[ClientT]):
             before_sleep=before_sleep,
             reraise=True,
         )
+        log_gave_up, extra = log.error, {}
         try:
             retrying(attempt)
         except _PartialFailure:
@@ -314,27 +328,18 @@ class _StreamReingester(Generic[ClientT]):
         except (BotoCoreError, ClientError) as exc:
             # The stream may have taken the call whose answer was lost: these records may
             # arrive although they are reported failed (the one source of duplicates left).
-            code = _client_error_code(exc)
-            codes = dict.fromkeys(pending, code)
-            log.warning(
-                "reingest_failed",
-                operation=self.operation,
-                failed=len(pending),
-                of=len(chunk),
-                attempts=attempts,
-                error_codes=[code],
-                error=str(exc)[:300],
-            )
-            return codes
+            codes = dict.fromkeys(pending, _client_error_code(exc))
+            log_gave_up, extra = log.warning, {"error": str(exc)[:300]}
         else:
             return {}
-        log.error(
+        log_gave_up(
             "reingest_failed",
-            operation=self.operation,
+            operation=self.api.operation,
             failed=len(codes),
             of=len(chunk),
             attempts=attempts,
             error_codes=sorted(set(codes.values())),
+            **extra,
         )
         return codes
 
@@ -368,48 +373,43 @@ def _error_codes(state: tenacity.RetryCallState) -> list[str]:
 class FirehoseReingester(_StreamReingester[FirehoseClient]):
     """``PutRecordBatch`` into a Firehose delivery stream (DirectPut sources)."""
 
-    max_records = FIREHOSE_MAX_BATCH_RECORDS
-    max_bytes = FIREHOSE_MAX_BATCH_BYTES
-    max_record_bytes = FIREHOSE_MAX_RECORD_BYTES
-    operation = "PutRecordBatch"
+    api = PUT_RECORD_BATCH
 
     def _send(self, records: list[ReingestRecord]) -> list[tuple[int, str]]:
         response = self.client.put_record_batch(
             DeliveryStreamName=self.stream_name,
             Records=[{"Data": data} for data, _key in records],
         )
-        if not response.get("FailedPutCount"):
-            return []
-        return _failed_entries(len(records), response["RequestResponses"])
+        return _failed_entries(
+            len(records), response.get("FailedPutCount"), response["RequestResponses"]
+        )
 
 
 class KinesisReingester(_StreamReingester[KinesisClient]):
     """``PutRecords`` into a Kinesis stream, keeping each record's partition key."""
 
-    max_records = KINESIS_MAX_BATCH_RECORDS
-    max_bytes = KINESIS_MAX_BATCH_BYTES
-    max_record_bytes = KINESIS_MAX_RECORD_BYTES
-    operation = "PutRecords"
+    api = PUT_RECORDS
 
     def _send(self, records: list[ReingestRecord]) -> list[tuple[int, str]]:
-        response = self.client.put_records(
-            StreamName=self.stream_name,
-            Records=[
-                {"Data": data, "PartitionKey": key or default_partition_key(data)}
-                for data, key in records
-            ],
-        )
-        if not response.get("FailedRecordCount"):
-            return []
-        return _failed_entries(len(records), response["Records"])
+        entries: list[PutRecordsRequestEntryTypeDef] = [
+            {"Data": data, "PartitionKey": key or default_partition_key(data)}
+            for data, key in records
+        ]
+        response = self.client.put_records(StreamName=self.stream_name, Records=entries)
+        return _failed_entries(len(records), response.get("FailedRecordCount"), response["Records"])
 
 
-def _failed_entries(sent: int, entries: Sequence[Mapping[str, Any]]) -> list[tuple[int, str]]:
-    """Positions and codes of the entries that carry an ``ErrorCode``.
+def _failed_entries(
+    sent: int, failed_count: int | None, entries: Sequence[Mapping[str, Any]]
+) -> list[tuple[int, str]]:
+    """Positions and codes of the entries that carry an ``ErrorCode`` (none when the answer
+    counts no failure).
 
     An answer whose entries do not match the records sent one for one cannot say which
     records arrived: all of them count as failed (the transform backs them up).
     """
+    if not failed_count:
+        return []
     if len(entries) != sent:
         return [(index, "MalformedResponse") for index in range(sent)]
     return [
@@ -444,25 +444,16 @@ def reingester_for(
     Raises:
         ReingestError: the event names no usable stream ARN.
     """
+    kind: type[FirehoseReingester] | type[KinesisReingester]
+    if kinesis_stream_arn:
+        kind, arn = KinesisReingester, kinesis_stream_arn
+    elif delivery_stream_arn:
+        kind, arn = FirehoseReingester, delivery_stream_arn
+    else:
+        raise ReingestError("cannot re-ingest: the event names no source stream ARN")
     try:
-        if kinesis_stream_arn:
-            region, name = arn_parts(kinesis_stream_arn)
-            return KinesisReingester(
-                make_client("kinesis", region),
-                name,
-                policy=policy,
-                remaining_s=remaining_s,
-                sleep=sleep,
-            )
-        if delivery_stream_arn:
-            region, name = arn_parts(delivery_stream_arn)
-            return FirehoseReingester(
-                make_client("firehose", region),
-                name,
-                policy=policy,
-                remaining_s=remaining_s,
-                sleep=sleep,
-            )
+        region, name = arn_parts(arn)
+        client = make_client(kind.api.service, region)
     except (ValueError, BotoCoreError) as exc:
         raise ReingestError(f"cannot re-ingest: {exc}") from exc
-    raise ReingestError("cannot re-ingest: the event names no source stream ARN")
+    return kind(client, name, policy=policy, remaining_s=remaining_s, sleep=sleep)

@@ -106,12 +106,16 @@ def compile_pattern(pattern: str, *, what: str = "pattern") -> Matcher:
     return matches
 
 
+#: What rules match on: (log group, log stream, account, origin).
+RouteKey = tuple[str | None, str | None, str | None, Origin]
+
+
 @dataclass(frozen=True, slots=True)
 class _Rule:
     matchers: tuple[tuple[int, Matcher], ...]  # (position in the key, matcher)
     route: Route
 
-    def matches(self, key: tuple[str | None, str | None, str | None, Origin]) -> bool:
+    def matches(self, key: RouteKey) -> bool:
         return all(matcher(key[position]) for position, matcher in self.matchers)
 
 
@@ -131,7 +135,7 @@ def _compile_rule(route: Route, number: int | None) -> _Rule:
     return _Rule(tuple(matchers), route)
 
 
-def _fill(template: str, key: tuple[str | None, str | None, str | None, Origin]) -> str:
+def _fill(template: str, key: RouteKey) -> str:
     values = dict(zip(("log_group", "log_stream", "account", "origin"), key, strict=True))
     return _PLACEHOLDER.sub(lambda match: values[match.group(1)] or "", template)
 
@@ -154,32 +158,21 @@ class Router:
             _compile_rule(route, number) for number, route in enumerate(options.routes, 1)
         )
         self._builtin = tuple(_compile_rule(route, None) for route in BUILTIN_ROUTES)
-        self._cache: dict[tuple[object, ...], Destination] = {}
+        self._cache: dict[tuple[RouteKey, tuple[str, ...] | None], Destination] = {}
 
-    def resolve(
-        self,
-        *,
-        log_group: str | None,
-        log_stream: str | None,
-        account: str | None,
-        origin: Origin,
-        flow_fields: tuple[str, ...] | None = None,
-    ) -> Destination:
-        """The destination for a batch (see the module docstring)."""
-        cache_key = (log_group, log_stream, account, origin, flow_fields)
+    def resolve(self, key: RouteKey, header_fields: tuple[str, ...] | None = None) -> Destination:
+        """The destination for a batch's (log group, log stream, account, origin) and, for
+        an S3 file, the fields its header names (see the module docstring)."""
+        cache_key = (key, header_fields)
         found = self._cache.get(cache_key)
         if found is None:
-            found = self._resolve((log_group, log_stream, account, origin), flow_fields)
+            found = self._resolve(key, header_fields)
             if len(self._cache) >= _CACHE_SIZE:
                 self._cache.clear()
             self._cache[cache_key] = found
         return found
 
-    def _resolve(
-        self,
-        key: tuple[str | None, str | None, str | None, Origin],
-        header_fields: tuple[str, ...] | None,
-    ) -> Destination:
+    def _resolve(self, key: RouteKey, header_fields: tuple[str, ...] | None) -> Destination:
         options = self._options
         # A file's header names its fields: the data is a flow log whatever the name says,
         # so the built-in name-based rules do not apply and the header beats configuration.
@@ -275,10 +268,4 @@ def resolve(
     else:
         router = router_for(options)
         _last["router"] = (options, router)
-    return router.resolve(
-        log_group=log_group,
-        log_stream=log_stream,
-        account=account,
-        origin=origin,
-        flow_fields=flow_fields,
-    )
+    return router.resolve((log_group, log_stream, account, origin), flow_fields)

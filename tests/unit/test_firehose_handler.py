@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 import structlog
-from botocore.exceptions import ClientError
 from structlog.testing import capture_logs
 
 from config.settings import Settings
@@ -24,23 +23,18 @@ from tests.factories import (
     make_flow_lines,
     make_gzip_bomb,
 )
-from transforms import firehose, pipeline
+from transforms import firehose, firehose_invocation, pipeline
 from transforms.cloudwatch import decode_subscription_batch
 from transforms.firehose import (
     FirehoseResponse,
-    entry_size,
     handler,
-    response_budget,
     transform_event,
     transform_file_contents,
 )
+from transforms.firehose_codec import entry_size, response_budget
 from transforms.reingest import (
-    FirehoseReingester,
-    KinesisReingester,
-    ReingestPolicy,
     ReingestRecord,
     ReingestReport,
-    plan_chunks,
 )
 
 FLOW_GROUP = "/aws/vpc/flowlogs"
@@ -280,7 +274,7 @@ def test_unexpected_error_fails_the_record_not_the_invocation(
             raise KeyError("bug")
         return pipeline.transform_payload(data, options)
 
-    monkeypatch.setattr(firehose, "transform_payload", explode_on_text)
+    monkeypatch.setattr(firehose_invocation, "transform_payload", explode_on_text)
     event = make_firehose_event([b"boom", flow_payload(1)])
 
     with capture_logs() as logs:
@@ -712,180 +706,3 @@ def test_transform_file_contents_reads_a_flow_log_file_with_or_without_header() 
         objects = [json.loads(item) for item in texts]
         assert [obj["event"] for obj in objects] == lines
         assert {obj["sourcetype"] for obj in objects} == {"aws:cloudwatchlogs:vpcflow"}
-
-
-# --- transforms.reingest without a network ----------------------------------------------------
-
-
-def test_chunks_respect_count_and_byte_limits() -> None:
-    small: list[ReingestRecord] = [(b"x" * 10, None)] * 1201
-    chunks, too_large = plan_chunks(
-        small, max_records=500, max_bytes=4 * 1024 * 1024, max_record_bytes=1000 * 1024
-    )
-    assert [len(chunk) for chunk in chunks] == [500, 500, 201]
-    assert [p for chunk in chunks for p in chunk] == list(range(1201)) and too_large == []
-    big: list[ReingestRecord] = [(b"x" * (1000 * 1024), "k")] * 9
-    chunks, _ = plan_chunks(
-        big, max_records=500, max_bytes=5 * 1024 * 1024, max_record_bytes=1024**2
-    )
-    assert [len(chunk) for chunk in chunks] == [5, 4]
-    mixed: list[ReingestRecord] = [(b"a", None), (b"x" * 11, "k"), (b"b", None)]
-    chunks, too_large = plan_chunks(mixed, max_records=500, max_bytes=100, max_record_bytes=11)
-    assert (chunks, too_large) == ([[0, 2]], [1])
-
-
-class FakeFirehoseClient:
-    """Answers PutRecordBatch like Firehose, failing the first entries of the first calls;
-    an exception in ``fail`` is raised by that call instead."""
-
-    def __init__(self, fail: list[int | Exception]) -> None:
-        self.fail = fail
-        self.calls: list[list[bytes]] = []
-
-    def put_record_batch(self, DeliveryStreamName: str, Records: list[dict[str, bytes]]) -> Any:
-        self.calls.append([record["Data"] for record in Records])
-        failing = self.fail.pop(0) if self.fail else 0
-        if isinstance(failing, Exception):
-            raise failing
-        entries = [
-            {"ErrorCode": "ServiceUnavailableException", "ErrorMessage": "slow down"}
-            if i < failing
-            else {"RecordId": f"id-{i}"}
-            for i in range(len(Records))
-        ]
-        return {"FailedPutCount": min(failing, len(Records)), "RequestResponses": entries}
-
-
-def test_failed_entries_are_retried_alone_with_backoff() -> None:
-    client = FakeFirehoseClient(fail=[3, 1])
-    sleeps: list[float] = []
-    reingester = FirehoseReingester(
-        client,  # type: ignore[arg-type]
-        "s",
-        policy=ReingestPolicy(max_attempts=5, backoff_base_s=0.5, backoff_max_s=2.0),
-        sleep=sleeps.append,
-    )
-    records = [(f"r{i}".encode(), None) for i in range(5)]
-
-    with capture_logs() as logs:
-        report = reingester.put(records)
-
-    assert report == ReingestReport()
-    assert client.calls == [[b"r0", b"r1", b"r2", b"r3", b"r4"], [b"r0", b"r1", b"r2"], [b"r0"]]
-    assert len(sleeps) == 2 and all(0 <= s <= 2.0 for s in sleeps)
-    retries = [line for line in logs if line["event"] == "reingest_retry_scheduled"]
-    assert [line["failed"] for line in retries] == [3, 1]
-    assert retries[0]["error_codes"] == ["ServiceUnavailableException"]
-
-
-def test_entries_that_keep_failing_are_reported_after_the_last_attempt() -> None:
-    client = FakeFirehoseClient(fail=[2] * 10)
-    reingester = FirehoseReingester(
-        client,  # type: ignore[arg-type]
-        "s",
-        policy=ReingestPolicy(max_attempts=3),
-        sleep=lambda _s: None,
-    )
-
-    with capture_logs() as logs:
-        report = reingester.put([(b"a", None), (b"b", None), (b"c", None)])
-
-    assert report == ReingestReport((0, 1), ("ServiceUnavailableException",))
-    assert len(client.calls) == 3
-    assert [line["event"] for line in logs][-1] == "reingest_failed"
-
-
-def test_a_chunk_that_fails_does_not_stop_the_next_one() -> None:
-    """GIVEN three chunks WHEN the second call fails whole (botocore gave up) THEN only its
-    records are reported, the third chunk still goes, and nothing is sent twice."""
-    error = ClientError(
-        {"Error": {"Code": "ThrottlingException", "Message": "x"}}, "PutRecordBatch"
-    )
-    client = FakeFirehoseClient(fail=[0, error])
-    reingester = FirehoseReingester(
-        client,  # type: ignore[arg-type]
-        "s",
-        policy=ReingestPolicy(max_attempts=3),
-        sleep=lambda _s: None,
-    )
-    records: list[ReingestRecord] = [(f"r{i:04d}".encode(), None) for i in range(1200)]
-
-    report = reingester.put(records)
-
-    assert report == ReingestReport(tuple(range(500, 1000)), ("ThrottlingException",))
-    assert [len(call) for call in client.calls] == [500, 500, 200]
-    sent = [data for call in client.calls for data in call]
-    assert len(set(sent)) == len(sent)
-
-
-def test_too_large_records_are_reported_and_the_others_go() -> None:
-    client = FakeFirehoseClient(fail=[])
-    reingester = FirehoseReingester(client, "s", sleep=lambda _s: None)  # type: ignore[arg-type]
-
-    report = reingester.put([(b"a", None), (b"x" * (1000 * 1024 + 1), None), (b"b", None)])
-
-    assert report == ReingestReport((1,), ("RecordTooLarge",))
-    assert client.calls == [[b"a", b"b"]]
-
-
-def test_an_answer_that_does_not_match_the_records_fails_them_all() -> None:
-    class Client:
-        def put_record_batch(self, DeliveryStreamName: str, Records: list[Any]) -> Any:
-            return {"FailedPutCount": 1, "RequestResponses": [{"ErrorCode": "InternalFailure"}]}
-
-    report = FirehoseReingester(
-        Client(),  # type: ignore[arg-type]
-        "s",
-        policy=ReingestPolicy(max_attempts=1),
-        sleep=lambda _s: None,
-    ).put([(b"a", None), (b"b", None)])
-
-    assert report == ReingestReport((0, 1), ("MalformedResponse",))
-
-
-def test_no_chunk_starts_in_the_time_kept_for_answering() -> None:
-    client = FakeFirehoseClient(fail=[])
-    remaining = iter([10.0, 2.9])
-    reingester = FirehoseReingester(
-        client,  # type: ignore[arg-type]
-        "s",
-        policy=ReingestPolicy(time_margin_s=3.0),
-        remaining_s=lambda: next(remaining),
-        sleep=lambda _s: None,
-    )
-
-    report = reingester.put([(f"r{i:04d}".encode(), None) for i in range(700)])
-
-    assert report == ReingestReport(tuple(range(500, 700)), ("NoTimeLeft",))
-    assert [len(call) for call in client.calls] == [500]
-
-
-def test_retries_stop_before_the_lambda_runs_out_of_time() -> None:
-    client = FakeFirehoseClient(fail=[1] * 10)
-    remaining = iter([10.0, 3.05, 3.0, 2.0, 1.0])
-    reingester = FirehoseReingester(
-        client,  # type: ignore[arg-type]
-        "s",
-        policy=ReingestPolicy(max_attempts=10, backoff_base_s=0.01, time_margin_s=3.0),
-        remaining_s=lambda: next(remaining),
-        sleep=lambda _s: None,
-    )
-
-    report = reingester.put([(b"a", None)])
-
-    assert report.failed == (0,)
-    assert 2 <= len(client.calls) <= 3
-
-
-def test_kinesis_entries_without_a_partition_key_get_a_stable_one() -> None:
-    sent: list[dict[str, Any]] = []
-
-    class Client:
-        def put_records(self, StreamName: str, Records: list[dict[str, Any]]) -> Any:
-            sent.extend(Records)
-            return {"FailedRecordCount": 0, "Records": [{"ShardId": "s"} for _ in Records]}
-
-    KinesisReingester(Client(), "cwl").put([(b"a", "key-1"), (b"b", None), (b"b", None)])  # type: ignore[arg-type]
-
-    assert sent[0]["PartitionKey"] == "key-1"
-    assert sent[1]["PartitionKey"] == sent[2]["PartitionKey"] != ""

@@ -25,21 +25,20 @@ from tests.factories import (
     make_flow_lines,
     sample_files,
 )
-from transforms import pipeline
+from transforms import shaping
 from transforms.cloudwatch import decode_record, decode_subscription_batch
 from transforms.errors import DecodeError, FlowLogFormatError, TransformError
 from transforms.hec_event import flow_line_fits, to_hec_event
 from transforms.options import Route, TransformOptions
 from transforms.pipeline import (
     EncodedBatch,
-    destination_for,
     firehose_payload,
     transform_batch,
     transform_lines,
     transform_payload,
 )
 from transforms.records import EncodedEvent, EncodedEvents, LogBatch, RawTarget
-from transforms.routing import VPCFLOW_SOURCETYPE
+from transforms.routing import VPCFLOW_SOURCETYPE, Destination, resolve
 from transforms.vpc_flow import (
     DEFAULT_FIELDS,
     V5_FIELDS,
@@ -63,6 +62,17 @@ def objects(body: bytes) -> list[Any]:
         value, index = decoder.raw_decode(text, index)
         found.append(value)
     return found
+
+
+def destination_for(batch: LogBatch, options: TransformOptions) -> Destination:
+    """The destination a batch resolves to."""
+    return resolve(
+        options,
+        log_group=batch.log_group,
+        log_stream=batch.log_stream,
+        account=batch.owner,
+        origin=batch.origin,
+    )
 
 
 def reference(batch: LogBatch, options: TransformOptions) -> tuple[list[Any], int]:
@@ -169,9 +179,9 @@ def _json_paths_agree(lines: list[str], fields: tuple[str, ...], *, timed: bool 
     fmt = compile_format(fields)
     env = '"source":"a%sb%%c","sourcetype":"x","event":'
     timestamps = [EPOCH_MS + i for i in range(len(lines))] if timed else None
-    fast = pipeline._flow_json_sliced(env, fmt, timestamps, lines)
+    fast = shaping._flow_json_sliced(env, fmt, timestamps, lines)
     assert fast is not None
-    slow = pipeline._flow_json_fast(env, fmt, timestamps, lines)
+    slow = shaping._flow_json_fast(env, fmt, timestamps, lines)
     assert slow is not None
     assert fast == slow
 
@@ -213,7 +223,7 @@ def test_json_batch_path_declines_what_it_does_not_handle(change: Any) -> None:
     change(values)
     lines[270] = " ".join(values)
     fmt = compile_format(DEFAULT_FIELDS)
-    assert pipeline._flow_json_sliced("", fmt, None, lines) is None
+    assert shaping._flow_json_sliced("", fmt, None, lines) is None
     check_against_reference(flow_payload(lines), JSON)
 
 
