@@ -22,7 +22,8 @@ from typing import Any
 import pytest
 
 from forwarder.devtools.emulator import FaultPlan, HecEmulator
-from forwarder.sources.firehose_http import FirehoseHttpSource, RequestRejectedError, parse_head
+from forwarder.sources.firehose_http import FirehoseHttpSource
+from forwarder.sources.firehose_protocol import RequestRejectedError, parse_head
 from tests.conftest import TEST_TOKEN
 from tests.integration.conftest import FAST, backsplashed
 from tests.integration.test_firehose_http import (
