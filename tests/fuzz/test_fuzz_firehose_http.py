@@ -1,4 +1,4 @@
-"""Fuzz the Firehose HTTP request parser (``forwarder.sources.firehose_http.decode_body``).
+"""Fuzz the Firehose HTTP request parser (``forwarder.sources.firehose_protocol.decode_body``).
 
 Any body, gzipped or not, yields ``(requestId, records)`` or ``RequestRejectedError`` with a
 400 or 413 status (documented), never another exception: the request handler answers only
@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from forwarder.sources.firehose_http import RequestRejectedError, decode_body
+from forwarder.sources.firehose_protocol import RequestRejectedError, decode_body
 from tests.fuzz.support import (
     Blob,
     MiB,

@@ -25,7 +25,8 @@ from config.settings import HecSettings
 from forwarder.delivery.deliverer import Deliverer
 from forwarder.devtools.emulator import HecEmulator
 from forwarder.errors import RequestCancelledError, RetryableError
-from forwarder.hec.client import HecClient, RequestGuard
+from forwarder.hec.client import HecClient
+from forwarder.hec.transport import RequestGuard
 from tests.conftest import TEST_TOKEN
 from tests.integration.conftest import (
     delivery_settings,

@@ -13,7 +13,7 @@ import pytest
 from forwarder import push
 from forwarder.backsplash.objects import ReplayFailedBacksplash
 from forwarder.backsplash.writers import Backsplash
-from forwarder.delivery.deliverer import _Work
+from forwarder.delivery.work import Work
 from forwarder.devtools.emulator import FaultPlan, HecEmulator
 from forwarder.devtools.synthetic import FlowLogGenerator, cloudwatch_payload, control_payload
 from forwarder.errors import BacksplashError
@@ -364,7 +364,7 @@ def test_unbalanced_ledger_after_flush_fails_the_invocation(
 
     def flush(deadline: float | None = None) -> None:
         # A broken flush: sends the partial batch, does not wait for its ack.
-        deliverer._queue.extend(_Work.of(batch) for batch in deliverer._batcher.drain())
+        deliverer._queue.extend(Work.of(batch) for batch in deliverer._batcher.drain())
         deliverer._drain_queue()
 
     monkeypatch.setattr(deliverer, "flush", flush)

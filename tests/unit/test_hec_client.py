@@ -19,7 +19,8 @@ from forwarder.errors import (
     RequestCancelledError,
     RetryableError,
 )
-from forwarder.hec.client import HecClient, RequestGuard
+from forwarder.hec.client import HecClient
+from forwarder.hec.transport import RequestGuard
 from tests.conftest import TEST_TOKEN
 from transforms.records import RawTarget
 

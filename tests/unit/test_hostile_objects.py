@@ -36,7 +36,7 @@ from forwarder.replay.engine import (
     iter_records,
 )
 from forwarder.secrets import token_from_secret_string
-from forwarder.sources.firehose_http import RequestRejectedError, decode_body
+from forwarder.sources.firehose_protocol import RequestRejectedError, decode_body
 from forwarder.sources.streams import (
     LongLine,
     bounded_lines,

@@ -1,0 +1,289 @@
+"""Sending one batch: its attempts with retries, and what HEC's answer does to it.
+
+What each of HEC's answers does is the table in :mod:`forwarder.delivery.deliverer`'s notes
+(DESIGN.md §4); an ack timeout's re-send is in :mod:`forwarder.delivery.pending`.
+
+A batch's first attempt may be made in the I/O thread (:meth:`BatchSending._launch`); its
+answer is handled here, in the deliverer's thread, exactly as a synchronous send's
+(:meth:`BatchSending._land`). Retries are synchronous; their backoff sleeps poll acks.
+Halves and the events around a bad one go back to the front of the queue with the batch's
+retry budget.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from tenacity import RetryCallState
+
+from forwarder.delivery.batching import Batch, halve, isolate
+from forwarder.delivery.pending import MIN_SLEEP_S, PendingWork
+from forwarder.delivery.retry import build_retrying
+from forwarder.delivery.routes import Route
+from forwarder.delivery.work import GiveUp, Halted, Work
+from forwarder.errors import FatalHecError, RetryableError
+from forwarder.hec.client import SendResult
+from forwarder.hec.protocol import UNHEALTHY_CODES, Outcome
+from forwarder.hec.transport import RequestGuard
+
+
+class BatchSending(PendingWork):
+    """Sends batches with retries and acts on HEC's answers (see the module notes)."""
+
+    def _launch(self, work: Work) -> None:
+        """Make the first attempt in the I/O thread; :meth:`_land` handles its answer."""
+        work.budget.attempts += 1  # as the retry loop's ``before`` does for each attempt
+        try:
+            route = self._choose_route()
+        except GiveUp as exc:
+            self._store_work(work, exc.error_code, exc.message)
+            return
+        self.ledger.add(requests=1)
+        self._wire.launch(work, route, self._request(route, work))
+
+    def _land(self) -> None:
+        """Wait for the request on the wire, if any, and handle its answer (retries included)."""
+        landed = self._wire.land()
+        if landed is None:
+            return
+        flight, answer = landed
+        flight.work.budget.attempts -= 1  # the retry loop counts this attempt again
+        self._run(flight.work, (flight.route, answer))
+
+    def _request(self, route: Route, work: Work) -> Callable[[RequestGuard], SendResult]:
+        """``work``'s data request to ``route``, for this thread or the I/O thread (it reads
+        nothing of the deliverer's when it runs)."""
+        client, endpoint, raw_target, count = (
+            route.client,
+            self._endpoint,
+            work.raw_target,
+            work.count,
+        )
+        wire = work.wire
+        assert wire is not None
+
+        def send(guard: RequestGuard) -> SendResult:
+            return client.send(
+                wire,
+                endpoint=endpoint,
+                raw_target=raw_target,
+                event_count=count,
+                compressed=True,
+                guard=guard,
+            )
+
+        return send
+
+    def _run(self, work: Work, first: tuple[Route, SendResult | Exception] | None) -> None:
+        """The retry loop for one batch; ``first``: its first attempt's route and answer."""
+        retrying = build_retrying(
+            self._policy,
+            self._stop,
+            clock=self._clock,
+            sleep=self._backoff,
+            budget=work.budget,
+            abort=self._abort_retries,
+            on_retry=self._count_retry,
+            log=self._log.bind(events=work.count),
+        )
+        result: SendResult | None = None
+        route: Route | None = None
+        last_error: RetryableError | None = None
+        try:
+            for attempt in retrying:
+                with attempt:
+                    try:
+                        if first is not None:
+                            route, landed = first
+                            first = None
+                            result = self._finish(route, work, landed)
+                        else:
+                            route = self._choose_route()
+                            result = self._attempt(route, work)
+                    except RetryableError as exc:
+                        last_error = exc
+                        raise
+        except RetryableError as exc:
+            self._give_up(work, exc)
+            return
+        except Halted:
+            self._give_up(work, last_error)
+            return
+        except GiveUp as exc:
+            self._store_work(work, exc.error_code, exc.message)
+            return
+        except FatalHecError as exc:
+            self._go_fatal(exc, route.url if route is not None else None)
+            self._store_work(work, exc.error_code, exc.message)
+            return
+        assert result is not None and route is not None  # the loop ended without raising
+        self._handle(work, route, result)
+
+    def _attempt(self, route: Route, work: Work) -> SendResult:
+        self.ledger.add(requests=1)
+        try:
+            result = self._wire.call(route, self._request(route, work))
+        except RetryableError as exc:
+            return self._finish(route, work, exc)
+        return self._finish(route, work, result)
+
+    def _finish(self, route: Route, work: Work, landed: SendResult | Exception) -> SendResult:
+        """Account for a request's answer (or failure); raise what the retry loop acts on."""
+        if isinstance(landed, Exception):
+            if isinstance(landed, RetryableError):
+                if landed.unhealthy:  # not a request we cancelled, nor a busy session
+                    self._routes.mark_unhealthy(route, landed.message)
+                if landed.maybe_delivered:
+                    self.ledger.add(duplicates_possible=work.count)
+            raise landed
+        result = landed
+        outcome = result.outcome
+        if outcome.action == "retry":
+            if outcome.code in UNHEALTHY_CODES:
+                self._routes.mark_unhealthy(route, outcome.reason)
+            raise RetryableError(
+                f"{route.url}: {outcome.reason}",
+                error_code=outcome.error_code,
+                hec_code=outcome.code,
+                retry_after=outcome.retry_after,
+                url=route.url,
+            )
+        return result
+
+    def _count_retry(self, retry_state: RetryCallState) -> None:
+        self.ledger.add(retries=1)
+
+    def _backoff(self, seconds: float) -> None:
+        """tenacity's sleep: wait, polling acks of every channel meanwhile.
+
+        Wakes no later than the deadline. Raises ``Halted`` (no next attempt) once a cut-off
+        is reached or shutdown is requested.
+        """
+        end = self._clock() + seconds
+        deadline = self._effective_deadline()
+        if deadline is not None:
+            end = min(end, deadline)
+        while True:
+            if self._cutoff() is not None or self._stop.is_set():
+                raise Halted
+            now = self._clock()
+            if now >= end:
+                return
+            self._poll_routes(force=False)
+            now = self._clock()
+            self._expire(now)
+            remaining = end - now
+            if remaining <= 0:
+                continue  # the loop's top decides: deadline reached, or back off no longer
+            wake = self._routes.next_ack_event()  # partial batches wait: we are mid-send
+            step = remaining if wake is None else min(remaining, max(wake - now, MIN_SLEEP_S))
+            self._sleep(step)
+
+    def _handle(self, work: Work, route: Route, result: SendResult) -> None:
+        outcome = result.outcome
+        action = outcome.action
+        if action == "ok":
+            self.ledger.add(batches_sent=1, bytes_sent=result.wire_bytes)
+            self._log.debug(
+                "batch_sent",
+                url=route.url,
+                events=work.count,
+                bytes=result.wire_bytes,
+                ack_id=result.ack_id,
+            )
+            if result.ack_id is not None and self._acks_wanted:
+                if not route.acks_on:
+                    # HEC hands out ackIds again (the token's acks back on, or another indexer
+                    # behind a load balancer): this batch is delivered when its ack turns true.
+                    route.acks_on = True
+                    self._log.warning("hec_ack_restored", url=route.url)
+                work.park()
+                displaced = route.acks.add(result.ack_id, work, self._clock())
+                if displaced is not None:
+                    self._ack_expired(displaced, route, "HEC reused its ackId")
+            elif route.acks_on:
+                # HEC's own JSON success without an ackId (``classify`` only calls a 2xx ``ok``
+                # when its body is HEC's answer with code 0): the token has acks off.
+                self._acks_unavailable(route, f"{route.url} answered 200 without an ackId")
+                self._acknowledge(work, unconfirmed=True)
+            else:
+                self._acknowledge(work, unconfirmed=self._acks_wanted)
+            return
+        batch = work.restore(self._gzip)
+        work.wire = None  # any re-send of these events builds a new body
+        if action == "split":
+            if len(batch) > 1:
+                self._requeue_front(work, halve(batch))
+            else:
+                self._reject(
+                    work,
+                    route,
+                    outcome,
+                    f"{outcome.reason}: one event of {batch.nbytes} bytes is more than HEC takes",
+                )
+        elif action == "isolate":
+            self._isolate(work, route, outcome)
+        elif action == "ack_unavailable" and route.acks_on:
+            # 400 code 14 on a data request: send it again without expecting an ack.
+            self._acks_unavailable(route, f"{route.url}: {outcome.reason}")
+            self._queue.appendleft(work)
+        elif action == "fatal":
+            self._go_fatal(
+                FatalHecError(
+                    f"{route.url}: {outcome.reason}",
+                    error_code=outcome.error_code,
+                    hec_code=outcome.code,
+                ),
+                route.url,
+            )
+            self._store_work(work, outcome.error_code, f"{route.url}: {outcome.reason}")
+        else:  # reject, or ack_unavailable again with acks already off
+            self._reject(work, route, outcome, outcome.reason)
+
+    def _requeue_front(self, work: Work, parts: Sequence[Batch | None]) -> None:
+        for part in reversed(parts):
+            if part is not None:
+                self._queue.appendleft(Work.of(part, work.budget.copy()))
+
+    def _reject(self, work: Work, route: Route, outcome: Outcome, message: str) -> None:
+        self._log.error(
+            "hec_rejected",
+            url=route.url,
+            code=outcome.code,
+            reason=message,
+            events=work.count,
+            error_code=outcome.error_code,
+        )
+        self._store_work(work, outcome.error_code, f"{route.url}: {message}")
+
+    def _isolate(self, work: Work, route: Route, outcome: Outcome) -> None:
+        batch = work.restore(self._gzip)
+        index = outcome.invalid_event
+        if index is not None and 0 <= index < len(batch):
+            before, bad, after = isolate(batch, index)
+            self._log.error(
+                "hec_rejected",
+                url=route.url,
+                code=outcome.code,
+                reason=outcome.reason,
+                events=1,
+                event_number=index,
+                error_code=outcome.error_code,
+            )
+            if before is not None:
+                # Splunk may have indexed the events ahead of the bad one: sending them again
+                # is the at-least-once choice, and a possible duplicate.
+                self.ledger.add(duplicates_possible=len(before))
+            self._requeue_front(work, (before, after))
+            self._store(
+                [bad],
+                raw_target=batch.raw_target,
+                arrival_ms=batch.arrival_ms,
+                attempts=work.budget.attempts,
+                error_code=outcome.error_code,
+                message=f"{route.url}: {outcome.reason} (event {index} of the request)",
+            )
+        elif len(batch) > 1:
+            self._requeue_front(work, halve(batch))  # bisect towards the bad event
+        else:
+            self._reject(work, route, outcome, outcome.reason)
