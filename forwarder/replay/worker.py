@@ -86,6 +86,8 @@ class ByteCounter:
 
 @dataclass(frozen=True, slots=True)
 class ListedObject:
+    """An object listed for this run: its key, ETag (without quotes) and size."""
+
     key: str
     etag: str
     size: int
@@ -93,7 +95,7 @@ class ListedObject:
 
 @dataclass(slots=True)
 class Run:
-    """What the worker threads share (report under ``lock``)."""
+    """What the worker threads of one run share (the report under ``lock``)."""
 
     settings: Settings
     options: ReplayOptions
