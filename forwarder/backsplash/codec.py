@@ -30,7 +30,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from forwarder.backsplash.layout import PROCESSING_FAILED, SPLUNK_FAILED
+from forwarder.backsplash.layout import PROCESSING_FAILED, SPLUNK_FAILED, Kind
 from transforms.cloudwatch import GZIP_MAGIC
 from transforms.errors import TransformError
 from transforms.options import Endpoint, TransformOptions
@@ -324,8 +324,9 @@ class DecodedRecord:
     control: bool = False
 
 
-def record_kind(record: Mapping[str, Any], key_kind_: str | None) -> str:
-    """The kind of a record: from its key, else ``lambdaArn`` means processing-failed."""
+def record_kind(record: Mapping[str, Any], key_kind_: Kind | None) -> Kind:
+    """The kind of a record: from its key, else ``lambdaArn`` (without our ``endpoint``)
+    means processing-failed, else splunk-failed."""
     if key_kind_ is not None:
         return key_kind_
     if "lambdaArn" in record and "endpoint" not in record:

@@ -36,7 +36,7 @@ from forwarder.backsplash.codec import (
     iter_records,
     record_kind,
 )
-from forwarder.backsplash.layout import PROCESSING_FAILED, REPLAY_FAILED, SPLUNK_FAILED, Kind
+from forwarder.backsplash.layout import REPLAY_FAILED, Kind
 from transforms.cloudwatch import GZIP_MAGIC
 from transforms.options import TransformOptions
 
@@ -86,9 +86,7 @@ def _content_kind(head: bytes) -> tuple[bool, Kind | None]:
         return False, None
     if "replayAttempts" in first:
         return True, REPLAY_FAILED
-    if "lambdaArn" in first and "endpoint" not in first:
-        return True, PROCESSING_FAILED
-    return True, SPLUNK_FAILED
+    return True, record_kind(first, None)
 
 
 def sniff(body: Any, size: int = SNIFF_BYTES) -> tuple[PeekedBody, bool, Kind | None]:

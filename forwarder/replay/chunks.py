@@ -25,7 +25,7 @@ from forwarder.backsplash.codec import (
     record_kind,
     record_meta,
 )
-from forwarder.backsplash.layout import key_kind
+from forwarder.backsplash.layout import Kind, key_kind
 from forwarder.backsplash.writers import EventOrigin
 from forwarder.errors import BacksplashError
 from forwarder.replay.dispose import dispose
@@ -194,7 +194,7 @@ def _replay_record(
     *,
     handled: HandledRecords,
     chunk: _Chunk,
-    kind_by_key: str | None,
+    kind_by_key: Kind | None,
     source: str,
 ) -> Literal["sent", "skipped", "done", "stop"]:
     """Send one record (or count it, dry); what became of it."""
