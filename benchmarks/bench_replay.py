@@ -120,7 +120,8 @@ def make_object(events: int, *, start: int = 0, level: int = 1) -> tuple[bytes, 
 def _run_replay(
     settings: Any, s3: Any, uri: str, state: Path, *, dry_run: bool
 ) -> tuple[Any, float]:
-    from forwarder.replay.engine import ReplayOptions, replay
+    from forwarder.replay.engine import replay
+    from forwarder.replay.options import ReplayOptions
 
     started = time.perf_counter()
     report = replay(settings, uri, ReplayOptions(state_path=state, dry_run=dry_run), s3_client=s3)

@@ -82,10 +82,11 @@ from botocore.exceptions import ClientError
 from config.daemon import DaemonSettings, load_daemon_settings
 from config.loader import ConfigError, read_toml, require_hec
 from config.settings import Settings
-from forwarder.backsplash.objects import CORRUPT_RECORD, ReplayFailedBacksplash
+from forwarder.backsplash.objects import CORRUPT_RECORD
 from forwarder.backsplash.writers import (
     BacksplashWriter,
     FallbackBacksplash,
+    ReplayFailedBacksplash,
     backsplash_from_settings,
 )
 from forwarder.delivery.deliverer import Deliverer

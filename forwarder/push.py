@@ -77,17 +77,14 @@ from botocore.exceptions import BotoCoreError, ClientError
 from config.loader import load_settings, require_hec, warnings_for, with_token
 from config.logs import configure_logging, register_secret
 from config.settings import Settings
-from forwarder.backsplash.objects import (
-    REPLAY_FAILED,
-    CorruptLine,
-    Kind,
+from forwarder.backsplash.codec import CorruptLine
+from forwarder.backsplash.layout import REPLAY_FAILED, Kind, kind_from_key
+from forwarder.backsplash.objects import body_chunks, decode_object, sniff
+from forwarder.backsplash.writers import (
+    BacksplashWriter,
     ReplayFailedBacksplash,
-    body_chunks,
-    decode_object,
-    kind_from_key,
-    sniff,
+    backsplash_from_settings,
 )
-from forwarder.backsplash.writers import BacksplashWriter, backsplash_from_settings
 from forwarder.delivery.deliverer import Deliverer
 from forwarder.delivery.ledger import Ledger
 from forwarder.errors import BacksplashError

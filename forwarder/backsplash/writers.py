@@ -1,165 +1,43 @@
-"""The backsplash: undeliverable events stored in Firehose's ``splunk-failed/`` layout.
+"""Backsplash writers: where undeliverable events are stored, in the layout of
+:mod:`forwarder.backsplash.layout` and the record format of :mod:`forwarder.backsplash.codec`.
 
-Objects live under ``<prefix>splunk-failed/YYYY/MM/DD/HH/`` (UTC) and hold gzip JSON lines, one
-per HEC event, with Firehose's fields (DESIGN.md §6): ``attemptsMade``, ``arrivalTimestamp``,
-``errorCode``, ``errorMessage``, ``attemptEndingTimestamp``, ``rawData`` (base64 of the payload
-sent to HEC: the JSON object, or the raw line) and ``EventId`` (the CloudWatch event id, else a
-stable hash of the payload). We add ``endpoint`` and, for the raw endpoint, ``source``,
-``sourcetype``, ``index`` and ``host``, so replay can send each event back exactly as it was
-meant to go. One reader (:func:`decode_records`) takes Firehose's objects and ours.
-
-Writers: :class:`Backsplash` (S3), :class:`LocalSpool` (a directory, same keys and bytes, for
-the daemon while S3 is unreachable), :class:`FallbackBacksplash` (S3, else the spool) and
-:class:`NullBacksplash` (nothing configured: every write fails loudly).
+- :class:`Backsplash`: the S3 bucket (retried on top of botocore's own retries);
+- :class:`LocalSpool`: a directory, same keys and bytes, for the daemon while S3 is
+  unreachable;
+- :class:`FallbackBacksplash`: S3, else the spool (the daemon's choice);
+- :class:`NullBacksplash`: nothing configured: every write fails loudly;
+- :class:`ReplayFailedBacksplash`: for re-delivered backsplash records (push, daemon,
+  ``forwarder replay``): what fails again goes under ``replay-failed/``, never back where a
+  notification or the replay would read it again, with ``replayAttempts`` counted.
 """
 
 from __future__ import annotations
 
-import base64
-import gzip
-import hashlib
-import json
 import os
 import tempfile
 import time
-import uuid
-import zlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 import tenacity
 from botocore.exceptions import BotoCoreError, ClientError
 
 from config.settings import BacksplashSettings
+from forwarder import aws
+from forwarder.backsplash.codec import decode_records, encode_records
+from forwarder.backsplash.layout import REPLAY_FAILED, SPLUNK_FAILED, object_key
 from forwarder.errors import BacksplashError
+from transforms.options import Endpoint
 from transforms.records import EncodedEvent, RawTarget
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
-Endpoint = Literal["event", "raw"]
-SPLUNK_FAILED: Final = "splunk-failed"
-_GZIP_MAGIC: Final = b"\x1f\x8b"
-_DECODER: Final = json.JSONDecoder()
 _log = structlog.get_logger("forwarder.backsplash.writers")
-
-
-def payload_event_id(payload: bytes) -> str:
-    """A stable id for an event without a CloudWatch id: a hash of its HEC payload."""
-    return hashlib.sha256(payload).hexdigest()[:32]
-
-
-def object_key(
-    now: datetime,
-    kind: str = SPLUNK_FAILED,
-    *,
-    prefix: str = "",
-    unique: str | None = None,
-) -> str:
-    """The key for a new backsplash object: ``<prefix><kind>/YYYY/MM/DD/HH/<name>.gz``.
-
-    The name starts with the UTC time to the microsecond, so keys sort by time within an
-    hour's folder, and ends with a random part, so two writers never collide.
-
-    Args:
-        now: when the object is written (converted to UTC; naive means UTC).
-        kind: ``splunk-failed`` (Firehose's folder for delivery failures).
-        prefix: the bucket prefix, empty or ending with ``/``.
-        unique: the random part (a uuid4 hex by default); tests pass a fixed one.
-
-    Returns:
-        The key.
-    """
-    when = now.astimezone(UTC) if now.tzinfo is not None else now.replace(tzinfo=UTC)
-    unique = unique or uuid.uuid4().hex
-    return (
-        f"{prefix}{kind}/{when:%Y/%m/%d/%H}/"
-        f"forwarder-{when:%Y-%m-%d-%H-%M-%S}-{when.microsecond:06d}-{unique}.gz"
-    )
-
-
-def encode_records(
-    events: Sequence[EncodedEvent],
-    *,
-    error_code: str,
-    error_message: str,
-    attempts: int,
-    endpoint: Endpoint,
-    raw_target: RawTarget | None,
-    arrival_ms: int,
-    ending_ms: int,
-    per_record: Sequence[Mapping[str, Any]] | None = None,
-) -> bytes:
-    """The gzip JSON-lines body of a backsplash object, one line per event.
-
-    ``per_record`` (one mapping per event, optional) adds or overrides keys of each line;
-    replay uses it to keep each event's ``arrivalTimestamp`` and count ``replayAttempts``.
-    """
-    common: dict[str, Any] = {
-        "attemptsMade": attempts,
-        "arrivalTimestamp": arrival_ms,
-        "errorCode": error_code,
-        "errorMessage": error_message,
-        "attemptEndingTimestamp": ending_ms,
-    }
-    extra: dict[str, Any] = {"endpoint": endpoint}
-    if endpoint == "raw" and raw_target is not None:
-        extra.update({k: v for k, v in raw_target._asdict().items() if v is not None})
-    if per_record is not None and len(per_record) != len(events):
-        raise ValueError(f"{len(events)} events but {len(per_record)} per_record mappings")
-    lines = [
-        json.dumps(
-            {
-                **common,
-                "rawData": base64.b64encode(event.payload).decode("ascii"),
-                "EventId": event.event_id or payload_event_id(event.payload),
-                **extra,
-                **(per_record[position] if per_record is not None else {}),
-            },
-            separators=(",", ":"),
-        )
-        for position, event in enumerate(events)
-    ]
-    return gzip.compress(("\n".join(lines) + "\n").encode(), compresslevel=6, mtime=0)
-
-
-def decode_records(data: bytes) -> Iterator[dict[str, Any]]:
-    """Read a backsplash object (ours or Firehose's, gzip or not): one dict per record.
-
-    Records may be separated by newlines or simply concatenated, as Firehose writes them.
-
-    Reads whole objects this process wrote (the spool) or tests; S3 objects named by
-    notifications and replay go through the streaming reader
-    (:func:`forwarder.replay.engine.iter_records`), where a bad line is that line's problem.
-
-    Raises:
-        ValueError: the bytes are not gzip/JSON records (invalid UTF-8, too deep, numbers
-            Python refuses included).
-        TypeError: a record is JSON but not an object.
-    """
-    if data[:2] == _GZIP_MAGIC:
-        try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError, zlib.error) as exc:
-            raise ValueError(f"not a valid gzip object: {exc}") from None
-    text = data.decode("utf-8")
-    pos = 0
-    end = len(text)
-    while True:
-        while pos < end and text[pos] in " \t\r\n":
-            pos += 1
-        if pos >= end:
-            return
-        try:
-            record, pos = _DECODER.raw_decode(text, pos)
-        except RecursionError:
-            raise ValueError("a backsplash record is JSON nested too deeply to decode") from None
-        if not isinstance(record, dict):
-            raise TypeError("a backsplash record is not a JSON object")
-        yield record
 
 
 class BacksplashWriter(Protocol):
@@ -522,26 +400,143 @@ class FallbackBacksplash:
         return moved
 
 
-def put_under(writer: BacksplashWriter, kind: str, body: bytes) -> str:
+@dataclass(frozen=True, slots=True)
+class EventOrigin:
+    """Where a re-delivered event came from: its record, that record's ``arrivalTimestamp``
+    and ``replayAttempts``, and the object (``s3://bucket/key``)."""
+
+    record_no: int
+    arrival_ms: int | None
+    replay_attempts: int
+    source: str
+
+
+class ReplayFailedBacksplash:
+    """The backsplash of deliverers that re-deliver backsplash records: the wrapped writer's
+    bucket (or spool) and prefix, under ``replay-failed/``, never ``splunk-failed/``.
+
+    Each line is our usual record plus ``replayAttempts``: the event's previous count + 1
+    when :meth:`expect` told where it came from (``forwarder replay``, which also keeps the
+    original ``arrivalTimestamp`` and adds ``replaySource``), else 1 (push, daemon). Objects
+    under ``replay-failed/`` are never re-delivered automatically; ``forwarder replay``
+    counts ``replayAttempts`` and stops at ``--max-attempts``.
+
+    Args:
+        writer: the ordinary backsplash (S3, spool, or S3 with the spool behind it).
+        clock: wall clock (epoch seconds), for keys and timestamps.
+        tracked: remember per chunk the keys written and the events failed per record
+            (:attr:`keys`, :attr:`failed_records`, cleared by :meth:`next_chunk`), as replay
+            needs to commit a chunk.
+    """
+
+    def __init__(
+        self,
+        writer: BacksplashWriter,
+        *,
+        clock: Callable[[], float] = time.time,
+        tracked: bool = False,
+    ) -> None:
+        self.writer = writer
+        self._clock = clock
+        self._tracked = tracked
+        self._origins: dict[str, EventOrigin] = {}
+        self.failed_records: dict[int, int] = {}  # record_no -> events failed, this chunk
+        self.keys: list[str] = []  # written this chunk
+        self.events_written = 0
+
+    def __repr__(self) -> str:
+        return f"ReplayFailedBacksplash({self.writer!r})"
+
+    def expect(self, events: Sequence[EncodedEvent], origin: EventOrigin) -> None:
+        """Remember where these (submitted) events came from."""
+        for event in events:
+            if event.event_id is not None:
+                self._origins[event.event_id] = origin
+
+    def next_chunk(self) -> None:
+        """Forget the finished chunk's events and keys."""
+        self._origins.clear()
+        self.failed_records.clear()
+        self.keys.clear()
+
+    def write(
+        self,
+        events: Sequence[EncodedEvent],
+        *,
+        error_code: str,
+        error_message: str,
+        attempts: int,
+        endpoint: Endpoint,
+        raw_target: RawTarget | None = None,
+        arrival_ms: int | None = None,
+    ) -> str:
+        """Store events that failed again under ``replay-failed/`` (the
+        ``BacksplashWriter`` protocol).
+
+        Raises:
+            BacksplashError: the object could not be stored.
+        """
+        now = self._clock()
+        per_record: list[dict[str, Any]] = []
+        for event in events:
+            origin = self._origins.get(event.event_id or "")
+            extra: dict[str, Any] = {"replayAttempts": 1}
+            if origin is not None:
+                extra["replayAttempts"] = origin.replay_attempts + 1
+                extra["replaySource"] = origin.source
+                if origin.arrival_ms is not None:
+                    extra["arrivalTimestamp"] = origin.arrival_ms
+                self.failed_records[origin.record_no] = (
+                    self.failed_records.get(origin.record_no, 0) + 1
+                )
+            per_record.append(extra)
+        ending_ms = int(now * 1000)
+        body = encode_records(
+            events,
+            error_code=error_code,
+            error_message=error_message,
+            attempts=attempts,
+            endpoint=endpoint,
+            raw_target=raw_target,
+            arrival_ms=ending_ms if arrival_ms is None else arrival_ms,
+            ending_ms=ending_ms,
+            per_record=per_record,
+        )
+        key = put_under(self.writer, REPLAY_FAILED, body, now=datetime.fromtimestamp(now, UTC))
+        if self._tracked:
+            self.keys.append(key)
+        self.events_written += len(events)
+        return key
+
+
+def put_under(
+    writer: BacksplashWriter, kind: str, body: bytes, *, now: datetime | None = None
+) -> str:
     """Store an already encoded object under ``<prefix><kind>/`` of ``writer``.
 
     Used for objects that are not ``splunk-failed/`` (``processing-failed/``,
     ``replay-failed/``). Returns the key, ``spool:<key>`` when a fallback spooled it.
+
+    Args:
+        writer: the backsplash to store it in.
+        kind: the kind's folder.
+        body: the encoded object (:func:`~forwarder.backsplash.codec.encode_records`).
+        now: the time in the key; the writer's clock when None.
 
     Raises:
         BacksplashError: nowhere to store it (no bucket, or S3 and the spool refused).
     """
     if isinstance(writer, FallbackBacksplash):
         try:
-            key = writer.primary.object_key(kind=kind)
+            key = writer.primary.object_key(now, kind)
             writer.primary.put_object(key, body)
         except BacksplashError:
-            key = writer.spool.object_key(kind=kind)
+            key = writer.spool.object_key(now, kind)
             writer.spool.put_object(key, body)
             return "spool:" + key
         return key
     if isinstance(writer, Backsplash | LocalSpool):
-        key = writer.object_key(kind=kind)
+        key = writer.object_key(now, kind)
         writer.put_object(key, body)
         return key
     raise BacksplashError(
@@ -565,10 +560,7 @@ def backsplash_from_settings(
     """
     if settings.bucket:
         if s3_client is None:
-            import boto3  # noqa: PLC0415 - boto3 is only needed when a bucket is configured
-            from botocore.config import Config  # noqa: PLC0415
-
-            s3_client = boto3.client("s3", config=Config(retries={"mode": "standard"}))
+            s3_client = aws.client("s3")
         primary = Backsplash(s3_client, settings.bucket, settings.prefix)
         if use_spool and settings.spool_dir:
             return FallbackBacksplash(primary, LocalSpool(settings.spool_dir, settings.prefix))

@@ -192,7 +192,8 @@ def _print_ledger(printer: Printer, summary: Mapping[str, Any]) -> None:
 
 def stage_replay(hec_url: str, s3: Any, workdir: Path) -> Any:
     """Stage 4: replay the backsplash bucket into HEC with the right token."""
-    from forwarder.replay.engine import ReplayOptions, replay  # noqa: PLC0415
+    from forwarder.replay.engine import replay  # noqa: PLC0415
+    from forwarder.replay.options import ReplayOptions  # noqa: PLC0415
 
     options = ReplayOptions(state_path=workdir / "replay.sqlite")
     return replay(demo_settings(hec_url), f"s3://{DEMO_BUCKET}/", options, s3_client=s3)

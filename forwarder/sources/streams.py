@@ -63,18 +63,14 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from config.daemon import SourceSettings
 from config.loader import ConfigError
-from forwarder.backsplash.objects import (
-    REPLAY_FAILED,
+from forwarder.backsplash.codec import (
+    MAX_OBJECT_INFLATED_BYTES,
     CorruptLine,
     DecodedRecord,
-    Kind,
-    PeekedBody,
-    body_chunks,
-    decode_object,
-    kind_from_key,
-    sniff,
+    decompressed,
 )
-from forwarder.replay.engine import MAX_OBJECT_INFLATED_BYTES, decompressed
+from forwarder.backsplash.layout import REPLAY_FAILED, Kind, kind_from_key
+from forwarder.backsplash.objects import PeekedBody, body_chunks, decode_object, sniff
 from forwarder.sources.checkpoints import SHARD_END, CheckpointStore, pin_position, pinned_at
 from transforms.cloudwatch import GZIP_MAGIC
 from transforms.options import TransformOptions
@@ -1774,10 +1770,8 @@ def store_unprocessable(
     Raises:
         BacksplashError: nowhere to store it.
     """
-    from forwarder.backsplash.writers import (  # noqa: PLC0415 - avoids a cycle at import time
-        encode_records,
-        put_under,
-    )
+    from forwarder.backsplash.codec import encode_records  # noqa: PLC0415
+    from forwarder.backsplash.writers import put_under  # noqa: PLC0415
     from transforms.records import EncodedEvent  # noqa: PLC0415
 
     now_ms = int(clock() * 1000)

@@ -957,7 +957,8 @@ def queued_keys(world: World) -> set[str]:
 
 
 def collect(world: World, book: Book, stats: dict[str, Any]) -> Report:
-    from forwarder.backsplash.writers import LocalSpool, decode_records
+    from forwarder.backsplash.codec import decode_records
+    from forwarder.backsplash.writers import LocalSpool
 
     config = world.config
     expected = {

@@ -1,4 +1,4 @@
-"""Fuzz the backsplash readers: ``forwarder.backsplash.writers.decode_records`` (whole objects) and
+"""Fuzz the backsplash readers: ``forwarder.backsplash.codec.decode_records`` (strict) and
 ``forwarder.backsplash.objects.decode_object`` (streamed).
 
 ``decode_records`` raises only ``ValueError`` (not gzip/JSON records, invalid UTF-8) or
@@ -20,9 +20,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from forwarder.backsplash.objects import CorruptLine, decode_object
-from forwarder.backsplash.writers import decode_records
-from forwarder.replay.engine import MAX_RECORD_CHARS
+from forwarder.backsplash.codec import MAX_RECORD_CHARS, CorruptLine, decode_records
+from forwarder.backsplash.objects import decode_object
 from tests.conftest import make_settings
 from tests.factories import make_cwl_payload
 from tests.fuzz.support import (

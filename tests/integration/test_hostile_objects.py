@@ -19,7 +19,8 @@ import structlog.testing
 from config.settings import Settings
 from forwarder import push
 from forwarder.devtools.emulator import HecEmulator
-from forwarder.replay.engine import ReplayOptions, replay
+from forwarder.replay.engine import replay
+from forwarder.replay.options import ReplayOptions
 from forwarder.sources.streams import LINE_TOO_LONG
 from tests.integration.conftest import BUCKET, delivery_settings
 from tests.integration.test_daemon import queue_counts, running, sqs_daemon, wait_for
@@ -171,7 +172,7 @@ import json, sys, tracemalloc
 from forwarder import push
 from forwarder.sources import streams as sources
 from forwarder.backsplash.objects import decode_object
-from forwarder.replay.engine import iter_records, RawRecord, BadLine
+from forwarder.backsplash.codec import iter_records, RawRecord, CorruptLine
 from transforms.options import TransformOptions
 
 path, which = sys.argv[1], sys.argv[2]

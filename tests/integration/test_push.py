@@ -11,8 +11,7 @@ from typing import Any
 import pytest
 
 from forwarder import push
-from forwarder.backsplash.objects import ReplayFailedBacksplash
-from forwarder.backsplash.writers import Backsplash
+from forwarder.backsplash.writers import Backsplash, ReplayFailedBacksplash
 from forwarder.delivery.work import Work
 from forwarder.devtools.emulator import FaultPlan, HecEmulator
 from forwarder.devtools.synthetic import FlowLogGenerator, cloudwatch_payload, control_payload

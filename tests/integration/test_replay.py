@@ -23,20 +23,17 @@ from typing import Any
 import pytest
 
 from config.settings import Settings
-from forwarder.backsplash.writers import Backsplash, decode_records
+from forwarder.backsplash.codec import decode_records
+from forwarder.backsplash.writers import Backsplash, ReplayFailedBacksplash
 from forwarder.commands.context import CommandContext
+from forwarder.commands.replay import add_arguments, run
 from forwarder.delivery.deliverer import Deliverer
 from forwarder.devtools.emulator import HecEmulator
-from forwarder.replay.engine import (
-    ReplayFailedWriter,
-    ReplayOptions,
-    ReplayReport,
-    add_arguments,
-    default_deliverer_factory,
-    replay,
-    run,
-)
+from forwarder.replay.engine import replay
+from forwarder.replay.options import ReplayOptions
+from forwarder.replay.report import ReplayReport
 from forwarder.replay.state import ReplayState
+from forwarder.replay.worker import default_deliverer_factory
 from forwarder.status import ExitStatus
 from tests.conftest import TEST_TOKEN
 from tests.integration.conftest import BUCKET, FAST, delivery_settings
@@ -282,7 +279,7 @@ def test_dry_run_counts_and_sends_nothing(
 
 
 def run_summary(report: ReplayReport) -> str:
-    from forwarder.replay.engine import format_summary
+    from forwarder.replay.report import format_summary
 
     return format_summary(report)
 
@@ -325,7 +322,7 @@ class CrashingFactory:
         self.crash_at = crash_at
         self.submits = 0
 
-    def __call__(self, settings: Settings, *, backsplash: ReplayFailedWriter) -> Deliverer:
+    def __call__(self, settings: Settings, *, backsplash: ReplayFailedBacksplash) -> Deliverer:
         deliverer = default_deliverer_factory(settings, backsplash=backsplash)
         factory = self
         original = deliverer.submit

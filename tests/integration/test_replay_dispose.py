@@ -17,16 +17,13 @@ import pytest
 import structlog.testing
 
 from config.settings import Settings
+from forwarder.backsplash.writers import ReplayFailedBacksplash
 from forwarder.delivery.deliverer import Deliverer
 from forwarder.devtools.emulator import HecEmulator
-from forwarder.replay.engine import (
-    AfterSuccess,
-    ReplayFailedWriter,
-    ReplayOptions,
-    ReplayReport,
-    default_deliverer_factory,
-    replay,
-)
+from forwarder.replay.engine import replay
+from forwarder.replay.options import AfterSuccess, ReplayOptions
+from forwarder.replay.report import ReplayReport
+from forwarder.replay.worker import default_deliverer_factory
 from tests.integration.conftest import BUCKET, delivery_settings
 from tests.integration.test_replay import (
     ROOT,
@@ -54,7 +51,7 @@ class RewritingFactory:
         self.s3 = s3
         self.rewritten = False
 
-    def __call__(self, settings: Settings, *, backsplash: ReplayFailedWriter) -> Deliverer:
+    def __call__(self, settings: Settings, *, backsplash: ReplayFailedBacksplash) -> Deliverer:
         deliverer = default_deliverer_factory(settings, backsplash=backsplash)
         original = deliverer.submit
 

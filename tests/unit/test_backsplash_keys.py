@@ -11,16 +11,14 @@ from pathlib import Path
 import pytest
 
 from config.settings import BacksplashSettings
+from forwarder.backsplash.codec import decode_records, encode_records, payload_event_id
+from forwarder.backsplash.layout import object_key
 from forwarder.backsplash.writers import (
     Backsplash,
     FallbackBacksplash,
     LocalSpool,
     NullBacksplash,
     backsplash_from_settings,
-    decode_records,
-    encode_records,
-    object_key,
-    payload_event_id,
 )
 from forwarder.errors import BacksplashError
 from transforms.records import EncodedEvent, RawTarget

@@ -11,18 +11,15 @@ from typing import Any
 
 import pytest
 
-from forwarder.backsplash.objects import (
+from forwarder.backsplash.codec import CorruptLine, decode_records
+from forwarder.backsplash.layout import (
     PROCESSING_FAILED,
     REPLAY_FAILED,
     SPLUNK_FAILED,
-    CorruptLine,
-    ReplayFailedBacksplash,
-    body_chunks,
-    decode_object,
     kind_from_key,
-    sniff,
 )
-from forwarder.backsplash.writers import LocalSpool, NullBacksplash, decode_records
+from forwarder.backsplash.objects import body_chunks, decode_object, sniff
+from forwarder.backsplash.writers import LocalSpool, NullBacksplash, ReplayFailedBacksplash
 from forwarder.devtools.synthetic import cloudwatch_payload
 from forwarder.errors import BacksplashError
 from transforms.options import TransformOptions

@@ -21,20 +21,20 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from config.loader import ConfigError
-from forwarder.backsplash.objects import CorruptLine, decode_object, sniff
-from forwarder.backsplash.writers import decode_records
-from forwarder.commands.forward import read_units
-from forwarder.hec.protocol import parse_acks, parse_response
-from forwarder.replay.engine import (
+from forwarder.backsplash.codec import (
     MAX_RECORD_CHARS,
-    SPLUNK_FAILED,
-    BadLine,
+    CorruptLine,
     CorruptRecordError,
     RawRecord,
     decode_record,
+    decode_records,
     decompressed,
     iter_records,
 )
+from forwarder.backsplash.layout import SPLUNK_FAILED
+from forwarder.backsplash.objects import decode_object, sniff
+from forwarder.commands.forward import read_units
+from forwarder.hec.protocol import parse_acks, parse_response
 from forwarder.secrets import token_from_secret_string
 from forwarder.sources.firehose_protocol import RequestRejectedError, decode_body
 from forwarder.sources.streams import (
@@ -243,7 +243,7 @@ def test_decompression_ceiling_fails_the_object_after_what_came_before() -> None
             seen.append(item)
     assert seen == ["good"]
     items = list(iter_records([data], max_inflated=2 << 20))
-    assert isinstance(items[-1], BadLine)
+    assert isinstance(items[-1], CorruptLine)
     assert items[-1].fatal
     assert "ceiling" in items[-1].reason
 
@@ -253,9 +253,9 @@ def test_a_record_longer_than_the_cap_is_one_bad_line() -> None:
     long_record = '{"rawData": "' + "A" * (MAX_RECORD_CHARS + (2 << 20)) + '"}'
     data = gzip.compress(object_bytes(good("before"), long_record, good("after")))
     items = list(iter_records(chunked(data, 64 * 1024)))
-    assert [type(item).__name__ for item in items] == ["RawRecord", "BadLine", "RawRecord"]
+    assert [type(item).__name__ for item in items] == ["RawRecord", "CorruptLine", "RawRecord"]
     bad = items[1]
-    assert isinstance(bad, BadLine)
+    assert isinstance(bad, CorruptLine)
     assert bad.line == 2
     assert bad.reason.startswith("line_too_long")
 

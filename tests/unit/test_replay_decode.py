@@ -13,28 +13,27 @@ from typing import Any
 
 import pytest
 
-from forwarder.replay import state as replay_state
-from forwarder.replay.engine import (
-    PROCESSING_FAILED,
-    SPLUNK_FAILED,
-    BadLine,
+from forwarder.backsplash.codec import (
+    CorruptLine,
     CorruptRecordError,
-    RateLimiter,
     RawRecord,
-    ReplayOptions,
-    Selection,
-    archive_key,
     decode_record,
     iter_records,
-    key_hour,
-    key_kind,
-    parse_s3_uri,
-    parse_time,
     record_kind,
-    source_root,
     split_hec_payload,
 )
+from forwarder.backsplash.layout import (
+    PROCESSING_FAILED,
+    SPLUNK_FAILED,
+    archive_key,
+    key_hour,
+    key_kind,
+    source_root,
+)
+from forwarder.replay import state as replay_state
+from forwarder.replay.options import ReplayOptions, Selection, parse_s3_uri, parse_time
 from forwarder.replay.state import HandledRecords, ReplayState
+from forwarder.replay.worker import RateLimiter
 from transforms.options import TransformOptions
 
 
@@ -42,7 +41,7 @@ def chunks(data: bytes, size: int) -> list[bytes]:
     return [data[i : i + size] for i in range(0, len(data), size)]
 
 
-def records_of(data: bytes, size: int = 7) -> list[RawRecord | BadLine]:
+def records_of(data: bytes, size: int = 7) -> list[RawRecord | CorruptLine]:
     return list(iter_records(chunks(data, size)))
 
 
@@ -110,21 +109,21 @@ def test_multi_member_gzip() -> None:
 
 
 def test_corrupt_lines_are_reported_with_line_numbers_and_reading_goes_on() -> None:
-    """GIVEN garbage, a JSON array and a truncated line WHEN read THEN each is a BadLine."""
+    """GIVEN garbage, a JSON array and a truncated line WHEN read THEN each is a CorruptLine."""
     data = b'{"n":1}\nthis is not json\n[1,2]\n{"n":2}\n{"n":3,"x":\n{"n":4}\n'
     got = records_of(data, 3)
     good = [(r.line, r.data["n"]) for r in got if isinstance(r, RawRecord)]
-    bad = [r.line for r in got if isinstance(r, BadLine)]
+    bad = [r.line for r in got if isinstance(r, CorruptLine)]
     assert good == [(1, 1), (4, 2), (6, 4)]
     assert bad == [2, 3, 5]
 
 
 def test_truncated_gzip_yields_what_decoded_then_a_fatal_bad_line() -> None:
-    """A gzip object cut short: the records before the cut, then one fatal BadLine."""
+    """A gzip object cut short: the records before the cut, then one fatal CorruptLine."""
     body = ("\n".join(json.dumps({"n": i, "pad": "x" * 50}) for i in range(200)) + "\n").encode()
     data = gzip.compress(body)[:-200]
     got = records_of(data, 100)
-    assert isinstance(got[-1], BadLine) and got[-1].fatal
+    assert isinstance(got[-1], CorruptLine) and got[-1].fatal
     assert sum(isinstance(r, RawRecord) for r in got) > 0
 
 

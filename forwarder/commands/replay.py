@@ -1,0 +1,160 @@
+"""``forwarder replay``: the command line of the replay engine (:mod:`forwarder.replay.engine`).
+
+The first SIGINT/SIGTERM finishes the chunk in flight and stops (the state stays
+consistent; run again to resume); the second interrupts (exit 130).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+import structlog
+
+from config.loader import require_hec
+from forwarder import aws
+from forwarder.backsplash.layout import KINDS
+from forwarder.commands.context import CommandContext
+from forwarder.replay.engine import replay
+from forwarder.replay.options import (
+    DEFAULT_CHUNK_BYTES,
+    DEFAULT_MAX_ATTEMPTS,
+    AfterSuccess,
+    ReplayOptions,
+    default_state_path,
+    parse_s3_uri,
+    parse_time,
+)
+from forwarder.replay.report import LogProgress, Progress, TtyProgress, format_summary
+from forwarder.signals import two_stage_stop
+from forwarder.status import ExitStatus
+
+_log = structlog.get_logger("forwarder.commands.replay")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``forwarder replay`` flags (``--hec-url``/``--token`` map to settings overrides)."""
+    parser.add_argument("uri", metavar="s3://BUCKET/PREFIX", help="backsplash objects to replay")
+    parser.add_argument("--hec-url", help="HEC URL(s) to replay into ($SPLUNK_HEC_URL)")
+    parser.add_argument(
+        "--token", help="HEC token; prefer $SPLUNK_HEC_TOKEN, which other users cannot see in ps"
+    )
+    select = parser.add_argument_group("selection")
+    select.add_argument(
+        "--since", metavar="TIME", help="records that arrived at/after TIME (ISO 8601 or 2h)"
+    )
+    select.add_argument("--until", metavar="TIME", help="records that arrived before TIME")
+    select.add_argument(
+        "--error-code",
+        action="append",
+        default=[],
+        metavar="CODE",
+        help="only this errorCode (glob allowed, e.g. 'Splunk.*'); repeatable",
+    )
+    select.add_argument(
+        "--include", action="append", choices=KINDS, help="only these kinds; repeatable"
+    )
+    select.add_argument("--exclude", action="append", choices=KINDS, default=[], help="skip kinds")
+    select.add_argument("--limit", type=int, metavar="N", help="send at most N events")
+    behave = parser.add_argument_group("behaviour")
+    behave.add_argument(
+        "--dry-run", action="store_true", help="count what would be sent; send nothing"
+    )
+    behave.add_argument(
+        "--state",
+        metavar="PATH",
+        help="SQLite replay state (default: $XDG_STATE_HOME/firehose-splunk-forwarder/"
+        "replay.sqlite)",
+    )
+    behave.add_argument(
+        "--max-attempts",
+        type=int,
+        default=DEFAULT_MAX_ATTEMPTS,
+        metavar="N",
+        help=f"skip records already replayed N times (default {DEFAULT_MAX_ATTEMPTS})",
+    )
+    behave.add_argument(
+        "--failed-to",
+        metavar="s3://BUCKET/PREFIX",
+        help="root for replay-failed/ objects (default: the replayed prefix's root)",
+    )
+    after = behave.add_mutually_exclusive_group()
+    after.add_argument(
+        "--archive", action="store_true", help="move fully replayed objects under replayed/"
+    )
+    after.add_argument("--delete", action="store_true", help="delete fully replayed objects")
+    behave.add_argument("--concurrency", type=int, default=1, metavar="N", help="objects at once")
+    behave.add_argument("--rate-limit", type=float, metavar="EPS", help="events per second")
+    behave.add_argument(
+        "--chunk-mb",
+        type=float,
+        default=DEFAULT_CHUNK_BYTES / 1024 / 1024,
+        metavar="MB",
+        help="payload MB per flush-and-commit step (memory and re-send bound)",
+    )
+    behave.add_argument("--json", action="store_true", help="print the report as JSON")
+    behave.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def options_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> ReplayOptions:
+    """Build :class:`ReplayOptions` from parsed flags.
+
+    Raises:
+        ValueError: an invalid value (the message says which).
+    """
+    include = frozenset(args.include) if args.include else frozenset(KINDS)
+    after: AfterSuccess = "archive" if args.archive else "delete" if args.delete else "keep"
+    return ReplayOptions(
+        since=parse_time(args.since) if args.since else None,
+        until=parse_time(args.until) if args.until else None,
+        error_codes=tuple(args.error_code),
+        include=include,
+        exclude=frozenset(args.exclude),
+        limit=args.limit,
+        dry_run=args.dry_run,
+        max_attempts=args.max_attempts,
+        after_success=after,
+        state_path=Path(args.state).expanduser() if args.state else default_state_path(environ),
+        concurrency=args.concurrency,
+        rate_limit=args.rate_limit,
+        chunk_bytes=max(int(args.chunk_mb * 1024 * 1024), 1),
+        failed_to=args.failed_to,
+    )
+
+
+def run(args: argparse.Namespace, ctx: CommandContext) -> ExitStatus:
+    """``forwarder replay``: replay once, print the summary (or ``--json``), exit with its
+    status."""
+    try:
+        options = options_from_args(args, ctx.environ)
+        parse_s3_uri(args.uri)
+    except ValueError as exc:
+        print(f"forwarder replay: {exc}", file=sys.stderr)
+        return ExitStatus.USAGE
+    settings = ctx.settings()
+    if not options.dry_run:
+        require_hec(settings)
+    s3 = aws.client("s3")
+    progress: Progress | None
+    if args.no_progress:
+        progress = None
+    elif sys.stderr.isatty():
+        progress = TtyProgress(sys.stderr)
+    else:
+        progress = LogProgress()
+    with two_stage_stop(on_first=_stopping) as request:
+        report = replay(
+            settings, args.uri, options, s3_client=s3, stop_event=request.stop, progress=progress
+        )
+    if args.json:
+        ctx.out.write(json.dumps(report.to_dict(), indent=2, sort_keys=True) + "\n")
+    else:
+        ctx.out.write(format_summary(report))
+    return report.exit_status
+
+
+def _stopping(signum: int) -> None:
+    _log.warning("replay_stopped", reason=f"signal {signum}; finishing the chunk in flight")

@@ -1,0 +1,318 @@
+"""One object, chunk by chunk: stream its records, select and decode each, hand the events
+to the deliverers, and after every ``chunk_bytes`` of payload flush them and commit.
+
+After a flush each event is acknowledged or stored under ``replay-failed/``; only then are
+the chunk's records written to the state file (:mod:`forwarder.replay.state`), so an
+interrupted run resumes after the last committed chunk and never re-sends what it delivered.
+Records with ``replayAttempts >= max_attempts`` are skipped (counted, left in place).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import structlog
+from botocore.exceptions import BotoCoreError, ClientError
+
+from forwarder.backsplash.codec import (
+    READ_CHUNK_BYTES,
+    CorruptLine,
+    CorruptRecordError,
+    RawRecord,
+    decode_record,
+    iter_records,
+    record_kind,
+    record_meta,
+)
+from forwarder.backsplash.layout import Kind, key_kind
+from forwarder.backsplash.writers import EventOrigin
+from forwarder.errors import BacksplashError
+from forwarder.replay.dispose import dispose
+from forwarder.replay.state import HandledRecords, Outcome
+from forwarder.replay.worker import ByteCounter, ListedObject, Run, Worker
+from transforms.options import Endpoint
+from transforms.records import EncodedEvent, RawTarget
+
+_log = structlog.get_logger("forwarder.replay.chunks")
+
+_Row = tuple[int, str | None, int, Outcome]
+
+
+@dataclass(slots=True)
+class _Chunk:
+    """Records between two commits. Events are buffered per endpoint and raw target and
+    handed to the deliverers a batch's worth at a time (one ``submit`` per record would cost
+    more than the send); ``rows`` are the records whose events were all submitted."""
+
+    rows: list[_Row] = field(default_factory=list)
+    events: int = 0  # submitted
+    nbytes: int = 0  # payload bytes, submitted or buffered
+    pending_rows: list[_Row] = field(default_factory=list)
+    pending_events: int = 0
+    pending_bytes: int = 0
+    groups: dict[tuple[Endpoint, RawTarget | None], list[EncodedEvent]] = field(
+        default_factory=dict
+    )
+
+
+def replay_object(worker: Worker, obj: ListedObject) -> None:
+    shared = worker.shared
+    report = shared.report
+    options = shared.options
+    log = _log.bind(key=obj.key)
+    if worker.state.is_done(shared.bucket, obj.key, obj.etag):
+        with shared.lock:
+            report.objects_already_done += 1
+        log.debug("replay_object_skipped", reason="already replayed")
+        return
+    handled = worker.state.handled(shared.bucket, obj.key, obj.etag)
+    kind_by_key, _ = key_kind(obj.key)
+    object_id = (
+        None
+        if options.dry_run
+        else worker.state.begin_object(shared.bucket, obj.key, obj.etag, obj.size, kind_by_key)
+    )
+    log.debug("replay_object_started", size=obj.size, resumed=len(handled))
+    complete = True  # every record handled (so far)
+    stopped = False
+    read_error: str | None = None
+    crash: str | None = None
+    chunk = _Chunk()
+    counter: ByteCounter | None = None
+    source = f"s3://{shared.bucket}/{obj.key}"
+    version_id: str | None = None
+    try:
+        response = shared.s3.get_object(Bucket=shared.bucket, Key=obj.key, IfMatch=obj.etag)
+        version = response.get("VersionId")
+        version_id = version if version and version != "null" else None
+        counter = ByteCounter(response["Body"].iter_chunks(READ_CHUNK_BYTES))
+        for item in iter_records(counter):
+            if isinstance(item, CorruptLine):
+                complete = False
+                with shared.lock:
+                    report.add_corrupt(obj.key, item.line, item.reason)
+                log.warning("replay_record_corrupt", line=item.line, reason=item.reason)
+                continue
+            if shared.stop.is_set():
+                stopped = True
+                complete = False
+                break
+            status = _replay_record(
+                worker,
+                obj,
+                item,
+                handled=handled,
+                chunk=chunk,
+                kind_by_key=kind_by_key,
+                source=source,
+            )
+            if status == "stop":
+                stopped = True
+                complete = False
+                break
+            if status == "skipped":
+                complete = False
+            if worker.deliverers and worker.fatal() is not None:
+                stopped = True
+                complete = False
+                break
+            if chunk.nbytes >= options.chunk_bytes:
+                _commit(worker, object_id, chunk)
+                chunk = _Chunk()
+                _tick(shared, counter)
+                if worker.fatal() is not None:
+                    stopped = True
+                    complete = False
+                    break
+    except BacksplashError:
+        raise  # the chunk cannot be committed: its events are neither delivered nor stored
+    except (BotoCoreError, ClientError, OSError) as exc:
+        read_error = f"{type(exc).__name__}: {exc}"
+        complete = False
+    except Exception as exc:  # noqa: BLE001 - any bug: commit what was sent, stop the run
+        crash = f"{type(exc).__name__}: {exc}"
+        complete = False
+    # Whatever happened, what was submitted is flushed and recorded, so a resumed run
+    # neither re-sends it nor skips the rest (after a crash, buffered events are dropped
+    # unsent and their records stay unhandled).
+    _commit(worker, object_id, chunk, submit=crash is None)
+    _tick(shared, counter)
+    if crash is not None:
+        with shared.lock:
+            report.error = report.error or f"{obj.key}: {crash}"
+        shared.stop.set()
+        log.error("replay_stopped", reason="unexpected error", error=crash)
+        return
+    fatal = worker.fatal()
+    if fatal is not None:
+        with shared.lock:
+            report.fatal = report.fatal or fatal
+        shared.stop.set()
+        complete = False
+        log.error("replay_stopped", reason="HEC refused delivery", error=fatal)
+    if read_error is not None:
+        with shared.lock:
+            report.objects_failed += 1
+        log.error("replay_object_failed", error=read_error)
+        return
+    with shared.lock:
+        if complete:
+            report.objects_done += 1
+        else:
+            report.objects_partial += 1
+    log.info("replay_object_finished", complete=complete, stopped=stopped)
+    if options.dry_run or object_id is None:
+        return
+    if complete:
+        worker.state.finish_object(object_id)
+        dispose(worker, obj, object_id, version_id)
+    elif options.after_success != "keep":
+        with shared.lock:
+            report.objects_kept += 1
+        log.warning(
+            "replay_object_kept",
+            reason="not every record was replayed (corrupt, not selected, exhausted or stopped)",
+            after_success=options.after_success,
+        )
+
+
+def _tick(shared: Run, counter: ByteCounter | None) -> None:
+    if counter is not None:
+        with shared.lock:
+            shared.report.bytes_read += counter.total
+        counter.total = 0
+    if shared.progress is not None:
+        with shared.lock:
+            shared.progress.update(shared.report)
+
+
+def _replay_record(
+    worker: Worker,
+    obj: ListedObject,
+    item: RawRecord,
+    *,
+    handled: HandledRecords,
+    chunk: _Chunk,
+    kind_by_key: Kind | None,
+    source: str,
+) -> Literal["sent", "skipped", "done", "stop"]:
+    """Send one record (or count it, dry); what became of it."""
+    shared = worker.shared
+    report = shared.report
+    options = shared.options
+    selection = shared.selection
+    record = item.data
+    with shared.lock:
+        report.records_read += 1
+    if item.record_no in handled:
+        with shared.lock:
+            report.records_already_handled += 1
+        return "done"
+    kind = record_kind(record, kind_by_key)
+    error_code, arrival_ms, attempts = record_meta(record)
+    if (
+        kind not in selection.kinds
+        or not selection.error_code_matches(error_code)
+        or not selection.time_matches(arrival_ms, obj.key)
+    ):
+        with shared.lock:
+            report.records_not_selected += 1
+        return "skipped"
+    if attempts >= options.max_attempts:
+        with shared.lock:
+            report.records_exhausted += 1
+        _log.warning(
+            "replay_records_exhausted",
+            key=obj.key,
+            line=item.line,
+            replay_attempts=attempts,
+            max_attempts=options.max_attempts,
+        )
+        return "skipped"
+    try:
+        decoded = decode_record(record, kind, shared.settings.transform)
+    except CorruptRecordError as exc:
+        with shared.lock:
+            report.add_corrupt(obj.key, item.line, str(exc))
+        _log.warning("replay_record_corrupt", key=obj.key, line=item.line, reason=str(exc))
+        return "skipped"
+    count = len(decoded.events)
+    if options.limit is not None:
+        with shared.lock:
+            if shared.events_reserved >= options.limit or (
+                shared.events_reserved and shared.events_reserved + count > options.limit
+            ):
+                if not report.limited:
+                    report.limited = True
+                    _log.info("replay_stopped", reason="limit reached", limit=options.limit)
+                shared.stop.set()
+                return "stop"
+            shared.events_reserved += count
+    with shared.lock:
+        report.count(decoded.kind, decoded.error_code, 1, count, decoded.payload_bytes)
+        report.payload_bytes += decoded.payload_bytes
+        if decoded.control:
+            report.events_dropped += 1
+    if options.dry_run:
+        with shared.lock:
+            report.events_sent += count
+        return "sent"
+    if count:
+        if shared.limiter is not None:
+            shared.limiter.acquire(count)
+        worker.writer.expect(
+            decoded.events,
+            EventOrigin(item.record_no, decoded.arrival_ms, decoded.replay_attempts, source),
+        )
+        chunk.groups.setdefault((decoded.endpoint, decoded.raw_target), []).extend(decoded.events)
+    chunk.pending_rows.append((item.record_no, decoded.event_id, count, "delivered"))
+    chunk.pending_events += count
+    chunk.pending_bytes += decoded.payload_bytes
+    chunk.nbytes += decoded.payload_bytes
+    if chunk.pending_bytes >= shared.settings.batching.max_bytes:
+        _submit(worker, chunk)
+    return "sent"
+
+
+def _submit(worker: Worker, chunk: _Chunk) -> None:
+    """Hand the buffered events to the deliverers (full batches go out now)."""
+    groups, rows, count = chunk.groups, chunk.pending_rows, chunk.pending_events
+    chunk.groups, chunk.pending_rows = {}, []
+    chunk.pending_events = chunk.pending_bytes = 0
+    for (endpoint, raw_target), events in groups.items():
+        worker.deliverer(endpoint).submit(events, raw_target)
+    chunk.rows.extend(rows)
+    chunk.events += count
+    with worker.shared.lock:
+        worker.shared.report.events_sent += count
+
+
+def _commit(worker: Worker, object_id: int | None, chunk: _Chunk, *, submit: bool = True) -> None:
+    """Submit what is buffered, flush the deliverers, then record the records as handled."""
+    shared = worker.shared
+    if shared.options.dry_run or object_id is None:
+        return
+    if submit:
+        _submit(worker, chunk)
+    for deliverer in worker.deliverers.values():
+        deliverer.flush()
+    failed_records = dict(worker.writer.failed_records)
+    failed = sum(failed_records.values())
+    rows: list[tuple[int, str | None, int, Outcome]] = []
+    for record_no, event_id, events, _ in chunk.rows:
+        lost = failed_records.get(record_no, 0)
+        outcome: Outcome = (
+            "delivered" if not lost else "replay-failed" if lost >= events else "mixed"
+        )
+        rows.append((record_no, event_id, events, outcome))
+    if rows:
+        worker.state.record_chunk(
+            object_id, rows, delivered=max(chunk.events - failed, 0), failed=failed
+        )
+    with shared.lock:
+        shared.report.records_handled += len(rows)
+        shared.report.events_delivered += max(chunk.events - failed, 0)
+        shared.report.events_failed += failed
+        shared.report.replay_failed_keys.extend(worker.writer.keys)
+    worker.writer.next_chunk()
