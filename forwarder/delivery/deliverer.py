@@ -1302,3 +1302,9 @@ class Deliverer:
         self._log.warning(
             "backsplash_written", key=key, events=count, error_code=error_code, reason=message
         )
+
+    def use_ledger(self, ledger: Ledger) -> None:
+        """Count into ``ledger`` from now on (one ledger shared by several deliverers: a push
+        invocation's, or the daemon's with its re-delivery deliverers). Call between
+        deliveries, with nothing in flight on the old ledger."""
+        self.ledger = ledger
