@@ -66,7 +66,7 @@ from typing import Any, Final
 import structlog
 
 from config.daemon import SourceSettings
-from forwarder.sources.streams import SourceRecord
+from forwarder.sources.base import SourceRecord
 
 _log = structlog.get_logger("forwarder.sources.firehose_http")
 

@@ -25,6 +25,8 @@ from forwarder.backsplash.objects import CorruptLine, decode_object, sniff
 from forwarder.backsplash.writers import decode_records
 from forwarder.commands.forward import read_units
 from forwarder.hec.protocol import parse_acks, parse_response
+from forwarder.intake.lines import LongLine, bounded_lines, line_chunks, text_lines
+from forwarder.intake.notifications import parse_s3_notification
 from forwarder.replay.engine import (
     MAX_RECORD_CHARS,
     SPLUNK_FAILED,
@@ -37,13 +39,6 @@ from forwarder.replay.engine import (
 )
 from forwarder.secrets import token_from_secret_string
 from forwarder.sources.firehose_http import RequestRejectedError, decode_body
-from forwarder.sources.streams import (
-    LongLine,
-    bounded_lines,
-    line_chunks,
-    parse_s3_notification,
-    text_lines,
-)
 from tests.conftest import make_settings
 from transforms.options import TransformOptions
 

@@ -17,7 +17,7 @@ from botocore.exceptions import ClientError
 
 from config.daemon import SourceSettings
 from forwarder.sources.checkpoints import SHARD_END, MemoryCheckpointStore, pin_position, pinned_at
-from forwarder.sources.streams import LATEST_PIN_MARGIN_S, KinesisSource
+from forwarder.sources.kinesis import LATEST_PIN_MARGIN_S, KinesisSource
 
 STREAM = "s"
 
