@@ -68,7 +68,7 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, TypeVar
 
 import structlog
 
@@ -96,6 +96,7 @@ from forwarder.secrets import resolve_token
 from transforms.options import Endpoint
 
 Shape = Literal["awslogs", "kinesis", "sqs"]
+_T = TypeVar("_T")
 
 #: Kept free at the end of the invocation for backsplash writes and the answer: a fifth of the
 #: remaining time, at least SAFETY_MARGIN_MIN_S and at most SAFETY_MARGIN_MAX_S seconds. An item
@@ -335,14 +336,7 @@ class _Invocation:
         Raises:
             ObjectReadError: the object cannot be read or decoded.
         """
-        while True:
-            try:
-                chunk = next(chunks, None)
-            except OBJECT_READ_ERRORS as exc:
-                raise ObjectReadError(obj, exc) from exc
-            if chunk is None:
-                return
-            lines, fields = chunk
+        for lines, fields in _reading(obj, chunks):
             self.intake.lines(
                 lines, log_group=obj.bucket, log_stream=obj.key, origin="s3", flow_fields=fields
             )
@@ -358,14 +352,7 @@ class _Invocation:
         kind = opened.kind
         _log.info("backsplash_object_redelivering", bucket=obj.bucket, key=obj.key, kind=kind)
         records = 0
-        items = backsplash_items(opened, self.settings.transform)
-        while True:
-            try:
-                item = next(items, None)
-            except OBJECT_READ_ERRORS as exc:
-                raise ObjectReadError(obj, exc) from exc
-            if item is None:
-                break
+        for item in _reading(obj, backsplash_items(opened, self.settings.transform)):
             if isinstance(item, CorruptLine):
                 self.intake.corrupt_record(obj.bucket, obj.key, item.line, item.reason)
                 continue
@@ -379,6 +366,23 @@ class _Invocation:
             kind=kind,
             records=records,
         )
+
+
+def _reading(obj: S3Object, items: Iterator[_T]) -> Iterator[_T]:
+    """``items``, read from ``obj``: a read or decode error becomes :class:`ObjectReadError`
+    (an error of the caller's own work on an item is not wrapped).
+
+    Raises:
+        ObjectReadError: the object cannot be read or decoded.
+    """
+    while True:
+        try:
+            item = next(items)
+        except StopIteration:
+            return
+        except OBJECT_READ_ERRORS as exc:
+            raise ObjectReadError(obj, exc) from exc
+        yield item
 
 
 def _decode_b64(text: str) -> bytes:
