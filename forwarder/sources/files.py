@@ -300,11 +300,6 @@ class FileSource:
         return self._attached
 
     @property
-    def stopped_early(self) -> bool:
-        """Records were released (a shutdown before the end of the input)."""
-        return self._released
-
-    @property
     def lines_cut(self) -> int:
         """stdin lines cut at :data:`STREAM_MAX_LINE_BYTES`."""
         return self._stream.lines_cut if self._stream is not None else 0

@@ -141,10 +141,6 @@ class KinesisSource:
                 lags.append(behind + max(now - shard.read_at - idle, 0.0))
         return max(lags) if lags else None
 
-    def shard_positions(self) -> dict[str, str | None]:
-        """Each known shard's committed position (for tests and logs)."""
-        return {shard_id: shard.committed for shard_id, shard in self._shards.items()}
-
     def attach(self) -> None:
         """Load checkpoints and list the shards.
 

@@ -76,7 +76,7 @@ def test_kinesis_split_on_moto(aws_endpoint: str) -> None:
     assert sorted(got) == sorted(payloads)
     positions = store.load(STREAM)
     assert positions[parent] == SHARD_END
-    assert len(source.shard_positions()) == 3
+    assert len(source._shards) == 3  # every shard known
 
     # a restart resumes from the checkpoints: nothing is read again
     again = KinesisSource(kinesis, kinesis_settings(), store)
@@ -398,7 +398,7 @@ def test_stdin_release_means_not_exhausted() -> None:
     assert source.poll(1000) == []
     assert exhausted(source)
     source.release(records[1:])
-    assert not exhausted(source) and source.stopped_early
+    assert not exhausted(source) and source._released  # stopped early
     assert source.lines_delivered == 10 and source.position == ("stdin", 10)
 
 
