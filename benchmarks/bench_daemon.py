@@ -51,7 +51,8 @@ from benchmarks.bench_delivery import (
 from benchmarks.common import median_seconds
 from config.daemon import DaemonSettings, SourceSettings
 from config.settings import Settings
-from forwarder.daemon import EXIT_OK, Daemon
+from forwarder.daemon import Daemon
+from forwarder.status import ExitStatus
 
 TARGET_RATIO = 0.8
 MEMORY_LIMIT_MB = 200
@@ -69,7 +70,7 @@ def run_daemon(path: Path, settings: Settings, *, metrics: bool = True) -> dict[
     daemon = Daemon(settings, daemon_settings)
     status = daemon.run()
     summary = daemon.deliverer.ledger.summary()
-    if status != EXIT_OK or not summary["balanced"] or summary["backsplashed"]:
+    if status != ExitStatus.OK or not summary["balanced"] or summary["backsplashed"]:
         raise RuntimeError(f"the daemon did not deliver everything (exit {status}): {summary}")
     return summary
 

@@ -30,27 +30,18 @@ above once what was taken in is acknowledged or backsplashed, and logs ``input_n
 (lines taken, where it stopped): the rest of the input is not read, and a later run reads the
 files from the start again (stdin: whatever is fed to it again).
 
-Backsplash objects named by the ``sqs-s3`` source (as in the push Lambda, DESIGN.md §6) come as
-records already decoded (:class:`~forwarder.sources.streams.SourceRecord` ``decoded``): they go to
-deliverers of their own, one per endpoint (the configured HEC with the endpoint the record
-needs), whose backsplash writes under ``replay-failed/`` (:class:`~forwarder.backsplash.objects.
-ReplayFailedBacksplash`, ``replayAttempts: 1``), never ``splunk-failed/``. Every deliverer
+Backsplash objects named by the ``sqs-s3`` source come as records already decoded
+(:class:`~forwarder.sources.base.SourceRecord` ``decoded``) and are dispatched by
+:class:`~forwarder.intake.dispatch.Intake` as in the push Lambda (DESIGN.md §6): to deliverers
+of their own, one per endpoint, whose failures go under ``replay-failed/``. Every deliverer
 shares the main deliverer's ledger (so health, metrics and the summary read one ledger), and
 the checkpoint flushes them all: an SQS message is deleted only once every event of its
-objects is acknowledged or stored. A corrupt backsplash record is dropped (ledger reason
-``backsplash_record_corrupt``) and logged with its key and line.
+objects is acknowledged or stored.
 
-Source failures are supervised: any error of the source's ``attach``, ``poll``, ``commit`` or
-``release`` but a configuration error (an AWS endpoint unreachable or refusing for a while, a
-DynamoDB checkpoint write failing, an ``OSError``) is retried after a capped, full-jitter
-exponential backoff (``source_retry_backoff_s`` .. ``source_retry_backoff_max_s``) for as long
-as it fails; every failure is counted (``forwarder_source_errors_total{operation,kind}``) and
-logged (``source_operation_failed``), ``/readyz`` says not ready until an operation succeeds
-again (``source_recovered``), and the deliverers keep being serviced during the backoff. Nothing
-read is lost: a failed commit leaves the checkpoint where it was (retried), and a failed Kinesis
-poll re-attaches the source from its last checkpoint (a poll can fail after reading some shards:
-those records are read again, duplicates, never a gap). A :class:`~config.loader.ConfigError`
-(a ``files`` source naming a missing path) is not retried: the daemon logs ``daemon_stopped``
+Source failures are supervised (:mod:`forwarder.sources.supervision`): retried with a capped
+backoff while the deliverers keep being serviced; a failed Kinesis poll re-attaches the source
+from its last checkpoint (duplicates, never a gap). A :class:`~config.loader.ConfigError` (a
+``files`` source naming a missing path) is not retried: the daemon logs ``daemon_stopped``
 with the problem and exits 2.
 
 The backsplash is S3 with the local spool behind it (``BACKSPLASH_SPOOL_DIR``): while S3 is
@@ -61,32 +52,22 @@ committing (exit 6): a restart resumes from the last checkpoint.
 
 from __future__ import annotations
 
-import argparse
-import os
-import signal
-import sys
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
+from collections.abc import Callable, Sequence
 from functools import partial
-from pathlib import Path
-from types import FrameType
-from typing import Any, BinaryIO, Final, TypeVar
+from typing import BinaryIO, Final
 
 import requests
 import structlog
-import tenacity
-from botocore.exceptions import ClientError
 
-from config.daemon import DaemonSettings, load_daemon_settings
-from config.loader import ConfigError, read_toml, require_hec
+from config.daemon import DaemonSettings
+from config.loader import ConfigError
 from config.settings import Settings
-from forwarder.backsplash.objects import CORRUPT_RECORD
+from forwarder import aws
 from forwarder.backsplash.writers import (
     BacksplashWriter,
     FallbackBacksplash,
-    ReplayFailedBacksplash,
     backsplash_from_settings,
 )
 from forwarder.delivery.deliverer import Deliverer
@@ -94,54 +75,24 @@ from forwarder.delivery.ledger import Ledger
 from forwarder.delivery.metrics import DaemonState, MetricsServer
 from forwarder.errors import BacksplashError, FatalHecError
 from forwarder.hec.client import HecClient
-from forwarder.sources.checkpoints import (
-    CheckpointStore,
-    DynamoCheckpointStore,
-    FileCheckpointStore,
-    MemoryCheckpointStore,
-)
+from forwarder.intake.dispatch import Intake, Redeliverers
+from forwarder.sources.base import Source, SourceRecord
+from forwarder.sources.build import build_source, check_source
+from forwarder.sources.files import FileSource
 from forwarder.sources.firehose_http import FirehoseHttpSource
-from forwarder.sources.streams import (
-    FileSource,
-    KinesisSource,
-    Source,
-    SourceRecord,
-    SqsS3Source,
-    store_unprocessable,
-)
-from transforms.errors import TransformError
-from transforms.options import Endpoint
-from transforms.pipeline import EncodedBatch, transform_lines, transform_payload
+from forwarder.sources.supervision import SourceSupervisor, describe
+from forwarder.status import ExitStatus, RunOutcome, incomplete, status_for
 
-EXIT_OK: Final = 0
-EXIT_FAILURE: Final = 1
-EXIT_USAGE: Final = 2
-EXIT_HEC_FATAL: Final = 4
-EXIT_INCOMPLETE: Final = 5
-EXIT_BACKSPLASH_FAILED: Final = 6
-EXIT_INTERRUPTED: Final = 130
-
-#: A backoff after a source failure is slept in slices this long, servicing the deliverers
-#: (ack polls, retries) between them.
-_BACKOFF_SLICE_S: Final = 0.5
 #: The shortest idle wait of a poll when a deliverer has work due (a floor, so that a wake-up
 #: time that stays in the past cannot turn the loop into a busy loop).
 _MIN_IDLE_WAIT_S: Final = 0.01
 
-_T = TypeVar("_T")
-
 _log = structlog.get_logger("forwarder.daemon")
 
 
-def _boto_client(service: str) -> Any:
-    import boto3  # noqa: PLC0415 - only the daemon's AWS sources need it
-    from botocore.config import Config  # noqa: PLC0415
-
-    return boto3.client(service, config=Config(retries={"mode": "standard"}))  # type: ignore[call-overload]
-
-
 class Daemon:
-    """One daemon run; usable in-process (tests, ``make demo``) or from :func:`main`.
+    """One daemon run; usable in-process (tests, ``make demo``) or from ``forwarder daemon``
+    (:mod:`forwarder.commands.daemon`).
 
     Args:
         settings: HEC, delivery and backsplash settings (token resolved).
@@ -157,7 +108,7 @@ class Daemon:
         settings: Settings,
         daemon_settings: DaemonSettings,
         *,
-        client_factory: Callable[[str], Any] = _boto_client,
+        client_factory: aws.ClientFactory = aws.client,
         source: Source | None = None,
         backsplash: BacksplashWriter | None = None,
         stdin: BinaryIO | None = None,
@@ -187,7 +138,16 @@ class Daemon:
         )
         #: Deliverers for re-delivered backsplash records, by endpoint (failures go under
         #: replay-failed/); built on first use, sharing the main deliverer's ledger.
-        self.redeliverers: dict[Endpoint, Deliverer] = {}
+        self.redeliverers = Redeliverers(
+            settings,
+            self.backsplash,
+            log=_log,
+            clock=self._clock,
+            prepare=self._prepare_redeliverer,
+        )
+        self.intake = Intake(
+            settings, self.deliverer, self.backsplash, self.redeliverers.get, log=_log
+        )
         self._stdin = stdin
         #: Whether a failed poll re-attaches the source from its checkpoints (Kinesis).
         self._reattach_after_poll_failure = source is None and (
@@ -208,6 +168,15 @@ class Daemon:
         self.metrics: MetricsServer | None = None
         self._probe_session = requests.Session()
         self._next_drain = 0.0
+        self.supervisor = SourceSupervisor(
+            self.state,
+            self.stop_event,
+            backoff_s=daemon_settings.source_retry_backoff_s,
+            backoff_max_s=daemon_settings.source_retry_backoff_max_s,
+            source_name=lambda: self.source.name,
+            service=self._service,
+            clock=self._clock,
+        )
 
     def _source_lag(self) -> float | None:
         return self.source.lag_seconds()  # the current source: a re-attach replaces it
@@ -216,7 +185,7 @@ class Daemon:
 
     def deliverers(self) -> list[Deliverer]:
         """Every deliverer (the main one first, then the re-delivery ones)."""
-        return [self.deliverer, *list(self.redeliverers.values())]
+        return [self.deliverer, *self.redeliverers.all()]
 
     def pending_acks(self) -> int:
         """Requests awaiting their ack, over every deliverer."""
@@ -230,78 +199,24 @@ class Daemon:
                 return deliverer.fatal
         return None
 
-    def redeliverer(self, endpoint: Endpoint) -> Deliverer:
-        """The deliverer for backsplash records meant for ``endpoint``: the configured HEC with
-        that endpoint, its failures stored under ``replay-failed/``, on the main ledger."""
-        found = self.redeliverers.get(endpoint)
-        if found is None:
-            settings = self.settings
-            if settings.hec.endpoint != endpoint:
-                settings = replace(settings, hec=replace(settings.hec, endpoint=endpoint))
-            found = Deliverer(
-                settings,
-                backsplash=ReplayFailedBacksplash(self.backsplash),
-                clock=self._clock,
-                log=_log.bind(redelivery=endpoint),
-            )
-            found.ledger = self.deliverer.ledger  # one ledger for the daemon (thread-safe)
-            if self._stop_deadline is not None:
-                found.set_deadline(self._stop_deadline)
-            if self._forced:
-                found.abort("Splunk.Shutdown", "second shutdown signal")
-            self.redeliverers[endpoint] = found
-        return found
+    def _prepare_redeliverer(self, deliverer: Deliverer) -> None:
+        """A new re-delivery deliverer: on the main ledger, under any stop already asked."""
+        deliverer.use_ledger(self.deliverer.ledger)  # one ledger for the daemon (thread-safe)
+        if self._stop_deadline is not None:
+            deliverer.set_deadline(self._stop_deadline)
+        if self._forced:
+            deliverer.abort("Splunk.Shutdown", "second shutdown signal")
 
     # ------------------------------------------------------------------ building
 
-    def _checkpoint_store(self) -> CheckpointStore:
-        daemon = self.daemon_settings
-        if daemon.checkpoint_store == "dynamodb":
-            assert daemon.checkpoint_table is not None
-            return DynamoCheckpointStore(self._clients("dynamodb"), daemon.checkpoint_table)
-        if daemon.checkpoint_store == "file":
-            return FileCheckpointStore(daemon.checkpoint_path)
-        return MemoryCheckpointStore()
-
     def _build_source(self, stdin: BinaryIO | None) -> Source:
-        source = self.daemon_settings.source
-        if source.type == "kinesis":
-            return KinesisSource(
-                self._clients("kinesis"),
-                source,
-                self._checkpoint_store(),
-                stop_event=self.stop_event,
-            )
-        if source.type == "sqs-s3":
-            return SqsS3Source(
-                self._clients("sqs"),
-                self._clients("s3"),
-                source,
-                stop_event=self.stop_event,
-                transform=self.settings.transform,
-            )
-        if source.type == "firehose-http":
-            return FirehoseHttpSource(source, stop_event=self.stop_event)
-        return FileSource(source, stdin=stdin)
-
-    def _check_source(self) -> None:
-        """What the source's settings name must exist before it is attached.
-
-        Raises:
-            ConfigError: a ``files`` source names a path that is not a readable file.
-        """
-        source = self.daemon_settings.source
-        if source.type != "files":
-            return
-        for path in source.paths:
-            if path == "-":
-                continue
-            if not os.path.exists(path):  # a FIFO or a device is fine: only missing is not
-                raise ConfigError("source.paths", f"{path}: no such file")
-            if os.path.isdir(path):
-                raise ConfigError("source.paths", f"{path}: is a directory, not a file")
-            if not os.access(path, os.R_OK):
-                raise ConfigError("source.paths", f"{path}: not readable")
+        return build_source(
+            self.daemon_settings,
+            self.settings.transform,
+            self._clients,
+            stop_event=self.stop_event,
+            stdin=stdin,
+        )
 
     def _probe_hec(self) -> tuple[bool, str]:
         reasons = []
@@ -343,17 +258,9 @@ class Daemon:
         for deliverer in self.deliverers():
             deliverer.abort("Splunk.Shutdown", "second shutdown signal")
 
-    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
-        self.request_stop()
-
-    def install_signal_handlers(self) -> None:
-        """SIGTERM and SIGINT start the two-stage shutdown (main thread only)."""
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self._on_signal)
-
     # ------------------------------------------------------------------ the loop
 
-    def run(self) -> int:
+    def run(self) -> ExitStatus:
         """Run until the source is exhausted or a signal arrives; returns the exit status."""
         daemon = self.daemon_settings
         if daemon.metrics_enabled:
@@ -371,83 +278,11 @@ class Daemon:
 
     # ------------------------------------------------------------------ supervision
 
-    def _supervised(self, operation: str, call: Callable[[], _T]) -> _T:
-        """Run one source operation; retry any failure but a configuration error.
-
-        Backoff: full jitter, exponential from ``source_retry_backoff_s``, capped at
-        ``source_retry_backoff_max_s``; no attempt cap (the daemon waits for the endpoint to
-        come back), but a stop request ends the retries. Each failure is counted and logged
-        (``source_operation_failed``) and makes ``/readyz`` not ready until an operation
-        succeeds (``source_recovered``).
-
-        Raises:
-            ConfigError: not retried.
-            BacksplashError: from servicing the deliverers during a backoff.
-            Exception: the last failure, once a stop is requested.
-        """
-        daemon = self.daemon_settings
-        retrying = tenacity.Retrying(
-            stop=tenacity.stop_when_event_set(self.stop_event),
-            wait=tenacity.wait_random_exponential(
-                multiplier=daemon.source_retry_backoff_s, max=daemon.source_retry_backoff_max_s
-            ),
-            retry=tenacity.retry_if_exception(
-                lambda exc: not isinstance(exc, (ConfigError, BacksplashError))
-            ),
-            sleep=self._source_backoff,
-            before_sleep=lambda retry_state: self._source_failed(operation, retry_state),
-            reraise=True,
-        )
-        try:
-            result = retrying(call)
-        except (ConfigError, BacksplashError):
-            raise
-        except Exception as exc:  # stopped while failing: count and log this last failure too
-            self.state.source_failed(operation, _error_kind(exc), _describe(exc))
-            _log.error(
-                "source_operation_failed",
-                source=self.source.name,
-                operation=operation,
-                kind=_error_kind(exc),
-                retry_in_s=None,
-                reason=f"{_describe(exc)}; not retried: shutting down",
-            )
-            raise
-        if self.state.source_error is not None:
-            self.state.source_recovered()
-            _log.info("source_recovered", source=self.source.name, operation=operation)
-        return result
-
-    def _source_failed(self, operation: str, retry_state: tenacity.RetryCallState) -> None:
-        outcome = retry_state.outcome
-        exc = outcome.exception() if outcome is not None else None
-        if exc is None:
-            return
-        kind = _error_kind(exc)
-        reason = _describe(exc)
-        self.state.source_failed(operation, kind, reason)
-        wait = retry_state.next_action.sleep if retry_state.next_action is not None else 0.0
-        _log.error(
-            "source_operation_failed",
-            source=self.source.name,
-            operation=operation,
-            kind=kind,
-            attempt=retry_state.attempt_number,
-            retry_in_s=round(wait, 3),
-            reason=reason,
-        )
-
-    def _source_backoff(self, seconds: float) -> None:
-        """Wait ``seconds`` (less if a stop comes), servicing the deliverers meanwhile."""
-        end = self._clock() + seconds
-        while not self.stop_event.is_set():
-            remaining = end - self._clock()
-            if remaining <= 0:
-                return
-            self.stop_event.wait(min(remaining, _BACKOFF_SLICE_S))
-            self.state.beat()
-            for deliverer in self.deliverers():
-                deliverer.service()
+    def _service(self) -> None:
+        """During a source backoff: heartbeat, and service the deliverers (acks, retries)."""
+        self.state.beat()
+        for deliverer in self.deliverers():
+            deliverer.service()
 
     def _attach(self) -> bool:
         """Attach the source (retried while it fails); False when a stop came first.
@@ -457,11 +292,11 @@ class Daemon:
         """
 
         def attach() -> None:
-            self._check_source()
+            check_source(self.daemon_settings.source)
             self.source.attach()
 
         try:
-            self._supervised("attach", attach)
+            self.supervisor.run("attach", attach)
         except (ConfigError, BacksplashError):
             raise
         except Exception:  # noqa: BLE001 - a stop came while it failed (counted, logged)
@@ -504,7 +339,7 @@ class Daemon:
             reason="a poll failed; reading again from the last checkpoint",
         )
 
-    def _run(self) -> int:
+    def _run(self) -> ExitStatus:
         daemon = self.daemon_settings
         self._drain_spool(force=True)
         _log.info("daemon_started", source=self.source.name)
@@ -521,7 +356,7 @@ class Daemon:
                 self.state.beat()
                 want = max(1, min(max_records, daemon.checkpoint_max_records - cycle_records))
                 try:
-                    records = self._supervised("poll", partial(self._poll, want))
+                    records = self.supervisor.run("poll", partial(self._poll, want))
                 except (ConfigError, BacksplashError):
                     raise
                 except Exception:  # noqa: BLE001 - a stop came while polling failed
@@ -572,75 +407,25 @@ class Daemon:
         return len(records)
 
     def _deliver(self, record: SourceRecord) -> None:
+        intake = self.intake
         if record.dropped is not None:  # a line too long to read (sqs-s3 text objects)
-            self.deliverer.ledger.drop(record.dropped)
-            _log.warning(
-                "line_dropped",
-                reason=record.dropped,
-                bucket=record.log_group,
-                key=record.log_stream,
-                line=record.line,
-                bytes=record.size,
+            intake.dropped_line(
+                record.log_group, record.log_stream, record.line, record.size, record.dropped
             )
-            return
-        if record.decoded is not None or record.corrupt is not None:
-            self._deliver_backsplash_record(record)
-            return
-        options = self.settings.transform
-        try:
-            if record.payload is not None:
-                batch: EncodedBatch = transform_payload(record.payload, options)
-            else:
-                batch = transform_lines(
-                    record.lines or (),
-                    log_group=record.log_group,
-                    log_stream=record.log_stream,
-                    origin=record.origin,
-                    options=options,
-                    flow_fields=record.flow_fields,
-                )
-        except TransformError as exc:
-            self._unprocessable(record, exc)
-            return
-        if batch.is_control:
-            self.deliverer.ledger.drop("control_message")
-            return
-        if batch.events:
-            self.deliverer.submit(batch.events, batch.raw_target)
-
-    def _deliver_backsplash_record(self, record: SourceRecord) -> None:
-        """One record of a backsplash object: to the re-delivery deliverer of its endpoint;
-        a corrupt one is dropped and logged with its key and line."""
-        ledger = self.deliverer.ledger
-        decoded = record.decoded
-        if decoded is None:
-            ledger.drop(CORRUPT_RECORD)
-            _log.error(
-                "backsplash_record_corrupt",
-                bucket=record.log_group,
-                key=record.log_stream,
-                line=record.line,
-                reason=record.corrupt,
+        elif record.decoded is not None:  # a backsplash record (sqs-s3)
+            intake.backsplash_record(record.decoded)
+        elif record.corrupt is not None:
+            intake.corrupt_record(record.log_group, record.log_stream, record.line, record.corrupt)
+        elif record.payload is not None:
+            intake.payload(record.payload)
+        else:
+            intake.lines(
+                record.lines or (),
+                log_group=record.log_group,
+                log_stream=record.log_stream,
+                origin=record.origin,
+                flow_fields=record.flow_fields,
             )
-            return
-        if decoded.control:
-            ledger.drop("control_message")
-        elif decoded.events:
-            self.redeliverer(decoded.endpoint).submit(decoded.events, decoded.raw_target)
-
-    def _unprocessable(self, record: SourceRecord, exc: TransformError) -> None:
-        data = (
-            record.payload if record.payload is not None else "\n".join(record.lines or ()).encode()
-        )
-        key = store_unprocessable(
-            self.backsplash,
-            data,
-            error_code="Transform.DecodeError",
-            message=f"{type(exc).__name__}: {exc}",
-            endpoint=self.settings.hec.endpoint,
-        )
-        self.deliverer.ledger.add(events_in=1, backsplashed=1, backsplash_objects=1)
-        _log.error("record_unprocessable", key=key, reason=f"{type(exc).__name__}: {exc}")
 
     def _checkpoint(self, deadline: float | None) -> bool:
         """Flush (everything acknowledged or backsplashed), then commit the source.
@@ -668,14 +453,14 @@ class Daemon:
             )
             return False
         try:
-            committed = self._supervised("commit", self.source.commit)
+            committed = self.supervisor.run("commit", self.source.commit)
         except (ConfigError, BacksplashError):
             raise
         except Exception as exc:  # noqa: BLE001 - a stop came while the commit failed
             _log.error(
                 "checkpoint_skipped",
                 source=self.source.name,
-                reason=f"commit failed until shutdown: {_describe(exc)}; those records "
+                reason=f"commit failed until shutdown: {describe(exc)}; those records "
                 "are read again after a restart (duplicates, not loss)",
             )
             return False
@@ -693,7 +478,7 @@ class Daemon:
     def _release(self, records: Sequence[SourceRecord]) -> None:
         """Hand records back to the source (retried like any source operation)."""
         try:
-            self._supervised("release", lambda: self.source.release(records))
+            self.supervisor.run("release", lambda: self.source.release(records))
         except (ConfigError, BacksplashError):
             raise
         except Exception:  # noqa: BLE001 - not committed either: they come again after a restart
@@ -721,7 +506,7 @@ class Daemon:
         if moved:
             _log.info("spool_drained", objects=moved)
 
-    def _finish(self) -> int:
+    def _finish(self) -> ExitStatus:
         """Shutdown: flush within the grace period, commit, close; the exit status."""
         if self._stop_deadline is not None:  # a signal: the deliverer has this deadline already
             deadline = self._stop_deadline
@@ -742,62 +527,38 @@ class Daemon:
         if grace_over and not self._forced:
             _log.warning("shutdown_grace_expired")  # what was still pending is backsplashed
         self._drain_spool(force=True)
-        self._report_unread()
+        if isinstance(self.source, FileSource):
+            self.source.log_unread()
         ledger = self.deliverer.ledger
-        status = EXIT_OK
-        if self._forced:
-            status = EXIT_INTERRUPTED
-        elif self.fatal is not None:
-            status = EXIT_HEC_FATAL
-        elif self.source.exhausted and (ledger.backsplashed or ledger.dropped_total):
-            status = EXIT_INCOMPLETE  # a finite run: say that not everything was indexed
-        ledger.log_summary(_log, source=self.source.name, exit_status=status)
-        _log.info("daemon_stopped", exit_status=status)
+        status = status_for(
+            RunOutcome(
+                hec_fatal=self.fatal is not None,
+                # A graceful stop is no interruption; a forced one (second signal) is.
+                interrupted=self._forced,
+                # A finite run (files, stdin): say that not everything was indexed.
+                incomplete=self.source.exhausted and incomplete(ledger.summary()),
+            )
+        )
+        ledger.log_summary(_log, source=self.source.name, exit_status=int(status))
+        _log.info("daemon_stopped", exit_status=int(status))
         return status
 
-    def _report_unread(self) -> None:
-        """A files/stdin run stopped before the end of its input: say where (no checkpoint)."""
-        source = self.source
-        if isinstance(source, FileSource) and not source.exhausted:
-            path, lines = source.position if source.position is not None else (None, 0)
-            _log.warning(
-                "input_not_finished",
-                source=source.name,
-                lines_taken=source.lines_delivered,
-                stopped_in=path,
-                lines_of_it=lines,
-                reason="stopped before the end of the input; a files source keeps no "
-                "checkpoint: run again to read it (from the start)",
-            )
-
-    def _config_failed(self, exc: ConfigError) -> int:
+    def _config_failed(self, exc: ConfigError) -> ExitStatus:
         """A configuration problem found at run time (a files source's missing path): exit 2."""
+        status = status_for(exc)
         _log.critical(
-            "daemon_stopped", reason=f"configuration error: {exc}", exit_status=EXIT_USAGE
+            "daemon_stopped", reason=f"configuration error: {exc}", exit_status=int(status)
         )
-        return EXIT_USAGE
+        return status
 
-    def _backsplash_failed(self, exc: BacksplashError) -> int:
+    def _backsplash_failed(self, exc: BacksplashError) -> ExitStatus:
         _log.critical(
             "daemon_stopped",
             reason=f"backsplash and spool both failed: {exc.message}; nothing committed",
-            exit_status=EXIT_BACKSPLASH_FAILED,
+            exit_status=int(ExitStatus.BACKSPLASH_FAILED),
         )
         self.deliverer.ledger.log_summary(_log, source=self.source.name)
-        return EXIT_BACKSPLASH_FAILED
-
-
-def _error_kind(exc: BaseException) -> str:
-    """A short, bounded label for a failure: the AWS error code, else the exception's type."""
-    if isinstance(exc, ClientError):
-        code = exc.response.get("Error", {}).get("Code")
-        if code:
-            return str(code)
-    return type(exc).__name__
-
-
-def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"
+        return status_for(RunOutcome(backsplash_failed=True))
 
 
 # --------------------------------------------------------------------- in-process runs
@@ -809,7 +570,7 @@ def run_daemon_demo(
     *,
     until: Callable[[Ledger], bool],
     timeout_s: float = 60.0,
-    client_factory: Callable[[str], Any] = _boto_client,
+    client_factory: aws.ClientFactory = aws.client,
 ) -> tuple[int, str]:
     """Run a daemon in a thread until ``until(ledger)`` holds (or the timeout), then stop it.
 
@@ -829,68 +590,4 @@ def run_daemon_demo(
     daemon.request_stop()
     thread.join(timeout=daemon_settings.shutdown_grace_s + 30)
     metrics = daemon.metrics.exposition().decode() if daemon.metrics is not None else ""
-    return (result[0] if result else EXIT_FAILURE), metrics
-
-
-# --------------------------------------------------------------------- command line
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The ``forwarder daemon`` flags."""
-    parser.add_argument(
-        "--config", metavar="FILE", help="TOML settings file (default: $FORWARDER_CONFIG)"
-    )
-    parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"])
-    parser.add_argument("--log-format", choices=["auto", "json", "console"])
-    parser.add_argument("--hec-url", help="HEC URL(s), comma-separated ($SPLUNK_HEC_URL)")
-    parser.add_argument("--metrics-port", type=int, help="metrics port (overrides the file)")
-
-
-def _resolve_token(settings: Settings) -> Settings:
-    from config.loader import with_token  # noqa: PLC0415
-
-    if not settings.hec.token and settings.hec.token_secret_arn:
-        from forwarder.secrets import get_hec_token  # noqa: PLC0415
-
-        settings = with_token(settings, get_hec_token(settings.hec.token_secret_arn))
-    return require_hec(settings)
-
-
-def _config_path(args: argparse.Namespace, environ: Mapping[str, str]) -> Path | None:
-    location = getattr(args, "config", None) or environ.get("FORWARDER_CONFIG")
-    return Path(location) if location else None
-
-
-def run(
-    args: argparse.Namespace,
-    settings_loader: Callable[[], Settings],
-    environ: Mapping[str, str] | None = None,
-) -> int:
-    """``forwarder daemon``: the cli's entry (``settings_loader`` is ``CommandContext.settings``).
-
-    Raises:
-        ConfigError: a setting is invalid (the cli maps it to exit status 2).
-    """
-    env = os.environ if environ is None else environ
-    path = _config_path(args, env)
-    document = read_toml(path) if path is not None else {}
-    daemon_settings = load_daemon_settings(document, env)
-    port = getattr(args, "metrics_port", None)
-    if port is not None:
-        daemon_settings = replace(daemon_settings, metrics_port=port)
-    settings = _resolve_token(settings_loader())
-    daemon = Daemon(settings, daemon_settings)
-    if threading.current_thread() is threading.main_thread():
-        daemon.install_signal_handlers()
-    return daemon.run()
-
-
-def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
-    """``python -m forwarder.daemon ARGS``: the same as ``forwarder daemon ARGS``."""
-    from forwarder.cli import main as cli_main  # noqa: PLC0415
-
-    return cli_main(["daemon", *(sys.argv[1:] if argv is None else argv)], environ)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    return (result[0] if result else ExitStatus.FAILURE), metrics

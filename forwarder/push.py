@@ -13,7 +13,7 @@ The event is recognised by its shape:
 Backsplash objects (DESIGN.md §6), recognised by key (``splunk-failed/``,
 ``processing-failed/``, ``replay-failed/`` anywhere in it) or by content (JSON records with a
 ``rawData`` string), are re-delivered record by record, streamed
-(:mod:`forwarder.backsplash.objects`, with the decoder ``forwarder replay`` uses):
+(:mod:`forwarder.intake.objects`, with the decoder ``forwarder replay`` uses):
 ``splunk-failed`` records send their HEC payload as it was (event JSON to the event endpoint;
 raw lines to the raw endpoint with the ``source``, ``sourcetype``, ``index`` and ``host`` our
 records keep), ``processing-failed`` records go through the transform first. They go through
@@ -40,11 +40,11 @@ refused it, a corrupt or truncated gzip stream, a header naming a field twice) f
 message only: events already submitted from it are delivered, the message comes back (and,
 after the queue's ``maxReceiveCount``, goes to its dead-letter queue); the object stays where
 it is. Objects are read as streams in chunks of at most ``CHUNK_LINES`` lines and
-``MAX_CHUNK_CHARS`` characters; a line longer than ``forwarder.sources.streams.MAX_LINE_BYTES`` is
-skipped as it streams and counted dropped (``line_too_long``, logged ``line_dropped``), a
-line that is not usable JSON in a backsplash object is one corrupt record. If the backsplash
-write itself fails, the handler raises: AWS retries the whole invocation, nothing is lost.
-The ledger is logged per invocation (``push_invocation_summarized``).
+``MAX_CHUNK_CHARS`` characters (:mod:`forwarder.intake.lines`); a line longer than its
+``MAX_LINE_BYTES`` is skipped as it streams and counted dropped (``line_too_long``, logged
+``line_dropped``), a line that is not usable JSON in a backsplash object is one corrupt
+record. If the backsplash write itself fails, the handler raises: AWS retries the whole
+invocation, nothing is lost. The ledger is logged per invocation (``push_invocation_summarized``).
 
 Ledger check: after the final flush the ledger must balance and no ack may be pending. If not
 (a bug: events neither acknowledged, backsplashed nor counted as dropped), the handler does not
@@ -66,46 +66,37 @@ import binascii
 import os
 import threading
 import time
-import zlib
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field, replace
-from typing import Any, Final, Literal
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal, TypeVar
 
 import structlog
-from botocore.exceptions import BotoCoreError, ClientError
 
-from config.loader import load_settings, require_hec, warnings_for, with_token
+from config.loader import load_settings, warnings_for
 from config.logs import configure_logging, register_secret
 from config.settings import Settings
+from forwarder import aws
 from forwarder.backsplash.codec import CorruptLine
-from forwarder.backsplash.layout import REPLAY_FAILED, Kind, kind_from_key
-from forwarder.backsplash.objects import body_chunks, decode_object, sniff
-from forwarder.backsplash.writers import (
-    BacksplashWriter,
-    ReplayFailedBacksplash,
-    backsplash_from_settings,
-)
+from forwarder.backsplash.writers import BacksplashWriter, backsplash_from_settings
 from forwarder.delivery.deliverer import Deliverer
 from forwarder.delivery.ledger import Ledger
 from forwarder.errors import BacksplashError
-from forwarder.sources.streams import (
-    FILE_POLL_MAX_CHARS,
-    LINE_TOO_LONG,
-    LongLine,
-    S3Object,
-    line_chunks,
-    parse_s3_notification,
-    replay_failed_hint,
-    store_unprocessable,
-    text_lines,
+from forwarder.intake.dispatch import Intake, Redeliverers
+from forwarder.intake.lines import LongLine
+from forwarder.intake.notifications import S3Object, parse_s3_notification
+from forwarder.intake.objects import (
+    OBJECT_READ_ERRORS,
+    OpenedObject,
+    SkippedObject,
+    backsplash_items,
+    object_chunks,
+    open_object,
 )
-from transforms.errors import TransformError
+from forwarder.secrets import resolve_token
 from transforms.options import Endpoint
-from transforms.pipeline import EncodedBatch, transform_lines, transform_payload
 
 Shape = Literal["awslogs", "kinesis", "sqs"]
-#: The ledger's drop reason for backsplash records that cannot be re-delivered.
-CORRUPT_RECORD: Final = "backsplash_record_corrupt"
+_T = TypeVar("_T")
 
 #: Kept free at the end of the invocation for backsplash writes and the answer: a fifth of the
 #: remaining time, at least SAFETY_MARGIN_MIN_S and at most SAFETY_MARGIN_MAX_S seconds. An item
@@ -113,15 +104,10 @@ CORRUPT_RECORD: Final = "backsplash_record_corrupt"
 SAFETY_MARGIN_MAX_S: Final = 10.0
 SAFETY_MARGIN_FRACTION: Final = 0.2
 SAFETY_MARGIN_MIN_S: Final = 0.25
-#: Flow-log lines per HEC submit when reading an S3 object.
+#: Flow-log lines per HEC submit when reading an S3 object (and at most
+#: ``forwarder.intake.lines.MAX_CHUNK_CHARS`` characters, so long lines cannot make a chunk
+#: exhaust the Lambda's memory).
 CHUNK_LINES: Final = 5000
-#: ... and at most this many characters per submit, so long lines cannot make a chunk of
-#: ``CHUNK_LINES`` lines exhaust the Lambda's memory (the cap the daemon's file source uses).
-MAX_CHUNK_CHARS: Final = FILE_POLL_MAX_CHARS
-#: What reading and decoding an S3 object can raise: S3 refused or broke off the read, the
-#: gzip stream is corrupt (``zlib.error``) or truncated (``EOFError``), the flow-log header is
-#: bad (``FlowLogFormatError``, a ``ValueError``).
-_OBJECT_READ_ERRORS: Final = (ClientError, BotoCoreError, OSError, EOFError, zlib.error, ValueError)
 
 _log = structlog.get_logger("forwarder.push")
 
@@ -139,37 +125,20 @@ class LedgerUnbalancedError(RuntimeError):
     the invocation fails so that AWS retries it rather than losing them."""
 
 
-def _object_chunks(
-    s3: Any, obj: S3Object, on_long_line: Callable[[LongLine], None] | None = None
-) -> Iterator[tuple[list[str], tuple[str, ...] | None]]:
-    """An object's lines in chunks of at most ``CHUNK_LINES`` lines and ``MAX_CHUNK_CHARS``."""
-    return _body_chunks(s3.get_object(Bucket=obj.bucket, Key=obj.key)["Body"], on_long_line)
-
-
-def _body_chunks(
-    body: Any, on_long_line: Callable[[LongLine], None] | None = None
-) -> Iterator[tuple[list[str], tuple[str, ...] | None]]:
-    """A body's lines in chunks, read as a stream (memory bounded whatever the object: a line
-    longer than ``MAX_LINE_BYTES`` is skipped and told to ``on_long_line``)."""
-    try:
-        yield from line_chunks(
-            text_lines(body), CHUNK_LINES, MAX_CHUNK_CHARS, on_long_line=on_long_line
-        )
-    finally:
-        body.close()
-
-
 @dataclass
 class _Container:
     """What one Lambda container builds once and keeps."""
 
     settings: Settings
     backsplash: BacksplashWriter
-    client_factory: Callable[[str], Any]
+    client_factory: aws.ClientFactory
     deliverer: Deliverer | None = None
     #: Deliverers for re-delivered backsplash records, by endpoint (failures: replay-failed/).
-    redeliverers: dict[str, Deliverer] = field(default_factory=dict)
+    redeliverers: Redeliverers = field(init=False)
     clients: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.redeliverers = Redeliverers(self.settings, self.backsplash, log=_log)
 
     def client(self, service: str) -> Any:
         if service not in self.clients:
@@ -181,30 +150,13 @@ class _Container:
             self.deliverer = Deliverer(self.settings, backsplash=self.backsplash, log=_log)
         return self.deliverer
 
-    def get_redeliverer(self, endpoint: Endpoint) -> Deliverer:
-        """The deliverer for backsplash records meant for ``endpoint``: the configured HEC
-        with that endpoint, its failures stored under ``replay-failed/``."""
-        found = self.redeliverers.get(endpoint)
-        if found is None:
-            settings = self.settings
-            if settings.hec.endpoint != endpoint:
-                settings = replace(settings, hec=replace(settings.hec, endpoint=endpoint))
-            found = Deliverer(
-                settings,
-                backsplash=ReplayFailedBacksplash(self.backsplash),
-                log=_log.bind(redelivery=endpoint),
-            )
-            self.redeliverers[endpoint] = found
-        return found
-
     def forget_deliverers(self) -> None:
         """Drop every deliverer (their bookkeeping is in doubt); the next invocation builds
         new ones. Each is released first: a request on the wire is cancelled, its I/O thread
         stopped and its session closed, so a container that fails many invocations does not
         pile up threads and sockets."""
-        dropped = [self.deliverer, *self.redeliverers.values()]
+        dropped = [self.deliverer, *self.redeliverers.clear()]
         self.deliverer = None
-        self.redeliverers.clear()
         for deliverer in dropped:
             if deliverer is not None:
                 deliverer.release()
@@ -214,18 +166,11 @@ _container: _Container | None = None
 _container_lock = threading.Lock()
 
 
-def _boto_client(service: str) -> Any:
-    import boto3  # noqa: PLC0415 - built on first use, never at import
-    from botocore.config import Config  # noqa: PLC0415
-
-    return boto3.client(service, config=Config(retries={"mode": "standard"}))  # type: ignore[call-overload]
-
-
 def configure(
     settings: Settings | None = None,
     *,
     environ: Mapping[str, str] | None = None,
-    client_factory: Callable[[str], Any] = _boto_client,
+    client_factory: aws.ClientFactory = aws.client,
     backsplash: BacksplashWriter | None = None,
 ) -> None:
     """Build (or rebuild) the container's state; the handler calls it on first use.
@@ -242,12 +187,7 @@ def configure(
         _container.forget_deliverers()  # rebuilt: the old deliverers are released, not leaked
     if settings is None:
         settings = load_settings(os.environ if environ is None else environ)
-    if not settings.hec.token and settings.hec.token_secret_arn:
-        from forwarder.secrets import get_hec_token  # noqa: PLC0415
-
-        token = get_hec_token(settings.hec.token_secret_arn, client_factory("secretsmanager"))
-        settings = with_token(settings, token)
-    settings = require_hec(settings)
+    settings = resolve_token(settings, client_factory)
     register_secret(settings.hec.token)
     configure_logging(settings.log)
     for warning in warnings_for(settings):
@@ -297,26 +237,28 @@ class _Invocation:
     def __init__(self, container: _Container, context: Any) -> None:
         self.container = container
         self.deliverer = container.get_deliverer()
-        self.deliverer.ledger = Ledger()  # one ledger per invocation (DESIGN.md §5)
+        self.deliverer.use_ledger(Ledger())  # one ledger per invocation (DESIGN.md §5)
         self.settings = container.settings
         self._context = context
         self._clock = time.monotonic
         self.objects_skipped = 0
         self.objects_failed = 0
         self.objects_redelivered = 0
-        self.records_corrupt = 0
         self.messages_ignored = 0
         self._redeliverers: dict[str, Deliverer] = {}
         self.deadline = self._deadline()
         self.deliverer.set_deadline(self.deadline)  # every submit and the flush stop there
+        self.intake = Intake(
+            self.settings, self.deliverer, container.backsplash, self.redeliverer, log=_log
+        )
 
     def redeliverer(self, endpoint: Endpoint) -> Deliverer:
         """The container's deliverer for ``endpoint``'s backsplash records, on this
         invocation's ledger and deadline."""
         found = self._redeliverers.get(endpoint)
         if found is None:
-            found = self.container.get_redeliverer(endpoint)
-            found.ledger = self.deliverer.ledger  # one ledger per invocation (thread-safe)
+            found = self.container.redeliverers.get(endpoint)
+            found.use_ledger(self.deliverer.ledger)  # one ledger per invocation (thread-safe)
             found.set_deadline(self.deadline)
             self._redeliverers[endpoint] = found
         return found
@@ -348,91 +290,42 @@ class _Invocation:
         remaining = self.remaining_s()
         return remaining is not None and remaining <= 2 * self.margin_s(remaining)
 
-    def deliver(self, batch: EncodedBatch) -> None:
-        if batch.is_control:
-            self.deliverer.ledger.drop("control_message")
-        elif batch.events:
-            self.deliverer.submit(batch.events, batch.raw_target)
-
     def payload(self, data: bytes) -> None:
         """A CloudWatch Logs payload (awslogs, Kinesis record)."""
-        try:
-            batch = transform_payload(data, self.settings.transform)
-        except TransformError as exc:
-            self.unprocessable(data, exc)
-            return
-        self.deliver(batch)
+        self.intake.payload(data)
 
     def unprocessable(self, data: bytes, exc: Exception) -> None:
-        key = store_unprocessable(
-            self.container.backsplash,
-            data,
-            error_code="Transform.DecodeError",
-            message=f"{type(exc).__name__}: {exc}",
-            endpoint=self.settings.hec.endpoint,
-        )
-        self.deliverer.ledger.add(events_in=1, backsplashed=1, backsplash_objects=1)
-        _log.error("record_unprocessable", key=key, reason=f"{type(exc).__name__}: {exc}")
+        """Input that is no payload at all (bad base64): stored under processing-failed/."""
+        self.intake.unprocessable(data, exc)
 
     def s3_object(self, obj: S3Object) -> None:
-        """Deliver one object's lines.
+        """Deliver one object's lines, or re-deliver its backsplash records.
 
         Raises:
             ObjectReadError: the object cannot be read or decoded (events of it read before
                 the error are submitted).
             BacksplashError: a backsplash write failed.
         """
-        kind = kind_from_key(obj.key)
-        if kind == REPLAY_FAILED:
-            self.objects_skipped += 1
-            _log.warning(
-                "object_skipped", bucket=obj.bucket, key=obj.key, reason=replay_failed_hint(obj)
-            )
-            return
         s3 = self.container.client("s3")
         try:
-            body = s3.get_object(Bucket=obj.bucket, Key=obj.key)["Body"]
-        except _OBJECT_READ_ERRORS as exc:
+            opened = open_object(s3, obj)
+        except OBJECT_READ_ERRORS as exc:
             raise ObjectReadError(obj, exc) from exc
-        try:
-            peeked, looks_backsplash, content_kind = sniff(body)
-        except _OBJECT_READ_ERRORS as exc:
-            body.close()
-            raise ObjectReadError(obj, exc) from exc
-        if kind is None and looks_backsplash:
-            kind = content_kind
-            if kind == REPLAY_FAILED:
-                peeked.close()
-                self.objects_skipped += 1
-                _log.warning(
-                    "object_skipped",
-                    bucket=obj.bucket,
-                    key=obj.key,
-                    reason="replay-failed records (replayAttempts): not re-delivered "
-                    "automatically (a notification on the backsplash bucket would loop); "
-                    "run forwarder replay on this object's folder",
-                )
-                return
-        if kind is not None or looks_backsplash:
-            try:
-                self.backsplash_object(obj, peeked, kind)
-            finally:
-                peeked.close()
+        if isinstance(opened, SkippedObject):
+            self.objects_skipped += 1
+            _log.warning("object_skipped", bucket=obj.bucket, key=obj.key, reason=opened.reason)
             return
-        ledger = self.deliverer.ledger
+        if opened.backsplash:
+            try:
+                self.backsplash_object(obj, opened)
+            finally:
+                opened.body.close()
+            return
 
         def long_line(item: LongLine) -> None:
-            ledger.drop(LINE_TOO_LONG)
-            _log.warning(
-                "line_dropped",
-                reason=LINE_TOO_LONG,
-                bucket=obj.bucket,
-                key=obj.key,
-                line=item.line,
-                bytes=item.size,
-            )
+            self.intake.dropped_line(obj.bucket, obj.key, item.line, item.size)
 
-        self.text_object(obj, _body_chunks(peeked, long_line))
+        self.text_object(obj, object_chunks(opened.body, CHUNK_LINES, on_long_line=long_line))
 
     def text_object(
         self, obj: S3Object, chunks: Iterator[tuple[list[str], tuple[str, ...] | None]]
@@ -443,29 +336,12 @@ class _Invocation:
         Raises:
             ObjectReadError: the object cannot be read or decoded.
         """
-        while True:
-            try:
-                chunk = next(chunks, None)
-            except _OBJECT_READ_ERRORS as exc:
-                raise ObjectReadError(obj, exc) from exc
-            if chunk is None:
-                return
-            lines, fields = chunk
-            try:
-                batch = transform_lines(
-                    lines,
-                    log_group=obj.bucket,
-                    log_stream=obj.key,
-                    origin="s3",
-                    options=self.settings.transform,
-                    flow_fields=fields,
-                )
-            except TransformError as exc:
-                self.unprocessable("\n".join(lines).encode(), exc)
-                continue
-            self.deliver(batch)
+        for lines, fields in _reading(obj, chunks):
+            self.intake.lines(
+                lines, log_group=obj.bucket, log_stream=obj.key, origin="s3", flow_fields=fields
+            )
 
-    def backsplash_object(self, obj: S3Object, body: Any, kind: Kind | None) -> None:
+    def backsplash_object(self, obj: S3Object, opened: OpenedObject) -> None:
         """Re-deliver a backsplash object's records, streamed (see the module docstring).
 
         Raises:
@@ -473,36 +349,15 @@ class _Invocation:
                 (records before that point are submitted; the message comes back).
             BacksplashError: a backsplash write failed.
         """
+        kind = opened.kind
         _log.info("backsplash_object_redelivering", bucket=obj.bucket, key=obj.key, kind=kind)
-        ledger = self.deliverer.ledger
         records = 0
-        items = decode_object(body_chunks(body), kind, self.settings.transform)
-        while True:
-            try:
-                item = next(items, None)
-            except _OBJECT_READ_ERRORS as exc:
-                raise ObjectReadError(obj, exc) from exc
-            if item is None:
-                break
+        for item in _reading(obj, backsplash_items(opened, self.settings.transform)):
             if isinstance(item, CorruptLine):
-                if item.fatal:
-                    raise ObjectReadError(obj, ValueError(f"line {item.line}: {item.reason}"))
-                self.records_corrupt += 1
-                ledger.drop(CORRUPT_RECORD)
-                _log.error(
-                    "backsplash_record_corrupt",
-                    bucket=obj.bucket,
-                    key=obj.key,
-                    line=item.line,
-                    reason=item.reason,
-                )
+                self.intake.corrupt_record(obj.bucket, obj.key, item.line, item.reason)
                 continue
-            _, decoded = item
             records += 1
-            if decoded.control:
-                ledger.drop("control_message")
-            elif decoded.events:
-                self.redeliverer(decoded.endpoint).submit(decoded.events, decoded.raw_target)
+            self.intake.backsplash_record(item[1])
         self.objects_redelivered += 1
         _log.info(
             "backsplash_object_submitted",
@@ -511,6 +366,23 @@ class _Invocation:
             kind=kind,
             records=records,
         )
+
+
+def _reading(obj: S3Object, items: Iterator[_T]) -> Iterator[_T]:
+    """``items``, read from ``obj``: a read or decode error becomes :class:`ObjectReadError`
+    (an error of the caller's own work on an item is not wrapped).
+
+    Raises:
+        ObjectReadError: the object cannot be read or decoded.
+    """
+    while True:
+        try:
+            item = next(items)
+        except StopIteration:
+            return
+        except OBJECT_READ_ERRORS as exc:
+            raise ObjectReadError(obj, exc) from exc
+        yield item
 
 
 def _decode_b64(text: str) -> bytes:
@@ -568,7 +440,7 @@ def handler(event: Any, context: Any) -> dict[str, Any]:
             objects_skipped=invocation.objects_skipped,
             objects_failed=invocation.objects_failed,
             objects_redelivered=invocation.objects_redelivered,
-            records_corrupt=invocation.records_corrupt,
+            records_corrupt=invocation.intake.records_corrupt,
             messages_ignored=invocation.messages_ignored,
             **summary,
         )
@@ -601,9 +473,7 @@ def _discard(container: _Container, deliverer: Deliverer, exc: Exception) -> Non
     """Abort ``deliverer`` (backsplash what it holds) and drop it from the container."""
     if container.deliverer is deliverer:
         container.deliverer = None
-    for endpoint, found in list(container.redeliverers.items()):
-        if found is deliverer:
-            del container.redeliverers[endpoint]
+    container.redeliverers.remove(deliverer)
     deliverer.abort("Splunk.Shutdown", f"invocation failed: {type(exc).__name__}: {exc}")
     try:
         deliverer.close(summarize=False)

@@ -11,8 +11,10 @@ import json
 import threading
 from typing import Any, Final
 
-from config.loader import ConfigError
+from config.loader import ConfigError, require_hec, with_token
 from config.logs import register_secret
+from config.settings import Settings
+from forwarder.aws import ClientFactory
 
 TOKEN_KEY: Final = "hec_token"
 _cache: dict[str, str] = {}
@@ -85,3 +87,20 @@ def clear_cache() -> None:
     """Forget cached tokens (tests; a rotated secret in a long-running process)."""
     with _lock:
         _cache.clear()
+
+
+def resolve_token(settings: Settings, client_factory: ClientFactory | None = None) -> Settings:
+    """``settings`` ready to deliver: the token fetched from Secrets Manager when only
+    ``SPLUNK_HEC_TOKEN_SECRET_ARN`` is set, then a URL and a token required.
+
+    Args:
+        settings: loaded settings.
+        client_factory: builds the Secrets Manager client (None: :func:`get_hec_token`'s).
+
+    Raises:
+        ConfigError: the secret cannot be read, or no URL or token is set.
+    """
+    if not settings.hec.token and settings.hec.token_secret_arn:
+        client = client_factory("secretsmanager") if client_factory is not None else None
+        settings = with_token(settings, get_hec_token(settings.hec.token_secret_arn, client))
+    return require_hec(settings)

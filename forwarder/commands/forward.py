@@ -5,7 +5,7 @@ it through the same engine as the daemon: a Firehose transformation event (JSON 
 ``records``), a push-Lambda event (``{"awslogs": {"data": ...}}``), a gzip CloudWatch Logs
 payload, a flow-log file (plain or gzip, with or without its header line), or plain text
 lines. Text is read as a stream in chunks, so memory stays bounded whatever the input size:
-a line longer than ``forwarder.sources.streams.MAX_LINE_BYTES`` is skipped as it streams and counted
+a line longer than ``forwarder.intake.lines.MAX_LINE_BYTES`` is skipped as it streams and counted
 dropped (``line_too_long``, logged ``line_dropped``).
 """
 
@@ -34,7 +34,7 @@ from forwarder.delivery.deliverer import Deliverer
 from forwarder.delivery.ledger import Ledger
 from forwarder.errors import BacksplashError
 from forwarder.hec.client import HecClient
-from forwarder.sources.streams import FILE_POLL_MAX_CHARS, LINE_TOO_LONG, LongLine, text_lines
+from forwarder.intake.lines import LINE_TOO_LONG, MAX_CHUNK_CHARS, LongLine, text_lines
 from forwarder.status import ExitStatus
 from transforms.errors import TransformError
 from transforms.pipeline import transform_lines, transform_payload
@@ -120,7 +120,7 @@ def _text_units(
                     continue
             chunk.append(line)
             chars += len(line)
-            if len(chunk) >= CHUNK_LINES or chars >= FILE_POLL_MAX_CHARS:
+            if len(chunk) >= CHUNK_LINES or chars >= MAX_CHUNK_CHARS:
                 yield encode(chunk)
                 chunk = []
                 chars = 0

@@ -46,9 +46,9 @@ from typing import Final
 import structlog
 
 from config.daemon import SourceSettings
+from forwarder.sources.base import SourceRecord
 from forwarder.sources.firehose_protocol import PendingRequest
 from forwarder.sources.firehose_receiver import ACCEPT_BATCH, Receiver
-from forwarder.sources.streams import SourceRecord
 
 _log = structlog.get_logger("forwarder.sources.firehose_http")
 

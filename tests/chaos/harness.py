@@ -91,7 +91,7 @@ PATHS = {
     "d": "daemon sqs-s3",
     "e": "forward",
 }
-RUN_DAEMON = "import sys; from forwarder.daemon import main; sys.exit(main(sys.argv[1:]))"
+RUN_DAEMON = "import sys; from forwarder.cli import main; sys.exit(main(['daemon', *sys.argv[1:]]))"
 RUN_FORWARD = "import sys; from forwarder.cli import main; sys.exit(main(sys.argv[1:]))"
 
 

@@ -1,4 +1,4 @@
-"""Fuzz the S3-object line reader (``forwarder.sources.streams``: ``text_lines``, ``line_chunks``,
+"""Fuzz the S3-object line reader (``forwarder.intake``: ``text_lines``, ``line_chunks``,
 ``object_chunks``).
 
 Whatever an object holds, reading it raises nothing but ``OBJECT_READ_ERRORS`` (what the
@@ -11,18 +11,12 @@ from __future__ import annotations
 
 import gzip
 import io
-from typing import Any
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from forwarder.sources.streams import (
-    OBJECT_READ_ERRORS,
-    S3Object,
-    line_chunks,
-    object_chunks,
-    text_lines,
-)
+from forwarder.intake.lines import line_chunks, text_lines
+from forwarder.intake.objects import OBJECT_READ_ERRORS, object_chunks
 from tests.fuzz.support import (
     Blob,
     MiB,
@@ -67,14 +61,6 @@ class Body:
         self.closed = True
 
 
-class S3:
-    def __init__(self, body: Body) -> None:
-        self.body = body
-
-    def get_object(self, Bucket: str, Key: str) -> dict[str, Any]:
-        return {"Body": self.body}
-
-
 @fuzzing(quick=150)
 @given(
     object_bodies,
@@ -101,7 +87,7 @@ def test_object_chunks_raise_only_documented_errors_and_close_the_body(
 ) -> None:
     body = Body(data)
     try:
-        for lines, _fields in object_chunks(S3(body), S3Object("b", "k"), chunk_lines):
+        for lines, _fields in object_chunks(body, chunk_lines):
             assert 0 < len(lines) <= chunk_lines
     except DOCUMENTED:
         pass
@@ -118,7 +104,7 @@ def test_one_enormous_line_costs_bounded_memory() -> None:
     def read() -> int:
         chunks = 0
         try:
-            for _lines, _fields in object_chunks(S3(Body(data)), S3Object("b", "k"), 5000):
+            for _lines, _fields in object_chunks(Body(data), 5000):
                 chunks += 1
         except DOCUMENTED:
             pass

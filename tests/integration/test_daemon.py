@@ -31,7 +31,7 @@ from forwarder.delivery.metrics import DaemonState, MetricsServer
 from forwarder.devtools.emulator import FaultPlan, HecEmulator
 from forwarder.devtools.synthetic import cloudwatch_payload
 from forwarder.sources.checkpoints import FileCheckpointStore
-from forwarder.sources.streams import FileSource
+from forwarder.sources.files import FileSource
 from tests.conftest import TEST_TOKEN, boto_client
 from tests.integration.conftest import BUCKET, FAST, PREFIX, backsplashed, delivery_settings
 from tests.integration.test_push import (
@@ -47,7 +47,7 @@ pytestmark = pytest.mark.integration
 
 STREAM = "daemon-stream"
 ROOT = Path(__file__).resolve().parents[2]
-RUN_DAEMON = "import sys; from forwarder.daemon import main; sys.exit(main(sys.argv[1:]))"
+RUN_DAEMON = "import sys; from forwarder.cli import main; sys.exit(main(['daemon', *sys.argv[1:]]))"
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float = 20.0, what: str = "") -> None:

@@ -35,7 +35,7 @@ pytestmark = pytest.mark.integration
 
 ACCESS_KEY = "firehose-test-access-key"
 ROOT = Path(__file__).resolve().parents[2]
-RUN_DAEMON = "import sys; from forwarder.daemon import main; sys.exit(main(sys.argv[1:]))"
+RUN_DAEMON = "import sys; from forwarder.cli import main; sys.exit(main(['daemon', *sys.argv[1:]]))"
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float = 20.0, what: str = "") -> None:

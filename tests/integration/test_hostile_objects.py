@@ -18,10 +18,11 @@ import structlog.testing
 
 from config.settings import Settings
 from forwarder import push
+from forwarder.backsplash.objects import CORRUPT_RECORD
 from forwarder.devtools.emulator import HecEmulator
+from forwarder.intake.lines import LINE_TOO_LONG
 from forwarder.replay.engine import replay
 from forwarder.replay.options import ReplayOptions
-from forwarder.sources.streams import LINE_TOO_LONG
 from tests.integration.conftest import BUCKET, delivery_settings
 from tests.integration.test_daemon import queue_counts, running, sqs_daemon, wait_for
 from tests.integration.test_push import (
@@ -90,7 +91,7 @@ def test_push_delivers_around_a_deep_line_and_a_400_mb_line(
     entries = [json.loads(x) for x in (output.out + output.err).splitlines() if x.startswith("{")]
     (summary,) = [e for e in entries if e.get("event") == "push_invocation_summarized"]
     assert summary["balanced"] and summary["acknowledged"] == 4
-    assert summary["dropped"] == {push.CORRUPT_RECORD: 1, LINE_TOO_LONG: 1}
+    assert summary["dropped"] == {CORRUPT_RECORD: 1, LINE_TOO_LONG: 1}
     (corrupt,) = [e for e in entries if e.get("event") == "backsplash_record_corrupt"]
     assert (corrupt["key"], corrupt["line"]) == (DEEP_KEY, 2)
     (long_line,) = [e for e in entries if e.get("event") == "line_dropped"]
@@ -170,7 +171,8 @@ PEAK_LIMIT_BYTES = 150 * 1024 * 1024
 _MEASURE = r"""
 import json, sys, tracemalloc
 from forwarder import push
-from forwarder.sources import streams as sources
+from forwarder.intake.lines import read_chunks
+from forwarder.intake.objects import object_chunks
 from forwarder.backsplash.objects import decode_object
 from forwarder.backsplash.codec import iter_records, RawRecord, CorruptLine
 from transforms.options import TransformOptions
@@ -189,25 +191,19 @@ class Body:
         self._file.close()
 
 
-class S3:
-    def get_object(self, Bucket, Key):
-        return {"Body": Body()}
-
-
 tracemalloc.start()
 good, long = [], []
 if which == "push":
-    for lines, _ in push._body_chunks(Body(), long.append):
+    for lines, _ in object_chunks(Body(), push.CHUNK_LINES, on_long_line=long.append):
         good.extend(lines)
 elif which == "sqs-s3":
-    obj = sources.S3Object("bucket", "flow.log.gz")
-    for lines, _ in sources.object_chunks(S3(), obj, 100, on_long_line=long.append):
+    for lines, _ in object_chunks(Body(), 100, on_long_line=long.append):
         good.extend(lines)
 elif which == "replay":
-    for item in iter_records(sources._read_chunks(Body(), 1 << 20)):
+    for item in iter_records(read_chunks(Body(), 1 << 20)):
         (good if isinstance(item, RawRecord) else long).append(item.line)
 else:
-    chunks = iter(sources._read_chunks(Body(), 1 << 20))
+    chunks = iter(read_chunks(Body(), 1 << 20))
     for item in decode_object(chunks, "splunk-failed", TransformOptions()):
         (long if hasattr(item, "reason") else good).append(1)
 _, peak = tracemalloc.get_traced_memory()

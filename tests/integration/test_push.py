@@ -11,12 +11,14 @@ from typing import Any
 import pytest
 
 from forwarder import push
+from forwarder.backsplash.objects import CORRUPT_RECORD
 from forwarder.backsplash.writers import Backsplash, ReplayFailedBacksplash
 from forwarder.delivery.work import Work
 from forwarder.devtools.emulator import FaultPlan, HecEmulator
 from forwarder.devtools.synthetic import FlowLogGenerator, cloudwatch_payload, control_payload
 from forwarder.errors import BacksplashError
-from forwarder.sources.streams import S3Object
+from forwarder.intake.lines import MAX_CHUNK_CHARS
+from forwarder.intake.objects import object_chunks
 from tests.conftest import boto_client
 from tests.integration.conftest import BUCKET, PREFIX, backsplashed, delivery_settings
 from transforms.records import EncodedEvent, RawTarget
@@ -301,19 +303,24 @@ def test_sqs_corrupt_gzip_object_fails_only_its_message(
     assert ledger["balanced"] and ledger["events_in"] == ledger["acknowledged"] == 10
 
 
+def body_of(s3: Any, key: str) -> Any:
+    """The streaming body of ``key`` in the flow-log bucket."""
+    return s3.get_object(Bucket=FLOW_BUCKET, Key=key)["Body"]
+
+
 def test_object_chunks_are_capped_in_characters(s3: Any) -> None:
     """A chunk ends at MAX_CHUNK_CHARS characters, however few lines it holds."""
     s3.create_bucket(Bucket=FLOW_BUCKET)
     line = "x" * 1000
     s3.put_object(Bucket=FLOW_BUCKET, Key="long.log", Body=("\n".join([line] * 50) + "\n").encode())
-    chunks = list(push._object_chunks(s3, S3Object(FLOW_BUCKET, "long.log")))
+    chunks = list(object_chunks(body_of(s3, "long.log"), push.CHUNK_LINES))
     assert sum(len(lines) for lines, _ in chunks) == 50
-    assert push.MAX_CHUNK_CHARS < push.CHUNK_LINES * 1000  # the cap, not the line count, cut
+    assert MAX_CHUNK_CHARS < push.CHUNK_LINES * 1000  # the cap, not the line count, cut
     big = [line * 1000] * 10  # 1,000,000-character lines: every few of them make a chunk
     s3.put_object(Bucket=FLOW_BUCKET, Key="huge.log", Body=("\n".join(big) + "\n").encode())
-    chunks = list(push._object_chunks(s3, S3Object(FLOW_BUCKET, "huge.log")))
+    chunks = list(object_chunks(body_of(s3, "huge.log"), push.CHUNK_LINES))
     assert len(chunks) > 1
-    assert all(sum(map(len, lines)) < push.MAX_CHUNK_CHARS + len(big[0]) for lines, _ in chunks)
+    assert all(sum(map(len, lines)) < MAX_CHUNK_CHARS + len(big[0]) for lines, _ in chunks)
 
 
 def test_unexpected_error_discards_the_container_deliverer(
@@ -539,7 +546,7 @@ def test_sqs_backsplash_objects_are_redelivered(
     )
     assert summary["balanced"] and summary["in_flight"] == 0
     assert summary["acknowledged"] == 11
-    assert summary["dropped"] == {push.CORRUPT_RECORD: 2}
+    assert summary["dropped"] == {CORRUPT_RECORD: 2}
     assert summary["events_in"] == 13
     assert (summary["objects_redelivered"], summary["objects_skipped"]) == (4, 1)
     assert summary["records_corrupt"] == 2

@@ -17,14 +17,11 @@ from botocore.exceptions import ClientError
 
 from config.daemon import SourceSettings
 from forwarder.devtools.synthetic import cloudwatch_payload
+from forwarder.intake.lines import MAX_CHUNK_CHARS
 from forwarder.sources.checkpoints import SHARD_END, MemoryCheckpointStore
-from forwarder.sources.streams import (
-    FILE_POLL_MAX_CHARS,
-    FILE_POLL_MAX_LINES,
-    FileSource,
-    KinesisSource,
-    SqsS3Source,
-)
+from forwarder.sources.files import FILE_POLL_MAX_LINES, FileSource
+from forwarder.sources.kinesis import KinesisSource
+from forwarder.sources.sqs_s3 import SqsS3Source
 from tests.conftest import boto_client
 
 pytestmark = pytest.mark.integration
@@ -79,7 +76,7 @@ def test_kinesis_split_on_moto(aws_endpoint: str) -> None:
     assert sorted(got) == sorted(payloads)
     positions = store.load(STREAM)
     assert positions[parent] == SHARD_END
-    assert len(source.shard_positions()) == 3
+    assert len(source._shards) == 3  # every shard known
 
     # a restart resumes from the checkpoints: nothing is read again
     again = KinesisSource(kinesis, kinesis_settings(), store)
@@ -373,7 +370,7 @@ def test_file_chunks_are_capped_in_lines_and_characters(tmp_path: Path) -> None:
     while not source.exhausted:
         records = source.poll(1000)
         chars = sum(len(line) for r in records for line in r.lines or ())
-        assert chars <= FILE_POLL_MAX_CHARS + width + 8
+        assert chars <= MAX_CHUNK_CHARS + width + 8
         count += sum(len(r.lines or ()) for r in records)
     assert count == 200
 
@@ -401,7 +398,7 @@ def test_stdin_release_means_not_exhausted() -> None:
     assert source.poll(1000) == []
     assert exhausted(source)
     source.release(records[1:])
-    assert not exhausted(source) and source.stopped_early
+    assert not exhausted(source) and source._released  # stopped early
     assert source.lines_delivered == 10 and source.position == ("stdin", 10)
 
 

@@ -16,7 +16,8 @@ import structlog.testing
 
 from config.daemon import SourceSettings
 from config.loader import ConfigError
-from forwarder.sources.streams import STREAM_MAX_LINE_BYTES, FileSource, SourceRecord
+from forwarder.sources.base import SourceRecord
+from forwarder.sources.files import STREAM_MAX_LINE_BYTES, FileSource
 
 #: Generous: a poll that hangs (waits for a full buffer or EOF) fails instead of blocking.
 HANG_S = 30.0

@@ -35,15 +35,10 @@ from forwarder.backsplash.layout import SPLUNK_FAILED
 from forwarder.backsplash.objects import decode_object, sniff
 from forwarder.commands.forward import read_units
 from forwarder.hec.protocol import parse_acks, parse_response
+from forwarder.intake.lines import LongLine, bounded_lines, line_chunks, text_lines
+from forwarder.intake.notifications import parse_s3_notification
 from forwarder.secrets import token_from_secret_string
 from forwarder.sources.firehose_protocol import RequestRejectedError, decode_body
-from forwarder.sources.streams import (
-    LongLine,
-    bounded_lines,
-    line_chunks,
-    parse_s3_notification,
-    text_lines,
-)
 from tests.conftest import make_settings
 from transforms.options import TransformOptions
 

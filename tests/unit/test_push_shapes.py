@@ -9,8 +9,10 @@ import pytest
 
 from config.loader import ConfigError
 from forwarder import secrets
+from forwarder.backsplash.layout import kind_from_key
+from forwarder.intake.lines import line_chunks
+from forwarder.intake.notifications import S3Object, parse_s3_notification
 from forwarder.push import shape_of
-from forwarder.sources.streams import S3Object, line_chunks, parse_s3_notification
 
 
 @pytest.mark.parametrize(
@@ -57,10 +59,10 @@ def test_other_bodies_are_not_notifications(body: str) -> None:
     assert parse_s3_notification(body) is None
 
 
-def test_backsplash_objects_are_recognised() -> None:
-    assert S3Object("b", "daemon/splunk-failed/2026/01/01/00/x.gz").is_backsplash
-    assert S3Object("b", "processing-failed/x.gz").is_backsplash
-    assert not S3Object("b", "AWSLogs/1/vpcflowlogs/x.log.gz").is_backsplash
+def test_backsplash_objects_are_recognised_by_key() -> None:
+    assert kind_from_key("daemon/splunk-failed/2026/01/01/00/x.gz") == "splunk-failed"
+    assert kind_from_key("processing-failed/x.gz") == "processing-failed"
+    assert kind_from_key("AWSLogs/1/vpcflowlogs/x.log.gz") is None
 
 
 def test_line_chunks_take_the_header_as_fields() -> None:

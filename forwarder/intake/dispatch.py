@@ -1,0 +1,264 @@
+"""Dispatch of input onto one ledger: CloudWatch payloads and text lines through the transform
+to the main deliverer, backsplash records to re-delivery deliverers (one per endpoint), and
+what cannot be delivered stored or counted (the push Lambda and the daemon share this).
+
+- A payload or lines the transform refuses are stored under ``processing-failed/``
+  (:func:`store_unprocessable`), counted backsplashed and logged ``record_unprocessable``.
+- A CloudWatch Logs control message is counted dropped (``control_message``).
+- A backsplash record goes to the deliverer of the endpoint it names, built by
+  :class:`Redeliverers`: the configured HEC with that endpoint, whose backsplash writes under
+  ``replay-failed/`` (``replayAttempts: 1``), never ``splunk-failed/``, on the same ledger.
+- A corrupt backsplash record is dropped (``backsplash_record_corrupt``) and logged with its
+  key and line; a line too long to read is dropped (``line_too_long``, logged ``line_dropped``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from typing import Any
+
+from config.settings import Settings
+from forwarder.backsplash.codec import DecodedRecord, encode_records
+from forwarder.backsplash.objects import CORRUPT_RECORD
+from forwarder.backsplash.writers import BacksplashWriter, ReplayFailedBacksplash, put_under
+from forwarder.delivery.deliverer import Deliverer
+from forwarder.delivery.ledger import Ledger
+from forwarder.intake.lines import LINE_TOO_LONG
+from transforms.errors import TransformError
+from transforms.options import Endpoint
+from transforms.pipeline import EncodedBatch, transform_lines, transform_payload
+from transforms.records import EncodedEvent, Origin
+
+
+def store_unprocessable(
+    writer: BacksplashWriter,
+    data: bytes,
+    *,
+    error_code: str,
+    message: str,
+    endpoint: Endpoint,
+    clock: Callable[[], float] = time.time,
+) -> str:
+    """Store an input record the transform refused under ``processing-failed/`` (its bytes
+    as they came, in Firehose's backup layout), so nothing is lost and replay can see it.
+
+    Args:
+        writer: a ``Backsplash``, ``LocalSpool`` or ``FallbackBacksplash``.
+        data: the original record bytes.
+        error_code: e.g. ``Transform.DecodeError``.
+        message: what was wrong.
+        endpoint: the HEC endpoint in use (stored with the record).
+        clock: wall clock.
+
+    Returns:
+        The key written (``spool:<key>`` when it went to the spool).
+
+    Raises:
+        BacksplashError: nowhere to store it.
+    """
+    now_ms = int(clock() * 1000)
+    body = encode_records(
+        [EncodedEvent(data, None)],
+        error_code=error_code,
+        error_message=message,
+        attempts=0,
+        endpoint=endpoint,
+        raw_target=None,
+        arrival_ms=now_ms,
+        ending_ms=now_ms,
+    )
+    return put_under(writer, "processing-failed", body)
+
+
+class Redeliverers:
+    """Deliverers for re-delivered backsplash records, one per endpoint, built on first use.
+
+    Args:
+        settings: the configured HEC (each deliverer gets it with the endpoint it serves).
+        backsplash: the ordinary backsplash; failures go under its ``replay-failed/``.
+        log: a structlog logger (each deliverer's is bound with ``redelivery=<endpoint>``).
+        clock: monotonic clock for the deliverers.
+        prepare: called with each new deliverer (share a ledger, a deadline, an abort).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        backsplash: BacksplashWriter,
+        *,
+        log: Any,
+        clock: Callable[[], float] = time.monotonic,
+        prepare: Callable[[Deliverer], None] | None = None,
+    ) -> None:
+        self._settings = settings
+        self._backsplash = backsplash
+        self._log = log
+        self._clock = clock
+        self._prepare = prepare
+        self._by_endpoint: dict[Endpoint, Deliverer] = {}
+
+    def get(self, endpoint: Endpoint) -> Deliverer:
+        """The deliverer for records meant for ``endpoint``."""
+        found = self._by_endpoint.get(endpoint)
+        if found is None:
+            settings = self._settings
+            if settings.hec.endpoint != endpoint:
+                settings = replace(settings, hec=replace(settings.hec, endpoint=endpoint))
+            found = Deliverer(
+                settings,
+                backsplash=ReplayFailedBacksplash(self._backsplash),
+                clock=self._clock,
+                log=self._log.bind(redelivery=endpoint),
+            )
+            if self._prepare is not None:
+                self._prepare(found)
+            self._by_endpoint[endpoint] = found
+        return found
+
+    def all(self) -> list[Deliverer]:
+        """Every deliverer built so far."""
+        return list(self._by_endpoint.values())
+
+    def remove(self, deliverer: Deliverer) -> None:
+        """Forget ``deliverer`` (the next record for its endpoint builds a new one)."""
+        for endpoint, found in list(self._by_endpoint.items()):
+            if found is deliverer:
+                del self._by_endpoint[endpoint]
+
+    def clear(self) -> list[Deliverer]:
+        """Forget every deliverer; returns them (for the caller to release)."""
+        dropped = list(self._by_endpoint.values())
+        self._by_endpoint.clear()
+        return dropped
+
+
+class Intake:
+    """Hands input to the deliverers, every count on the main deliverer's ledger.
+
+    Args:
+        settings: transform options and the HEC endpoint (stored with unprocessable input).
+        deliverer: the main deliverer; its ledger is the one every outcome is counted on.
+        backsplash: where unprocessable input is stored.
+        redeliverer: the deliverer for backsplash records meant for an endpoint (it must
+            count on the same ledger).
+        log: a structlog logger (the entry point's).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        deliverer: Deliverer,
+        backsplash: BacksplashWriter,
+        redeliverer: Callable[[Endpoint], Deliverer],
+        *,
+        log: Any,
+    ) -> None:
+        self.settings = settings
+        self.deliverer = deliverer
+        self.backsplash = backsplash
+        self._redeliverer = redeliverer
+        self._log = log
+        #: Corrupt backsplash records dropped.
+        self.records_corrupt = 0
+
+    @property
+    def ledger(self) -> Ledger:
+        """The one ledger (the main deliverer's)."""
+        return self.deliverer.ledger
+
+    def deliver(self, batch: EncodedBatch) -> None:
+        """A transformed batch: its events submitted; a control message counted dropped."""
+        if batch.is_control:
+            self.ledger.drop("control_message")
+        elif batch.events:
+            self.deliverer.submit(batch.events, batch.raw_target)
+
+    def payload(self, data: bytes) -> None:
+        """A CloudWatch Logs payload (awslogs, a Kinesis record).
+
+        Raises:
+            BacksplashError: refused by the transform and nowhere to store it.
+        """
+        try:
+            batch = transform_payload(data, self.settings.transform)
+        except TransformError as exc:
+            self.unprocessable(data, exc)
+            return
+        self.deliver(batch)
+
+    def lines(
+        self,
+        lines: Sequence[str],
+        *,
+        log_group: str | None,
+        log_stream: str | None,
+        origin: Origin,
+        flow_fields: tuple[str, ...] | None,
+    ) -> None:
+        """Text lines of an object, a file or stdin (flow logs, or plain lines).
+
+        Raises:
+            BacksplashError: refused by the transform and nowhere to store it.
+        """
+        try:
+            batch = transform_lines(
+                lines,
+                log_group=log_group,
+                log_stream=log_stream,
+                origin=origin,
+                options=self.settings.transform,
+                flow_fields=flow_fields,
+            )
+        except TransformError as exc:
+            self.unprocessable("\n".join(lines).encode(), exc)
+            return
+        self.deliver(batch)
+
+    def backsplash_record(self, decoded: DecodedRecord) -> None:
+        """A decoded backsplash record: to the re-delivery deliverer of its endpoint."""
+        if decoded.control:
+            self.ledger.drop("control_message")
+        elif decoded.events:
+            self._redeliverer(decoded.endpoint).submit(decoded.events, decoded.raw_target)
+
+    def corrupt_record(
+        self, bucket: str | None, key: str | None, line: int | None, reason: str | None
+    ) -> None:
+        """A backsplash record that cannot be re-delivered: dropped and logged."""
+        self.records_corrupt += 1
+        self.ledger.drop(CORRUPT_RECORD)
+        self._log.error(
+            "backsplash_record_corrupt", bucket=bucket, key=key, line=line, reason=reason
+        )
+
+    def dropped_line(
+        self,
+        bucket: str | None,
+        key: str | None,
+        line: int | None,
+        size: int | None,
+        reason: str = LINE_TOO_LONG,
+    ) -> None:
+        """A line that was not read (longer than the cap): dropped and logged."""
+        self.ledger.drop(reason)
+        self._log.warning(
+            "line_dropped", reason=reason, bucket=bucket, key=key, line=line, bytes=size
+        )
+
+    def unprocessable(self, data: bytes, exc: Exception) -> None:
+        """Input the transform refused: stored under ``processing-failed/``, counted.
+
+        Raises:
+            BacksplashError: nowhere to store it.
+        """
+        key = store_unprocessable(
+            self.backsplash,
+            data,
+            error_code="Transform.DecodeError",
+            message=f"{type(exc).__name__}: {exc}",
+            endpoint=self.settings.hec.endpoint,
+        )
+        self.ledger.add(events_in=1, backsplashed=1, backsplash_objects=1)
+        self._log.error("record_unprocessable", key=key, reason=f"{type(exc).__name__}: {exc}")
