@@ -1,5 +1,8 @@
 """The HEC token from AWS Secrets Manager, fetched once per process (Lambda container).
 
+:func:`resolve_token` is the one place a command or handler turns settings that name a
+secret into settings that hold the token.
+
 ``SPLUNK_HEC_TOKEN_SECRET_ARN`` names a secret whose ``SecretString`` is the token itself or
 a JSON object ``{"hec_token": "..."}``. The value is cached per ARN for the life of the
 process and registered with the log redactor, so it never reaches a log line.
@@ -11,8 +14,10 @@ import json
 import threading
 from typing import Any, Final
 
-from config.loader import ConfigError
+from config.loader import ConfigError, with_token
 from config.logs import register_secret
+from config.settings import Settings
+from forwarder import aws
 
 TOKEN_KEY: Final = "hec_token"
 _cache: dict[str, str] = {}
@@ -60,10 +65,7 @@ def get_hec_token(arn: str, client: Any = None) -> str:
         if cached is not None:
             return cached
         if client is None:
-            import boto3  # noqa: PLC0415 - only when a secret is configured
-            from botocore.config import Config  # noqa: PLC0415
-
-            client = boto3.client("secretsmanager", config=Config(retries={"mode": "standard"}))
+            client = aws.client("secretsmanager")
         from botocore.exceptions import BotoCoreError, ClientError  # noqa: PLC0415
 
         try:
@@ -79,6 +81,27 @@ def get_hec_token(arn: str, client: Any = None) -> str:
         register_secret(token)
         _cache[arn] = token
         return token
+
+
+def resolve_token(settings: Settings, client_factory: aws.ClientFactory = aws.client) -> Settings:
+    """``settings`` with the token filled in from ``SPLUNK_HEC_TOKEN_SECRET_ARN`` when they
+    name a secret and hold no token (a token given directly wins); otherwise unchanged.
+
+    Args:
+        settings: loaded settings.
+        client_factory: makes the Secrets Manager client, only when a secret must be read
+            (the push Lambda passes its own; tests one bound to a local server).
+
+    Raises:
+        ConfigError: the secret cannot be read or holds no token.
+    """
+    arn = settings.hec.token_secret_arn
+    if settings.hec.token or not arn:
+        return settings
+    with _lock:
+        cached = _cache.get(arn)
+    client = None if cached is not None else client_factory("secretsmanager")
+    return with_token(settings, get_hec_token(arn, client))
 
 
 def clear_cache() -> None:
