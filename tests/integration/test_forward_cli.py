@@ -24,8 +24,8 @@ from forwarder.devtools.synthetic import (
     flow_log_payloads,
 )
 from forwarder.status import ExitStatus
-from tests.conftest import TEST_TOKEN, boto_client
-from tests.integration.conftest import BUCKET, FAST, backsplashed
+from tests.conftest import TEST_TOKEN
+from tests.integration.conftest import FAST, backsplashed
 from tests.unit.test_hostile_objects import LONG_LINE_BYTES, bomb
 
 pytestmark = pytest.mark.integration
@@ -41,13 +41,6 @@ def run_cli(argv: list[str], environ: dict[str, str]) -> tuple[int, str]:
 def fixture_hec() -> Any:
     with HecEmulator(token=TEST_TOKEN) as emulator:
         yield emulator
-
-
-@pytest.fixture(name="s3")
-def fixture_s3(aws_endpoint: str) -> Any:
-    client = boto_client("s3", aws_endpoint)
-    client.create_bucket(Bucket=BUCKET)
-    return client
 
 
 def environ_for(url: str, aws_endpoint: str | None = None, **extra: str) -> dict[str, str]:
