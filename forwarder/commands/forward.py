@@ -332,19 +332,16 @@ def forward_stream(
     )
 
 
-def outcome_of(report: ForwardReport, interrupted: bool) -> RunOutcome:
-    """The facts of a ``forward`` run that decide its exit status."""
-    return RunOutcome(
-        backsplash_failed=bool(report.backsplash_error) or not report.summary["balanced"],
-        hec_fatal=report.fatal,
-        interrupted=interrupted,
-        incomplete=incomplete(report.summary),
-    )
-
-
 def exit_status(report: ForwardReport, interrupted: bool) -> ExitStatus:
-    """The documented exit status of a ``forward`` run (:func:`forwarder.status.status_for`)."""
-    return status_for(outcome_of(report, interrupted))
+    """The documented exit status of a ``forward`` run, through :func:`status_for`."""
+    return status_for(
+        RunOutcome(
+            backsplash_failed=bool(report.backsplash_error) or not report.summary["balanced"],
+            hec_fatal=report.fatal,
+            interrupted=interrupted,
+            incomplete=incomplete(report.summary),
+        )
+    )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

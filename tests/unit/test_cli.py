@@ -10,13 +10,15 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from config.loader import ConfigError
 from forwarder import cli
-from forwarder.commands import check
+from forwarder.commands import check, forward
 from forwarder.commands.context import CommandContext
+from forwarder.commands.forward import ForwardReport
 from forwarder.hec.protocol import Outcome
 from forwarder.status import ExitStatus
 from tests.conftest import TEST_TOKEN, make_settings
@@ -170,3 +172,33 @@ def test_check_maps_its_findings_through_status_for(monkeypatch: pytest.MonkeyPa
         answers.clear()
         answers.update(given)
         assert check.check(settings, io.StringIO()) == expected
+
+
+def _report(**changes: Any) -> ForwardReport:
+    summary: dict[str, Any] = {"balanced": True, "backsplashed": 0, "dropped": {}}
+    summary.update(changes.pop("summary", {}))
+    return ForwardReport(
+        summary=summary,
+        fatal=changes.pop("fatal", False),
+        unparsed=0,
+        backsplash_error=changes.pop("backsplash_error", None),
+    )
+
+
+@pytest.mark.parametrize(
+    ("report", "interrupted", "expected"),
+    [
+        (_report(), False, 0),
+        (_report(summary={"dropped": {"control_message": 2}}), False, 0),
+        (_report(summary={"dropped": {"undecodable_record": 1}}), False, 5),
+        (_report(summary={"backsplashed": 3}), False, 5),
+        (_report(summary={"backsplashed": 3}), True, 130),
+        (_report(fatal=True, summary={"backsplashed": 3}), True, 4),
+        (_report(fatal=True, backsplash_error="AccessDenied"), False, 6),
+        (_report(summary={"balanced": False}), False, 6),
+    ],
+)
+def test_forward_maps_its_report_through_status_for(
+    report: ForwardReport, interrupted: bool, expected: int
+) -> None:
+    assert forward.exit_status(report, interrupted) == expected
