@@ -29,7 +29,7 @@ from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from config.daemon import DaemonSettings, SourceSettings
+from config.daemon import TABLE_SETTINGS
 from config.loader import KEYS, PACKAGED_CONFIG_NAME, ConfigError, load_settings, read_toml
 from config.settings import Settings
 from forwarder import aws
@@ -120,8 +120,6 @@ class SecretInConfigError(PackagingError):
         self.key = key
 
 
-#: The TOML tables ``config.daemon`` reads, and the settings class each fills.
-_SECRET_TABLES: Mapping[str, type[Any]] = {"daemon": DaemonSettings, "source": SourceSettings}
 
 
 def _secret_fields(cls: type[Any]) -> frozenset[str]:
@@ -137,7 +135,7 @@ def secret_setting_names() -> frozenset[str]:
     names = {
         key.env.lower() for key in KEYS if key.attribute in _secret_fields(sections[key.section])
     }
-    for table, cls in _SECRET_TABLES.items():
+    for table, cls in TABLE_SETTINGS.items():
         names.update(f"{table}.{name}" for name in _secret_fields(cls))
     return frozenset(names)
 
@@ -150,7 +148,7 @@ def secrets_in(document: Mapping[str, Any]) -> list[str]:
     secret = secret_setting_names()
     found: list[str] = []
     for name, value in document.items():
-        table = value if name in _SECRET_TABLES else None
+        table = value if name in TABLE_SETTINGS else None
         if isinstance(table, Mapping):
             found.extend(
                 f"{name}.{key}"
