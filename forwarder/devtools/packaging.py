@@ -120,8 +120,6 @@ class SecretInConfigError(PackagingError):
         self.key = key
 
 
-
-
 def _secret_fields(cls: type[Any]) -> frozenset[str]:
     """Fields ``config`` marks secret: those kept out of ``repr`` (``field(repr=False)``)."""
     return frozenset(field.name for field in dataclasses.fields(cls) if not field.repr)
