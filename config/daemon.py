@@ -14,7 +14,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, cast
 
-from config.loader import ConfigError, parse_bool
+from config.errors import ConfigError
+from config.loader import parse_bool
 
 SourceType = Literal["kinesis", "sqs-s3", "files", "stdin", "firehose-http"]
 StartPosition = Literal["TRIM_HORIZON", "LATEST"]

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
 
+from config.errors import ConfigError
 from config.settings import (
     LAMBDA_RESPONSE_LIMIT_BYTES,
     AckSettings,
@@ -41,15 +42,6 @@ _BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
-
-
-class ConfigError(Exception):
-    """A missing or invalid setting; the message names the key and what is allowed."""
-
-    def __init__(self, key: str, problem: str) -> None:
-        super().__init__(f"{key}: {problem}")
-        self.key = key
-        self.problem = problem
 
 
 # --- value parsers: (key, raw) -> value, raising ConfigError --------------------------------

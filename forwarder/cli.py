@@ -1,10 +1,10 @@
 """The ``forwarder`` command: a table of subcommands, each module imported only when it runs.
 
 ``forwarder --help`` is built from the table's strings alone, so it imports no command module
-(and so neither requests nor boto3). A command's module is imported once its name is known,
-to add its flags to its own subparser and then to run it. Every command module has
-``add_arguments(parser)`` and ``run(args, ctx) -> ExitStatus``; exceptions that escape it map
-to an exit status through :func:`forwarder.status.status_for`.
+(and so neither requests, boto3 nor structlog). A command's module, and the context it runs
+in, are imported once its name is known, to add its flags to its own subparser and to run it.
+Every command module has ``add_arguments(parser)`` and ``run(args, ctx) -> ExitStatus``;
+exceptions that escape it map to an exit status through :func:`forwarder.status.status_for`.
 """
 
 from __future__ import annotations
@@ -14,11 +14,14 @@ import importlib
 import os
 import sys
 from collections.abc import Mapping, Sequence
-from typing import Protocol, TextIO, cast
+from typing import TYPE_CHECKING, Protocol, TextIO, cast
 
-from config.loader import ConfigError
-from forwarder.commands.context import CommandContext
+from config.errors import ConfigError
+from forwarder import __version__
 from forwarder.status import ExitStatus, status_for
+
+if TYPE_CHECKING:
+    from forwarder.commands.context import CommandContext
 
 
 class CommandModule(Protocol):
@@ -85,6 +88,11 @@ COMMANDS: Mapping[str, tuple[str, str, str]] = {
 }
 
 
+#: What every command's ``run`` gets; loaded with the command (it loads settings and logging,
+#: which ``forwarder --help`` does not need).
+CONTEXT_MODULE = "forwarder.commands.context"
+
+
 def load_command(name: str) -> CommandModule:
     """Import the module that implements command ``name`` (a key of :data:`COMMANDS`)."""
     module_path = COMMANDS[name][0]
@@ -106,8 +114,6 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     Each subparser is made from the table's strings; only ``command``'s module is imported,
     to add its flags. None builds the top level alone (``forwarder --help``).
     """
-    from forwarder import __version__  # noqa: PLC0415 - the package root, no dependencies
-
     parser = argparse.ArgumentParser(
         prog="forwarder",
         description="Move CloudWatch Logs and VPC flow logs into Splunk HEC, losing nothing.",
@@ -140,7 +146,7 @@ def main(
     words = list(sys.argv[1:] if argv is None else argv)
     args = build_parser(selected_command(words)).parse_args(words)
     command = load_command(args.command)
-    ctx = CommandContext(args, env, stream)
+    ctx: CommandContext = importlib.import_module(CONTEXT_MODULE).CommandContext(args, env, stream)
     try:
         return int(command.run(args, ctx))
     except (ConfigError, OSError, KeyboardInterrupt) as exc:

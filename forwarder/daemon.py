@@ -80,7 +80,8 @@ import tenacity
 from botocore.exceptions import ClientError
 
 from config.daemon import DaemonSettings, load_daemon_settings
-from config.loader import ConfigError, read_toml, require_hec
+from config.errors import ConfigError
+from config.loader import read_toml, require_hec
 from config.settings import Settings
 from forwarder.backsplash.objects import CORRUPT_RECORD, ReplayFailedBacksplash
 from forwarder.backsplash.writers import (

@@ -14,7 +14,8 @@ import json
 import threading
 from typing import Any, Final
 
-from config.loader import ConfigError, with_token
+from config.errors import ConfigError
+from config.loader import with_token
 from config.logs import register_secret
 from config.settings import Settings
 from forwarder import aws

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
 
-from config.loader import ConfigError
+from config.errors import ConfigError
 
 
 class ExitStatus(IntEnum):

@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from config.daemon import TABLE_SETTINGS
-from config.loader import KEYS, PACKAGED_CONFIG_NAME, ConfigError, load_settings, read_toml
+from config.errors import ConfigError
+from config.loader import KEYS, PACKAGED_CONFIG_NAME, load_settings, read_toml
 from config.settings import Settings
 from forwarder import aws
 from forwarder.commands.context import CommandContext

@@ -62,7 +62,7 @@ import structlog
 from botocore.exceptions import BotoCoreError, ClientError
 
 from config.daemon import SourceSettings
-from config.loader import ConfigError
+from config.errors import ConfigError
 from forwarder.backsplash.objects import (
     REPLAY_FAILED,
     CorruptLine,

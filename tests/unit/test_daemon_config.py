@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from config.daemon import DaemonSettings, SourceSettings, load_daemon_settings
-from config.loader import ConfigError, load_settings
+from config.errors import ConfigError
+from config.loader import load_settings
 
 
 def test_defaults_are_a_stdin_daemon() -> None:

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 import config.loader
-from config.loader import ConfigError, flag_overrides, hec_token_from_environ
+from config.errors import ConfigError
+from config.loader import flag_overrides, hec_token_from_environ
 from forwarder import secrets
 from forwarder.commands.context import CommandContext
 from tests.conftest import TEST_TOKEN, make_settings
