@@ -12,7 +12,7 @@ import pytest
 
 import config.loader
 from config.errors import ConfigError
-from config.loader import flag_overrides, hec_token_from_environ
+from config.loader import flag_overrides, hec_token_from_environ, replay_state_path
 from forwarder import secrets
 from forwarder.commands.context import CommandContext
 from tests.conftest import TEST_TOKEN, make_settings
@@ -79,6 +79,14 @@ def test_flags_override_the_settings_they_name() -> None:
 def test_the_emulator_default_token_is_the_raw_environment_value() -> None:
     assert hec_token_from_environ({"SPLUNK_HEC_TOKEN": "t"}) == "t"
     assert hec_token_from_environ({}) is None
+
+
+def test_the_replay_state_file_follows_xdg_state_home(tmp_path: Path) -> None:
+    assert replay_state_path({"XDG_STATE_HOME": str(tmp_path)}) == (
+        tmp_path / "firehose-splunk-forwarder" / "replay.sqlite"
+    )
+    default = replay_state_path({})
+    assert default.parts[-3:] == ("state", "firehose-splunk-forwarder", "replay.sqlite")
 
 
 class _SecretsManager:
