@@ -14,13 +14,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, cast
 
-from config.loader import ConfigError, parse_bool
+from config.errors import ConfigError
+from config.loader import parse_bool
 
 SourceType = Literal["kinesis", "sqs-s3", "files", "stdin", "firehose-http"]
 StartPosition = Literal["TRIM_HORIZON", "LATEST"]
 CheckpointStore = Literal["file", "dynamodb", "none"]
-
-DAEMON_TABLES: Final = ("daemon", "source")
 
 
 @dataclass(frozen=True)
@@ -79,6 +78,13 @@ class DaemonSettings:
     #: drawn from [0, min(max, base * 2**attempt)] (full jitter), for as long as it fails.
     source_retry_backoff_s: float = 1.0
     source_retry_backoff_max_s: float = 60.0
+
+
+#: The TOML tables this module reads, and the settings class each fills.
+TABLE_SETTINGS: Final[Mapping[str, type[Any]]] = {
+    "daemon": DaemonSettings,
+    "source": SourceSettings,
+}
 
 
 # --- parsers: (key, value from TOML or env) -> value -----------------------------------------
@@ -248,10 +254,3 @@ def load_daemon_settings(
     if settings.checkpoint_store == "dynamodb" and not settings.checkpoint_table:
         raise ConfigError("daemon.checkpoint_table", "is required with checkpoint_store dynamodb")
     return settings
-
-
-def split_document(document: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Split a TOML document into (settings part for ``load_settings``, daemon tables)."""
-    rest = {k: v for k, v in document.items() if k not in DAEMON_TABLES}
-    daemon = {k: v for k, v in document.items() if k in DAEMON_TABLES}
-    return rest, daemon

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
 
+from config.errors import ConfigError
 from config.settings import (
     LAMBDA_RESPONSE_LIMIT_BYTES,
     AckSettings,
@@ -41,15 +42,6 @@ _BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
-
-
-class ConfigError(Exception):
-    """A missing or invalid setting; the message names the key and what is allowed."""
-
-    def __init__(self, key: str, problem: str) -> None:
-        super().__init__(f"{key}: {problem}")
-        self.key = key
-        self.problem = problem
 
 
 # --- value parsers: (key, raw) -> value, raising ConfigError --------------------------------
@@ -351,10 +343,40 @@ def _packaged_config(env: Mapping[str, str]) -> Path | None:
     return packaged if packaged.is_file() else None
 
 
+def config_path(
+    environ: Mapping[str, str] | None = None,
+    path: Path | None = None,
+    overrides: Mapping[str, str] | None = None,
+) -> Path | None:
+    """The settings file to read: ``path``, else ``FORWARDER_CONFIG`` (a flag's override, then
+    the environment), else (in Lambda) a ``forwarder.toml`` shipped at the package's root."""
+    if path is not None:
+        return path
+    env = os.environ if environ is None else environ
+    location = (overrides or {}).get("FORWARDER_CONFIG") or env.get("FORWARDER_CONFIG")
+    return Path(location) if location else _packaged_config(env)
+
+
+def read_document(
+    environ: Mapping[str, str] | None = None,
+    path: Path | None = None,
+    overrides: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """The parsed settings file (:func:`config_path`), or ``{}`` when there is none.
+
+    Read it once and hand it to :func:`load_settings` and ``config.daemon.load_daemon_settings``
+    both: the file is the same for both, whatever changes on disk in between.
+    """
+    located = config_path(environ, path, overrides)
+    return read_toml(located) if located is not None else {}
+
+
 def load_settings(
     environ: Mapping[str, str] | None = None,
     path: Path | None = None,
     overrides: Mapping[str, str] | None = None,
+    *,
+    document: Mapping[str, Any] | None = None,
 ) -> Settings:
     """Build the one ``Settings`` object.
 
@@ -363,6 +385,8 @@ def load_settings(
         path: TOML file; defaults to ``FORWARDER_CONFIG`` when set, else (in Lambda) a
             ``forwarder.toml`` shipped at the package's root (``$LAMBDA_TASK_ROOT``).
         overrides: values from CLI flags, keyed by environment name; they win over all else.
+        document: the settings file already parsed (:func:`read_document`); ``path`` is then
+            not read again.
 
     Returns:
         Validated, frozen settings.
@@ -372,11 +396,9 @@ def load_settings(
     """
     env = os.environ if environ is None else environ
     overrides = overrides or {}
-    config_path = path
-    if config_path is None:
-        location = overrides.get("FORWARDER_CONFIG") or env.get("FORWARDER_CONFIG")
-        config_path = Path(location) if location else _packaged_config(env)
-    document = read_toml(config_path) if config_path is not None else {}
+    where = config_path(env, path, overrides)
+    if document is None:
+        document = read_toml(where) if where is not None else {}
 
     layered: dict[str, str] = {}
     for name, value in document.items():
@@ -384,7 +406,7 @@ def load_settings(
             continue
         key = KEYS_BY_ENV.get(name.upper())
         if key is None or name != name.lower():
-            raise ConfigError(name, f"unknown setting in {config_path}; see README for the keys")
+            raise ConfigError(name, f"unknown setting in {where}; see README for the keys")
         layered[key.env] = _toml_scalar(name, value)
     for source in (env, overrides):
         for name, value in source.items():
@@ -442,6 +464,27 @@ def warnings_for(settings: Settings) -> list[str]:
     if insecure:
         found.append(f"HEC over plain HTTP sends the token unencrypted: {', '.join(insecure)}")
     return found
+
+
+#: CLI flags (argparse destinations) that override a setting, and the setting each names.
+FLAG_KEYS: Mapping[str, str] = {
+    "hec_url": "SPLUNK_HEC_URL",
+    "token": "SPLUNK_HEC_TOKEN",
+    "log_level": "LOG_LEVEL",
+    "log_format": "LOG_FORMAT",
+}
+
+
+def flag_overrides(flags: Mapping[str, object]) -> dict[str, str]:
+    """The overrides (by environment name) that the given flag values make; unset flags
+    (None or absent) override nothing. ``flags`` is ``vars(args)``."""
+    return {env: str(flags[flag]) for flag, env in FLAG_KEYS.items() if flags.get(flag) is not None}
+
+
+def hec_token_from_environ(environ: Mapping[str, str]) -> str | None:
+    """The raw ``SPLUNK_HEC_TOKEN`` of ``environ`` (None when unset), unchecked: the HEC
+    emulator's default token, which need not be a valid one."""
+    return environ.get("SPLUNK_HEC_TOKEN")
 
 
 def require_hec(settings: Settings) -> Settings:

@@ -1,189 +1,138 @@
-"""The ``forwarder`` command: argparse subcommands, exit statuses mapped in one place."""
+"""The ``forwarder`` command: a table of subcommands, each module imported only when it runs.
+
+``forwarder --help`` is built from the table's strings alone, so it imports no command module
+(and so neither requests, boto3 nor structlog). A command's module, and the context it runs
+in, are imported once its name is known, to add its flags to its own subparser and to run it.
+Every command module has ``add_arguments(parser)`` and ``run(args, ctx) -> ExitStatus``;
+exceptions that escape it map to an exit status through :func:`forwarder.status.status_for`.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
-from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
-from typing import TextIO
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Protocol, TextIO, cast
 
-from config.loader import ConfigError
-from forwarder.commands.context import CommandContext, add_common_arguments
-from forwarder.status import ExitStatus
+from config.errors import ConfigError
+from forwarder import __version__
+from forwarder.status import ExitStatus, status_for
 
-Command = Callable[[argparse.Namespace, CommandContext], int]
-
-
-def _cmd_transform(args: argparse.Namespace, ctx: CommandContext) -> int:
-    from transforms.errors import TransformError  # noqa: PLC0415
-    from transforms.firehose import transform_file_contents  # noqa: PLC0415
-
-    data = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
-    name = None if args.file == "-" else Path(args.file).name
-    try:
-        lines = transform_file_contents(data, ctx.settings(), name=name)
-    except TransformError as exc:
-        print(f"forwarder: cannot transform {args.file}: {exc}", file=sys.stderr)
-        return ExitStatus.FAILURE
-    for line in lines:
-        ctx.out.write(line + "\n")
-    return ExitStatus.OK
+if TYPE_CHECKING:
+    from forwarder.commands.context import CommandContext
 
 
-def _cmd_hec_emulator(args: argparse.Namespace, ctx: CommandContext) -> int:
-    from forwarder.devtools.emulator import serve  # noqa: PLC0415
+class CommandModule(Protocol):
+    """What every module named in :data:`COMMANDS` provides."""
 
-    return serve(args)
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None: ...
 
-
-def _cmd_forward(args: argparse.Namespace, ctx: CommandContext) -> int:
-    from forwarder.commands.forward import run_forward  # noqa: PLC0415
-
-    return run_forward(args, ctx.settings(), ctx.out)
+    def run(self, args: argparse.Namespace, ctx: CommandContext) -> ExitStatus: ...
 
 
-def _cmd_check(args: argparse.Namespace, ctx: CommandContext) -> int:
-    from forwarder.commands.forward import run_check  # noqa: PLC0415
+#: name -> (module, one-line help for ``forwarder --help``, description for ``forwarder NAME -h``).
+COMMANDS: Mapping[str, tuple[str, str, str]] = {
+    "forward": (
+        "forwarder.commands.forward",
+        "transform and deliver a payload file or stdin once, with acknowledgment",
+        "Send a Firehose event, push-Lambda event, gzip CloudWatch Logs payload, "
+        "flow-log file or text file through the transform and delivery engine once. "
+        "Exit status 0 means every event was acknowledged.",
+    ),
+    "check": (
+        "forwarder.commands.check",
+        "validate settings and probe each HEC URL's health and token",
+        "Validate the settings, then ask every HEC URL for its health and "
+        "whether it accepts the token, and say what is wrong in plain words.",
+    ),
+    "daemon": (
+        "forwarder.commands.daemon",
+        "run until SIGTERM: read Kinesis, SQS/S3, files or stdin and deliver with acks",
+        "A long-running forwarder with checkpoints, graceful shutdown, a local "
+        "spool, health and Prometheus metrics. Sources and checkpoints are configured in the "
+        "[source] and [daemon] tables of the TOML file.",
+    ),
+    "replay": (
+        "forwarder.commands.replay",
+        "re-deliver backsplash objects (Firehose's and ours) from S3, once",
+        "Stream splunk-failed/, processing-failed/ and replay-failed/ objects "
+        "from S3 and deliver them with acknowledgment; a local state file makes a second "
+        "run send nothing. Failures go to replay-failed/, never back into the source.",
+    ),
+    "transform": (
+        "forwarder.commands.transform",
+        "show the HEC events the transform makes of a payload file",
+        "Run the transform locally on a Firehose event JSON, a gzip CloudWatch "
+        "Logs payload or a flow-log text file, and print one HEC event per line.",
+    ),
+    "hec-emulator": (
+        "forwarder.devtools.emulator",
+        "run a local Splunk HEC for trials and tests",
+        "A local HEC with acknowledgments, channels and injectable faults.",
+    ),
+    "demo": (
+        "forwarder.devtools.demo",
+        "run the whole job locally: emulator, local S3, generated flow logs",
+        "End to end on this machine: a local HEC emulator with faults, a local "
+        "S3 server and generated VPC flow log batches; prints what was delivered, "
+        "acknowledged and backsplashed.",
+    ),
+    "package": (
+        "forwarder.devtools.packaging",
+        "build the Lambda deployment zip (and optionally upload it)",
+        "Build a reproducible Lambda zip of forwarder, transforms, config and "
+        "their runtime dependencies (boto3 excluded: the Lambda runtime provides it).",
+    ),
+}
 
-    return run_check(ctx.settings(), ctx.out)
+
+#: What every command's ``run`` gets; loaded with the command (it loads settings and logging,
+#: which ``forwarder --help`` does not need).
+CONTEXT_MODULE = "forwarder.commands.context"
 
 
-def _cmd_daemon(args: argparse.Namespace, ctx: CommandContext) -> int:
-    from forwarder.daemon import run  # noqa: PLC0415
-
-    return run(args, ctx.settings, ctx.environ)
-
-
-def _cmd_replay(args: argparse.Namespace, ctx: CommandContext) -> int:
-    from forwarder.replay.engine import run  # noqa: PLC0415
-
-    return run(args, ctx)
+def load_command(name: str) -> CommandModule:
+    """Import the module that implements command ``name`` (a key of :data:`COMMANDS`)."""
+    module_path = COMMANDS[name][0]
+    return cast(CommandModule, importlib.import_module(module_path))
 
 
-def _cmd_demo(args: argparse.Namespace, ctx: CommandContext) -> int:
-    from forwarder.devtools.demo import run_demo  # noqa: PLC0415
-
-    return run_demo(args, ctx.out)
-
-
-def _cmd_package(args: argparse.Namespace, ctx: CommandContext) -> int:
-    from forwarder.devtools.packaging import run  # noqa: PLC0415
-
-    return run(args)
+def selected_command(argv: Sequence[str]) -> str | None:
+    """The command ``argv`` names: its first word that is not an option (the top level has
+    only ``--help`` and ``--version``, which take no value); None when there is none."""
+    for word in argv:
+        if not word.startswith("-"):
+            return word if word in COMMANDS else None
+    return None
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The whole command line; each subcommand sets ``func``."""
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The command line: every command's subparser, with flags only for ``command``.
+
+    Each subparser is made from the table's strings; only ``command``'s module is imported,
+    to add its flags. None builds the top level alone (``forwarder --help``).
+    """
     parser = argparse.ArgumentParser(
         prog="forwarder",
         description="Move CloudWatch Logs and VPC flow logs into Splunk HEC, losing nothing.",
     )
-    from forwarder import __version__  # noqa: PLC0415
-
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
-    forward = commands.add_parser(
-        "forward",
-        help="transform and deliver a payload file or stdin once, with acknowledgment",
-        description="Send a Firehose event, push-Lambda event, gzip CloudWatch Logs payload, "
-        "flow-log file or text file through the transform and delivery engine once. "
-        "Exit status 0 means every event was acknowledged.",
-    )
-    from forwarder.commands.forward import add_forward_arguments  # noqa: PLC0415
-
-    add_forward_arguments(forward)
-    add_common_arguments(forward)
-    forward.set_defaults(func=_cmd_forward)
-
-    check = commands.add_parser(
-        "check",
-        help="validate settings and probe each HEC URL's health and token",
-        description="Validate the settings, then ask every HEC URL for its health and "
-        "whether it accepts the token, and say what is wrong in plain words.",
-    )
-    add_common_arguments(check)
-    check.set_defaults(func=_cmd_check)
-
-    daemon = commands.add_parser(
-        "daemon",
-        help="run until SIGTERM: read Kinesis, SQS/S3, files or stdin and deliver with acks",
-        description="A long-running forwarder with checkpoints, graceful shutdown, a local "
-        "spool, health and Prometheus metrics. Sources and checkpoints are configured in the "
-        "[source] and [daemon] tables of the TOML file.",
-    )
-    from forwarder.daemon import add_arguments as add_daemon_arguments  # noqa: PLC0415
-
-    add_daemon_arguments(daemon)
-    daemon.set_defaults(func=_cmd_daemon)
-
-    replay = commands.add_parser(
-        "replay",
-        help="re-deliver backsplash objects (Firehose's and ours) from S3, once",
-        description="Stream splunk-failed/, processing-failed/ and replay-failed/ objects "
-        "from S3 and deliver them with acknowledgment; a local state file makes a second "
-        "run send nothing. Failures go to replay-failed/, never back into the source.",
-    )
-    from forwarder.replay.engine import add_arguments as add_replay_arguments  # noqa: PLC0415
-
-    add_replay_arguments(replay)
-    add_common_arguments(replay, hec=False)
-    replay.set_defaults(func=_cmd_replay)
-
-    transform = commands.add_parser(
-        "transform",
-        help="show the HEC events the transform makes of a payload file",
-        description="Run the transform locally on a Firehose event JSON, a gzip CloudWatch "
-        "Logs payload or a flow-log text file, and print one HEC event per line.",
-    )
-    transform.add_argument("file", metavar="FILE", help="payload file, or - for stdin")
-    add_common_arguments(transform, hec=False)
-    transform.set_defaults(func=_cmd_transform)
-
-    emulator = commands.add_parser(
-        "hec-emulator",
-        help="run a local Splunk HEC for trials and tests",
-        description="A local HEC with acknowledgments, channels and injectable faults.",
-    )
-    from forwarder.devtools.emulator import add_arguments as add_emulator_arguments  # noqa: PLC0415
-
-    add_emulator_arguments(emulator)
-    emulator.set_defaults(func=_cmd_hec_emulator)
-
-    demo = commands.add_parser(
-        "demo",
-        help="run the whole job locally: emulator, local S3, generated flow logs",
-        description="End to end on this machine: a local HEC emulator with faults, a local "
-        "S3 server and generated VPC flow log batches; prints what was delivered, "
-        "acknowledged and backsplashed.",
-    )
-    from forwarder.devtools.demo import add_arguments as add_demo_arguments  # noqa: PLC0415
-
-    add_demo_arguments(demo)
-    demo.set_defaults(func=_cmd_demo)
-
-    package = commands.add_parser(
-        "package",
-        help="build the Lambda deployment zip (and optionally upload it)",
-        description="Build a reproducible Lambda zip of forwarder, transforms, config and "
-        "their runtime dependencies (boto3 excluded: the Lambda runtime provides it).",
-    )
-    from forwarder.devtools.packaging import add_arguments as add_package_arguments  # noqa: PLC0415
-
-    add_package_arguments(package)
-    package.set_defaults(func=_cmd_package)
+    for name, (_module, help_text, description) in COMMANDS.items():
+        subparser = commands.add_parser(name, help=help_text, description=description)
+        if name == command:
+            load_command(name).add_arguments(subparser)
     return parser
 
 
-def exit_status_for(exc: BaseException) -> ExitStatus:
-    """Map an exception that escaped a command to its exit status."""
+def _error_message(exc: BaseException) -> str | None:
     if isinstance(exc, ConfigError):
-        return ExitStatus.USAGE
-    if isinstance(exc, KeyboardInterrupt):
-        return ExitStatus.INTERRUPTED
-    return ExitStatus.FAILURE
+        return f"forwarder: configuration error: {exc}"
+    if isinstance(exc, OSError):
+        return f"forwarder: {exc}"
+    return None  # KeyboardInterrupt: the status says it all
 
 
 def main(
@@ -194,17 +143,14 @@ def main(
     """Run the command line; returns the exit status instead of exiting."""
     env = os.environ if environ is None else environ
     stream = out if out is not None else sys.stdout
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    ctx = CommandContext(args, env, stream)
-    func: Command = args.func
+    words = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(selected_command(words)).parse_args(words)
+    command = load_command(args.command)
+    ctx: CommandContext = importlib.import_module(CONTEXT_MODULE).CommandContext(args, env, stream)
     try:
-        return int(func(args, ctx))
-    except ConfigError as exc:
-        print(f"forwarder: configuration error: {exc}", file=sys.stderr)
-        return ExitStatus.USAGE
-    except KeyboardInterrupt:
-        return ExitStatus.INTERRUPTED
-    except OSError as exc:
-        print(f"forwarder: {exc}", file=sys.stderr)
-        return exit_status_for(exc)
+        return int(command.run(args, ctx))
+    except (ConfigError, OSError, KeyboardInterrupt) as exc:
+        message = _error_message(exc)
+        if message is not None:
+            print(message, file=sys.stderr)
+        return int(status_for(exc))

@@ -62,7 +62,7 @@ import requests
 import structlog
 
 from config.daemon import DaemonSettings
-from config.loader import ConfigError
+from config.errors import ConfigError
 from config.settings import Settings
 from forwarder import aws
 from forwarder.backsplash.writers import (

@@ -72,7 +72,7 @@ from typing import Any, Final, Literal, TypeVar
 
 import structlog
 
-from config.loader import load_settings, warnings_for
+from config.loader import load_settings, require_hec, warnings_for
 from config.logs import configure_logging, register_secret
 from config.settings import Settings
 from forwarder import aws
@@ -187,7 +187,7 @@ def configure(
         _container.forget_deliverers()  # rebuilt: the old deliverers are released, not leaked
     if settings is None:
         settings = load_settings(os.environ if environ is None else environ)
-    settings = resolve_token(settings, client_factory)
+    settings = require_hec(resolve_token(settings, client_factory))
     register_secret(settings.hec.token)
     configure_logging(settings.log)
     for warning in warnings_for(settings):

@@ -1,5 +1,8 @@
 """The HEC token from AWS Secrets Manager, fetched once per process (Lambda container).
 
+:func:`resolve_token` is the one place a command or handler turns settings that name a
+secret into settings that hold the token.
+
 ``SPLUNK_HEC_TOKEN_SECRET_ARN`` names a secret whose ``SecretString`` is the token itself or
 a JSON object ``{"hec_token": "..."}``. The value is cached per ARN for the life of the
 process and registered with the log redactor, so it never reaches a log line.
@@ -11,10 +14,11 @@ import json
 import threading
 from typing import Any, Final
 
-from config.loader import ConfigError, require_hec, with_token
+from config.errors import ConfigError
+from config.loader import with_token
 from config.logs import register_secret
 from config.settings import Settings
-from forwarder.aws import ClientFactory
+from forwarder import aws
 
 TOKEN_KEY: Final = "hec_token"
 _cache: dict[str, str] = {}
@@ -62,10 +66,7 @@ def get_hec_token(arn: str, client: Any = None) -> str:
         if cached is not None:
             return cached
         if client is None:
-            import boto3  # noqa: PLC0415 - only when a secret is configured
-            from botocore.config import Config  # noqa: PLC0415
-
-            client = boto3.client("secretsmanager", config=Config(retries={"mode": "standard"}))
+            client = aws.client("secretsmanager")
         from botocore.exceptions import BotoCoreError, ClientError  # noqa: PLC0415
 
         try:
@@ -83,24 +84,28 @@ def get_hec_token(arn: str, client: Any = None) -> str:
         return token
 
 
+def resolve_token(settings: Settings, client_factory: aws.ClientFactory = aws.client) -> Settings:
+    """``settings`` with the token filled in from ``SPLUNK_HEC_TOKEN_SECRET_ARN`` when they
+    name a secret and hold no token (a token given directly wins); otherwise unchanged.
+
+    Args:
+        settings: loaded settings.
+        client_factory: makes the Secrets Manager client, only when a secret must be read
+            (the push Lambda passes its own; tests one bound to a local server).
+
+    Raises:
+        ConfigError: the secret cannot be read or holds no token.
+    """
+    arn = settings.hec.token_secret_arn
+    if settings.hec.token or not arn:
+        return settings
+    with _lock:
+        cached = _cache.get(arn)
+    client = None if cached is not None else client_factory("secretsmanager")
+    return with_token(settings, get_hec_token(arn, client))
+
+
 def clear_cache() -> None:
     """Forget cached tokens (tests; a rotated secret in a long-running process)."""
     with _lock:
         _cache.clear()
-
-
-def resolve_token(settings: Settings, client_factory: ClientFactory | None = None) -> Settings:
-    """``settings`` ready to deliver: the token fetched from Secrets Manager when only
-    ``SPLUNK_HEC_TOKEN_SECRET_ARN`` is set, then a URL and a token required.
-
-    Args:
-        settings: loaded settings.
-        client_factory: builds the Secrets Manager client (None: :func:`get_hec_token`'s).
-
-    Raises:
-        ConfigError: the secret cannot be read, or no URL or token is set.
-    """
-    if not settings.hec.token and settings.hec.token_secret_arn:
-        client = client_factory("secretsmanager") if client_factory is not None else None
-        settings = with_token(settings, get_hec_token(settings.hec.token_secret_arn, client))
-    return require_hec(settings)

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any
+from typing import Any, NamedTuple
 
-from config.loader import ConfigError
+from config.errors import ConfigError
 
 
 class ExitStatus(IntEnum):
@@ -22,8 +21,7 @@ class ExitStatus(IntEnum):
     INTERRUPTED = 130
 
 
-@dataclass(frozen=True)
-class RunOutcome:
+class RunOutcome(NamedTuple):
     """The facts of a finished run that decide its exit status (the flags are independent).
 
     ``backsplash_failed``: events could be neither delivered nor stored, or the ledger does
@@ -32,6 +30,9 @@ class RunOutcome:
     ended it early (a daemon's graceful stop is not an interruption). ``incomplete``: some
     events were backsplashed or dropped for a reason other than control messages.
     ``partial_failure``: some units (objects, files) failed while the events were accounted for.
+
+    A NamedTuple rather than a dataclass: ``forwarder --help`` imports this module, and
+    ``dataclasses`` (through ``inspect``) would be most of its import time.
     """
 
     backsplash_failed: bool = False

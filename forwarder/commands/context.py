@@ -5,32 +5,48 @@ from __future__ import annotations
 import argparse
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 import structlog
 
-from config.loader import load_settings, warnings_for
+from config.daemon import DaemonSettings, load_daemon_settings
+from config.loader import flag_overrides, load_settings, read_document, warnings_for
 from config.logs import configure_logging, register_secret
 from config.settings import Settings
 
 
 class CommandContext:
-    """What every subcommand gets: the environment, lazily loaded settings, output streams."""
+    """What every subcommand gets: the environment, lazily loaded settings, output streams.
+
+    The settings file is read at most once per command: :meth:`settings` and
+    :meth:`daemon_settings` parse the same document.
+    """
 
     def __init__(self, args: argparse.Namespace, environ: Mapping[str, str], out: TextIO) -> None:
         self._args = args
         self.environ = environ
         self.out = out
+        self._overrides = flag_overrides(vars(args))
+        self._document: dict[str, Any] | None = None
         self._settings: Settings | None = None
 
-    def settings(self, **extra_overrides: str) -> Settings:
+    def _config_document(self) -> dict[str, Any]:
+        if self._document is None:
+            config_path = getattr(self._args, "config", None)
+            self._document = read_document(
+                self.environ, Path(config_path) if config_path else None, self._overrides
+            )
+        return self._document
+
+    def settings(self) -> Settings:
         """Settings from flags > environment > TOML; loaded once; logging configured here."""
         if self._settings is None:
-            overrides = {k: v for k, v in flag_overrides(self._args).items() if v is not None}
-            overrides.update(extra_overrides)
             config_path = getattr(self._args, "config", None)
             settings = load_settings(
-                self.environ, Path(config_path) if config_path else None, overrides
+                self.environ,
+                Path(config_path) if config_path else None,
+                self._overrides,
+                document=self._config_document(),
             )
             register_secret(settings.hec.token)
             configure_logging(settings.log)
@@ -40,17 +56,15 @@ class CommandContext:
             self._settings = settings
         return self._settings
 
-
-def flag_overrides(args: argparse.Namespace) -> dict[str, str | None]:
-    return {
-        "SPLUNK_HEC_URL": getattr(args, "hec_url", None),
-        "SPLUNK_HEC_TOKEN": getattr(args, "token", None),
-        "LOG_LEVEL": getattr(args, "log_level", None),
-        "LOG_FORMAT": getattr(args, "log_format", None),
-    }
+    def daemon_settings(self) -> DaemonSettings:
+        """The ``[daemon]`` and ``[source]`` tables (with their ``FORWARDER_*`` overrides)
+        of the same settings file :meth:`settings` reads."""
+        return load_daemon_settings(self._config_document(), self.environ)
 
 
 def add_common_arguments(parser: argparse.ArgumentParser, *, hec: bool = True) -> None:
+    """The flags every command that reads settings shares; ``hec`` adds the HEC URL and token
+    (every command that talks to HEC itself)."""
     parser.add_argument(
         "--config", metavar="FILE", help="TOML settings file (default: $FORWARDER_CONFIG)"
     )

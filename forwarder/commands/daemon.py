@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import replace
-from pathlib import Path
 
-from config.daemon import load_daemon_settings
-from config.loader import read_toml
+from config.loader import require_hec
 from forwarder.commands.context import CommandContext, add_common_arguments
 from forwarder.daemon import Daemon
 from forwarder.secrets import resolve_token
@@ -28,13 +26,11 @@ def run(args: argparse.Namespace, ctx: CommandContext) -> ExitStatus:
     Raises:
         ConfigError: a setting is invalid (the cli maps it to exit status 2).
     """
-    location = getattr(args, "config", None) or ctx.environ.get("FORWARDER_CONFIG")
-    document = read_toml(Path(location)) if location else {}
-    daemon_settings = load_daemon_settings(document, ctx.environ)
+    daemon_settings = ctx.daemon_settings()
     port = getattr(args, "metrics_port", None)
     if port is not None:
         daemon_settings = replace(daemon_settings, metrics_port=port)
-    daemon = Daemon(resolve_token(ctx.settings()), daemon_settings)
+    daemon = Daemon(require_hec(resolve_token(ctx.settings())), daemon_settings)
     with two_stage_stop(
         on_first=lambda _signum: daemon.request_stop(),
         on_second=lambda _signum: daemon.request_abort(),

@@ -1,4 +1,4 @@
-"""``forwarder forward`` and ``forwarder check``: one-shot delivery of a file, and a HEC probe.
+"""``forwarder forward``: one-shot delivery of a file or stdin, with acknowledgment.
 
 ``forward`` reads a payload file or stdin, recognises what it holds, transforms it and delivers
 it through the same engine as the daemon: a Firehose transformation event (JSON with
@@ -14,15 +14,15 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
+import contextlib
 import io
 import json
-import signal
+import sys
 import threading
 import time
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from types import FrameType
 from typing import IO, Any, cast
 
 import structlog
@@ -30,12 +30,13 @@ import structlog
 from config.loader import require_hec
 from config.settings import Settings
 from forwarder.backsplash.writers import backsplash_from_settings
+from forwarder.commands.context import CommandContext, add_common_arguments
 from forwarder.delivery.deliverer import Deliverer
 from forwarder.delivery.ledger import Ledger
 from forwarder.errors import BacksplashError
-from forwarder.hec.client import HecClient
 from forwarder.intake.lines import LINE_TOO_LONG, MAX_CHUNK_CHARS, LongLine, text_lines
-from forwarder.status import ExitStatus
+from forwarder.signals import two_stage_stop
+from forwarder.status import ExitStatus, RunOutcome, incomplete, status_for
 from transforms.errors import TransformError
 from transforms.pipeline import transform_lines, transform_payload
 from transforms.records import EncodedBatch
@@ -331,23 +332,19 @@ def forward_stream(
     )
 
 
-def exit_status(report: ForwardReport, interrupted: bool) -> int:
-    """Map a report to the documented exit statuses (see ``forwarder.cli.ExitStatus``)."""
-
-    summary = report.summary
-    if report.backsplash_error or not summary["balanced"]:
-        return ExitStatus.BACKSPLASH_FAILED
-    if report.fatal:
-        return ExitStatus.HEC_FATAL
-    if interrupted:
-        return ExitStatus.INTERRUPTED
-    not_control = {k: v for k, v in summary["dropped"].items() if k != "control_message"}
-    if summary["backsplashed"] or any(not_control.values()):
-        return ExitStatus.INCOMPLETE
-    return ExitStatus.OK
+def exit_status(report: ForwardReport, interrupted: bool) -> ExitStatus:
+    """The documented exit status of a ``forward`` run, through :func:`status_for`."""
+    return status_for(
+        RunOutcome(
+            backsplash_failed=bool(report.backsplash_error) or not report.summary["balanced"],
+            hec_fatal=report.fatal,
+            interrupted=interrupted,
+            incomplete=incomplete(report.summary),
+        )
+    )
 
 
-def add_forward_arguments(parser: argparse.ArgumentParser) -> None:
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of ``forwarder forward``."""
     parser.add_argument("file", metavar="FILE", help="payload file, or - for stdin")
     parser.add_argument(
@@ -363,50 +360,27 @@ def add_forward_arguments(parser: argparse.ArgumentParser) -> None:
         help="after Ctrl-C/SIGTERM, how long to wait for acks before backsplashing (30)",
     )
     parser.add_argument("--json", action="store_true", help="print the ledger as JSON")
+    add_common_arguments(parser)
 
 
-def run_forward(args: argparse.Namespace, settings: Settings, out: IO[str]) -> int:
-    """The ``forward`` command: deliver once, print the ledger, return the exit status."""
-    require_hec(settings)
-    stop = threading.Event()
-    interrupted = False
-
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        nonlocal interrupted
-        if interrupted:
-            raise KeyboardInterrupt
-        interrupted = True
-        stop.set()
-
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        log_stream = args.log_stream or (None if args.file == "-" else args.file)
-        if args.file == "-":
-            import sys  # noqa: PLC0415
-
-            report = forward_stream(
-                sys.stdin.buffer,
-                settings,
-                log_group=args.log_group,
-                log_stream=log_stream,
-                stop=stop,
-                grace_s=args.grace,
-            )
-        else:
-            with open(args.file, "rb") as handle:
-                report = forward_stream(
-                    handle,
-                    settings,
-                    log_group=args.log_group,
-                    log_stream=log_stream,
-                    stop=stop,
-                    grace_s=args.grace,
-                )
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    print_report(report, out, as_json=args.json)
-    return exit_status(report, interrupted)
+def run(args: argparse.Namespace, ctx: CommandContext) -> ExitStatus:
+    """``forwarder forward``: deliver once, print the ledger, return the exit status."""
+    settings = require_hec(ctx.settings())
+    log_stream = args.log_stream or (None if args.file == "-" else args.file)
+    with two_stage_stop() as request, contextlib.ExitStack() as files:
+        stream: IO[bytes] = (
+            sys.stdin.buffer if args.file == "-" else files.enter_context(open(args.file, "rb"))
+        )
+        report = forward_stream(
+            stream,
+            settings,
+            log_group=args.log_group,
+            log_stream=log_stream,
+            stop=request.stop,
+            grace_s=args.grace,
+        )
+    print_report(report, ctx.out, as_json=args.json)
+    return exit_status(report, request.interrupted)
 
 
 def print_report(report: ForwardReport, out: IO[str], *, as_json: bool) -> None:
@@ -437,33 +411,3 @@ def print_report(report: ForwardReport, out: IO[str], *, as_json: bool) -> None:
     width = max(len(label) for label, _ in rows)
     for label, value in rows:
         out.write(f"{label:<{width}}  {value}\n")
-
-
-def run_check(settings: Settings, out: IO[str]) -> int:
-    """``forwarder check``: settings are valid; each HEC URL is healthy and takes the token."""
-    import requests  # noqa: PLC0415
-
-    from forwarder.errors import DeliveryError  # noqa: PLC0415
-
-    require_hec(settings)
-    out.write("settings: valid\n")
-    worst = ExitStatus.OK
-    with requests.Session() as session:
-        for url in settings.hec.urls:
-            client = HecClient(session, settings.hec, url)
-            healthy, code, text = client.health()
-            out.write(f"{url}: health {'OK' if healthy else 'NOT OK'} (code {code}: {text})\n")
-            try:
-                outcome = client.probe_token()
-            except DeliveryError as exc:
-                out.write(f"{url}: cannot check the token: {exc}\n")
-                worst = max(worst, ExitStatus.FAILURE)
-                continue
-            if outcome.action == "ok":
-                out.write(f"{url}: token accepted\n")
-            else:
-                out.write(f"{url}: token refused: {outcome.reason}\n")
-                worst = max(worst, ExitStatus.HEC_FATAL)
-            if not healthy:
-                worst = max(worst, ExitStatus.FAILURE)
-    return worst

@@ -17,7 +17,7 @@ import structlog
 from config.loader import require_hec
 from forwarder import aws
 from forwarder.backsplash.layout import KINDS
-from forwarder.commands.context import CommandContext
+from forwarder.commands.context import CommandContext, add_common_arguments
 from forwarder.replay.engine import replay
 from forwarder.replay.options import (
     DEFAULT_CHUNK_BYTES,
@@ -36,12 +36,9 @@ _log = structlog.get_logger("forwarder.commands.replay")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The ``forwarder replay`` flags (``--hec-url``/``--token`` map to settings overrides)."""
+    """The ``forwarder replay`` flags, the shared ones (settings file, logging, HEC) included."""
     parser.add_argument("uri", metavar="s3://BUCKET/PREFIX", help="backsplash objects to replay")
-    parser.add_argument("--hec-url", help="HEC URL(s) to replay into ($SPLUNK_HEC_URL)")
-    parser.add_argument(
-        "--token", help="HEC token; prefer $SPLUNK_HEC_TOKEN, which other users cannot see in ps"
-    )
+    add_common_arguments(parser)
     select = parser.add_argument_group("selection")
     select.add_argument(
         "--since", metavar="TIME", help="records that arrived at/after TIME (ISO 8601 or 2h)"

@@ -21,13 +21,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from config.daemon import load_daemon_settings
 from config.loader import load_settings
 from config.logs import configure_logging, register_secret
 from config.settings import LogSettings, Settings
+from forwarder import aws
 from forwarder.backsplash.writers import Backsplash
+from forwarder.commands.context import CommandContext
+from forwarder.daemon import run_daemon_demo
 from forwarder.delivery.deliverer import Deliverer
 from forwarder.devtools.emulator import FaultPlan, HecEmulator
 from forwarder.devtools.synthetic import control_payload, firehose_event, flow_log_payloads
+from forwarder.replay.engine import replay
+from forwarder.replay.options import ReplayOptions
+from forwarder.sources.checkpoints import FileCheckpointStore
+from forwarder.status import ExitStatus, RunOutcome, status_for
+from transforms import firehose
 from transforms.pipeline import transform_payload
 
 DEMO_TOKEN = "5b0c1f9e-demo-4c3a-9d7e-000000000001"
@@ -143,8 +152,6 @@ class Printer:
 
 def stage_firehose(printer: Printer, payloads: list[bytes], hec_url: str) -> None:
     """Stage 1: the Firehose transformation Lambda on a generated event."""
-    from transforms import firehose  # noqa: PLC0415
-
     event = firehose_event([*payloads, control_payload(), payloads[0][:25]])
     firehose.use_settings(demo_settings(hec_url))
     try:
@@ -192,21 +199,13 @@ def _print_ledger(printer: Printer, summary: Mapping[str, Any]) -> None:
 
 def stage_replay(hec_url: str, s3: Any, workdir: Path) -> Any:
     """Stage 4: replay the backsplash bucket into HEC with the right token."""
-    from forwarder.replay.engine import replay  # noqa: PLC0415
-    from forwarder.replay.options import ReplayOptions  # noqa: PLC0415
-
     options = ReplayOptions(state_path=workdir / "replay.sqlite")
     return replay(demo_settings(hec_url), f"s3://{DEMO_BUCKET}/", options, s3_client=s3)
 
 
 def stage_daemon(printer: Printer, hec_url: str, payloads: list[bytes], workdir: Path) -> int:
     """Stage 5: the daemon reading a local Kinesis stream fed by a log group's subscription."""
-    import boto3  # noqa: PLC0415
-
-    from config.daemon import load_daemon_settings  # noqa: PLC0415
-    from forwarder.daemon import run_daemon_demo  # noqa: PLC0415
-
-    kinesis = boto3.client("kinesis")
+    kinesis = aws.client("kinesis")
     kinesis.create_stream(StreamName=DEMO_STREAM, ShardCount=2)
     kinesis.get_waiter("stream_exists").wait(StreamName=DEMO_STREAM)
     for number, payload in enumerate(payloads):
@@ -236,8 +235,6 @@ def stage_daemon(printer: Printer, hec_url: str, payloads: list[bytes], workdir:
     )
     printer.row("records put into the stream", len(payloads))
     printer.row("daemon exit status", status)
-    from forwarder.sources.checkpoints import FileCheckpointStore  # noqa: PLC0415
-
     positions = FileCheckpointStore(workdir / "checkpoints.json").load(DEMO_STREAM)
     printer.row("shards checkpointed after acks", len(positions))
     printer.line("metrics at shutdown (Prometheus, excerpt):")
@@ -247,8 +244,9 @@ def stage_daemon(printer: Printer, hec_url: str, payloads: list[bytes], workdir:
     return expected
 
 
-def run_demo(args: argparse.Namespace, out: IO[str]) -> int:
-    """Run every stage; return 0 when every generated event is accounted for."""
+def run(args: argparse.Namespace, ctx: CommandContext) -> ExitStatus:
+    """``forwarder demo``: run every stage; 0 when every generated event is accounted for."""
+    out = ctx.out
     configure_logging(LogSettings(level=args.log_level, format="console"))
     register_secret(DEMO_TOKEN)
     printer = Printer(out)
@@ -259,9 +257,7 @@ def run_demo(args: argparse.Namespace, out: IO[str]) -> int:
         local_aws() as aws_url,
         HecEmulator(token=DEMO_TOKEN, output_path=Path(workdir) / "indexed.jsonl") as hec,
     ):
-        import boto3  # noqa: PLC0415
-
-        s3 = boto3.client("s3")
+        s3 = aws.client("s3")
         s3.create_bucket(Bucket=DEMO_BUCKET)
         printer.out.write("firehose-splunk-forwarder demo\n")
         printer.row("local HEC emulator (acks on)", hec.url)
@@ -327,4 +323,4 @@ def run_demo(args: argparse.Namespace, out: IO[str]) -> int:
         accounted = tally.acknowledged + tally.backsplashed + tally.dropped
         ok = accounted == tally.generated and stats.events_indexed >= tally.acknowledged
         printer.row("every event accounted for", "yes" if ok else "NO")
-    return 0 if ok else 1
+    return status_for(RunOutcome(error=not ok))

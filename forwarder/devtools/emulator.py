@@ -60,16 +60,23 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import FrameType
-from typing import Any, Final, Literal, TextIO, cast, overload
+from typing import TYPE_CHECKING, Any, Final, Literal, TextIO, cast, overload
 from urllib.parse import parse_qs, urlsplit
 
 import structlog
+
+from config.loader import hec_token_from_environ
+from forwarder.status import ExitStatus
+
+if TYPE_CHECKING:
+    from forwarder.commands.context import CommandContext
 
 __all__ = [
     "EmulatorStats",
     "FaultPlan",
     "HecEmulator",
     "add_arguments",
+    "run",
     "serve",
 ]
 
@@ -1276,6 +1283,11 @@ class _Handler(BaseHTTPRequestHandler):
         self.connection.close()
 
 
+def _default_token() -> str:
+    token = hec_token_from_environ(os.environ)
+    return "emulator-token" if token is None else token
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``forwarder hec-emulator`` flags to ``parser``."""
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (%(default)s)")
@@ -1284,7 +1296,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--token",
-        default=os.environ.get("SPLUNK_HEC_TOKEN", "emulator-token"),
+        default=_default_token(),
         help="accepted HEC token (default: $SPLUNK_HEC_TOKEN, else emulator-token)",
     )
     parser.add_argument(
@@ -1391,8 +1403,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         )
 
 
+def run(args: argparse.Namespace, ctx: CommandContext) -> ExitStatus:
+    """``forwarder hec-emulator``: serve until SIGINT or SIGTERM (see :func:`serve`)."""
+    return ExitStatus(serve(args))
+
+
 def serve(args: argparse.Namespace) -> int:
-    """Run the emulator until SIGINT or SIGTERM (CLI entry for ``forwarder hec-emulator``).
+    """Run the emulator until SIGINT or SIGTERM (``forwarder hec-emulator``, ``python -m``).
 
     Prints ``HEC emulator listening on URL`` to stdout first. Events are not kept in memory.
 

@@ -1,7 +1,8 @@
 """Builds the reproducible Lambda zip (our packages + runtime dependencies) and uploads it.
 
-The zip holds ``forwarder``, ``transforms`` and ``config`` copied from the source tree (the
-copies are never imported here; the running ``config`` only checks a ``--config`` file), an
+The zip holds ``forwarder``, ``transforms`` and ``config`` copied from the source tree, less
+the command line and these developer tools (``EXCLUDED_FROM_ZIP``; the copies are never
+imported here; the running ``config`` only checks a ``--config`` file), an
 optional ``forwarder.toml``, and the runtime dependencies installed by pip for the Lambda
 runtime's Python and platform, at the versions installed in the build environment, so what
 ships is what the tests ran. Dependencies the Lambda Python runtime already provides (boto3
@@ -28,12 +29,13 @@ from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import boto3
-from botocore.exceptions import BotoCoreError, ClientError
-
-from config.daemon import DaemonSettings, SourceSettings
-from config.loader import KEYS, PACKAGED_CONFIG_NAME, ConfigError, load_settings, read_toml
+from config.daemon import TABLE_SETTINGS
+from config.errors import ConfigError
+from config.loader import KEYS, PACKAGED_CONFIG_NAME, load_settings, read_toml
 from config.settings import Settings
+from forwarder import aws
+from forwarder.commands.context import CommandContext
+from forwarder.status import ExitStatus
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -49,6 +51,15 @@ PACKAGES: tuple[str, ...] = ("forwarder", "transforms", "config")
 #: Files copied from those packages (no tests, caches or data that the handlers do not read).
 PACKAGE_FILE_SUFFIXES: tuple[str, ...] = (".py",)
 PACKAGE_FILE_NAMES: tuple[str, ...] = ("py.typed",)
+#: Parts of those packages the handlers never import (``transforms.firehose.handler`` and
+#: ``forwarder.push.handler``, checked in a fresh interpreter by the tests): the command line
+#: and the developer tools stay out of the zip. Directories end with "/".
+EXCLUDED_FROM_ZIP: tuple[str, ...] = (
+    "forwarder/devtools/",
+    "forwarder/commands/",
+    "forwarder/cli.py",
+    "forwarder/__main__.py",
+)
 
 #: Everything the handlers import at run time besides the stdlib and the runtime's boto3,
 #: closed under requirements. urllib3 is shipped although the runtime's botocore brings one:
@@ -81,9 +92,6 @@ ZIP_FILE_MODE = 0o100644  # regular file, rw-r--r--
 LAMBDA_UNZIPPED_LIMIT = 250 * 1024 * 1024
 
 DEFAULT_OUTPUT = Path("dist/lambda.zip")
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
 
 _VERSIONS_SCRIPT = (
     "import importlib.metadata as m, json, sys\n"
@@ -113,10 +121,6 @@ class SecretInConfigError(PackagingError):
         self.key = key
 
 
-#: The TOML tables ``config.daemon`` reads, and the settings class each fills.
-_SECRET_TABLES: Mapping[str, type[Any]] = {"daemon": DaemonSettings, "source": SourceSettings}
-
-
 def _secret_fields(cls: type[Any]) -> frozenset[str]:
     """Fields ``config`` marks secret: those kept out of ``repr`` (``field(repr=False)``)."""
     return frozenset(field.name for field in dataclasses.fields(cls) if not field.repr)
@@ -130,7 +134,7 @@ def secret_setting_names() -> frozenset[str]:
     names = {
         key.env.lower() for key in KEYS if key.attribute in _secret_fields(sections[key.section])
     }
-    for table, cls in _SECRET_TABLES.items():
+    for table, cls in TABLE_SETTINGS.items():
         names.update(f"{table}.{name}" for name in _secret_fields(cls))
     return frozenset(names)
 
@@ -143,7 +147,7 @@ def secrets_in(document: Mapping[str, Any]) -> list[str]:
     secret = secret_setting_names()
     found: list[str] = []
     for name, value in document.items():
-        table = value if name in _SECRET_TABLES else None
+        table = value if name in TABLE_SETTINGS else None
         if isinstance(table, Mapping):
             found.extend(
                 f"{name}.{key}"
@@ -359,8 +363,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def run(args: argparse.Namespace) -> int:
-    """Run ``forwarder package``: build, report, optionally upload.
+def run(args: argparse.Namespace, ctx: CommandContext) -> ExitStatus:
+    """``forwarder package``: build, report, optionally upload (see :func:`package`)."""
+    return package(args)
+
+
+def package(args: argparse.Namespace) -> ExitStatus:
+    """Build the zip the flags describe, print its report, upload it when asked.
 
     Returns:
         0 when built (and uploaded), 1 when building or uploading failed, 2 for a bad
@@ -372,7 +381,7 @@ def run(args: argparse.Namespace) -> int:
             target = parse_s3_uri(args.upload)
         except ValueError as exc:
             print(f"forwarder package: --upload: {exc}", file=sys.stderr)
-            return EXIT_USAGE
+            return ExitStatus.USAGE
     try:
         report = build_lambda_zip(
             args.output,
@@ -383,37 +392,39 @@ def run(args: argparse.Namespace) -> int:
         )
     except SecretInConfigError as exc:
         print(f"forwarder package: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return ExitStatus.USAGE
     except PackagingError as exc:
         print(f"forwarder package: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
+        return ExitStatus.FAILURE
     print(report.summary())
     if target is None:
-        return EXIT_OK
+        return ExitStatus.OK
+    from botocore.exceptions import BotoCoreError, ClientError  # noqa: PLC0415 - boto3 on use
+
     bucket, key = target
-    s3_client = boto3.client("s3")
+    s3_client = aws.client("s3")
     try:
         version = upload(report.path, bucket, key, s3_client)
     except (BotoCoreError, ClientError) as exc:
         print(f"forwarder package: upload to s3://{bucket}/{key} failed: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
+        return ExitStatus.FAILURE
     finally:
         s3_client.close()
     suffix = f" (version {version})" if version else ""
     print(f"uploaded s3://{bucket}/{key}{suffix}")
-    return EXIT_OK
+    return ExitStatus.OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m forwarder.devtools.packaging``: the same as ``forwarder package``."""
     parser = argparse.ArgumentParser(prog="forwarder package", description=__doc__)
     add_arguments(parser)
-    return run(parser.parse_args(argv))
+    return package(parser.parse_args(argv))
 
 
 def _default_source_root() -> Path:
-    # forwarder/devtools/packaging.py -> the directory holding forwarder/, transforms/ and
-    # config/, whether that is a checkout or site-packages.
+    # forwarder/devtools/packaging.py -> the directory holding forwarder/, transforms/ and config/,
+    # whether that is a checkout or site-packages.
     return Path(__file__).resolve().parents[2]
 
 
@@ -423,6 +434,8 @@ def _package_files(source_root: Path) -> Iterator[tuple[str, Path]]:
         if not (package_dir / "__init__.py").is_file():
             raise PackagingError(f"no package {package!r} in {source_root}")
         for arcname, path in _tree_files(package_dir, prefix=f"{package}/"):
+            if arcname.startswith(EXCLUDED_FROM_ZIP):
+                continue
             if path.suffix in PACKAGE_FILE_SUFFIXES or path.name in PACKAGE_FILE_NAMES:
                 yield arcname, path
 

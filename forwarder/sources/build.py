@@ -8,7 +8,7 @@ import threading
 from typing import BinaryIO
 
 from config.daemon import DaemonSettings, SourceSettings
-from config.loader import ConfigError
+from config.errors import ConfigError
 from forwarder.aws import ClientFactory
 from forwarder.sources.base import Source
 from forwarder.sources.checkpoints import (

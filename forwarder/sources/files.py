@@ -17,7 +17,7 @@ from typing import Any, BinaryIO, Final
 import structlog
 
 from config.daemon import SourceSettings
-from config.loader import ConfigError
+from config.errors import ConfigError
 from forwarder.intake.lines import MAX_CHUNK_CHARS, line_chunks, text_lines
 from forwarder.sources.base import SourceRecord, poll_wait
 from transforms.cloudwatch import GZIP_MAGIC

@@ -25,7 +25,7 @@ import structlog
 import tenacity
 from botocore.exceptions import ClientError
 
-from config.loader import ConfigError
+from config.errors import ConfigError
 from forwarder.delivery.metrics import DaemonState
 from forwarder.errors import BacksplashError
 

@@ -16,7 +16,8 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from config.daemon import load_daemon_settings
-from config.loader import KEYS, ConfigError, load_settings, read_toml
+from config.errors import ConfigError
+from config.loader import KEYS, load_settings, read_toml
 from tests.fuzz.support import NESTING, fuzzing, json_values
 
 ENV_NAMES = [key.env for key in KEYS]

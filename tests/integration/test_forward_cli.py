@@ -24,8 +24,8 @@ from forwarder.devtools.synthetic import (
     flow_log_payloads,
 )
 from forwarder.status import ExitStatus
-from tests.conftest import TEST_TOKEN, boto_client
-from tests.integration.conftest import BUCKET, FAST, backsplashed
+from tests.conftest import TEST_TOKEN
+from tests.integration.conftest import FAST, backsplashed
 from tests.unit.test_hostile_objects import LONG_LINE_BYTES, bomb
 
 pytestmark = pytest.mark.integration
@@ -41,13 +41,6 @@ def run_cli(argv: list[str], environ: dict[str, str]) -> tuple[int, str]:
 def fixture_hec() -> Any:
     with HecEmulator(token=TEST_TOKEN) as emulator:
         yield emulator
-
-
-@pytest.fixture(name="s3")
-def fixture_s3(aws_endpoint: str) -> Any:
-    client = boto_client("s3", aws_endpoint)
-    client.create_bucket(Bucket=BUCKET)
-    return client
 
 
 def environ_for(url: str, aws_endpoint: str | None = None, **extra: str) -> dict[str, str]:
@@ -338,3 +331,45 @@ def test_forward_skips_a_400_mb_line_with_bounded_memory(
     indexed = [event["event"] for event in hec.indexed_events()]
     assert indexed == GOOD_BEFORE + GOOD_AFTER, log.decode(errors="replace")[-4000:]
     assert result["peak"] < PEAK_RSS_LIMIT_BYTES, result
+
+
+class _SignallingStdin(io.RawIOBase):
+    """stdin that sends this process ``signals`` SIGINTs on its first read, then gives ``data``
+    (the signals arrive while ``forward`` is reading, as a Ctrl-C would)."""
+
+    def __init__(self, data: bytes, signals: int) -> None:
+        self._data = data
+        self._signals = signals
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        import signal
+
+        for _ in range(self._signals):
+            os.kill(os.getpid(), signal.SIGINT)
+        self._signals = 0
+        count = min(len(buffer), len(self._data))
+        buffer[:count] = self._data[:count]
+        self._data = self._data[count:]
+        return count
+
+
+@pytest.mark.parametrize("signals", [1, 2])
+def test_forward_stops_in_two_stages_on_sigint(
+    signals: int, hec: HecEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One SIGINT: what was read is still delivered and acknowledged, the ledger printed, exit
+    130. A second one: stop at once (KeyboardInterrupt), exit 130, no ledger."""
+    lines = [f"line {n}" for n in range(50)]
+    stdin = _SignallingStdin("".join(f"{line}\n" for line in lines).encode(), signals)
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BufferedReader(stdin)))
+    status, out = run_cli(["forward", "-", "--json"], environ_for(hec.url))
+    assert status == ExitStatus.INTERRUPTED
+    if signals == 1:
+        summary = json.loads(out)
+        assert summary["acknowledged"] == 50 and summary["balanced"] is True
+        assert [event["event"] for event in hec.indexed_events()] == lines
+    else:
+        assert out == ""

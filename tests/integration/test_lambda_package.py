@@ -17,6 +17,7 @@ import pytest
 from cfnlint.decode import decode  # type: ignore[import-untyped]
 from moto import mock_aws
 
+from forwarder.commands.context import CommandContext
 from forwarder.devtools import packaging
 from forwarder.devtools.packaging import (
     LAMBDA_PLATFORM,
@@ -27,6 +28,7 @@ from forwarder.devtools.packaging import (
     build_lambda_zip,
     upload,
 )
+from forwarder.status import ExitStatus
 
 pytestmark = pytest.mark.integration
 
@@ -208,6 +210,33 @@ def test_zip_holds_our_packages_and_runtime_dependencies_only(package: PackageRe
         own = [n for n in names if n.startswith(f"{package_name}/")]
         assert all(n.endswith((".py", "py.typed")) for n in own), own
     assert {name for name, _ in package.distributions} == set(packaging.RUNTIME_DISTRIBUTIONS)
+    for left_out in ("forwarder/devtools/", "forwarder/commands/"):
+        assert not [n for n in names if n.startswith(left_out)], left_out
+    assert "forwarder/cli.py" not in names
+    assert "forwarder/__main__.py" not in names
+    assert "forwarder/push.py" in names  # the handlers' own modules are all there
+
+
+def test_the_handlers_import_nothing_the_zip_leaves_out() -> None:
+    """GIVEN a fresh interpreter WHEN both handlers are imported THEN no module the zip leaves
+    out (EXCLUDED_FROM_ZIP: the command line, the developer tools) was loaded."""
+    script = (
+        "import json, sys\n"
+        "import transforms.firehose, forwarder.push\n"
+        "print(json.dumps(sorted(sys.modules)))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True
+    )
+    loaded = [name.replace(".", "/") for name in json.loads(proc.stdout)]
+    excluded = [
+        name
+        for name in loaded
+        for left_out in packaging.EXCLUDED_FROM_ZIP
+        if f"{name}/".startswith(left_out) or f"{name}.py" == left_out
+    ]
+    assert excluded == []
+    assert "forwarder/push" in loaded
 
 
 def test_report_describes_the_zip(package: PackageReport) -> None:
@@ -366,10 +395,11 @@ def test_package_refuses_a_settings_file_holding_a_secret(
     args = _args(tmp_path, None)
     args.config = settings_file
 
-    status = packaging.run(args)
+    status = packaging.run(args, _ctx(args))
 
     out, err = capsys.readouterr()
-    assert status == packaging.EXIT_USAGE == 2
+    assert status == ExitStatus.USAGE
+    assert int(status) == 2
     assert len(err.splitlines()) == 1 and key in err and "secret" in err
     assert SECRET_VALUE not in out + err
     assert not (tmp_path / "dist").exists()  # no zip, not even its directory
@@ -425,6 +455,10 @@ def test_upload_returns_the_object_version(
             s3.close()
 
 
+def _ctx(args: argparse.Namespace) -> CommandContext:
+    return CommandContext(args, {}, sys.stdout)
+
+
 def _args(tmp_path: Path, upload_uri: str | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     packaging.add_arguments(parser)
@@ -439,7 +473,8 @@ def test_run_rejects_a_bad_upload_uri_before_building(
     uri: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """GIVEN --upload that is not s3://BUCKET/KEY WHEN run THEN exit 2 and nothing built."""
-    assert packaging.run(_args(tmp_path, uri)) == packaging.EXIT_USAGE
+    args = _args(tmp_path, uri)
+    assert packaging.run(args, _ctx(args)) == ExitStatus.USAGE
     assert "--upload" in capsys.readouterr().err
     assert not (tmp_path / "dist").exists()
 
@@ -453,9 +488,10 @@ def test_run_builds_reports_and_uploads(
         s3 = boto3.client("s3", region_name="us-east-1")
         try:
             s3.create_bucket(Bucket="code")
-            status = packaging.run(_args(tmp_path, "s3://code/releases/lambda.zip"))
+            args = _args(tmp_path, "s3://code/releases/lambda.zip")
+            status = packaging.run(args, _ctx(args))
             out = capsys.readouterr().out
-            assert status == packaging.EXIT_OK, out
+            assert status == ExitStatus.OK, out
             built = tmp_path / "dist" / "lambda.zip"
             assert "files" in out and "MiB zipped" in out
             assert "uploaded s3://code/releases/lambda.zip" in out

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import structlog
 
-from config.loader import ConfigError, load_settings, require_hec, warnings_for, with_token
+from config.errors import ConfigError
+from config.loader import load_settings, require_hec, warnings_for, with_token
 from config.logs import REDACTED, configure_logging, redact_text, register_secret
 from config.settings import LogSettings, Settings
 from transforms.options import Route

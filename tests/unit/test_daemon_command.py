@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from config.loader import ConfigError
+from config.errors import ConfigError
 from forwarder.commands import daemon as command
 from forwarder.commands.context import CommandContext
 from forwarder.status import ExitStatus

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from config.daemon import DaemonSettings, SourceSettings, load_daemon_settings, split_document
-from config.loader import ConfigError
+from config.daemon import DaemonSettings, SourceSettings, load_daemon_settings
+from config.errors import ConfigError
+from config.loader import load_settings
 
 
 def test_defaults_are_a_stdin_daemon() -> None:
@@ -96,10 +97,20 @@ def test_files_paths_from_a_comma_list() -> None:
     assert settings.source.paths == ("a.log", "b.log")
 
 
-def test_split_document() -> None:
-    rest, daemon = split_document({"splunk_index": "x", "source": {}, "daemon": {}, "routes": []})
-    assert rest == {"splunk_index": "x", "routes": []}
-    assert set(daemon) == {"source", "daemon"}
+def test_each_parser_takes_its_own_part_of_one_document() -> None:
+    """One parsed file feeds both: the settings loader skips [source] and [daemon], the daemon
+    parser skips the top-level keys and [[routes]]."""
+    document = {
+        "splunk_index": "x",
+        "routes": [{"log_group": "/a", "index": "y"}],
+        "source": {"type": "files", "paths": ["a.log"]},
+        "daemon": {"metrics_port": 9200},
+    }
+    settings = load_settings(environ={}, document=document)
+    assert settings.transform.default_index == "x"
+    assert [route.index for route in settings.transform.routes] == ["y"]
+    daemon = load_daemon_settings(document)
+    assert daemon.source.paths == ("a.log",) and daemon.metrics_port == 9200
 
 
 def test_firehose_http_source() -> None:

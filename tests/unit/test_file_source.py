@@ -15,7 +15,7 @@ import pytest
 import structlog.testing
 
 from config.daemon import SourceSettings
-from config.loader import ConfigError
+from config.errors import ConfigError
 from forwarder.sources.base import SourceRecord
 from forwarder.sources.files import STREAM_MAX_LINE_BYTES, FileSource
 

@@ -640,7 +640,7 @@ def test_handler_loads_settings_once_and_binds_the_request_id(
 
 
 def test_handler_fails_loudly_on_bad_configuration(monkeypatch: pytest.MonkeyPatch) -> None:
-    from config.loader import ConfigError
+    from config.errors import ConfigError
 
     monkeypatch.setenv("EVENT_FORMAT", "xml")
     with pytest.raises(ConfigError, match="EVENT_FORMAT"):

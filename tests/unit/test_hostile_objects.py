@@ -20,7 +20,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from config.loader import ConfigError
+from config.errors import ConfigError
 from forwarder.backsplash.codec import (
     MAX_RECORD_CHARS,
     CorruptLine,

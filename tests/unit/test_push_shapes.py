@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from config.loader import ConfigError
+from config.errors import ConfigError
 from forwarder import secrets
 from forwarder.backsplash.layout import kind_from_key
 from forwarder.intake.lines import line_chunks

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from config.loader import ConfigError
+from config.errors import ConfigError
 from forwarder.status import ExitStatus, RunOutcome, incomplete, status_for
 
 
