@@ -487,6 +487,13 @@ def hec_token_from_environ(environ: Mapping[str, str]) -> str | None:
     return environ.get("SPLUNK_HEC_TOKEN")
 
 
+def replay_state_path(environ: Mapping[str, str]) -> Path:
+    """Where ``forwarder replay`` keeps its state by default:
+    ``$XDG_STATE_HOME/firehose-splunk-forwarder/replay.sqlite`` (``~/.local/state``)."""
+    base = environ.get("XDG_STATE_HOME") or str(Path("~/.local/state").expanduser())
+    return Path(base) / "firehose-splunk-forwarder" / "replay.sqlite"
+
+
 def require_hec(settings: Settings) -> Settings:
     """Check that delivery is possible: a URL and a token."""
     if not settings.hec.urls:

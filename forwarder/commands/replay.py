@@ -14,7 +14,7 @@ from pathlib import Path
 
 import structlog
 
-from config.loader import require_hec
+from config.loader import replay_state_path, require_hec
 from forwarder import aws
 from forwarder.backsplash.layout import KINDS
 from forwarder.commands.context import CommandContext, add_common_arguments
@@ -24,7 +24,6 @@ from forwarder.replay.options import (
     DEFAULT_MAX_ATTEMPTS,
     AfterSuccess,
     ReplayOptions,
-    default_state_path,
     parse_s3_uri,
     parse_time,
 )
@@ -114,7 +113,7 @@ def options_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> R
         dry_run=args.dry_run,
         max_attempts=args.max_attempts,
         after_success=after,
-        state_path=Path(args.state).expanduser() if args.state else default_state_path(environ),
+        state_path=Path(args.state).expanduser() if args.state else replay_state_path(environ),
         concurrency=args.concurrency,
         rate_limit=args.rate_limit,
         chunk_bytes=max(int(args.chunk_mb * 1024 * 1024), 1),

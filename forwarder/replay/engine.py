@@ -43,11 +43,12 @@ from typing import TYPE_CHECKING
 
 import structlog
 
+from config.loader import replay_state_path
 from config.settings import Settings
 from forwarder.backsplash.layout import REPLAY_FAILED, REPLAYED, source_root
 from forwarder.errors import BacksplashError
 from forwarder.replay.chunks import replay_object
-from forwarder.replay.options import ReplayOptions, Selection, default_state_path, parse_s3_uri
+from forwarder.replay.options import ReplayOptions, Selection, parse_s3_uri
 from forwarder.replay.report import Progress, ReplayReport
 from forwarder.replay.worker import (
     DelivererFactory,
@@ -117,7 +118,7 @@ def replay(
         failed_root=failed_root,
         s3=s3_client,
         report=report,
-        state_path=options.state_path or default_state_path(os.environ),
+        state_path=options.state_path or replay_state_path(os.environ),
         deliverer_factory=deliverer_factory,
         stop=stop_event if stop_event is not None else threading.Event(),
         limiter=(

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -182,9 +181,3 @@ class Selection:
         if self.since_ms is not None and when < self.since_ms:
             return False
         return not (self.until_ms is not None and when >= self.until_ms)
-
-
-def default_state_path(environ: Mapping[str, str]) -> Path:
-    """``$XDG_STATE_HOME/firehose-splunk-forwarder/replay.sqlite`` (``~/.local/state``)."""
-    base = environ.get("XDG_STATE_HOME") or str(Path("~/.local/state").expanduser())
-    return Path(base) / "firehose-splunk-forwarder" / "replay.sqlite"

@@ -12,10 +12,9 @@ import pytest
 
 import config.loader
 from config.errors import ConfigError
-from config.loader import flag_overrides, hec_token_from_environ
+from config.loader import flag_overrides, hec_token_from_environ, replay_state_path
 from forwarder import secrets
 from forwarder.commands.context import CommandContext
-from forwarder.replay.options import default_state_path
 from tests.conftest import TEST_TOKEN, make_settings
 
 SETTINGS_FILE = """\
@@ -83,10 +82,10 @@ def test_the_emulator_default_token_is_the_raw_environment_value() -> None:
 
 
 def test_the_replay_state_file_follows_xdg_state_home(tmp_path: Path) -> None:
-    assert default_state_path({"XDG_STATE_HOME": str(tmp_path)}) == (
+    assert replay_state_path({"XDG_STATE_HOME": str(tmp_path)}) == (
         tmp_path / "firehose-splunk-forwarder" / "replay.sqlite"
     )
-    default = default_state_path({})
+    default = replay_state_path({})
     assert default.parts[-3:] == ("state", "firehose-splunk-forwarder", "replay.sqlite")
 
 
