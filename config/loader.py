@@ -149,8 +149,13 @@ def parse_prefix(key: str, raw: str) -> str:
 
 def parse_existing_file(key: str, raw: str) -> str:
     """A path that must name a readable file (CA bundles)."""
-    path = Path(raw.strip()).expanduser()
-    if not path.is_file():
+    try:
+        path = Path(raw.strip()).expanduser()
+        found = path.is_file()
+    except (OSError, ValueError, RuntimeError) as exc:  # a name too long, a NUL, ~nobody
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError(key, f"cannot use {_show(raw)}: {reason}") from None
+    if not found:
         raise ConfigError(key, f"no such file: {_show(raw)}")
     return str(path)
 
@@ -340,7 +345,10 @@ def _packaged_config(env: Mapping[str, str]) -> Path | None:
     if not task_root:
         return None
     packaged = Path(task_root) / PACKAGED_CONFIG_NAME
-    return packaged if packaged.is_file() else None
+    try:
+        return packaged if packaged.is_file() else None
+    except (OSError, ValueError):  # a LAMBDA_TASK_ROOT no file can be under
+        return None
 
 
 def config_path(
