@@ -20,7 +20,7 @@ Transform (``transforms.firehose``):
     reingest_failed                 re-ingestion gave up on some records; they are answered
                                     ProcessingFailed (the invocation never fails for it)
 
-Delivery (``forwarder``):
+Delivery (``forwarder.delivery``, ``forwarder.hec``, ``forwarder.backsplash``):
     batch_sent                      HEC accepted a request (url, events, bytes, ack_id)
     retry_scheduled                 a retryable HEC answer or network error; backoff follows
     ack_confirmed                   an indexer acknowledged a batch
@@ -48,7 +48,7 @@ Push Lambda (``forwarder.push``):
     items_deferred                  Kinesis/SQS items not started before the deadline
                                     (reported in batchItemFailures)
 
-Daemon (``forwarder.daemon``, ``forwarder.sources.streams``, ``forwarder.delivery.metrics``):
+Daemon (``forwarder.daemon``, ``forwarder.sources``, ``forwarder.delivery.metrics``):
     daemon_started, daemon_stopped  start and end, with the exit status
     shutdown_requested              first signal: stop reading, drain within the grace
     input_not_finished              a files/stdin run stopped before the end of its input
