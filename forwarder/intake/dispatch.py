@@ -20,7 +20,7 @@ from dataclasses import replace
 from typing import Any
 
 from config.settings import Settings
-from forwarder.backsplash.codec import DecodedRecord, encode_records
+from forwarder.backsplash.codec import DecodedRecord, Failure, encode_records
 from forwarder.backsplash.objects import CORRUPT_RECORD
 from forwarder.backsplash.writers import BacksplashWriter, ReplayFailedBacksplash, put_under
 from forwarder.delivery.deliverer import Deliverer
@@ -60,14 +60,7 @@ def store_unprocessable(
     """
     now_ms = int(clock() * 1000)
     body = encode_records(
-        [EncodedEvent(data, None)],
-        error_code=error_code,
-        error_message=message,
-        attempts=0,
-        endpoint=endpoint,
-        raw_target=None,
-        arrival_ms=now_ms,
-        ending_ms=now_ms,
+        [EncodedEvent(data, None)], Failure(error_code, message, 0, endpoint), ending_ms=now_ms
     )
     return put_under(writer, "processing-failed", body)
 
