@@ -54,6 +54,17 @@ def incomplete(summary: Mapping[str, Any]) -> bool:
     return bool(summary.get("backsplashed")) or lost
 
 
+#: The status each fact of a :class:`RunOutcome` calls for, the most severe first.
+_BY_SEVERITY: Mapping[str, ExitStatus] = {
+    "backsplash_failed": ExitStatus.BACKSPLASH_FAILED,
+    "hec_fatal": ExitStatus.HEC_FATAL,
+    "error": ExitStatus.FAILURE,
+    "interrupted": ExitStatus.INTERRUPTED,
+    "incomplete": ExitStatus.INCOMPLETE,
+    "partial_failure": ExitStatus.FAILURE,
+}
+
+
 def status_for(outcome: RunOutcome | BaseException) -> ExitStatus:
     """The one mapping from an outcome, or an exception that ended a command, to a status.
 
@@ -66,16 +77,7 @@ def status_for(outcome: RunOutcome | BaseException) -> ExitStatus:
         if isinstance(outcome, KeyboardInterrupt):
             return ExitStatus.INTERRUPTED
         return ExitStatus.FAILURE
-    if outcome.backsplash_failed:
-        return ExitStatus.BACKSPLASH_FAILED
-    if outcome.hec_fatal:
-        return ExitStatus.HEC_FATAL
-    if outcome.error:
-        return ExitStatus.FAILURE
-    if outcome.interrupted:
-        return ExitStatus.INTERRUPTED
-    if outcome.incomplete:
-        return ExitStatus.INCOMPLETE
-    if outcome.partial_failure:
-        return ExitStatus.FAILURE
+    for fact, status in _BY_SEVERITY.items():
+        if getattr(outcome, fact):
+            return status
     return ExitStatus.OK

@@ -23,7 +23,7 @@ from operator import itemgetter
 from typing import Any, Final, Literal, overload
 
 from transforms.errors import DecodeError, PayloadTooLargeError
-from transforms.records import WIRE_ERRORS, LogBatch, LogEvent
+from transforms.records import WIRE_ERRORS, LogBatch, LogEvent, Origin
 
 GZIP_MAGIC = b"\x1f\x8b"
 DATA_MESSAGE: Final = "DATA_MESSAGE"
@@ -95,6 +95,11 @@ class SubscriptionPayload:
         return self.message_type == CONTROL_MESSAGE
 
     @property
+    def origin(self) -> Origin:
+        """Always ``cloudwatch`` (as a ``LogBatch`` of it would say)."""
+        return "cloudwatch"
+
+    @property
     def ids(self) -> EventIds:
         """Each event's id (None where missing)."""
         return EventIds(self.events)
@@ -115,7 +120,7 @@ class SubscriptionPayload:
                 raise _event_error(self.events)
             events = tuple(map(LogEvent, ids, self.timestamps, self.messages))
         return LogBatch(
-            origin="cloudwatch",
+            origin=self.origin,
             events=events,
             log_group=self.log_group,
             log_stream=self.log_stream,

@@ -9,6 +9,7 @@ events, or flow-log lines sent untouched or as JSON records.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import NamedTuple, Protocol
 
 from transforms.cloudwatch import GZIP_MAGIC, decode_record, read_subscription
 from transforms.hec_event import envelope
@@ -49,17 +50,8 @@ def transform_payload(data: bytes, options: TransformOptions) -> EncodedBatch:
     """
     if data.startswith(GZIP_MAGIC):
         payload = read_subscription(data, max_decompressed_bytes=options.max_decompressed_bytes)
-        if payload.is_control:
-            return _control(options.endpoint, payload.log_group, payload.log_stream, payload.owner)
         return _encode(
-            options,
-            origin="cloudwatch",
-            log_group=payload.log_group,
-            log_stream=payload.log_stream,
-            owner=payload.owner,
-            ids=payload.ids,
-            timestamps=payload.timestamps,
-            messages=payload.messages,
+            options, payload, payload.messages, ids=payload.ids, timestamps=payload.timestamps
         )
     return transform_batch(
         decode_record(data, max_decompressed_bytes=options.max_decompressed_bytes), options
@@ -68,18 +60,13 @@ def transform_payload(data: bytes, options: TransformOptions) -> EncodedBatch:
 
 def transform_batch(batch: LogBatch, options: TransformOptions) -> EncodedBatch:
     """Transform a decoded batch (a ``LogBatch`` from any source)."""
-    if batch.is_control:
-        return _control(options.endpoint, batch.log_group, batch.log_stream, batch.owner)
     events = batch.events
     return _encode(
         options,
-        origin=batch.origin,
-        log_group=batch.log_group,
-        log_stream=batch.log_stream,
-        owner=batch.owner,
+        batch,
+        [event.message for event in events],
         ids=[event.id for event in events],
         timestamps=[event.timestamp_ms for event in events],
-        messages=[event.message for event in events],
     )
 
 
@@ -119,13 +106,8 @@ def transform_lines(
         flow_fields = flow_fields or header
     return _encode(
         options,
-        origin=origin,
-        log_group=log_group,
-        log_stream=log_stream,
-        owner=account,
-        ids=None,
-        timestamps=None,
-        messages=messages,
+        _FileEnvelope(origin, log_group, log_stream, account),
+        messages,
         flow_fields=flow_fields,
     )
 
@@ -151,63 +133,78 @@ def firehose_payload(batch: EncodedBatch, endpoint: Endpoint | None = None) -> b
     return separator.encode().join(payloads) + terminator.encode()
 
 
-def _control(
-    endpoint: Endpoint, log_group: str | None, log_stream: str | None, owner: str | None
-) -> EncodedBatch:
-    return EncodedBatch(
-        origin="cloudwatch",
-        endpoint=endpoint,
-        events=EncodedEvents([]),
-        is_control=True,
-        log_group=log_group,
-        log_stream=log_stream,
-        owner=owner,
-    )
+class _Envelope(Protocol):
+    """Where a payload's events came from, whatever decoded it (a subscription payload, a
+    ``LogBatch``, a file): what routing and the encoded batch need besides the events."""
+
+    @property
+    def origin(self) -> Origin: ...
+    @property
+    def log_group(self) -> str | None: ...
+    @property
+    def log_stream(self) -> str | None: ...
+    @property
+    def owner(self) -> str | None: ...
+    @property
+    def is_control(self) -> bool: ...
+
+
+class _FileEnvelope(NamedTuple):
+    """The envelope of a file's lines: named by the caller, never a control message."""
+
+    origin: Origin
+    log_group: str | None
+    log_stream: str | None
+    owner: str | None
+    is_control: bool = False
 
 
 def _encode(
     options: TransformOptions,
-    *,
-    origin: Origin,
-    log_group: str | None,
-    log_stream: str | None,
-    owner: str | None,
-    ids: Sequence[str | None] | None,
-    timestamps: Sequence[int | None] | None,
+    envelope: _Envelope,
     messages: list[str],
+    *,
+    ids: Sequence[str | None] | None = None,
+    timestamps: Sequence[int | None] | None = None,
     flow_fields: tuple[str, ...] | None = None,
 ) -> EncodedBatch:
-    dest = resolve(
-        options,
-        log_group=log_group,
-        log_stream=log_stream,
-        account=owner,
-        origin=origin,
-        flow_fields=flow_fields,
-    )
-    _, env, fmt = _plan(dest)
+    """Shape the messages for the route of their envelope; a control message gives no events."""
     raw_target = None
     unparsed = 0
-    if options.endpoint == "raw":
-        # Lines go untouched and the metadata rides in the query string: nothing is parsed,
-        # so nothing is counted as unparsed (Splunk's sourcetype does the extraction).
-        texts = raw_lines(messages)
-        raw_target = RawTarget(dest.source, dest.sourcetype, dest.index, dest.host)
-    elif fmt is None:
-        texts = plain_events(env, timestamps, messages)
-    elif dest.event_format == "json":
-        texts, unparsed = flow_json_events(env, fmt, timestamps, messages)
+    texts: list[str] = []
+    if envelope.is_control:
+        ids = None
     else:
-        texts, unparsed = flow_raw_events(env, fmt, timestamps, messages)
+        dest = resolve(
+            options,
+            log_group=envelope.log_group,
+            log_stream=envelope.log_stream,
+            account=envelope.owner,
+            origin=envelope.origin,
+            flow_fields=flow_fields,
+        )
+        _, env, fmt = _plan(dest)
+        if options.endpoint == "raw":
+            # Lines go untouched and the metadata rides in the query string: nothing is parsed,
+            # so nothing is counted as unparsed (Splunk's sourcetype does the extraction).
+            texts = raw_lines(messages)
+            raw_target = RawTarget(dest.source, dest.sourcetype, dest.index, dest.host)
+        elif fmt is None:
+            texts = plain_events(env, timestamps, messages)
+        elif dest.event_format == "json":
+            texts, unparsed = flow_json_events(env, fmt, timestamps, messages)
+        else:
+            texts, unparsed = flow_raw_events(env, fmt, timestamps, messages)
     return EncodedBatch(
-        origin=origin,
+        origin=envelope.origin,
         endpoint=options.endpoint,
         events=EncodedEvents(texts, ids),
         raw_target=raw_target,
+        is_control=envelope.is_control,
         unparsed=unparsed,
-        log_group=log_group,
-        log_stream=log_stream,
-        owner=owner,
+        log_group=envelope.log_group,
+        log_stream=envelope.log_stream,
+        owner=envelope.owner,
     )
 
 

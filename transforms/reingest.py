@@ -21,8 +21,8 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
+from dataclasses import KW_ONLY, dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
 
 import boto3
 import structlog
@@ -205,26 +205,19 @@ class _ClosableClient(Protocol):
 ClientT = TypeVar("ClientT", bound=_ClosableClient)
 
 
+@dataclass(eq=False)
 class _StreamReingester(Generic[ClientT]):
     """Chunking and the retry loop; subclasses make one API call and report failed entries."""
 
-    api: PutApi
+    api: ClassVar[PutApi]
 
-    def __init__(
-        self,
-        client: ClientT,
-        stream_name: str,
-        *,
-        policy: ReingestPolicy = ReingestPolicy(),
-        remaining_s: Callable[[], float] | None = None,
-        sleep: Callable[[float], None] = time.sleep,
-    ) -> None:
-        self.client = client
-        self.stream_name = stream_name
-        self.policy = policy
-        self.remaining_s = remaining_s
-        self.sleep = sleep
-        self.calls = 0
+    client: ClientT
+    stream_name: str
+    _: KW_ONLY
+    policy: ReingestPolicy = ReingestPolicy()
+    remaining_s: Callable[[], float] | None = None
+    sleep: Callable[[float], None] = time.sleep
+    calls: int = field(default=0, init=False)
 
     def _send(self, records: list[ReingestRecord]) -> list[tuple[int, str]]:
         """One API call; returns the positions (in ``records``) that failed, with codes."""

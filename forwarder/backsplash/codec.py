@@ -62,33 +62,52 @@ def payload_event_id(payload: bytes) -> str:
     return hashlib.sha256(payload).hexdigest()[:32]
 
 
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """Why events are backsplashed: what every record of one written object shares.
+
+    Attributes:
+        error_code: Firehose-style code, e.g. ``Splunk.AckTimeout`` (``errorCode``).
+        error_message: what happened, in words (HEC's text and code when there was one).
+        attempts: requests made for these events (``attemptsMade``).
+        endpoint: ``event`` or ``raw``, stored with each record.
+        raw_target: raw-endpoint metadata, stored with each record.
+        arrival_ms: when the events arrived (epoch ms, ``arrivalTimestamp``); the time of
+            the write when None.
+    """
+
+    error_code: str
+    error_message: str
+    attempts: int
+    endpoint: Endpoint
+    raw_target: RawTarget | None = None
+    arrival_ms: int | None = None
+
+
 def encode_records(
     events: Sequence[EncodedEvent],
+    failure: Failure,
     *,
-    error_code: str,
-    error_message: str,
-    attempts: int,
-    endpoint: Endpoint,
-    raw_target: RawTarget | None,
-    arrival_ms: int,
     ending_ms: int,
     per_record: Sequence[Mapping[str, Any]] | None = None,
 ) -> bytes:
     """The gzip JSON-lines body of a backsplash object, one line per event.
 
-    ``per_record`` (one mapping per event, optional) adds or overrides keys of each line;
-    replay uses it to keep each event's ``arrivalTimestamp`` and count ``replayAttempts``.
+    ``ending_ms`` is ``attemptEndingTimestamp`` (and ``arrivalTimestamp`` when the failure
+    names none). ``per_record`` (one mapping per event, optional) adds or overrides keys of
+    each line; replay uses it to keep each event's ``arrivalTimestamp`` and count
+    ``replayAttempts``.
     """
     common: dict[str, Any] = {
-        "attemptsMade": attempts,
-        "arrivalTimestamp": arrival_ms,
-        "errorCode": error_code,
-        "errorMessage": error_message,
+        "attemptsMade": failure.attempts,
+        "arrivalTimestamp": ending_ms if failure.arrival_ms is None else failure.arrival_ms,
+        "errorCode": failure.error_code,
+        "errorMessage": failure.error_message,
         "attemptEndingTimestamp": ending_ms,
     }
-    extra: dict[str, Any] = {"endpoint": endpoint}
-    if endpoint == "raw" and raw_target is not None:
-        extra.update({k: v for k, v in raw_target._asdict().items() if v is not None})
+    extra: dict[str, Any] = {"endpoint": failure.endpoint}
+    if failure.endpoint == "raw" and failure.raw_target is not None:
+        extra.update({k: v for k, v in failure.raw_target._asdict().items() if v is not None})
     if per_record is not None and len(per_record) != len(events):
         raise ValueError(f"{len(events)} events but {len(per_record)} per_record mappings")
     lines = [

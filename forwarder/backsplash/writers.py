@@ -28,11 +28,10 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from config.settings import BacksplashSettings
 from forwarder import aws
-from forwarder.backsplash.codec import decode_records, encode_records
+from forwarder.backsplash.codec import Failure, decode_records, encode_records
 from forwarder.backsplash.layout import REPLAY_FAILED, SPLUNK_FAILED, object_key
 from forwarder.errors import BacksplashError
-from transforms.options import Endpoint
-from transforms.records import EncodedEvent, RawTarget
+from transforms.records import EncodedEvent
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -43,18 +42,13 @@ _log = structlog.get_logger("forwarder.backsplash.writers")
 class BacksplashWriter(Protocol):
     """What the deliverer needs from a backsplash."""
 
-    def write(
-        self,
-        events: Sequence[EncodedEvent],
-        *,
-        error_code: str,
-        error_message: str,
-        attempts: int,
-        endpoint: Endpoint,
-        raw_target: RawTarget | None = None,
-        arrival_ms: int | None = None,
-    ) -> str:
-        """Store the events durably and return where (key); raise BacksplashError if not."""
+    def write(self, events: Sequence[EncodedEvent], failure: Failure) -> str:
+        """Store the events durably and return where (key); raise BacksplashError if not.
+
+        Args:
+            events: the events (one record each).
+            failure: why they are stored, and what each record carries with it.
+        """
         ...
 
 
@@ -69,27 +63,8 @@ class _ObjectWriter:
     def put_object(self, key: str, data: bytes) -> None:
         raise NotImplementedError
 
-    def write(
-        self,
-        events: Sequence[EncodedEvent],
-        *,
-        error_code: str,
-        error_message: str,
-        attempts: int,
-        endpoint: Endpoint,
-        raw_target: RawTarget | None = None,
-        arrival_ms: int | None = None,
-    ) -> str:
-        """Write one object holding these events.
-
-        Args:
-            events: the events (one record each).
-            error_code: Firehose-style code, e.g. ``Splunk.AckTimeout``.
-            error_message: what happened, in words (HEC's text and code when there was one).
-            attempts: requests made for these events.
-            endpoint: ``event`` or ``raw``.
-            raw_target: raw-endpoint metadata, stored with each record.
-            arrival_ms: when the events arrived (epoch ms); now when None.
+    def write(self, events: Sequence[EncodedEvent], failure: Failure) -> str:
+        """Write one object holding these events (see :class:`BacksplashWriter`).
 
         Returns:
             The object key.
@@ -99,20 +74,7 @@ class _ObjectWriter:
         """
         now = self._clock()
         key = self.object_key(datetime.fromtimestamp(now, UTC))
-        ending_ms = int(now * 1000)
-        self.put_object(
-            key,
-            encode_records(
-                events,
-                error_code=error_code,
-                error_message=error_message,
-                attempts=attempts,
-                endpoint=endpoint,
-                raw_target=raw_target,
-                arrival_ms=ending_ms if arrival_ms is None else arrival_ms,
-                ending_ms=ending_ms,
-            ),
-        )
+        self.put_object(key, encode_records(events, failure, ending_ms=int(now * 1000)))
         return key
 
 
@@ -216,17 +178,7 @@ class Backsplash(_ObjectWriter):
 class NullBacksplash:
     """No backsplash configured: every write fails, so nothing is lost silently."""
 
-    def write(
-        self,
-        events: Sequence[EncodedEvent],
-        *,
-        error_code: str,
-        error_message: str,
-        attempts: int,
-        endpoint: Endpoint,
-        raw_target: RawTarget | None = None,
-        arrival_ms: int | None = None,
-    ) -> str:
+    def write(self, events: Sequence[EncodedEvent], failure: Failure) -> str:
         """Raise BacksplashError: there is nowhere to put the events."""
         raise BacksplashError("no backsplash bucket configured (BACKSPLASH_BUCKET)")
 
@@ -347,32 +299,14 @@ class FallbackBacksplash:
         self.primary = primary
         self.spool = spool
 
-    def write(
-        self,
-        events: Sequence[EncodedEvent],
-        *,
-        error_code: str,
-        error_message: str,
-        attempts: int,
-        endpoint: Endpoint,
-        raw_target: RawTarget | None = None,
-        arrival_ms: int | None = None,
-    ) -> str:
+    def write(self, events: Sequence[EncodedEvent], failure: Failure) -> str:
         """Write to S3, else to the spool; returns the key (``spool:<key>`` when spooled).
 
         Raises:
             BacksplashError: both S3 and the spool refused.
         """
-        arguments: dict[str, Any] = {
-            "error_code": error_code,
-            "error_message": error_message,
-            "attempts": attempts,
-            "endpoint": endpoint,
-            "raw_target": raw_target,
-            "arrival_ms": arrival_ms,
-        }
         try:
-            return self.primary.write(events, **arguments)
+            return self.primary.write(events, failure)
         except BacksplashError as exc:
             _log.error(
                 "backsplash_failed",
@@ -381,7 +315,7 @@ class FallbackBacksplash:
                 spooled=True,
                 spool=str(self.spool.directory),
             )
-            return "spool:" + self.spool.write(events, **arguments)
+            return "spool:" + self.spool.write(events, failure)
 
     def drain(self) -> int:
         """Upload spooled objects to S3 (oldest first), removing each once stored.
@@ -459,17 +393,7 @@ class ReplayFailedBacksplash:
         self.failed_records.clear()
         self.keys.clear()
 
-    def write(
-        self,
-        events: Sequence[EncodedEvent],
-        *,
-        error_code: str,
-        error_message: str,
-        attempts: int,
-        endpoint: Endpoint,
-        raw_target: RawTarget | None = None,
-        arrival_ms: int | None = None,
-    ) -> str:
+    def write(self, events: Sequence[EncodedEvent], failure: Failure) -> str:
         """Store events that failed again under ``replay-failed/`` (the
         ``BacksplashWriter`` protocol).
 
@@ -490,18 +414,7 @@ class ReplayFailedBacksplash:
                     self.failed_records.get(origin.record_no, 0) + 1
                 )
             per_record.append(extra)
-        ending_ms = int(now * 1000)
-        body = encode_records(
-            events,
-            error_code=error_code,
-            error_message=error_message,
-            attempts=attempts,
-            endpoint=endpoint,
-            raw_target=raw_target,
-            arrival_ms=ending_ms if arrival_ms is None else arrival_ms,
-            ending_ms=ending_ms,
-            per_record=per_record,
-        )
+        body = encode_records(events, failure, ending_ms=int(now * 1000), per_record=per_record)
         key = put_under(self.writer, REPLAY_FAILED, body, now=datetime.fromtimestamp(now, UTC))
         if self._tracked:
             self.keys.append(key)

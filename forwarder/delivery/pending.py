@@ -22,6 +22,7 @@ import requests
 import structlog
 
 from config.settings import Settings
+from forwarder.backsplash.codec import Failure
 from forwarder.backsplash.writers import BacksplashWriter, NullBacksplash
 from forwarder.delivery.acks import AckTracker
 from forwarder.delivery.batching import Batcher
@@ -386,12 +387,7 @@ class PendingWork:
         try:
             key = self._backsplash.write(
                 events,
-                error_code=error_code,
-                error_message=message,
-                attempts=attempts,
-                endpoint=self._endpoint,
-                raw_target=raw_target,
-                arrival_ms=arrival_ms,
+                Failure(error_code, message, attempts, self._endpoint, raw_target, arrival_ms),
             )
         except BacksplashError as exc:
             self.ledger.add(backsplash_failed=count)

@@ -60,7 +60,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any, Final, Literal, TextIO, cast, overload
+from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple, TextIO, cast, overload
 from urllib.parse import parse_qs, urlsplit
 
 import structlog
@@ -390,6 +390,15 @@ class EmulatorStats:
         data["rejected"] = {str(code): n for code, n in sorted(self.rejected.items())}
         data["faults_injected"] = dict(sorted(self.faults_injected.items()))
         return data
+
+
+class _Admitted(NamedTuple):
+    """What a data request that passed auth, channel and the busy and 500 faults carries on:
+    its channel (None without acks), whether acks are on, and the body size limit."""
+
+    channel: str | None
+    acks_on: bool
+    limit: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -857,23 +866,14 @@ class HecEmulator:
             transport = self._transport_fault()
             if transport is not None:
                 return transport
-            prelude = self._check_data_request(headers, query)
-            if isinstance(prelude, _Response):
-                return prelude
-            channel, acks_on, limit = prelude
+            admitted = self._check_data_request(headers, query)
+            if isinstance(admitted, _Response):
+                return admitted
             plan = self._plan
             drip = self._take("drip_requests", plan.p_drip)
             if drip:
                 self._fault("drip")
-        response = self._data(
-            kind,
-            query=query,
-            headers=headers,
-            body=body,
-            channel=channel,
-            acks_on=acks_on,
-            limit=limit,
-        )
+        response = self._data(kind, query, headers, body, admitted)
         return replace(response, drip_interval_s=plan.drip_interval_s) if drip else response
 
     def _transport_fault(self) -> _Response | None:
@@ -937,8 +937,8 @@ class HecEmulator:
 
     def _check_data_request(
         self, headers: Message, query: Mapping[str, list[str]]
-    ) -> tuple[str | None, bool, int | None] | _Response:
-        """Auth, channel, busy and 500 faults (lock held)."""
+    ) -> _Admitted | _Response:
+        """Auth, channel, busy and 500 faults (lock held); what an admitted request carries."""
         rejection = self._auth(headers, query)
         if rejection is not None:
             return rejection
@@ -957,7 +957,7 @@ class HecEmulator:
         if self._take("error_500_requests", plan.p_500):
             self._fault("error_500")
             return self._rejected_answer(_hec(8), 8)
-        return channel, acks_on, self._plan.max_body_bytes
+        return _Admitted(channel, acks_on, self._plan.max_body_bytes)
 
     def _reject(self, response: _Response, code: int, fault: str | None = None) -> _Response:
         with self._lock:
@@ -968,17 +968,16 @@ class HecEmulator:
     def _data(
         self,
         kind: str,
-        *,
         query: Mapping[str, list[str]],
         headers: Message,
         body: bytes,
-        channel: str | None,
-        acks_on: bool,
-        limit: int | None,
+        admitted: _Admitted,
     ) -> _Response:
         """Decode, validate and index an event or raw request (lock NOT held while parsing)."""
         encoding = headers.get("Content-Encoding")
-        decoded = _decode_body(body, None if encoding is None else encoding.strip().lower(), limit)
+        decoded = _decode_body(
+            body, None if encoding is None else encoding.strip().lower(), admitted.limit
+        )
         if decoded == CODE_TOO_LARGE:
             return self._reject(_plain(CODE_TOO_LARGE, "Content too large"), 413, "too_large")
         if isinstance(decoded, int):
@@ -1010,20 +1009,19 @@ class HecEmulator:
             )
         if not lines:
             return self._reject(_hec(5), 5)
-        return self._index(objects, lines, len(decoded), channel, acks_on)
+        return self._index(objects, lines, len(decoded), admitted)
 
     def _index(
         self,
         objects: list[dict[str, Any]],
         lines: list[str],
         decoded_size: int,
-        channel: str | None,
-        acks_on: bool,
+        admitted: _Admitted,
     ) -> _Response:
         with self._lock:
             self._count("bytes_decompressed", decoded_size)
             plan = self._plan
-            lost = acks_on and self._take("lost_acks", plan.p_lost_ack)
+            lost = admitted.acks_on and self._take("lost_acks", plan.p_lost_ack)
             if lost:
                 self._fault("lost_ack")
                 self._count("acks_lost")
@@ -1036,9 +1034,9 @@ class HecEmulator:
                 if self._keep_events:
                     self._events.extend(objects)
                 self._count("events_indexed", len(lines))
-            if not acks_on or channel is None:
+            if not admitted.acks_on or admitted.channel is None:
                 return _hec(0)
-            state = self._channels[channel]
+            state = self._channels[admitted.channel]
             ack_id = state.next_ack_id
             state.next_ack_id += 1
             self._count("acks_issued")

@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import KW_ONLY, dataclass, field, replace
 from typing import Any
 
 from config.settings import Settings
-from forwarder.backsplash.codec import DecodedRecord, encode_records
+from forwarder.backsplash.codec import DecodedRecord, Failure, encode_records
 from forwarder.backsplash.objects import CORRUPT_RECORD
 from forwarder.backsplash.writers import BacksplashWriter, ReplayFailedBacksplash, put_under
 from forwarder.delivery.deliverer import Deliverer
@@ -60,18 +60,12 @@ def store_unprocessable(
     """
     now_ms = int(clock() * 1000)
     body = encode_records(
-        [EncodedEvent(data, None)],
-        error_code=error_code,
-        error_message=message,
-        attempts=0,
-        endpoint=endpoint,
-        raw_target=None,
-        arrival_ms=now_ms,
-        ending_ms=now_ms,
+        [EncodedEvent(data, None)], Failure(error_code, message, 0, endpoint), ending_ms=now_ms
     )
     return put_under(writer, "processing-failed", body)
 
 
+@dataclass(eq=False)
 class Redeliverers:
     """Deliverers for re-delivered backsplash records, one per endpoint, built on first use.
 
@@ -83,37 +77,29 @@ class Redeliverers:
         prepare: called with each new deliverer (share a ledger, a deadline, an abort).
     """
 
-    def __init__(
-        self,
-        settings: Settings,
-        backsplash: BacksplashWriter,
-        *,
-        log: Any,
-        clock: Callable[[], float] = time.monotonic,
-        prepare: Callable[[Deliverer], None] | None = None,
-    ) -> None:
-        self._settings = settings
-        self._backsplash = backsplash
-        self._log = log
-        self._clock = clock
-        self._prepare = prepare
-        self._by_endpoint: dict[Endpoint, Deliverer] = {}
+    settings: Settings
+    backsplash: BacksplashWriter
+    _: KW_ONLY
+    log: Any
+    clock: Callable[[], float] = time.monotonic
+    prepare: Callable[[Deliverer], None] | None = None
+    _by_endpoint: dict[Endpoint, Deliverer] = field(default_factory=dict, init=False)
 
     def get(self, endpoint: Endpoint) -> Deliverer:
         """The deliverer for records meant for ``endpoint``."""
         found = self._by_endpoint.get(endpoint)
         if found is None:
-            settings = self._settings
+            settings = self.settings
             if settings.hec.endpoint != endpoint:
                 settings = replace(settings, hec=replace(settings.hec, endpoint=endpoint))
             found = Deliverer(
                 settings,
-                backsplash=ReplayFailedBacksplash(self._backsplash),
-                clock=self._clock,
-                log=self._log.bind(redelivery=endpoint),
+                backsplash=ReplayFailedBacksplash(self.backsplash),
+                clock=self.clock,
+                log=self.log.bind(redelivery=endpoint),
             )
-            if self._prepare is not None:
-                self._prepare(found)
+            if self.prepare is not None:
+                self.prepare(found)
             self._by_endpoint[endpoint] = found
         return found
 
@@ -134,6 +120,7 @@ class Redeliverers:
         return dropped
 
 
+@dataclass(eq=False)
 class Intake:
     """Hands input to the deliverers, every count on the main deliverer's ledger.
 
@@ -146,22 +133,14 @@ class Intake:
         log: a structlog logger (the entry point's).
     """
 
-    def __init__(
-        self,
-        settings: Settings,
-        deliverer: Deliverer,
-        backsplash: BacksplashWriter,
-        redeliverer: Callable[[Endpoint], Deliverer],
-        *,
-        log: Any,
-    ) -> None:
-        self.settings = settings
-        self.deliverer = deliverer
-        self.backsplash = backsplash
-        self._redeliverer = redeliverer
-        self._log = log
-        #: Corrupt backsplash records dropped.
-        self.records_corrupt = 0
+    settings: Settings
+    deliverer: Deliverer
+    backsplash: BacksplashWriter
+    redeliverer: Callable[[Endpoint], Deliverer]
+    _: KW_ONLY
+    log: Any
+    #: Corrupt backsplash records dropped.
+    records_corrupt: int = field(default=0, init=False)
 
     @property
     def ledger(self) -> Ledger:
@@ -221,7 +200,7 @@ class Intake:
         if decoded.control:
             self.ledger.drop("control_message")
         elif decoded.events:
-            self._redeliverer(decoded.endpoint).submit(decoded.events, decoded.raw_target)
+            self.redeliverer(decoded.endpoint).submit(decoded.events, decoded.raw_target)
 
     def corrupt_record(
         self, bucket: str | None, key: str | None, line: int | None, reason: str | None
@@ -229,7 +208,7 @@ class Intake:
         """A backsplash record that cannot be re-delivered: dropped and logged."""
         self.records_corrupt += 1
         self.ledger.drop(CORRUPT_RECORD)
-        self._log.error(
+        self.log.error(
             "backsplash_record_corrupt", bucket=bucket, key=key, line=line, reason=reason
         )
 
@@ -243,7 +222,7 @@ class Intake:
     ) -> None:
         """A line that was not read (longer than the cap): dropped and logged."""
         self.ledger.drop(reason)
-        self._log.warning(
+        self.log.warning(
             "line_dropped", reason=reason, bucket=bucket, key=key, line=line, bytes=size
         )
 
@@ -261,4 +240,4 @@ class Intake:
             endpoint=self.settings.hec.endpoint,
         )
         self.ledger.add(events_in=1, backsplashed=1, backsplash_objects=1)
-        self._log.error("record_unprocessable", key=key, reason=f"{type(exc).__name__}: {exc}")
+        self.log.error("record_unprocessable", key=key, reason=f"{type(exc).__name__}: {exc}")

@@ -201,27 +201,18 @@ def _replay_record(
     shared = worker.shared
     report = shared.report
     options = shared.options
-    selection = shared.selection
     record = item.data
-    with shared.lock:
-        report.records_read += 1
-    if item.record_no in handled:
-        with shared.lock:
-            report.records_already_handled += 1
-        return "done"
     kind = record_kind(record, kind_by_key)
     error_code, arrival_ms, attempts = record_meta(record)
-    if (
-        kind not in selection.kinds
-        or not selection.error_code_matches(error_code)
-        or not selection.time_matches(arrival_ms, obj.key)
-    ):
-        with shared.lock:
-            report.records_not_selected += 1
-        return "skipped"
-    if attempts >= options.max_attempts:
-        with shared.lock:
-            report.records_exhausted += 1
+    done = item.record_no in handled
+    selected = not done and shared.selection.record_matches(kind, error_code, arrival_ms, obj.key)
+    exhausted = selected and attempts >= options.max_attempts
+    with shared.lock:  # every record read, and at most one reason it goes no further
+        report.records_read += 1
+        report.records_already_handled += int(done)
+        report.records_not_selected += int(not done and not selected)
+        report.records_exhausted += int(exhausted)
+    if exhausted:
         _log.warning(
             "replay_records_exhausted",
             key=obj.key,
@@ -229,6 +220,9 @@ def _replay_record(
             replay_attempts=attempts,
             max_attempts=options.max_attempts,
         )
+    if done:
+        return "done"
+    if exhausted or not selected:
         return "skipped"
     try:
         decoded = decode_record(record, kind, shared.settings.transform)

@@ -160,6 +160,15 @@ class Selection:
             return False
         return not (self.until_ms is not None and start_ms >= self.until_ms + UNTIL_SLACK_S * 1000)
 
+    def record_matches(self, kind: str, error_code: str, arrival_ms: int | None, key: str) -> bool:
+        """Whether a record of this kind, ``errorCode`` and arrival time (in object ``key``)
+        is selected."""
+        return (
+            kind in self.kinds
+            and self.error_code_matches(error_code)
+            and self.time_matches(arrival_ms, key)
+        )
+
     def error_code_matches(self, code: str) -> bool:
         """Whether an ``errorCode`` is selected."""
         if not self.error_codes:

@@ -19,10 +19,13 @@ The sources: :mod:`~forwarder.sources.files` (files and stdin), :mod:`~forwarder
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from config.daemon import SourceSettings
 from forwarder.backsplash.codec import DecodedRecord
 from transforms.records import Origin
 
@@ -104,6 +107,45 @@ class Source(Protocol):
     def close(self) -> None:
         """Release threads and handles."""
         ...
+
+
+class EndlessSource:
+    """What the sources that never run out (Kinesis, SQS/S3, the Firehose endpoint) share:
+    their name and settings, the stop event, the clocks, and the parts of :class:`Source`
+    that do not differ (``exhausted`` stays false; ``attached`` once :meth:`attach` set
+    ``_attached``).
+
+    Args:
+        name: the source's name, for logs and health.
+        settings: the ``[source]`` settings.
+        stop_event: set on shutdown; waits end early (a fresh event when None).
+        clock: monotonic clock.
+        wall_clock: epoch seconds.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        settings: SourceSettings,
+        *,
+        stop_event: threading.Event | None,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.name = name
+        self._settings = settings
+        self._stop = stop_event if stop_event is not None else threading.Event()
+        self._clock = clock
+        self._wall_clock = wall_clock
+        self._attached = False
+
+    @property
+    def exhausted(self) -> bool:
+        return False
+
+    @property
+    def attached(self) -> bool:
+        return self._attached
 
 
 def poll_wait(interval: float, wait_s: float | None) -> float:

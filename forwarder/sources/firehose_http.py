@@ -46,7 +46,7 @@ from typing import Final
 import structlog
 
 from config.daemon import SourceSettings
-from forwarder.sources.base import SourceRecord
+from forwarder.sources.base import EndlessSource, SourceRecord
 from forwarder.sources.firehose_protocol import PendingRequest
 from forwarder.sources.firehose_receiver import ACCEPT_BATCH, Receiver
 
@@ -58,7 +58,7 @@ _POLL_WAIT_MAX_S: Final = 1.0
 _ANSWER_FLUSH_S: Final = 5.0
 
 
-class FirehoseHttpSource:
+class FirehoseHttpSource(EndlessSource):
     """Firehose's HTTP endpoint destination, as a daemon source (see the module docstring).
 
     Args:
@@ -77,11 +77,9 @@ class FirehoseHttpSource:
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         assert settings.access_key, "an access key is required"
-        self.name = "firehose-http"
-        self._settings = settings
-        self._stop = stop_event if stop_event is not None else threading.Event()
-        self._clock = clock
-        self._wall_clock = wall_clock
+        super().__init__(
+            "firehose-http", settings, stop_event=stop_event, clock=clock, wall_clock=wall_clock
+        )
         self._lock = threading.Condition()
         self._queue: collections.deque[PendingRequest] = collections.deque()  # records left to poll
         self._taken: list[PendingRequest] = []  # every record polled: answered on commit
@@ -92,10 +90,6 @@ class FirehoseHttpSource:
         self._thread: threading.Thread | None = None
 
     # ------------------------------------------------------------------ Source protocol
-
-    @property
-    def exhausted(self) -> bool:
-        return False
 
     @property
     def attached(self) -> bool:

@@ -19,7 +19,7 @@ import structlog
 from botocore.exceptions import BotoCoreError, ClientError
 
 from config.daemon import SourceSettings
-from forwarder.sources.base import SourceRecord, poll_wait
+from forwarder.sources.base import EndlessSource, SourceRecord, poll_wait
 from forwarder.sources.checkpoints import SHARD_END, CheckpointStore, pin_position, pinned_at
 
 _log = structlog.get_logger("forwarder.sources.kinesis")
@@ -61,7 +61,7 @@ def _error_code(exc: ClientError) -> str:
 LATEST_PIN_MARGIN_S: Final = 5.0
 
 
-class KinesisSource:
+class KinesisSource(EndlessSource):
     """All shards of a stream (or a list and their descendants), checkpointed per shard.
 
     What must survive a crash is in the checkpoint store, never only in memory:
@@ -96,27 +96,16 @@ class KinesisSource:
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         assert settings.stream_name is not None
-        self.name = "kinesis"
+        super().__init__(
+            "kinesis", settings, stop_event=stop_event, clock=clock, wall_clock=wall_clock
+        )
         self.stream_name = settings.stream_name
         self._client = client
-        self._settings = settings
         self._checkpoints = checkpoints
-        self._stop = stop_event if stop_event is not None else threading.Event()
-        self._clock = clock
-        self._wall_clock = wall_clock
         self._shards: dict[str, _Shard] = {}
         self._positions: dict[str, str] = {}
         self._next_refresh = 0.0
         self._turn = 0
-        self._attached = False
-
-    @property
-    def exhausted(self) -> bool:
-        return False
-
-    @property
-    def attached(self) -> bool:
-        return self._attached
 
     def lag_seconds(self) -> float | None:
         """How far behind the stream the daemon is, in seconds (the largest over shards).

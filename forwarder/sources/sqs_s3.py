@@ -46,7 +46,7 @@ from forwarder.intake.objects import (
     object_chunks,
     open_object,
 )
-from forwarder.sources.base import SourceRecord, poll_wait
+from forwarder.sources.base import EndlessSource, SourceRecord, poll_wait
 from transforms.options import TransformOptions
 
 _log = structlog.get_logger("forwarder.sources.sqs_s3")
@@ -71,7 +71,7 @@ class _Cursor:
     counts: dict[str, int] = field(default_factory=dict)
 
 
-class SqsS3Source:
+class SqsS3Source(EndlessSource):
     """S3 objects announced on an SQS queue; several daemons may share one queue.
 
     Args:
@@ -95,13 +95,10 @@ class SqsS3Source:
         transform: TransformOptions | None = None,
     ) -> None:
         assert settings.queue_url is not None
-        self.name = "sqs-s3"
+        super().__init__("sqs-s3", settings, stop_event=stop_event, wall_clock=wall_clock)
         self.queue_url = settings.queue_url
         self._sqs = sqs
         self._s3 = s3
-        self._settings = settings
-        self._stop = stop_event if stop_event is not None else threading.Event()
-        self._wall_clock = wall_clock
         self._receive_wait_s: float = settings.wait_time_s
         self._transform = transform if transform is not None else TransformOptions()
         self._lock = threading.Lock()
@@ -109,7 +106,6 @@ class SqsS3Source:
         self._cursor: _Cursor | None = None
         self._backlog: list[_Message] = []
         self._lag: float | None = None
-        self._attached = False
         self._heartbeat: threading.Thread | None = None
         self._closing = threading.Event()
         self.visibility_extensions = 0
@@ -118,14 +114,6 @@ class SqsS3Source:
         self.objects_failed = 0
         #: Backsplash objects opened for re-delivery (their records handed to the daemon).
         self.objects_redelivered = 0
-
-    @property
-    def exhausted(self) -> bool:
-        return False
-
-    @property
-    def attached(self) -> bool:
-        return self._attached
 
     def lag_seconds(self) -> float | None:
         """Age of the newest message received (from its ``SentTimestamp``)."""

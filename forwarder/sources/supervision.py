@@ -19,6 +19,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import KW_ONLY, dataclass
 from typing import Final, TypeVar
 
 import structlog
@@ -52,6 +53,7 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+@dataclass(eq=False)
 class SourceSupervisor:
     """Runs source operations, retrying their failures (see the module docstring).
 
@@ -65,24 +67,14 @@ class SourceSupervisor:
         clock: monotonic clock.
     """
 
-    def __init__(
-        self,
-        state: DaemonState,
-        stop_event: threading.Event,
-        *,
-        backoff_s: float,
-        backoff_max_s: float,
-        source_name: Callable[[], str],
-        service: Callable[[], None],
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._state = state
-        self._stop = stop_event
-        self._backoff_s = backoff_s
-        self._backoff_max_s = backoff_max_s
-        self._source_name = source_name
-        self._service = service
-        self._clock = clock
+    state: DaemonState
+    stop_event: threading.Event
+    _: KW_ONLY
+    backoff_s: float
+    backoff_max_s: float
+    source_name: Callable[[], str]
+    service: Callable[[], None]
+    clock: Callable[[], float] = time.monotonic
 
     def run(self, operation: str, call: Callable[[], _T]) -> _T:
         """Run one source operation; retry any failure but a configuration error.
@@ -98,9 +90,9 @@ class SourceSupervisor:
             Exception: the last failure, once a stop is requested.
         """
         retrying = tenacity.Retrying(
-            stop=tenacity.stop_when_event_set(self._stop),
+            stop=tenacity.stop_when_event_set(self.stop_event),
             wait=tenacity.wait_random_exponential(
-                multiplier=self._backoff_s, max=self._backoff_max_s
+                multiplier=self.backoff_s, max=self.backoff_max_s
             ),
             retry=tenacity.retry_if_exception(
                 lambda exc: not isinstance(exc, (ConfigError, BacksplashError))
@@ -114,19 +106,19 @@ class SourceSupervisor:
         except (ConfigError, BacksplashError):
             raise
         except Exception as exc:  # stopped while failing: count and log this last failure too
-            self._state.source_failed(operation, error_kind(exc), describe(exc))
+            self.state.source_failed(operation, error_kind(exc), describe(exc))
             _log.error(
                 "source_operation_failed",
-                source=self._source_name(),
+                source=self.source_name(),
                 operation=operation,
                 kind=error_kind(exc),
                 retry_in_s=None,
                 reason=f"{describe(exc)}; not retried: shutting down",
             )
             raise
-        if self._state.source_error is not None:
-            self._state.source_recovered()
-            _log.info("source_recovered", source=self._source_name(), operation=operation)
+        if self.state.source_error is not None:
+            self.state.source_recovered()
+            _log.info("source_recovered", source=self.source_name(), operation=operation)
         return result
 
     def _failed(self, operation: str, retry_state: tenacity.RetryCallState) -> None:
@@ -136,11 +128,11 @@ class SourceSupervisor:
             return
         kind = error_kind(exc)
         reason = describe(exc)
-        self._state.source_failed(operation, kind, reason)
+        self.state.source_failed(operation, kind, reason)
         wait = retry_state.next_action.sleep if retry_state.next_action is not None else 0.0
         _log.error(
             "source_operation_failed",
-            source=self._source_name(),
+            source=self.source_name(),
             operation=operation,
             kind=kind,
             attempt=retry_state.attempt_number,
@@ -150,10 +142,10 @@ class SourceSupervisor:
 
     def _backoff(self, seconds: float) -> None:
         """Wait ``seconds`` (less if a stop comes), servicing meanwhile."""
-        end = self._clock() + seconds
-        while not self._stop.is_set():
-            remaining = end - self._clock()
+        end = self.clock() + seconds
+        while not self.stop_event.is_set():
+            remaining = end - self.clock()
             if remaining <= 0:
                 return
-            self._stop.wait(min(remaining, BACKOFF_SLICE_S))
-            self._service()
+            self.stop_event.wait(min(remaining, BACKOFF_SLICE_S))
+            self.service()

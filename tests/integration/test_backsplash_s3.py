@@ -15,6 +15,7 @@ import pytest
 from botocore.config import Config
 
 from config.settings import BacksplashSettings
+from forwarder.backsplash.codec import Failure
 from forwarder.backsplash.writers import (
     Backsplash,
     FallbackBacksplash,
@@ -47,11 +48,13 @@ def test_write_then_read_back_in_firehose_layout(s3: Any) -> None:
     events = [EncodedEvent(b'{"event":"one"}', "id-1"), EncodedEvent(b'{"event":"two"}', None)]
     key = backsplash.write(
         events,
-        error_code="Splunk.AckTimeout",
-        error_message="no ack within 300s",
-        attempts=4,
-        endpoint="event",
-        arrival_ms=1741064000000,
+        Failure(
+            error_code="Splunk.AckTimeout",
+            error_message="no ack within 300s",
+            attempts=4,
+            endpoint="event",
+            arrival_ms=1741064000000,
+        ),
     )
     assert key.startswith("failed/splunk-failed/2025/03/04/05/")
     assert key.endswith(".gz")
@@ -80,11 +83,13 @@ def test_raw_metadata_round_trips(s3: Any) -> None:
     backsplash = Backsplash(s3, BUCKET, PREFIX)
     key = backsplash.write(
         [EncodedEvent(b"2 123 eni-1 - - - - - - - 1 2 - NODATA", None)],
-        error_code="Splunk.InvalidIndex",
-        error_message="HEC 400 code 7: Incorrect index",
-        attempts=1,
-        endpoint="raw",
-        raw_target=RawTarget("g:s", "aws:cloudwatchlogs:vpcflow", "net", None),
+        Failure(
+            error_code="Splunk.InvalidIndex",
+            error_message="HEC 400 code 7: Incorrect index",
+            attempts=1,
+            endpoint="raw",
+            raw_target=RawTarget("g:s", "aws:cloudwatchlogs:vpcflow", "net", None),
+        ),
     )
     (record,) = backsplash.read(key)
     assert (record["endpoint"], record["index"], record["source"]) == ("raw", "net", "g:s")
@@ -115,10 +120,7 @@ def test_unreachable_s3_raises_after_bounded_retries() -> None:
     with pytest.raises(BacksplashError, match=f"s3://{BUCKET}/{PREFIX}splunk-failed/"):
         backsplash.write(
             [EncodedEvent(b"{}", None)],
-            error_code="x",
-            error_message="y",
-            attempts=1,
-            endpoint="event",
+            Failure(error_code="x", error_message="y", attempts=1, endpoint="event"),
         )
     assert len(sleeps) == 2
     assert time.monotonic() - started < 10
@@ -129,10 +131,7 @@ def test_missing_bucket_raises(s3: Any) -> None:
     with pytest.raises(BacksplashError, match="NoSuchBucket"):
         backsplash.write(
             [EncodedEvent(b"{}", None)],
-            error_code="x",
-            error_message="y",
-            attempts=1,
-            endpoint="event",
+            Failure(error_code="x", error_message="y", attempts=1, endpoint="event"),
         )
 
 
@@ -143,10 +142,9 @@ def test_spool_while_s3_is_down_then_drain(s3: Any, tmp_path: Path) -> None:
     )
     key = down.write(
         [EncodedEvent(b'{"event":"kept"}', "7")],
-        error_code="Splunk.ServerError",
-        error_message="busy",
-        attempts=9,
-        endpoint="event",
+        Failure(
+            error_code="Splunk.ServerError", error_message="busy", attempts=9, endpoint="event"
+        ),
     )
     assert key.startswith(f"spool:{PREFIX}splunk-failed/")
     up = FallbackBacksplash(Backsplash(s3, BUCKET, PREFIX), LocalSpool(tmp_path, PREFIX))

@@ -17,12 +17,12 @@ from typing import Any
 import pytest
 import requests
 
+from forwarder.backsplash.codec import Failure
 from forwarder.delivery.deliverer import Deliverer
 from forwarder.devtools.emulator import FaultPlan, HecEmulator
-from forwarder.hec.protocol import Endpoint
 from tests.conftest import TEST_TOKEN
 from tests.integration.conftest import delivery_settings, flow_events, indexed_ids
-from transforms.records import EncodedEvent, RawTarget
+from transforms.records import EncodedEvent
 
 pytestmark = pytest.mark.integration
 
@@ -37,18 +37,10 @@ class MemoryBacksplash:
     def __init__(self) -> None:
         self.records: list[tuple[str | None, str, int]] = []
 
-    def write(
-        self,
-        events: Sequence[EncodedEvent],
-        *,
-        error_code: str,
-        error_message: str,
-        attempts: int,
-        endpoint: Endpoint,
-        raw_target: RawTarget | None = None,
-        arrival_ms: int | None = None,
-    ) -> str:
-        self.records.extend((event.event_id, error_code, attempts) for event in events)
+    def write(self, events: Sequence[EncodedEvent], failure: Failure) -> str:
+        self.records.extend(
+            (event.event_id, failure.error_code, failure.attempts) for event in events
+        )
         return f"memory/{len(self.records)}"
 
 

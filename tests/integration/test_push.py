@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from forwarder import push
+from forwarder.backsplash.codec import Failure
 from forwarder.backsplash.objects import CORRUPT_RECORD
 from forwarder.backsplash.writers import Backsplash, ReplayFailedBacksplash
 from forwarder.delivery.work import Work
@@ -454,18 +455,19 @@ def put_backsplash_objects(s3: Any) -> dict[str, str]:
     ours = Backsplash(s3, BUCKET, PREFIX, sleep=lambda seconds: None)
     ours_key = ours.write(
         [EncodedEvent(f"our raw {i}".encode(), f"r{i}") for i in range(3)],
-        error_code="Splunk.ServerError",
-        error_message="503",
-        attempts=5,
-        endpoint="raw",
-        raw_target=RawTarget("my-source", "my:raw", "main", "host-1"),
+        Failure(
+            error_code="Splunk.ServerError",
+            error_message="503",
+            attempts=5,
+            endpoint="raw",
+            raw_target=RawTarget("my-source", "my:raw", "main", "host-1"),
+        ),
     )
     refailed_key = ReplayFailedBacksplash(ours).write(
         [EncodedEvent(hec_event("refailed"), "x1")],
-        error_code="Splunk.AckTimeout",
-        error_message="again",
-        attempts=1,
-        endpoint="event",
+        Failure(
+            error_code="Splunk.AckTimeout", error_message="again", attempts=1, endpoint="event"
+        ),
     )
     return {
         "fh_failed": fh_failed,

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from config.settings import Settings
-from forwarder.backsplash.codec import decode_records
+from forwarder.backsplash.codec import Failure, decode_records
 from forwarder.backsplash.writers import Backsplash, ReplayFailedBacksplash
 from forwarder.commands.context import CommandContext
 from forwarder.commands.replay import add_arguments, run
@@ -211,21 +211,25 @@ def fixture_mixed_objects(s3: Any) -> list[str]:
     ours = Backsplash(s3, BUCKET, ROOT, sleep=lambda seconds: None)
     ours.write(
         [EncodedEvent(hec_event(f"ours{i}"), f"ours{i}") for i in range(4)],
-        error_code="Splunk.AckTimeout",
-        error_message="no ack",
-        attempts=2,
-        endpoint="event",
-        arrival_ms=BASE_MS,
+        Failure(
+            error_code="Splunk.AckTimeout",
+            error_message="no ack",
+            attempts=2,
+            endpoint="event",
+            arrival_ms=BASE_MS,
+        ),
     )
     expected += [f"ours{i}" for i in range(4)]
     ours.write(
         [EncodedEvent(f"our raw {i}".encode(), f"r{i}") for i in range(3)],
-        error_code="Splunk.ServerError",
-        error_message="503",
-        attempts=5,
-        endpoint="raw",
-        raw_target=RawTarget("my-source", "aws:cloudwatchlogs:vpcflow", None, None),
-        arrival_ms=BASE_MS,
+        Failure(
+            error_code="Splunk.ServerError",
+            error_message="503",
+            attempts=5,
+            endpoint="raw",
+            raw_target=RawTarget("my-source", "aws:cloudwatchlogs:vpcflow", None, None),
+            arrival_ms=BASE_MS,
+        ),
     )
     expected += [f"our raw {i}" for i in range(3)]
     return expected

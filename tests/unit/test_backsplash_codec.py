@@ -15,6 +15,7 @@ import pytest
 from forwarder.backsplash.codec import (
     MAX_RECORD_CHARS,
     CorruptLine,
+    Failure,
     RawRecord,
     decode_records,
     encode_records,
@@ -29,7 +30,7 @@ from forwarder.backsplash.writers import (
     ReplayFailedBacksplash,
 )
 from forwarder.errors import BacksplashError
-from transforms.records import EncodedEvent
+from transforms.records import EncodedEvent, RawTarget
 
 NOW = 1_764_000_000.0  # 2025-11-24T16:00:00Z
 
@@ -106,12 +107,14 @@ def test_encoded_objects_read_back_record_for_record() -> None:
     events = [EncodedEvent(b'{"event":"a"}', "id-a"), EncodedEvent(b'{"event":"b"}', None)]
     body = encode_records(
         events,
-        error_code="Splunk.ServerError",
-        error_message="boom",
-        attempts=3,
-        endpoint="event",
-        raw_target=None,
-        arrival_ms=1,
+        Failure(
+            error_code="Splunk.ServerError",
+            error_message="boom",
+            attempts=3,
+            endpoint="event",
+            raw_target=None,
+            arrival_ms=1,
+        ),
         ending_ms=2,
     )
     items = list(iter_records(pieces(body, 7)))
@@ -120,6 +123,30 @@ def test_encoded_objects_read_back_record_for_record() -> None:
     assert [r["rawData"] for r in decode_records(body)] == [
         base64.b64encode(e.payload).decode() for e in events
     ]
+
+
+def test_one_failure_describes_every_record_of_the_object() -> None:
+    """GIVEN a Failure without an arrival time WHEN encoded THEN every line carries its
+    fields, and the arrival time is the write time (attemptEndingTimestamp)."""
+    failure = Failure(
+        "Splunk.InvalidIndex", "HEC 400 code 7", 4, "raw", RawTarget("s", "st", None, None)
+    )
+    body = encode_records([EncodedEvent(b"a", "1"), EncodedEvent(b"b", "2")], failure, ending_ms=9)
+    records = list(decode_records(body))
+    assert [
+        (
+            r["errorCode"],
+            r["errorMessage"],
+            r["attemptsMade"],
+            r["endpoint"],
+            r["source"],
+            r["sourcetype"],
+            r["arrivalTimestamp"],
+            r["attemptEndingTimestamp"],
+        )
+        for r in records
+    ] == [("Splunk.InvalidIndex", "HEC 400 code 7", 4, "raw", "s", "st", 9, 9)] * 2
+    assert "index" not in records[0]
 
 
 def test_strict_reader_raises_at_the_first_corrupt_line_after_the_good_ones() -> None:
@@ -139,7 +166,10 @@ def stored(spool: LocalSpool, key: str) -> list[dict[str, Any]]:
 
 def write(writer: ReplayFailedBacksplash, events: list[EncodedEvent]) -> str:
     return writer.write(
-        events, error_code="Splunk.ServerError", error_message="again", attempts=2, endpoint="event"
+        events,
+        Failure(
+            error_code="Splunk.ServerError", error_message="again", attempts=2, endpoint="event"
+        ),
     )
 
 

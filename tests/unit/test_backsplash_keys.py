@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from config.settings import BacksplashSettings
-from forwarder.backsplash.codec import decode_records, encode_records, payload_event_id
+from forwarder.backsplash.codec import Failure, decode_records, encode_records, payload_event_id
 from forwarder.backsplash.layout import object_key
 from forwarder.backsplash.writers import (
     Backsplash,
@@ -47,12 +47,14 @@ def test_records_have_firehose_fields_and_round_trip() -> None:
     events = [EncodedEvent(b'{"event":"a"}', "3690"), EncodedEvent(b'{"event":"b"}', None)]
     data = encode_records(
         events,
-        error_code="Splunk.InvalidToken",
-        error_message="HEC 403 code 4: Invalid token",
-        attempts=2,
-        endpoint="event",
-        raw_target=None,
-        arrival_ms=1000,
+        Failure(
+            error_code="Splunk.InvalidToken",
+            error_message="HEC 403 code 4: Invalid token",
+            attempts=2,
+            endpoint="event",
+            raw_target=None,
+            arrival_ms=1000,
+        ),
         ending_ms=2000,
     )
     lines = gzip.decompress(data).decode().splitlines()
@@ -75,12 +77,14 @@ def test_records_have_firehose_fields_and_round_trip() -> None:
 def test_raw_records_carry_their_metadata() -> None:
     data = encode_records(
         [EncodedEvent(b"2 123 eni-1 ACCEPT OK", None)],
-        error_code="Splunk.AckTimeout",
-        error_message="x",
-        attempts=1,
-        endpoint="raw",
-        raw_target=RawTarget("g:s", "aws:cloudwatchlogs:vpcflow", None, "h"),
-        arrival_ms=1,
+        Failure(
+            error_code="Splunk.AckTimeout",
+            error_message="x",
+            attempts=1,
+            endpoint="raw",
+            raw_target=RawTarget("g:s", "aws:cloudwatchlogs:vpcflow", None, "h"),
+            arrival_ms=1,
+        ),
         ending_ms=2,
     )
     (record,) = decode_records(data)
@@ -112,10 +116,12 @@ def test_no_bucket_raises() -> None:
     """Nothing configured: a write fails loudly instead of dropping."""
     with pytest.raises(BacksplashError, match="no backsplash bucket"):
         Backsplash(None, None).write(
-            [], error_code="x", error_message="x", attempts=0, endpoint="event"
+            [], Failure(error_code="x", error_message="x", attempts=0, endpoint="event")
         )
     with pytest.raises(BacksplashError, match="no backsplash bucket"):
-        NullBacksplash().write([], error_code="x", error_message="x", attempts=0, endpoint="event")
+        NullBacksplash().write(
+            [], Failure(error_code="x", error_message="x", attempts=0, endpoint="event")
+        )
     assert isinstance(backsplash_from_settings(BacksplashSettings()), NullBacksplash)
 
 
@@ -123,10 +129,9 @@ def test_local_spool_writes_the_same_format(tmp_path: Path) -> None:
     spool = LocalSpool(tmp_path, "p/", clock=NOW.timestamp)
     key = spool.write(
         [EncodedEvent(b"{}", "1")],
-        error_code="Splunk.ServerError",
-        error_message="boom",
-        attempts=3,
-        endpoint="event",
+        Failure(
+            error_code="Splunk.ServerError", error_message="boom", attempts=3, endpoint="event"
+        ),
     )
     assert key.startswith("p/splunk-failed/2025/03/04/05/")
     assert spool.list_keys() == [key]
@@ -160,7 +165,8 @@ def test_fallback_spools_when_s3_fails_and_drains_later(tmp_path: Path) -> None:
     broken = Backsplash(BrokenS3(), "bucket", sleep=lambda s: None)  # type: ignore[arg-type]
     fallback = FallbackBacksplash(broken, LocalSpool(tmp_path))
     key = fallback.write(
-        [EncodedEvent(b"{}", "1")], error_code="x", error_message="y", attempts=1, endpoint="event"
+        [EncodedEvent(b"{}", "1")],
+        Failure(error_code="x", error_message="y", attempts=1, endpoint="event"),
     )
     assert key.startswith("spool:splunk-failed/")
     memory = MemoryS3()
@@ -176,9 +182,6 @@ def test_s3_failure_raises_after_bounded_retries() -> None:
     with pytest.raises(BacksplashError, match="EndpointConnectionError"):
         backsplash.write(
             [EncodedEvent(b"{}", None)],
-            error_code="x",
-            error_message="y",
-            attempts=1,
-            endpoint="event",
+            Failure(error_code="x", error_message="y", attempts=1, endpoint="event"),
         )
     assert len(sleeps) == 2

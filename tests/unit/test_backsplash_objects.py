@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from forwarder.backsplash.codec import CorruptLine, decode_records
+from forwarder.backsplash.codec import CorruptLine, Failure, decode_records
 from forwarder.backsplash.layout import (
     PROCESSING_FAILED,
     REPLAY_FAILED,
@@ -133,11 +133,13 @@ def test_replay_failed_backsplash_writes_under_replay_failed(tmp_path: Path) -> 
     writer = ReplayFailedBacksplash(spool, clock=lambda: 1_764_000_000.0)
     key = writer.write(
         [EncodedEvent(b"raw line", "id-1")],
-        error_code="Splunk.Deadline",
-        error_message="late",
-        attempts=1,
-        endpoint="raw",
-        raw_target=RawTarget("src", "st", None, None),
+        Failure(
+            error_code="Splunk.Deadline",
+            error_message="late",
+            attempts=1,
+            endpoint="raw",
+            raw_target=RawTarget("src", "st", None, None),
+        ),
     )
     assert key.startswith("root/replay-failed/2025/11/24/")
     assert kind_from_key(key) == REPLAY_FAILED
@@ -152,8 +154,7 @@ def test_replay_failed_backsplash_without_a_bucket_raises() -> None:
     with pytest.raises(BacksplashError):
         writer.write(
             [EncodedEvent(b"x", None)],
-            error_code="Splunk.Deadline",
-            error_message="late",
-            attempts=0,
-            endpoint="event",
+            Failure(
+                error_code="Splunk.Deadline", error_message="late", attempts=0, endpoint="event"
+            ),
         )

@@ -370,6 +370,43 @@ def test_control_message_has_no_events() -> None:
     assert firehose_payload(encoded) == b""
 
 
+def test_every_entry_point_gives_the_same_batch_for_a_control_message() -> None:
+    """The bytes and the LogBatch entry points share one encoder: a control message is the
+    same empty, flagged batch from either, on either endpoint, with its envelope kept."""
+    data = make_control_payload()
+    batch = decode_subscription_batch(data, max_decompressed_bytes=CEILING)
+    for options in (EVENT, RAW):
+        from_bytes = transform_payload(data, options)
+        from_batch = transform_batch(batch, options)
+        for encoded in (from_bytes, from_batch):
+            assert encoded.is_control
+            assert (encoded.origin, encoded.endpoint, encoded.raw_target) == (
+                "cloudwatch",
+                options.endpoint,
+                None,
+            )
+            assert (encoded.log_group, encoded.log_stream, encoded.owner) == (
+                batch.log_group,
+                batch.log_stream,
+                batch.owner,
+            )
+            assert list(encoded.events) == []
+
+
+def test_lines_carry_the_envelope_their_caller_names() -> None:
+    encoded = transform_lines(
+        ["plain text"], log_group="g", log_stream="s", origin="text", options=EVENT, account="1"
+    )
+    assert not encoded.is_control
+    assert (encoded.origin, encoded.log_group, encoded.log_stream, encoded.owner) == (
+        "text",
+        "g",
+        "s",
+        "1",
+    )
+    assert encoded.event_count == 1
+
+
 def test_empty_batch_has_no_events() -> None:
     """logEvents [] is a data message with nothing in it."""
     encoded = transform_payload(flow_payload([]), EVENT)

@@ -262,6 +262,11 @@ def test_selection_by_time_error_code_and_kind() -> None:
     assert sel.object_may_match("p/splunk-failed/2025/01/01/10/x")
     assert sel.object_may_match("p/splunk-failed/2025/01/01/13/x")  # late writes: slack
     assert not sel.object_may_match("p/splunk-failed/2025/01/01/15/x")
+    # a record: every part of the selection at once
+    assert sel.record_matches("splunk-failed", "Splunk.AckTimeout", ms, "k")
+    assert not sel.record_matches("processing-failed", "Splunk.AckTimeout", ms, "k")
+    assert not sel.record_matches("splunk-failed", "Splunk.ServerError", ms, "k")
+    assert not sel.record_matches("splunk-failed", "Splunk.AckTimeout", ms - 1, "k")
 
 
 def test_options_reject_nonsense() -> None:

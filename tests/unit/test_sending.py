@@ -15,11 +15,11 @@ from typing import Any
 import requests
 import responses
 
+from forwarder.backsplash.codec import Failure
 from forwarder.delivery.deliverer import Deliverer
 from forwarder.delivery.ledger import Ledger
-from forwarder.hec.protocol import Endpoint
 from tests.conftest import TEST_TOKEN, make_settings
-from transforms.records import EncodedEvent, RawTarget
+from transforms.records import EncodedEvent
 
 URL = "https://hec.example.com:8088"
 EVENT_URL = f"{URL}/services/collector/event"
@@ -45,18 +45,11 @@ class MemoryBacksplash:
     def __init__(self) -> None:
         self.records: list[tuple[str | None, str, int, str]] = []
 
-    def write(
-        self,
-        events: Sequence[EncodedEvent],
-        *,
-        error_code: str,
-        error_message: str,
-        attempts: int,
-        endpoint: Endpoint,
-        raw_target: RawTarget | None = None,
-        arrival_ms: int | None = None,
-    ) -> str:
-        self.records.extend((e.event_id, error_code, attempts, error_message) for e in events)
+    def write(self, events: Sequence[EncodedEvent], failure: Failure) -> str:
+        self.records.extend(
+            (e.event_id, failure.error_code, failure.attempts, failure.error_message)
+            for e in events
+        )
         return f"memory/{len(self.records)}"
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from forwarder.backsplash.codec import Failure
 from forwarder.backsplash.writers import LocalSpool
 from transforms.records import EncodedEvent
 
@@ -40,10 +41,9 @@ def test_put_object_fsyncs_the_file_then_every_directory_it_touched(
     monkeypatch.setattr(os, "fsync", fake_fsync)
     key = spool.write(
         [EncodedEvent(b'{"event":"x"}', "e1")],
-        error_code="Splunk.ServerError",
-        error_message="down",
-        attempts=1,
-        endpoint="event",
+        Failure(
+            error_code="Splunk.ServerError", error_message="down", attempts=1, endpoint="event"
+        ),
     )
     final = tmp_path / "spool" / key
     assert final.is_file()

@@ -43,3 +43,9 @@ def test_control_messages_are_not_a_loss_but_other_drops_are() -> None:
     assert not incomplete({"backsplashed": 0, "dropped": {"control_message": 3}})
     assert incomplete({"backsplashed": 0, "dropped": {"line_too_long": 1}})
     assert incomplete({"backsplashed": 2, "dropped": {}})
+
+
+@pytest.mark.parametrize("fact", RunOutcome._fields)
+def test_every_fact_alone_is_a_failure_status(fact: str) -> None:
+    """The severity table names every fact: none of them alone reads as success."""
+    assert status_for(RunOutcome(**{fact: True})) is not ExitStatus.OK
