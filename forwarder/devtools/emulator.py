@@ -1346,86 +1346,113 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="accepted HEC token (default: $SPLUNK_HEC_TOKEN, else emulator-token)",
     )
     parser.add_argument(
-        "--no-acks", action="store_true", help="behave like a token without indexer acknowledgment"
+        "--no-acks",
+        action="store_true",
+        help="behave like a token without indexer acknowledgment (default: acks on)",
     )
     parser.add_argument(
-        "--output", type=Path, default=None, help="append indexed events to this JSON-lines file"
+        "--output",
+        type=Path,
+        default=None,
+        help="append indexed events to this JSON-lines file (default: none)",
     )
     parser.add_argument(
         "--busy",
         type=int,
         default=0,
         metavar="N",
-        help="answer the next N data requests 503 code 9",
+        help="answer the next N data requests 503 code 9 (%(default)s)",
     )
     parser.add_argument(
         "--retry-after",
         type=int,
         default=None,
         metavar="S",
-        help="Retry-After seconds on busy answers",
+        help="Retry-After seconds on busy answers (default: no header)",
     )
     parser.add_argument(
-        "--errors-500", type=int, default=0, metavar="N", help="answer the next N data requests 500"
+        "--errors-500",
+        type=int,
+        default=0,
+        metavar="N",
+        help="answer the next N data requests 500 (%(default)s)",
     )
     parser.add_argument(
-        "--resets", type=int, default=0, metavar="N", help="reset the next N data connections"
+        "--resets",
+        type=int,
+        default=0,
+        metavar="N",
+        help="reset the next N data connections (%(default)s)",
     )
     parser.add_argument(
-        "--lost-acks", type=int, default=0, metavar="N", help="the next N ackIds never turn true"
+        "--lost-acks",
+        type=int,
+        default=0,
+        metavar="N",
+        help="the next N ackIds never turn true (%(default)s)",
     )
     parser.add_argument(
         "--lost-ack-drops-data",
         action="store_true",
-        help="with --lost-acks: do not index a lost-ack request's events either",
+        help="with --lost-acks: do not index a lost-ack request's events either "
+        "(default: they are indexed)",
     )
     parser.add_argument(
-        "--ack-delay", type=float, default=0.0, metavar="S", help="acks turn true after S seconds"
+        "--ack-delay",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="acks turn true after S seconds (%(default)s)",
     )
     parser.add_argument(
-        "--down-for", type=float, default=0.0, metavar="S", help="be down for the first S seconds"
+        "--down-for",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="be down for the first S seconds (%(default)s)",
     )
     parser.add_argument(
         "--max-body-bytes",
         type=int,
         default=None,
         metavar="N",
-        help="answer 413 to bodies above N bytes (after decompression)",
+        help="answer 413 to bodies above N bytes, after decompression (default: no limit)",
     )
     parser.add_argument(
         "--down-at",
         type=float,
         default=0.0,
         metavar="S",
-        help="the down window starts S seconds after start",
+        help="the down window starts S seconds after start (%(default)s)",
     )
     parser.add_argument(
         "--down-every",
         type=float,
         default=0.0,
         metavar="S",
-        help="repeat the down window every S seconds",
+        help="repeat the down window every S seconds (default %(default)s: once)",
     )
     parser.add_argument(
         "--html-200",
         type=int,
         default=0,
         metavar="N",
-        help="answer the next N data requests 200 with a proxy's HTML page (nothing indexed)",
+        help="answer the next N data requests 200 with a proxy's HTML page, nothing indexed "
+        "(%(default)s)",
     )
     parser.add_argument(
         "--blackholes",
         type=int,
         default=0,
         metavar="N",
-        help="never answer the next N data requests (held until the client closes)",
+        help="never answer the next N data requests, held until the client closes (%(default)s)",
     )
     parser.add_argument(
         "--drips",
         type=int,
         default=0,
         metavar="N",
-        help="answer the next N data requests one byte per --drip-interval",
+        help="answer the next N data requests one byte per --drip-interval (%(default)s)",
     )
     parser.add_argument(
         "--drip-interval",
@@ -1439,14 +1466,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=0.0,
         metavar="S",
-        help="delay of a randomly delayed ack (--p-delayed-ack)",
+        help="delay of a randomly delayed ack, --p-delayed-ack (%(default)s)",
     )
     parser.add_argument(
         "--unhealthy-code",
         type=int,
         choices=(18, 19, 20),
         default=None,
-        help="health answers 503 with this HEC code; data requests are unaffected",
+        help="health answers 503 with this HEC code; data requests are unaffected "
+        "(default: healthy, 17)",
     )
     parser.add_argument(
         "--seed", type=int, default=None, help="seed of the random faults (--p-*); random if unset"
@@ -1457,7 +1485,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             type=float,
             default=0.0,
             metavar="P",
-            help=f"probability per data request of a {kind.replace('_', ' ')} fault",
+            help=f"probability per data request of a {kind.replace('_', ' ')} fault (%(default)s)",
         )
 
 
