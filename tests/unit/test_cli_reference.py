@@ -24,7 +24,8 @@ FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9]*(?:-[a-z0-9]+)*")
 def command_parser(name: str) -> argparse.ArgumentParser:
     parser = cli.build_parser(name)
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    return sub.choices[name]
+    chosen: argparse.ArgumentParser = sub.choices[name]
+    return chosen
 
 
 def parser_flags(name: str) -> set[str]:
