@@ -1,16 +1,26 @@
 # Set-up is part of every target: a fresh clone needs only `make test` or `make demo`.
+# `make demo` installs the package and its demo extra alone (moto's server); every other
+# target installs the test and dev tools too (pytest, hypothesis, mypy and stubs, ruff, cfn-lint).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+DEMO_STAMP := $(VENV)/.demo-installed
 
 .PHONY: test lint typecheck unit demo bench package clean fuzz crash chaos mutation
 
-$(STAMP): setup.cfg pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(DEMO_STAMP): setup.cfg pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[demo]'
+	touch $(DEMO_STAMP)
+
+# The full set includes the demo's, so a `make demo` after it installs nothing more.
+$(STAMP): setup.cfg pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[test,dev,demo]'
-	touch $(STAMP)
+	touch $(STAMP) $(DEMO_STAMP)
 
 test: $(STAMP) lint typecheck unit
 
@@ -24,7 +34,7 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest
 
-demo: $(STAMP)
+demo: $(DEMO_STAMP)
 	$(BIN)/forwarder demo
 
 bench: $(STAMP)

@@ -44,12 +44,13 @@ COMMANDS: Mapping[str, tuple[str, str, str]] = {
     "check": (
         "forwarder.commands.check",
         "validate settings and probe each HEC URL's health and token",
-        "Validate the settings, then ask every HEC URL for its health and "
-        "whether it accepts the token, and say what is wrong in plain words.",
+        "Validate the settings, then ask every HEC URL for its health, whether it "
+        "accepts the token and whether the token has indexer acknowledgment on, and say "
+        "what is wrong in plain words.",
     ),
     "daemon": (
         "forwarder.commands.daemon",
-        "run until SIGTERM: read Kinesis, SQS/S3, files or stdin and deliver with acks",
+        "run until SIGTERM: read Kinesis, SQS/S3, Firehose HTTP, files or stdin; deliver with acks",
         "A long-running forwarder with checkpoints, graceful shutdown, a local "
         "spool, health and Prometheus metrics. Sources and checkpoints are configured in the "
         "[source] and [daemon] tables of the TOML file.",

@@ -68,11 +68,22 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, hec: bool = True) -
     parser.add_argument(
         "--config", metavar="FILE", help="TOML settings file (default: $FORWARDER_CONFIG)"
     )
-    parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"])
-    parser.add_argument("--log-format", choices=["auto", "json", "console"])
+    parser.add_argument(
+        "--log-level",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
+        help="log lines at this level and above (default: $LOG_LEVEL, else INFO)",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=["auto", "json", "console"],
+        help="auto: readable on a terminal, JSON lines otherwise (default: $LOG_FORMAT, else auto)",
+    )
     if hec:
-        parser.add_argument("--hec-url", help="HEC URL(s), comma-separated ($SPLUNK_HEC_URL)")
+        parser.add_argument(
+            "--hec-url", help="HEC URL(s), comma-separated (default: $SPLUNK_HEC_URL)"
+        )
         parser.add_argument(
             "--token",
-            help="HEC token; prefer $SPLUNK_HEC_TOKEN, which other users cannot see in ps",
+            help="HEC token (default: $SPLUNK_HEC_TOKEN, which is better: other users cannot "
+            "see it in ps)",
         )

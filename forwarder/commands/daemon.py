@@ -17,7 +17,16 @@ from forwarder.status import ExitStatus
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``forwarder daemon`` flags (the common ones and ``--metrics-port``)."""
     add_common_arguments(parser)
-    parser.add_argument("--metrics-port", type=int, help="metrics port (overrides the file)")
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="port of /metrics and /health (default: [daemon] metrics_port, else 9108)",
+    )
+    parser.epilog = (
+        "Source types ([source] type in the settings file): kinesis, sqs-s3, firehose-http "
+        "(Firehose's HTTP endpoint delivery), files, stdin."
+    )
 
 
 def run(args: argparse.Namespace, ctx: CommandContext) -> ExitStatus:

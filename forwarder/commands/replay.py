@@ -40,21 +40,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_common_arguments(parser)
     select = parser.add_argument_group("selection")
     select.add_argument(
-        "--since", metavar="TIME", help="records that arrived at/after TIME (ISO 8601 or 2h)"
+        "--since",
+        metavar="TIME",
+        help="records that arrived at/after TIME: ISO 8601 (no zone: UTC), epoch seconds, or "
+        "a duration ago (90m, 2h, 1d) (default: no lower bound)",
     )
-    select.add_argument("--until", metavar="TIME", help="records that arrived before TIME")
+    select.add_argument(
+        "--until",
+        metavar="TIME",
+        help="records that arrived before TIME, written as for --since (default: no upper bound)",
+    )
     select.add_argument(
         "--error-code",
         action="append",
         default=[],
         metavar="CODE",
-        help="only this errorCode (glob allowed, e.g. 'Splunk.*'); repeatable",
+        help="only this errorCode (glob allowed, e.g. 'Splunk.*'); repeatable (default: all)",
     )
     select.add_argument(
-        "--include", action="append", choices=KINDS, help="only these kinds; repeatable"
+        "--include",
+        action="append",
+        choices=KINDS,
+        help="only these kinds; repeatable (default: all kinds)",
     )
-    select.add_argument("--exclude", action="append", choices=KINDS, default=[], help="skip kinds")
-    select.add_argument("--limit", type=int, metavar="N", help="send at most N events")
+    select.add_argument(
+        "--exclude",
+        action="append",
+        choices=KINDS,
+        default=[],
+        help="skip these kinds; repeatable (default: none)",
+    )
+    select.add_argument(
+        "--limit", type=int, metavar="N", help="send at most N events (default: no limit)"
+    )
     behave = parser.add_argument_group("behaviour")
     behave.add_argument(
         "--dry-run", action="store_true", help="count what would be sent; send nothing"
@@ -82,14 +100,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--archive", action="store_true", help="move fully replayed objects under replayed/"
     )
     after.add_argument("--delete", action="store_true", help="delete fully replayed objects")
-    behave.add_argument("--concurrency", type=int, default=1, metavar="N", help="objects at once")
-    behave.add_argument("--rate-limit", type=float, metavar="EPS", help="events per second")
+    behave.add_argument(
+        "--concurrency",
+        type=int,
+        default=1,
+        metavar="N",
+        help="objects replayed at once (default: %(default)s)",
+    )
+    behave.add_argument(
+        "--rate-limit",
+        type=float,
+        metavar="EPS",
+        help="at most EPS events per second (default: no limit)",
+    )
     behave.add_argument(
         "--chunk-mb",
         type=float,
         default=DEFAULT_CHUNK_BYTES / 1024 / 1024,
         metavar="MB",
-        help="payload MB per flush-and-commit step (memory and re-send bound)",
+        help="payload MB per flush-and-commit step (memory and re-send bound) "
+        "(default: %(default)g)",
     )
     behave.add_argument("--json", action="store_true", help="print the report as JSON")
     behave.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -29,8 +29,9 @@ client's own timeout closes the socket), the emulator stops, or ``_HOLD_MAX_S`` 
 client can never block other connections or :meth:`HecEmulator.stop`.
 
 Besides HEC, three unauthenticated endpoints serve tests and the demo: ``GET /emulator/stats``,
-``GET|POST /emulator/faults`` (POST replaces the fault plan with the JSON body) and
-``POST /emulator/reset``.
+``GET|POST /emulator/faults`` (POST replaces the fault plan with the JSON body, whose keys
+are the ``forwarder hec-emulator`` flags' names or the plan's field names: :data:`FLAG_KEYS`)
+and ``POST /emulator/reset``.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ import threading
 import time
 import zlib
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from email.message import Message
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -268,7 +269,9 @@ class FaultPlan:
         """Build a plan from JSON-like data (the body of ``POST /emulator/faults``).
 
         Args:
-            data: field names to values; missing fields take their defaults.
+            data: fault names to values; a name is a field of this class or the name of
+                its ``forwarder hec-emulator`` flag (:data:`FLAG_KEYS`: ``busy``,
+                ``errors-500``...); missing faults take their defaults.
 
         Returns:
             The plan.
@@ -276,15 +279,23 @@ class FaultPlan:
         Raises:
             ValueError: an unknown key, a value of the wrong type or out of range.
         """
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
+        unknown = sorted(key for key in data if fault_field(key) is None)
         if unknown:
-            raise ValueError(f"unknown fault keys: {', '.join(unknown)}")
+            raise ValueError(
+                f"unknown fault keys: {', '.join(unknown)} (known: the hec-emulator flags "
+                f"{', '.join(sorted(flag.replace('_', '-') for flag in FLAG_KEYS))}, "
+                "or GET /emulator/faults's keys)"
+            )
         kwargs: dict[str, Any] = {}
-        for name, value in data.items():
+        given: dict[str, str] = {}
+        for key, value in data.items():
+            name = cast(str, fault_field(key))
+            if name in given:
+                raise ValueError(f"fault keys {given[name]!r} and {key!r} set the same fault")
+            given[name] = key
             kind = _FAULT_FIELD_KINDS[name]
             if not _fits(kind, value):
-                raise ValueError(f"fault {name!r} must be {kind}")
+                raise ValueError(f"fault {key!r} must be {kind}")
             kwargs[name] = float(value) if kind == "float" else value
         return cls(**kwargs)
 
@@ -331,6 +342,41 @@ _FAULT_FIELD_KINDS: Final[Mapping[str, str]] = {
     **dict.fromkeys(RANDOM_FAULTS, "float"),
     "delayed_ack_s": "float",
 }
+
+
+#: Each fault's ``forwarder hec-emulator`` flag (without ``--``; ``-`` or ``_`` alike) -> its
+#: :class:`FaultPlan` field. ``POST /emulator/faults`` takes either name; ``GET`` shows fields.
+FLAG_KEYS: Final[Mapping[str, str]] = {
+    "busy": "busy_requests",
+    "retry_after": "retry_after_s",
+    "errors_500": "error_500_requests",
+    "resets": "reset_requests",
+    "lost_acks": "lost_acks",
+    "lost_ack_drops_data": "lost_ack_drops_data",
+    "ack_delay": "ack_delay_s",
+    "down_for": "down_for_s",
+    "down_at": "down_at_s",
+    "down_every": "down_every_s",
+    "max_body_bytes": "max_body_bytes",
+    "html_200": "html_200_requests",
+    "blackholes": "blackhole_requests",
+    "drips": "drip_requests",
+    "drip_interval": "drip_interval_s",
+    "delayed_ack": "delayed_ack_s",
+    "seed": "seed",
+    "no_acks": "ack_disabled",
+    "unhealthy_code": "unhealthy_code",
+    **{name: name for name in RANDOM_FAULTS},
+}
+
+
+def fault_field(key: str) -> str | None:
+    """The :class:`FaultPlan` field a fault key names: a field name, or a CLI flag's name
+    (``errors-500``, ``errors_500`` or ``--errors-500``); None when it names neither."""
+    name = key.lstrip("-").replace("-", "_")
+    if name in FLAG_KEYS:
+        return FLAG_KEYS[name]
+    return name if name in _FAULT_FIELD_KINDS else None
 
 
 def _fits(kind: str, value: object) -> bool:
@@ -1298,81 +1344,113 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="accepted HEC token (default: $SPLUNK_HEC_TOKEN, else emulator-token)",
     )
     parser.add_argument(
-        "--no-acks", action="store_true", help="behave like a token without indexer acknowledgment"
+        "--no-acks",
+        action="store_true",
+        help="behave like a token without indexer acknowledgment (default: acks on)",
     )
     parser.add_argument(
-        "--output", type=Path, default=None, help="append indexed events to this JSON-lines file"
+        "--output",
+        type=Path,
+        default=None,
+        help="append indexed events to this JSON-lines file (default: none)",
     )
     parser.add_argument(
         "--busy",
         type=int,
         default=0,
         metavar="N",
-        help="answer the next N data requests 503 code 9",
+        help="answer the next N data requests 503 code 9 (%(default)s)",
     )
     parser.add_argument(
         "--retry-after",
         type=int,
         default=None,
         metavar="S",
-        help="Retry-After seconds on busy answers",
+        help="Retry-After seconds on busy answers (default: no header)",
     )
     parser.add_argument(
-        "--errors-500", type=int, default=0, metavar="N", help="answer the next N data requests 500"
+        "--errors-500",
+        type=int,
+        default=0,
+        metavar="N",
+        help="answer the next N data requests 500 (%(default)s)",
     )
     parser.add_argument(
-        "--resets", type=int, default=0, metavar="N", help="reset the next N data connections"
+        "--resets",
+        type=int,
+        default=0,
+        metavar="N",
+        help="reset the next N data connections (%(default)s)",
     )
     parser.add_argument(
-        "--lost-acks", type=int, default=0, metavar="N", help="the next N ackIds never turn true"
+        "--lost-acks",
+        type=int,
+        default=0,
+        metavar="N",
+        help="the next N ackIds never turn true (%(default)s)",
     )
     parser.add_argument(
-        "--ack-delay", type=float, default=0.0, metavar="S", help="acks turn true after S seconds"
+        "--lost-ack-drops-data",
+        action="store_true",
+        help="with --lost-acks: do not index a lost-ack request's events either "
+        "(default: they are indexed)",
     )
     parser.add_argument(
-        "--down-for", type=float, default=0.0, metavar="S", help="be down for the first S seconds"
+        "--ack-delay",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="acks turn true after S seconds (%(default)s)",
+    )
+    parser.add_argument(
+        "--down-for",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="be down for the first S seconds (%(default)s)",
     )
     parser.add_argument(
         "--max-body-bytes",
         type=int,
         default=None,
         metavar="N",
-        help="answer 413 to bodies above N bytes (after decompression)",
+        help="answer 413 to bodies above N bytes, after decompression (default: no limit)",
     )
     parser.add_argument(
         "--down-at",
         type=float,
         default=0.0,
         metavar="S",
-        help="the down window starts S seconds after start",
+        help="the down window starts S seconds after start (%(default)s)",
     )
     parser.add_argument(
         "--down-every",
         type=float,
         default=0.0,
         metavar="S",
-        help="repeat the down window every S seconds",
+        help="repeat the down window every S seconds (default %(default)s: once)",
     )
     parser.add_argument(
         "--html-200",
         type=int,
         default=0,
         metavar="N",
-        help="answer the next N data requests 200 with a proxy's HTML page (nothing indexed)",
+        help="answer the next N data requests 200 with a proxy's HTML page, nothing indexed "
+        "(%(default)s)",
     )
     parser.add_argument(
         "--blackholes",
         type=int,
         default=0,
         metavar="N",
-        help="never answer the next N data requests (held until the client closes)",
+        help="never answer the next N data requests, held until the client closes (%(default)s)",
     )
     parser.add_argument(
         "--drips",
         type=int,
         default=0,
         metavar="N",
-        help="answer the next N data requests one byte per --drip-interval",
+        help="answer the next N data requests one byte per --drip-interval (%(default)s)",
     )
     parser.add_argument(
         "--drip-interval",
@@ -1386,7 +1464,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=0.0,
         metavar="S",
-        help="delay of a randomly delayed ack (--p-delayed-ack)",
+        help="delay of a randomly delayed ack, --p-delayed-ack (%(default)s)",
+    )
+    parser.add_argument(
+        "--unhealthy-code",
+        type=int,
+        choices=(18, 19, 20),
+        default=None,
+        help="health answers 503 with this HEC code; data requests are unaffected "
+        "(default: healthy, 17)",
     )
     parser.add_argument(
         "--seed", type=int, default=None, help="seed of the random faults (--p-*); random if unset"
@@ -1397,7 +1483,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             type=float,
             default=0.0,
             metavar="P",
-            help=f"probability per data request of a {kind.replace('_', ' ')} fault",
+            help=f"probability per data request of a {kind.replace('_', ' ')} fault (%(default)s)",
         )
 
 
@@ -1417,24 +1503,13 @@ def serve(args: argparse.Namespace) -> int:
     Returns:
         0.
     """
+    # Every fault flag by its FaultPlan field; --no-acks is the emulator's acks=False instead.
     faults = FaultPlan(
-        busy_requests=args.busy,
-        retry_after_s=getattr(args, "retry_after", None),
-        error_500_requests=args.errors_500,
-        reset_requests=args.resets,
-        lost_acks=args.lost_acks,
-        ack_delay_s=args.ack_delay,
-        down_for_s=getattr(args, "down_for", 0.0),
-        max_body_bytes=args.max_body_bytes,
-        down_at_s=getattr(args, "down_at", 0.0),
-        down_every_s=getattr(args, "down_every", 0.0),
-        html_200_requests=getattr(args, "html_200", 0),
-        blackhole_requests=getattr(args, "blackholes", 0),
-        drip_requests=getattr(args, "drips", 0),
-        drip_interval_s=getattr(args, "drip_interval", 1.0),
-        delayed_ack_s=getattr(args, "delayed_ack", 0.0),
-        seed=getattr(args, "seed", None),
-        **cast(dict[str, Any], {name: getattr(args, name, 0.0) for name in RANDOM_FAULTS}),
+        **{
+            name: getattr(args, flag)
+            for flag, name in FLAG_KEYS.items()
+            if flag != "no_acks" and hasattr(args, flag)
+        }
     )
     emulator = HecEmulator(
         token=args.token,

@@ -337,13 +337,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--upload",
         metavar="s3://BUCKET/KEY",
-        help="upload the zip there after building it",
+        help="upload the zip there after building it (default: no upload)",
     )
     parser.add_argument(
         "--source-root",
         type=Path,
         default=_default_source_root(),
-        help="directory holding the forwarder, transforms and config packages",
+        help="directory holding the forwarder, transforms and config packages "
+        "(default: the one this forwarder runs from)",
     )
     parser.add_argument(
         "--python",

@@ -160,6 +160,9 @@ def test_check_maps_its_findings_through_status_for(monkeypatch: pytest.MonkeyPa
             action = answers[self.url][1]
             return Outcome(action, "test")  # type: ignore[arg-type]
 
+        def query_acks(self, ack_ids: list[int]) -> dict[int, bool]:
+            return dict.fromkeys(ack_ids, False)  # acks on: nothing pending on a new channel
+
     monkeypatch.setattr(check, "HecClient", FakeClient)
     settings = make_settings(
         SPLUNK_HEC_URL="http://a.invalid,http://b.invalid", SPLUNK_HEC_TOKEN=TEST_TOKEN
