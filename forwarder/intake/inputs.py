@@ -36,7 +36,7 @@ from forwarder.intake.lines import LINE_TOO_LONG, MAX_CHUNK_CHARS, LongLine, tex
 from transforms.errors import TransformError
 from transforms.options import TransformOptions
 from transforms.pipeline import transform_batch, transform_lines, transform_payload
-from transforms.records import EncodedBatch, LogBatch, LogEvent, Origin
+from transforms.records import EncodedBatch, LogBatch, LogEvent
 from transforms.sniff import (
     SNIFF_BYTES,
     direct_messages,
@@ -50,6 +50,8 @@ from transforms.vpc_flow import fields_from_header, is_header_line
 #: Lines handed to the transform at once: big enough to amortise per-call work, small enough
 #: that a million-line file never sits in memory.
 CHUNK_LINES: Final = 20_000
+#: Bytes looked at before telling what an input is (a pipe's first read may hold fewer).
+SNIFF_MIN_BYTES: Final = 4096
 #: The log stream of stdin when the user names neither a log group nor a log stream.
 STDIN_NAME: Final = "stdin"
 #: What reading a broken input raises while units stream (corrupt or truncated gzip, a bad
@@ -160,9 +162,8 @@ def _direct_batch(
     """Flow logs sent straight to Firehose, as ``decode_record`` reads them (no id, no
     timestamp), named like any local input."""
     events = tuple(map(LogEvent, repeat(None), repeat(None), messages))
-    origin: Origin = "direct"
     return transform_batch(
-        LogBatch(origin=origin, events=events, log_group=log_group, log_stream=log_stream),
+        LogBatch(origin="direct", events=events, log_group=log_group, log_stream=log_stream),
         options,
     )
 
@@ -192,13 +193,8 @@ def read_units(
     """
     stop = stop or threading.Event()
     limit = options.max_decompressed_bytes
-    # Sniffing needs peek(); files opened "rb" and stdin's buffer have it already.
-    buffered: Any = (
-        stream
-        if hasattr(stream, "peek")
-        else io.BufferedReader(cast(io.RawIOBase, stream), buffer_size=SNIFF_BYTES)
-    )
-    sniffed = sniff(buffered.peek(SNIFF_BYTES))
+    head, buffered = _head(stream)
+    sniffed = sniff(head)
     if sniffed.kind == "payload":
         data = buffered.read(limit + 1)
         try:
@@ -234,6 +230,35 @@ def read_units(
         log_stream=log_stream,
         stop=stop,
     )
+
+
+def _head(stream: IO[bytes]) -> tuple[bytes, Any]:
+    """The first bytes of ``stream`` (at least :data:`SNIFF_MIN_BYTES` unless it is shorter)
+    and a buffered stream that still yields them.
+
+    A file's buffer holds that much at once; a pipe hands out what has arrived so far, so a
+    short peek is topped up by reading, and what was read is put back in front of the rest.
+    """
+    # Sniffing needs peek(); files opened "rb" and stdin's buffer have it already.
+    buffered: Any = (
+        stream
+        if hasattr(stream, "peek")
+        else io.BufferedReader(cast(io.RawIOBase, stream), buffer_size=SNIFF_BYTES)
+    )
+    head = bytes(buffered.peek(SNIFF_BYTES)[:SNIFF_BYTES])
+    if len(head) >= SNIFF_MIN_BYTES:
+        return head, buffered
+    read = getattr(buffered, "read1", None) or buffered.read
+    pieces: list[bytes] = []
+    size = 0
+    while size < SNIFF_MIN_BYTES:
+        piece = read(SNIFF_MIN_BYTES - size)
+        if not piece:
+            break
+        pieces.append(piece)
+        size += len(piece)
+    head = b"".join(pieces)
+    return head, io.BufferedReader(_Prefixed(head, buffered))
 
 
 class _Prefixed(io.RawIOBase):

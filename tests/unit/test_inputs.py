@@ -269,3 +269,39 @@ def test_random_bytes_never_raise_beyond_input_errors() -> None:
         head = rng.choice([b"", b"{", b"\x1f\x8b", b'{"records": '])
         with contextlib.suppress(INPUT_ERRORS):
             list(read_units(io.BytesIO(head + data), options(), log_stream="x"))
+
+
+class Dribble(io.RawIOBase):
+    """A pipe that hands out a few bytes per read, as a slow writer's pipe does."""
+
+    def __init__(self, data: bytes, step: int = 3) -> None:
+        self._data = memoryview(data)
+        self._step = step
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        count = min(self._step, len(buffer), len(self._data))
+        buffer[:count] = self._data[:count]
+        self._data = self._data[count:]
+        return count
+
+
+@pytest.mark.parametrize("buffered", [False, True])
+def test_a_pipe_that_dribbles_is_sniffed_like_the_file(buffered: bool) -> None:
+    """A pipe's first read may hold a few bytes: the sniffer still sees enough of them."""
+    payload = make_cwl_payload(["a", "b"], log_group=LAMBDA_GROUP, log_stream="s")
+    lines = make_flow_lines(3)
+    flow = gzip.compress(("\n".join([HEADER, *lines]) + "\n").encode())
+    for data, expected in ((payload, ["a", "b"]), (flow, lines)):
+        raw = Dribble(data)
+        stream: Any = io.BufferedReader(raw, buffer_size=8) if buffered else raw
+        units = list(read_units(stream, options(), log_stream="-"))
+        texts = [
+            json.loads(e.payload)["event"]
+            for unit in units
+            if isinstance(unit, EncodedBatch)
+            for e in unit.events
+        ]
+        assert texts == expected
