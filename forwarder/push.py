@@ -94,6 +94,7 @@ from forwarder.intake.objects import (
 )
 from forwarder.secrets import resolve_token
 from transforms.options import Endpoint
+from transforms.sniff import event_shape
 
 Shape = Literal["awslogs", "kinesis", "sqs"]
 _T = TypeVar("_T")
@@ -215,20 +216,10 @@ def _get_container() -> _Container:
 
 
 def shape_of(event: Any) -> Shape | None:
-    """Which kind of event this is, or None."""
-    if not isinstance(event, dict):
-        return None
-    awslogs = event.get("awslogs")
-    if isinstance(awslogs, dict) and isinstance(awslogs.get("data"), str):
-        return "awslogs"
-    records = event.get("Records")
-    if isinstance(records, list) and records and isinstance(records[0], dict):
-        source = records[0].get("eventSource") or records[0].get("EventSource")
-        if source == "aws:kinesis" and isinstance(records[0].get("kinesis"), dict):
-            return "kinesis"
-        if source == "aws:sqs" and "body" in records[0]:
-            return "sqs"
-    return None
+    """Which of the push Lambda's events this is (:func:`transforms.sniff.event_shape`, the
+    sniffer ``forwarder forward`` uses too), or None (a Firehose event is not one of them)."""
+    shape = event_shape(event)
+    return None if shape == "firehose" else shape
 
 
 class _Invocation:

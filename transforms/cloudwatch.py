@@ -292,7 +292,7 @@ def decode_subscription_batch(data: bytes, *, max_decompressed_bytes: int) -> Lo
     return read_subscription(data, max_decompressed_bytes=max_decompressed_bytes).to_batch()
 
 
-def _direct_messages(text: str) -> list[str] | None:
+def direct_messages(text: str) -> list[str] | None:
     """Messages of ``{"message": "<line>"}`` records (one object, or one per line), else None."""
     stripped = text.strip()
     if not stripped.startswith("{"):
@@ -334,7 +334,7 @@ def decode_record(data: bytes, *, max_decompressed_bytes: int) -> LogBatch:
             f"record of {len(data)} bytes is over the {max_decompressed_bytes}-byte ceiling"
         )
     text = data.decode("utf-8", "replace")
-    messages = _direct_messages(text)
+    messages = direct_messages(text)
     if messages is not None:
         return LogBatch(
             origin="direct", events=tuple(map(LogEvent, repeat(None), repeat(None), messages))

@@ -76,7 +76,6 @@ class RecordOutcome:
         events: HEC events made; ``unparsed``: flow lines that did not fit their format.
         payload_bytes: bytes of the Ok output before base64.
         origin: the payload's kind (``cloudwatch``, ``direct``, ``text``).
-        lines: each HEC event's bytes, only when asked for (``forwarder transform``).
     """
 
     record: FirehoseRecord
@@ -86,7 +85,6 @@ class RecordOutcome:
     unparsed: int = 0
     payload_bytes: int = 0
     origin: str | None = None
-    lines: tuple[bytes, ...] = ()
 
 
 def _failed(
@@ -101,15 +99,12 @@ def _dropped(record: FirehoseRecord, reason: DropReason, raw: bytes) -> RecordOu
     return RecordOutcome(record, Dropped(reason), raw=raw)
 
 
-def transform_record(
-    record: FirehoseRecord, options: TransformOptions, *, keep_lines: bool = False
-) -> RecordOutcome:
+def transform_record(record: FirehoseRecord, options: TransformOptions) -> RecordOutcome:
     """Transform one record; bad input of any kind ends in ``ProcessingFailed``, never raises.
 
     Args:
         record: the input record.
         options: routing, formats and limits.
-        keep_lines: keep each HEC event's bytes (for ``forwarder transform``).
     """
     if record.data is None:
         return _failed(record, "missing_data")
@@ -137,7 +132,6 @@ def transform_record(
         unparsed=batch.unparsed,
         payload_bytes=len(payload),
         origin=batch.origin,
-        lines=tuple(event.payload for event in batch.events) if keep_lines else (),
     )
 
 

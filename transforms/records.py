@@ -9,8 +9,9 @@ from typing import Literal, NamedTuple, TypedDict, overload
 #: Where a record came from, which decides how it is decoded and routed.
 #: ``cloudwatch``: gzip CloudWatch Logs subscription payload;
 #: ``direct``: a flow log sent straight to Firehose as ``{"message": "<line>"}``;
-#: ``text``: anything else (plain text or JSON that is neither of the above);
-#: ``s3``: lines of a flow-log or log file read from S3.
+#: ``text``: anything else (plain text or JSON that is neither of the above), and the lines
+#: of local files and stdin;
+#: ``s3``: lines of a flow-log or log file read from an S3 object.
 Origin = Literal["cloudwatch", "direct", "text", "s3"]
 
 #: HEC endpoint an encoded batch is shaped for.

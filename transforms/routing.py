@@ -18,9 +18,11 @@ matching rule sets ``flow_log_format``; its format is the first such rule's, els
 regular expressions searched anywhere in the value when prefixed with ``re:``.
 
 ``source`` and ``host`` values may use ``{log_group}``, ``{log_stream}``, ``{account}`` and
-``{origin}``. The default source is ``<logGroup>:<logStream>``; ``s3://<bucket>/<key>`` for S3
-files (``log_group`` = bucket, ``log_stream`` = key); ``firehose:<origin>`` for records with
-neither (flows sent straight to Firehose, plain text).
+``{origin}``. The default source is ``<logGroup>:<logStream>``, or whichever of the two is
+known alone (``forward`` and ``transform`` name a local file's log stream after its path);
+``s3://<bucket>/<key>`` for S3 objects (``log_group`` = bucket, ``log_stream`` = key);
+``firehose:<origin>`` for Firehose and Kinesis records with neither (flows sent straight to
+Firehose, plain text). See :func:`default_source`.
 
 Resolution is cached per options and per (log group, log stream, account, origin), so
 ``resolve`` costs a dictionary lookup once warm.
@@ -141,9 +143,15 @@ def _fill(template: str, key: RouteKey) -> str:
 
 
 def default_source(origin: Origin, log_group: str | None, log_stream: str | None) -> str:
-    """``<logGroup>:<logStream>``; ``s3://<bucket>/<key>``; ``firehose:<origin>``."""
-    if origin == "s3" and log_group:
-        return f"s3://{log_group}/{log_stream or ''}"
+    """The ``source`` of a batch no rule names one for (README, "Routing").
+
+    ``s3://<bucket>/<key>`` for S3 objects (origin ``s3``: ``log_group`` is the bucket,
+    ``log_stream`` the key); otherwise ``<logGroup>:<logStream>`` when both are known, the
+    one that is known alone (a local file's log stream is its path); ``firehose:<origin>``
+    for Firehose and Kinesis records that name neither. Never a scheme without a host.
+    """
+    if origin == "s3" and log_group and log_stream and not log_group.startswith("/"):
+        return f"s3://{log_group}/{log_stream}"  # a bucket name never starts with "/"
     if log_group and log_stream:
         return f"{log_group}:{log_stream}"
     return log_group or log_stream or f"firehose:{origin}"

@@ -1,32 +1,58 @@
-"""``forwarder transform``: print the HEC events the transform makes of a payload file."""
+"""``forwarder transform``: print the HEC events ``forwarder forward`` would send for an input.
+
+The input is read by the same reader as ``forward`` (:func:`forwarder.intake.inputs.read_units`)
+with the same names, so for the same bytes and flags the events printed are exactly the events
+``forward`` sends. Nothing is sent.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
-from pathlib import Path
+from typing import IO
 
 from forwarder.commands.context import CommandContext, add_common_arguments
+from forwarder.intake.inputs import INPUT_ERRORS, Failure, input_names, read_units
 from forwarder.status import ExitStatus
-from transforms.errors import TransformError
-from transforms.firehose import transform_file_contents
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags of ``forwarder transform``."""
+    """Flags of ``forwarder transform`` (the input flags of ``forwarder forward``)."""
     parser.add_argument("file", metavar="FILE", help="payload file, or - for stdin")
+    parser.add_argument(
+        "--log-group",
+        help="route text and flow-log files as if from this log group (e.g. /aws/vpc/flowlogs)",
+    )
+    parser.add_argument(
+        "--log-stream",
+        help="log stream name used for routing and source (default: the file's path)",
+    )
     add_common_arguments(parser, hec=False)
 
 
 def run(args: argparse.Namespace, ctx: CommandContext) -> ExitStatus:
-    """Transform ``args.file`` (or stdin) and write one HEC event per line to ``ctx.out``."""
-    data = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
-    name = None if args.file == "-" else Path(args.file).name
-    try:
-        lines = transform_file_contents(data, ctx.settings(), name=name)
-    except TransformError as exc:
-        print(f"forwarder: cannot transform {args.file}: {exc}", file=sys.stderr)
-        return ExitStatus.FAILURE
-    for line in lines:
-        ctx.out.write(line + "\n")
-    return ExitStatus.OK
+    """Transform ``args.file`` (or stdin) and write one HEC event per line to ``ctx.out``.
+
+    What cannot be transformed (a record, a line too long, a broken input) is named on
+    stderr; the events of the rest are still printed, and the status is then 1.
+    """
+    options = ctx.settings().transform
+    log_group, log_stream = input_names(args.file, args.log_group, args.log_stream)
+    failed = False
+    with contextlib.ExitStack() as files:
+        stream: IO[bytes] = (
+            sys.stdin.buffer if args.file == "-" else files.enter_context(open(args.file, "rb"))
+        )
+        try:
+            for unit in read_units(stream, options, log_group=log_group, log_stream=log_stream):
+                if isinstance(unit, Failure):
+                    failed = True
+                    print(f"forwarder: {args.file}: {unit.reason}: {unit.detail}", file=sys.stderr)
+                    continue
+                for event in unit.events:
+                    ctx.out.write(event.payload.decode("utf-8", "replace") + "\n")
+        except INPUT_ERRORS as exc:
+            failed = True
+            print(f"forwarder: cannot transform {args.file}: {exc}", file=sys.stderr)
+    return ExitStatus.FAILURE if failed else ExitStatus.OK

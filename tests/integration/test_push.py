@@ -121,6 +121,9 @@ def test_awslogs_subscription_is_delivered(emulator: HecEmulator, configure: Any
     assert result["ledger"]["acknowledged"] == 25
     assert result["ledger"]["balanced"]
     assert len(emulator.indexed_events()) == 25
+    assert {e["source"] for e in emulator.indexed_events()} == {
+        "/app/test:eni-0a1b2c3d4e5f60718-all"
+    }
 
 
 def test_control_message_is_dropped(emulator: HecEmulator, configure: Any) -> None:
@@ -166,6 +169,10 @@ def test_sqs_s3_flow_files_plain_sns_and_test_event(
     events = emulator.indexed_events()
     assert len(events) == 70
     assert all("version" not in str(e["event"])[:10] for e in events)  # header never sent
+    assert {e["source"] for e in events} == {  # s3://bucket/key for S3 objects (README)
+        f"s3://{FLOW_BUCKET}/AWSLogs/1/vpcflowlogs/a.log.gz",
+        f"s3://{FLOW_BUCKET}/AWSLogs/1/vpcflowlogs/b.log",
+    }
 
 
 def test_sqs_partial_failure_names_the_message(

@@ -29,7 +29,6 @@ from transforms.firehose import (
     FirehoseResponse,
     handler,
     transform_event,
-    transform_file_contents,
 )
 from transforms.firehose_codec import entry_size, response_budget
 from transforms.reingest import (
@@ -658,51 +657,3 @@ def test_importing_and_running_the_handler_does_not_import_boto3() -> None:
         "assert 'boto3' not in sys.modules, 'imported by an invocation without overflow'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, env={"LOG_LEVEL": "ERROR", "PATH": ""})
-
-
-# --- forwarder transform FILE -----------------------------------------------------------------
-
-
-def test_transform_file_contents_reads_a_firehose_event() -> None:
-    lines = make_flow_lines(2)
-    event = make_firehose_event(
-        [make_cwl_payload(lines, log_group=FLOW_GROUP), b"\x1f\x8bbad", b"plain"]
-    )
-
-    texts = transform_file_contents(json.dumps(event).encode(), make_settings())
-
-    assert [json.loads(text)["event"] for text in texts] == [*lines, "plain"]
-
-
-def test_transform_file_contents_reads_a_gzip_payload_and_push_events() -> None:
-    payload = make_cwl_payload(["a", "b"], log_group=LAMBDA_GROUP, log_stream="2025/11/26/[1]a")
-    push = json.dumps({"awslogs": {"data": base64.b64encode(payload).decode()}}).encode()
-
-    for data in (payload, push):
-        texts = transform_file_contents(data, make_settings())
-        assert [json.loads(text)["sourcetype"] for text in texts] == [
-            "aws:cloudwatchlogs:lambda"
-        ] * 2
-
-
-def test_transform_file_contents_reads_direct_flow_records() -> None:
-    lines = make_flow_lines(2)
-    data = "\n".join(json.dumps({"message": line}) for line in lines).encode()
-
-    objects = [json.loads(text) for text in transform_file_contents(data, make_settings())]
-
-    assert [obj["event"] for obj in objects] == lines
-    assert {obj["sourcetype"] for obj in objects} == {"aws:cloudwatchlogs:vpcflow"}
-
-
-def test_transform_file_contents_reads_a_flow_log_file_with_or_without_header() -> None:
-    lines = make_flow_lines(3)
-    header = (
-        "version account-id interface-id srcaddr dstaddr srcport dstport protocol packets "
-        "bytes start end action log-status"
-    )
-    for text in ("\n".join(lines) + "\n", "\n".join([header, *lines])):
-        texts = transform_file_contents(text.encode(), make_settings(), name="flows.log")
-        objects = [json.loads(item) for item in texts]
-        assert [obj["event"] for obj in objects] == lines
-        assert {obj["sourcetype"] for obj in objects} == {"aws:cloudwatchlogs:vpcflow"}

@@ -33,8 +33,8 @@ from forwarder.backsplash.codec import (
 )
 from forwarder.backsplash.layout import SPLUNK_FAILED
 from forwarder.backsplash.objects import decode_object, sniff
-from forwarder.commands.forward import read_units
 from forwarder.hec.protocol import parse_acks, parse_response
+from forwarder.intake.inputs import read_units
 from forwarder.intake.lines import LongLine, bounded_lines, line_chunks, text_lines
 from forwarder.intake.notifications import parse_s3_notification
 from forwarder.secrets import token_from_secret_string
@@ -163,7 +163,7 @@ def test_other_untrusted_json_readers_survive_deep_nesting() -> None:
     with pytest.raises(ConfigError):
         token_from_secret_string("arn:secret", '{"a":' * 100_000)
     deep_document = ('{"a":' * 100_000 + "1" + "}" * 100_000).encode()
-    units = list(read_units(io.BytesIO(deep_document), make_settings()))  # one text event
+    units = list(read_units(io.BytesIO(deep_document), make_settings().transform))  # one text event
     assert sum(len(getattr(unit, "events", ())) for unit in units) == 1
 
 

@@ -14,6 +14,7 @@ from transforms.routing import (
     VPCFLOW_SOURCETYPE,
     Destination,
     compile_pattern,
+    default_source,
     resolve,
     router_for,
 )
@@ -99,6 +100,10 @@ def test_flow_log_destination_defaults() -> None:
         ("direct", None, None, "firehose:direct"),
         ("text", None, None, "firehose:text"),
         ("text", "only-group", None, "only-group"),
+        ("text", None, "logs/flows.log", "logs/flows.log"),  # a local file: its path
+        ("text", "/aws/vpc/flowlogs", "flows_hdr.log", "/aws/vpc/flowlogs:flows_hdr.log"),
+        ("text", "/aws/vpc/flowlogs", None, "/aws/vpc/flowlogs"),
+        ("s3", "flow-bucket", None, "flow-bucket"),
     ],
 )
 def test_default_source(
@@ -106,6 +111,19 @@ def test_default_source(
 ) -> None:
     """<logGroup>:<logStream>, s3://bucket/key, or where the record came from."""
     assert route(log_group=log_group, log_stream=log_stream, origin=origin).source == source
+
+
+@pytest.mark.parametrize("origin", ["cloudwatch", "direct", "text", "s3"])
+@pytest.mark.parametrize("log_group", [None, "", "/aws/vpc/flowlogs", "bucket"])
+@pytest.mark.parametrize("log_stream", [None, "", "key/x.log", "/abs/x.log"])
+def test_default_source_never_has_a_scheme_without_a_host(
+    origin: Origin, log_group: str | None, log_stream: str | None
+) -> None:
+    source = default_source(origin, log_group, log_stream)
+    assert source
+    assert ":///" not in source
+    is_object = origin == "s3" and log_group == "bucket" and bool(log_stream)
+    assert source.startswith("s3://") == is_object
 
 
 def test_configured_flow_format_and_event_format() -> None:
