@@ -58,10 +58,12 @@ class Mistake:
     environ: dict[str, str] = field(default_factory=dict)
     unset: tuple[str, ...] = ()
     aws: str = "none"  # none | moto | denied
+    label: str = ""
 
     @property
     def id(self) -> str:
-        return " ".join(self.argv).replace("{tmp}/", "")
+        words = " ".join(self.argv).replace("{tmp}/", "")
+        return f"{words} [{self.label}]" if self.label else words
 
 
 REPLAY = ("replay", f"s3://{MISSING_BUCKET}/", "--no-progress")
@@ -117,7 +119,7 @@ MISTAKES = [
         for argv in (("forward", "{tmp}/in.log"), ("check",), ("daemon",), REPLAY)
     ),
     *(
-        Mistake(argv, "SPLUNK_HEC_URL: is required", unset=("SPLUNK_HEC_URL",))
+        Mistake(argv, "SPLUNK_HEC_URL: is required", unset=("SPLUNK_HEC_URL",), label="no HEC URL")
         for argv in (("forward", "{tmp}/in.log"), ("check",), ("daemon",), REPLAY)
     ),
     # the daemon reading a file that is not there
@@ -130,11 +132,20 @@ MISTAKES = [
     Mistake(("package", "--source-root", "{tmp}/a-directory"), "--source-root"),
     Mistake(("package", "--python", "{tmp}/no-python"), "--python"),
     # AWS: a bucket that does not exist, no credentials, no permission
-    Mistake((*REPLAY, "--dry-run"), f"S3 bucket {MISSING_BUCKET} does not exist", aws="moto"),
-    Mistake(REPLAY, f"S3 bucket {MISSING_BUCKET} does not exist", aws="moto"),
-    Mistake((*REPLAY, "--dry-run"), "Unable to locate credentials"),
-    Mistake(REPLAY, "Unable to locate credentials"),
-    Mistake((*REPLAY, "--dry-run"), "AccessDenied", aws="denied"),
+    *(
+        Mistake(
+            argv,
+            f"S3 bucket {MISSING_BUCKET} does not exist",
+            aws="moto",
+            label="missing bucket",
+        )
+        for argv in ((*REPLAY, "--dry-run"), REPLAY)
+    ),
+    *(
+        Mistake(argv, "Unable to locate credentials", label="no credentials")
+        for argv in ((*REPLAY, "--dry-run"), REPLAY)
+    ),
+    Mistake((*REPLAY, "--dry-run"), "AccessDenied", aws="denied", label="access denied"),
     # the emulator on a port that is taken; the demo with nothing to do
     Mistake(("hec-emulator", "--port", "{busy_port}"), "Address already in use"),
     Mistake(("demo", "--batches", "0"), "--batches: must be at least 1"),

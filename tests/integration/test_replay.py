@@ -528,7 +528,6 @@ def test_cli_run_with_overrides_and_json(
     """GIVEN --hec-url/--token flags and --json WHEN run THEN the JSON report, exit 0."""
     parser = argparse.ArgumentParser()
     add_arguments(parser)
-    parser.add_argument("--config")
     args = parser.parse_args(
         [SOURCE, "--hec-url", emulator.url, "--token", TEST_TOKEN, "--state", str(state_path),
          "--json", "--no-progress", "--concurrency", "2", "--rate-limit", "100000"]
