@@ -7,6 +7,7 @@ plus ``[[routes]]`` tables. Every invalid value raises ``ConfigError`` naming th
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import re
@@ -272,26 +273,28 @@ def _toml_scalar(key: str, value: object) -> str:
     raise ConfigError(key, f"expected a string, number or boolean, got {type(value).__name__}")
 
 
-def read_toml(path: Path) -> dict[str, Any]:
-    """Read a TOML settings file, naming the file in every error."""
+def read_toml(path: Path, origin: str = "FORWARDER_CONFIG") -> dict[str, Any]:
+    """Read a TOML settings file, naming the file, and ``origin`` (where its path came from:
+    ``--config``, ``FORWARDER_CONFIG``), in every error."""
     try:
         with path.open("rb") as handle:
             return tomllib.load(handle)
     except FileNotFoundError:
-        raise ConfigError("FORWARDER_CONFIG", f"no such file: {path}") from None
+        raise ConfigError(origin, f"no such file: {path}") from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError("FORWARDER_CONFIG", f"{path} is not valid TOML: {exc}") from None
+        raise ConfigError(origin, f"{path} is not valid TOML: {exc}") from None
     except UnicodeDecodeError:
-        raise ConfigError("FORWARDER_CONFIG", f"{path} is not UTF-8 text") from None
+        raise ConfigError(origin, f"{path} is not UTF-8 text") from None
     except RecursionError:
-        raise ConfigError("FORWARDER_CONFIG", f"{path} nests arrays or tables too deeply") from None
+        raise ConfigError(origin, f"{path} nests arrays or tables too deeply") from None
     except (OSError, ValueError) as exc:  # a directory, a name too long, a NUL in the path
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise ConfigError("FORWARDER_CONFIG", f"cannot read {str(path)[:200]}: {reason}") from None
+        raise ConfigError(origin, f"cannot read {str(path)[:200]}: {reason}") from None
 
 
-def _route(index: int, table: object) -> Route:
-    where = f"routes[{index}]"
+def _route(number: int, table: object) -> Route:
+    """The ``number``-th ``[[routes]]`` table (counted from 1, as the README shows them)."""
+    where = f"routes[{number}]"
     if not isinstance(table, dict):
         raise ConfigError(where, "each [[routes]] entry must be a table")
     unknown = sorted(set(table) - _ROUTE_KEYS)
@@ -358,11 +361,23 @@ def config_path(
 ) -> Path | None:
     """The settings file to read: ``path``, else ``FORWARDER_CONFIG`` (a flag's override, then
     the environment), else (in Lambda) a ``forwarder.toml`` shipped at the package's root."""
+    located = _config_source(environ, path, overrides)
+    return located[0] if located is not None else None
+
+
+def _config_source(
+    environ: Mapping[str, str] | None, path: Path | None, overrides: Mapping[str, str] | None
+) -> tuple[Path, str] | None:
+    """:func:`config_path`, and the name of where it came from, for errors: ``--config``
+    (``path`` is the flag's value), ``FORWARDER_CONFIG``, or the packaged file's name."""
     if path is not None:
-        return path
+        return path, "--config"
     env = os.environ if environ is None else environ
     location = (overrides or {}).get("FORWARDER_CONFIG") or env.get("FORWARDER_CONFIG")
-    return Path(location) if location else _packaged_config(env)
+    if location:
+        return Path(location), "FORWARDER_CONFIG"
+    packaged = _packaged_config(env)
+    return (packaged, PACKAGED_CONFIG_NAME) if packaged is not None else None
 
 
 def read_document(
@@ -375,8 +390,8 @@ def read_document(
     Read it once and hand it to :func:`load_settings` and ``config.daemon.load_daemon_settings``
     both: the file is the same for both, whatever changes on disk in between.
     """
-    located = config_path(environ, path, overrides)
-    return read_toml(located) if located is not None else {}
+    located = _config_source(environ, path, overrides)
+    return read_toml(*located) if located is not None else {}
 
 
 def load_settings(
@@ -390,7 +405,8 @@ def load_settings(
 
     Args:
         environ: environment variables (``os.environ`` when None); tests pass a dict.
-        path: TOML file; defaults to ``FORWARDER_CONFIG`` when set, else (in Lambda) a
+        path: TOML file (the ``--config`` flag: errors name it); defaults to
+            ``FORWARDER_CONFIG`` when set, else (in Lambda) a
             ``forwarder.toml`` shipped at the package's root (``$LAMBDA_TASK_ROOT``).
         overrides: values from CLI flags, keyed by environment name; they win over all else.
         document: the settings file already parsed (:func:`read_document`); ``path`` is then
@@ -404,9 +420,10 @@ def load_settings(
     """
     env = os.environ if environ is None else environ
     overrides = overrides or {}
-    where = config_path(env, path, overrides)
+    located = _config_source(env, path, overrides)
+    where = located[0] if located is not None else None
     if document is None:
-        document = read_toml(where) if where is not None else {}
+        document = read_toml(*located) if located is not None else {}
 
     layered: dict[str, str] = {}
     for name, value in document.items():
@@ -434,7 +451,7 @@ def load_settings(
     routes_table = document.get("routes", [])
     if not isinstance(routes_table, list):
         raise ConfigError("routes", "use [[routes]] tables")
-    routes = tuple(_route(i, table) for i, table in enumerate(routes_table))
+    routes = tuple(_route(n, table) for n, table in enumerate(routes_table, start=1))
 
     hec = HecSettings(**sections["hec"])
     transform = TransformOptions(routes=routes, endpoint=hec.endpoint, **sections["transform"])
@@ -455,9 +472,38 @@ def load_settings(
     return settings
 
 
-def warnings_for(settings: Settings) -> list[str]:
-    """Settings that are valid but probably not what production wants."""
+def warnings_for(
+    settings: Settings, *, delivers: bool = True, backsplash: bool = True, spool: bool = False
+) -> list[str]:
+    """Settings that are valid but lose part of the safety net, or are not what production
+    wants; one line each, naming the setting. Logged as ``settings_warning`` at start-up.
+
+    Args:
+        settings: the loaded settings.
+        delivers: the caller sends to HEC (acknowledgment off matters to it, and so does
+            the backsplash); without a HEC URL nothing is sent, and neither is said.
+        backsplash: what the caller cannot deliver goes to ``BACKSPLASH_BUCKET`` (not so
+            for replay, whose failures go under replay-failed/ of the replayed bucket).
+        spool: ``BACKSPLASH_SPOOL_DIR`` alone keeps what cannot be delivered (the daemon).
+    """
     found = []
+    delivering = delivers and bool(settings.hec.urls)  # no URL: a ConfigError follows
+    if (
+        delivering
+        and backsplash
+        and not settings.backsplash.bucket
+        and not (spool and settings.backsplash.spool_dir)
+    ):
+        found.append(
+            "BACKSPLASH_BUCKET is not set: events HEC does not take within "
+            f"SPLUNK_HEC_RETRY_DURATION ({settings.retry.duration_s:g}s) have nowhere to go "
+            "and are lost"
+        )
+    if delivering and not settings.acks.enabled:
+        found.append(
+            "SPLUNK_HEC_ACK=false: HEC's 200 counts as delivered; events an indexer loses "
+            "after that go unnoticed and are never re-sent"
+        )
     if settings.acks.enabled and settings.acks.timeout_s < RECOMMENDED_MIN_ACK_TIMEOUT_S:
         found.append(
             f"SPLUNK_HEC_ACK_TIMEOUT={settings.acks.timeout_s:g}s is below "
@@ -468,10 +514,27 @@ def warnings_for(settings: Settings) -> list[str]:
         found.append("SPLUNK_HEC_VERIFY_TLS=false: HEC's certificate is not checked")
     if settings.batching.max_bytes > 1_000_000:
         found.append("SPLUNK_HEC_BATCH_MAX_BYTES above 1 MB is refused by Splunk Cloud")
-    insecure = [url for url in settings.hec.urls if url.startswith("http://")]
+    insecure = [url for url in settings.hec.urls if _plain_http_off_host(url)]
     if insecure:
-        found.append(f"HEC over plain HTTP sends the token unencrypted: {', '.join(insecure)}")
+        found.append(
+            "SPLUNK_HEC_URL uses plain HTTP to another host: the token and events cross the "
+            f"network unencrypted: {', '.join(insecure)}"
+        )
     return found
+
+
+def _plain_http_off_host(url: str) -> bool:
+    """Whether ``url`` is plain HTTP to a host other than this one (loopback is fine)."""
+    pieces = urlsplit(url)
+    if pieces.scheme != "http":
+        return False
+    host = (pieces.hostname or "").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return False
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return True  # a name: it may resolve anywhere
 
 
 #: CLI flags (argparse destinations) that override a setting, and the setting each names.

@@ -13,12 +13,12 @@ import argparse
 import importlib
 import os
 import sys
+import traceback
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Protocol, TextIO, cast
 
-from config.errors import ConfigError
 from forwarder import __version__
-from forwarder.status import ExitStatus, status_for
+from forwarder.status import ExitStatus, describe, status_for
 
 if TYPE_CHECKING:
     from forwarder.commands.context import CommandContext
@@ -128,12 +128,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-def _error_message(exc: BaseException) -> str | None:
-    if isinstance(exc, ConfigError):
-        return f"forwarder: configuration error: {exc}"
-    if isinstance(exc, OSError):
-        return f"forwarder: {exc}"
-    return None  # KeyboardInterrupt: the status says it all
+def _debugging(args: argparse.Namespace, environ: Mapping[str, str]) -> bool:
+    """Whether ``--log-level debug`` (or ``LOG_LEVEL=debug``) asks for tracebacks."""
+    level = getattr(args, "log_level", None) or environ.get("LOG_LEVEL") or ""
+    return str(level).strip().upper() == "DEBUG"
 
 
 def main(
@@ -141,17 +139,29 @@ def main(
     environ: Mapping[str, str] | None = None,
     out: TextIO | None = None,
 ) -> int:
-    """Run the command line; returns the exit status instead of exiting."""
+    """Run the command line; returns the exit status instead of exiting.
+
+    An exception that escapes a command and that :func:`forwarder.status.describe` knows (a
+    configuration error, an unusable path, an AWS error, an interruption) becomes one line on
+    stderr and its status from :func:`forwarder.status.status_for`; its traceback only with
+    ``--log-level debug``. Any other exception is a bug, and its traceback reaches the user.
+    """
     env = os.environ if environ is None else environ
     stream = out if out is not None else sys.stdout
     words = list(sys.argv[1:] if argv is None else argv)
     args = build_parser(selected_command(words)).parse_args(words)
     command = load_command(args.command)
-    ctx: CommandContext = importlib.import_module(CONTEXT_MODULE).CommandContext(args, env, stream)
     try:
+        ctx: CommandContext = importlib.import_module(CONTEXT_MODULE).CommandContext(
+            args, env, stream
+        )
         return int(command.run(args, ctx))
-    except (ConfigError, OSError, KeyboardInterrupt) as exc:
-        message = _error_message(exc)
+    except (Exception, KeyboardInterrupt) as exc:
+        message = describe(exc)
+        if message is None and not isinstance(exc, KeyboardInterrupt):
+            raise
+        if _debugging(args, env):
+            traceback.print_exc(file=sys.stderr)
         if message is not None:
-            print(message, file=sys.stderr)
+            print(f"forwarder {args.command}: {message}", file=sys.stderr)
         return int(status_for(exc))

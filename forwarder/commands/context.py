@@ -14,6 +14,17 @@ from config.loader import flag_overrides, load_settings, read_document, warnings
 from config.logs import configure_logging, register_secret
 from config.settings import Settings
 
+#: What each command's start-up warnings (``settings_warning``) look at, by command name
+#: (``config.loader.warnings_for``): ``transform`` sends nothing, so neither acknowledgment
+#: nor a backsplash matters to it; ``replay`` puts what fails again under replay-failed/ of
+#: the replayed bucket, never into BACKSPLASH_BUCKET; the daemon's spool alone is a safety net.
+#: Any other command gets every warning.
+SAFETY_NET: Mapping[str | None, Mapping[str, bool]] = {
+    "transform": {"delivers": False, "backsplash": False},
+    "replay": {"backsplash": False},
+    "daemon": {"spool": True},
+}
+
 
 class CommandContext:
     """What every subcommand gets: the environment, lazily loaded settings, output streams.
@@ -51,7 +62,8 @@ class CommandContext:
             register_secret(settings.hec.token)
             configure_logging(settings.log)
             log = structlog.get_logger()
-            for warning in warnings_for(settings):
+            command = getattr(self._args, "command", None)
+            for warning in warnings_for(settings, **SAFETY_NET.get(command, {})):
                 log.warning("settings_warning", problem=warning)
             self._settings = settings
         return self._settings
@@ -70,8 +82,10 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, hec: bool = True) -
     )
     parser.add_argument(
         "--log-level",
+        type=str.upper,
         choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
-        help="log lines at this level and above (default: $LOG_LEVEL, else INFO)",
+        help="log lines at this level and above; DEBUG also prints the traceback of an error "
+        "(any case; default: $LOG_LEVEL, else INFO)",
     )
     parser.add_argument(
         "--log-format",

@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 from collections.abc import Mapping
+from datetime import datetime
 from pathlib import Path
 
 import structlog
@@ -27,7 +28,13 @@ from forwarder.replay.options import (
     parse_s3_uri,
     parse_time,
 )
-from forwarder.replay.report import LogProgress, Progress, TtyProgress, format_summary
+from forwarder.replay.report import (
+    LogProgress,
+    Progress,
+    ReplayReport,
+    TtyProgress,
+    format_summary,
+)
 from forwarder.signals import two_stage_stop
 from forwarder.status import ExitStatus
 
@@ -134,8 +141,8 @@ def options_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> R
     include = frozenset(args.include) if args.include else frozenset(KINDS)
     after: AfterSuccess = "archive" if args.archive else "delete" if args.delete else "keep"
     return ReplayOptions(
-        since=parse_time(args.since) if args.since else None,
-        until=parse_time(args.until) if args.until else None,
+        since=_time_flag("--since", args.since),
+        until=_time_flag("--until", args.until),
         error_codes=tuple(args.error_code),
         include=include,
         exclude=frozenset(args.exclude),
@@ -149,6 +156,16 @@ def options_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> R
         chunk_bytes=max(int(args.chunk_mb * 1024 * 1024), 1),
         failed_to=args.failed_to,
     )
+
+
+def _time_flag(flag: str, value: str | None) -> datetime | None:
+    """``value`` of the time flag ``flag`` (None when not given); errors name the flag."""
+    if not value:
+        return None
+    try:
+        return parse_time(value)
+    except ValueError as exc:
+        raise ValueError(f"{flag}: {exc}") from None
 
 
 def run(args: argparse.Namespace, ctx: CommandContext) -> ExitStatus:
@@ -175,11 +192,77 @@ def run(args: argparse.Namespace, ctx: CommandContext) -> ExitStatus:
         report = replay(
             settings, args.uri, options, s3_client=s3, stop_event=request.stop, progress=progress
         )
+    reason = why_nothing_sent(report, options)
     if args.json:
-        ctx.out.write(json.dumps(report.to_dict(), indent=2, sort_keys=True) + "\n")
+        document = report.to_dict()
+        if reason is not None:
+            document["nothing_sent_because"] = reason
+        ctx.out.write(json.dumps(document, indent=2, sort_keys=True) + "\n")
     else:
         ctx.out.write(format_summary(report))
+        if reason is not None:
+            verb = "would be sent" if options.dry_run else "was sent"
+            ctx.out.write(f"  nothing {verb}: {reason}\n")
     return report.exit_status
+
+
+def why_nothing_sent(report: ReplayReport, options: ReplayOptions) -> str | None:
+    """Why a run that finished sent (or, dry, would send) no event; None when it sent some,
+    or stopped early (the summary's notes say why)."""
+    if report.events_sent or report.interrupted or report.limited or report.error:
+        return None
+    if report.fatal or report.backsplash_error:
+        return None
+    if report.objects_listed == 0:
+        return f"no objects under {report.source}"
+    reasons = []
+    if report.objects_outside_window:
+        reasons.append(
+            f"{report.objects_outside_window} of {report.objects_listed} objects are outside "
+            f"the time window{_window(options)} (by the hour in their keys)"
+        )
+    if report.objects_already_done:
+        reasons.append(
+            f"{report.objects_already_done} objects were already replayed (the state file "
+            f"{options.state_path} records them; --state elsewhere to replay them again)"
+        )
+    if report.records_not_selected:
+        reasons.append(
+            f"{report.records_not_selected} records are not selected by{_filters(options)}"
+        )
+    if report.records_already_handled:
+        reasons.append(f"{report.records_already_handled} records were already replayed")
+    if report.records_exhausted:
+        reasons.append(
+            f"{report.records_exhausted} records were replayed --max-attempts "
+            f"({options.max_attempts}) times already"
+        )
+    if report.corrupt_total:
+        reasons.append(f"{report.corrupt_total} lines are corrupt")
+    if not reasons and not report.records_read:
+        reasons.append("the selected objects hold no records")
+    return "; ".join(reasons) if reasons else None
+
+
+def _window(options: ReplayOptions) -> str:
+    bounds = []
+    if options.since is not None:
+        bounds.append(f"--since {options.since.isoformat()}")
+    if options.until is not None:
+        bounds.append(f"--until {options.until.isoformat()}")
+    return f" ({' '.join(bounds)})" if bounds else ""
+
+
+def _filters(options: ReplayOptions) -> str:
+    filters = []
+    if options.since is not None or options.until is not None:
+        filters.append(f" the time window{_window(options)}")
+    if options.error_codes:
+        filters.append(f" --error-code {' '.join(options.error_codes)}")
+    if options.exclude or set(options.include) != set(KINDS):
+        kinds = sorted(set(options.include) - set(options.exclude))
+        filters.append(f" the kinds ({', '.join(kinds) or 'none'})")
+    return ",".join(filters) if filters else " the selection"
 
 
 def _stopping(signum: int) -> None:

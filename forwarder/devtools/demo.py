@@ -46,14 +46,24 @@ DEMO_STREAM = "cwl-to-splunk"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of ``forwarder demo``."""
-    parser.add_argument("--batches", type=int, default=20, help="CloudWatch batches (20)")
-    parser.add_argument("--lines", type=int, default=500, help="flow-log lines per batch (500)")
+    parser.add_argument("--batches", type=_at_least_one, default=20, help="CloudWatch batches (20)")
+    parser.add_argument(
+        "--lines", type=_at_least_one, default=500, help="flow-log lines per batch (500)"
+    )
     parser.add_argument(
         "--log-level",
         default="ERROR",
         choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
         help="structured log lines on stderr at this level and above (ERROR)",
     )
+
+
+def _at_least_one(raw: str) -> int:
+    """A whole number of at least 1 (argparse reports anything else as a usage error)."""
+    value = int(raw)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def _free_port() -> int:

@@ -35,7 +35,7 @@ from config.loader import KEYS, PACKAGED_CONFIG_NAME, load_settings, read_toml
 from config.settings import Settings
 from forwarder import aws
 from forwarder.commands.context import CommandContext
-from forwarder.status import ExitStatus
+from forwarder.status import ExitStatus, describe, status_for
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -109,7 +109,12 @@ class PackagingError(Exception):
     """The package could not be built or uploaded; the message says why."""
 
 
-class SecretInConfigError(PackagingError):
+class PackagingUsageError(PackagingError):
+    """A flag names something unusable (a missing or invalid ``--config`` file, a
+    ``--source-root`` without the packages, a ``--python`` that cannot run): exit status 2."""
+
+
+class SecretInConfigError(PackagingUsageError):
     """The ``--config`` file holds a secret, which would ship inside the zip (readable by
     anyone who may read the function's code). The message names the key, never the value."""
 
@@ -253,17 +258,17 @@ def _check_config(path: Path) -> None:
     Raises:
         SecretInConfigError: it sets a secret (the HEC token, or any other key ``config``
             marks secret); the message names the first such key.
-        PackagingError: it is missing or invalid.
+        PackagingUsageError: it is missing or invalid.
     """
-    if not path.is_file():
-        raise PackagingError(f"--config: no such file: {path}")
     try:
-        secrets = secrets_in(read_toml(path))
+        document = read_toml(path, "--config")
+        secrets = secrets_in(document)
         if secrets:
             raise SecretInConfigError(path, secrets[0])
-        load_settings(environ={}, path=path)
+        load_settings(environ={}, path=path, document=document)
     except ConfigError as exc:
-        raise PackagingError(f"--config {path}: {exc}") from None
+        message = str(exc) if exc.key == "--config" else f"--config {path}: {exc}"
+        raise PackagingUsageError(message) from None
 
 
 def installed_versions(python: str, names: Sequence[str]) -> tuple[tuple[str, str], ...]:
@@ -279,7 +284,9 @@ def installed_versions(python: str, names: Sequence[str]) -> tuple[tuple[str, st
             text=True,
             check=True,
         )
-    except (OSError, subprocess.CalledProcessError) as exc:
+    except OSError as exc:
+        raise PackagingUsageError(f"--python {python}: cannot run it: {exc.strerror}") from exc
+    except subprocess.CalledProcessError as exc:
         raise PackagingError(f"cannot read installed versions with {python}: {exc}") from exc
     found: dict[str, str | None] = json.loads(proc.stdout)
     missing = [name for name in names if not found.get(name)]
@@ -373,8 +380,11 @@ def package(args: argparse.Namespace) -> ExitStatus:
     """Build the zip the flags describe, print its report, upload it when asked.
 
     Returns:
-        0 when built (and uploaded), 1 when building or uploading failed, 2 for a bad
-        ``--upload`` URI or a ``--config`` file holding a secret (nothing is written).
+        0 when built (and uploaded); 2 for a flag naming something unusable (a bad
+        ``--upload`` URI, a missing or invalid ``--config`` file or one holding a secret, a
+        ``--source-root`` without the packages, a ``--python`` that cannot run) and for an
+        upload the user must fix (no such bucket, no credentials, access denied), through
+        :func:`forwarder.status.status_for`; 1 when building or uploading failed otherwise.
     """
     target: tuple[str, str] | None = None
     if args.upload is not None:
@@ -391,7 +401,7 @@ def package(args: argparse.Namespace) -> ExitStatus:
             python_version=args.python_version,
             config_file=getattr(args, "config", None),
         )
-    except SecretInConfigError as exc:
+    except PackagingUsageError as exc:
         print(f"forwarder package: {exc}", file=sys.stderr)
         return ExitStatus.USAGE
     except PackagingError as exc:
@@ -407,8 +417,9 @@ def package(args: argparse.Namespace) -> ExitStatus:
     try:
         version = upload(report.path, bucket, key, s3_client)
     except (BotoCoreError, ClientError) as exc:
-        print(f"forwarder package: upload to s3://{bucket}/{key} failed: {exc}", file=sys.stderr)
-        return ExitStatus.FAILURE
+        reason = describe(exc) or str(exc)
+        print(f"forwarder package: upload to s3://{bucket}/{key} failed: {reason}", file=sys.stderr)
+        return status_for(exc)
     finally:
         s3_client.close()
     suffix = f" (version {version})" if version else ""
@@ -433,7 +444,7 @@ def _package_files(source_root: Path) -> Iterator[tuple[str, Path]]:
     for package in PACKAGES:
         package_dir = source_root / package
         if not (package_dir / "__init__.py").is_file():
-            raise PackagingError(f"no package {package!r} in {source_root}")
+            raise PackagingUsageError(f"--source-root {source_root}: no package {package!r} there")
         for arcname, path in _tree_files(package_dir, prefix=f"{package}/"):
             if arcname.startswith(EXCLUDED_FROM_ZIP):
                 continue

@@ -25,6 +25,7 @@ from forwarder.devtools.packaging import (
     LAMBDA_RUNTIME,
     PackageReport,
     PackagingError,
+    PackagingUsageError,
     build_lambda_zip,
     upload,
 )
@@ -357,7 +358,7 @@ def test_invalid_settings_file_is_refused_before_pip_runs(tmp_path: Path) -> Non
     """GIVEN a settings file with a bad route WHEN packaging THEN it fails naming the key."""
     bad = tmp_path / "forwarder.toml"
     bad.write_text('[[routes]]\nlog_group = "/a"\nindx = "x"\n')
-    with pytest.raises(PackagingError, match=r"routes\[0\]\.indx"):
+    with pytest.raises(PackagingUsageError, match=r"routes\[1\]\.indx"):  # usage: exit 2
         build_lambda_zip(tmp_path / "x.zip", source_root=ROOT, config_file=bad)
     assert not (tmp_path / "x.zip").exists()
 

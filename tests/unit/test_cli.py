@@ -17,7 +17,7 @@ import pytest
 from config.errors import ConfigError
 from forwarder import cli
 from forwarder.commands import check, forward
-from forwarder.commands.context import CommandContext
+from forwarder.commands.context import CommandContext, add_common_arguments
 from forwarder.commands.forward import ForwardReport
 from forwarder.hec.protocol import Outcome
 from forwarder.status import ExitStatus
@@ -117,7 +117,13 @@ class _Raises:
     ("exc", "status", "message"),
     [
         (ConfigError("SPLUNK_HEC_URL", "is required"), 2, "configuration error: SPLUNK_HEC_URL"),
-        (FileNotFoundError(2, "No such file or directory", "x.log"), 1, "forwarder: [Errno 2]"),
+        (
+            FileNotFoundError(2, "No such file or directory", "x.log"),
+            2,
+            "forwarder check: x.log: no such file or directory",
+        ),
+        (IsADirectoryError(21, "Is a directory", "logs"), 2, "logs: is a directory"),
+        (OSError(28, "No space left on device"), 1, "No space left on device"),
         (KeyboardInterrupt(), 130, None),
     ],
 )
@@ -135,6 +141,25 @@ def test_an_escaping_exception_maps_through_status_for(
         assert err == ""
     else:
         assert message in err
+
+
+def test_a_mistake_shows_its_traceback_only_with_debug(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = FileNotFoundError(2, "No such file or directory", "x.log")
+    monkeypatch.setattr(cli, "load_command", lambda name: _Raises(missing))
+    assert cli.main(["check"], environ={}, out=io.StringIO()) == ExitStatus.USAGE
+    assert capsys.readouterr().err == "forwarder check: x.log: no such file or directory\n"
+    assert cli.main(["check"], environ={"LOG_LEVEL": "debug"}, out=io.StringIO()) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err
+    assert err.splitlines()[-1] == "forwarder check: x.log: no such file or directory"
+
+
+def test_log_level_takes_any_case() -> None:
+    parser = argparse.ArgumentParser()
+    add_common_arguments(parser)
+    assert parser.parse_args(["--log-level", "debug"]).log_level == "DEBUG"
 
 
 def test_an_unexpected_exception_is_not_swallowed(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -179,10 +179,13 @@ def test_routes_from_toml(tmp_path: Path) -> None:
         Route(log_group="re:^/app/(a|b)$", sourcetype="app:log", event_format="json"),
     )
     path.write_text('[[routes]]\nlog_group = "re:(unclosed"\nindex = "x"\n')
-    with pytest.raises(ConfigError, match=r"routes\[0\]\.log_group"):
+    with pytest.raises(ConfigError, match=r"routes\[1\]\.log_group"):  # counted from 1
         load_settings(environ={}, path=path)
     path.write_text('[[routes]]\nlog_group = "/a"\nindx = "x"\n')
-    with pytest.raises(ConfigError, match=r"routes\[0\]\.indx"):
+    with pytest.raises(ConfigError, match=r"routes\[1\]\.indx"):
+        load_settings(environ={}, path=path)
+    path.write_text('[[routes]]\nindex = "a"\n[[routes]]\nindex = "b"\n[[routes]]\nindx = "c"\n')
+    with pytest.raises(ConfigError, match=r"routes\[3\]\.indx"):  # the third rule
         load_settings(environ={}, path=path)
     path.write_text('[[routes]]\nlog_group = "/a"\n')
     with pytest.raises(ConfigError, match="at least one value"):
@@ -207,19 +210,70 @@ def test_empty_variables_mean_unset() -> None:
 
 
 def test_warnings_for_risky_but_valid_settings() -> None:
-    """Short ack timeouts, TLS off and plain HTTP are accepted with a warning."""
+    """Short ack timeouts, TLS off and plain HTTP off this host are accepted with a warning."""
     settings = load_settings(
         environ={
             "SPLUNK_HEC_ACK_TIMEOUT": "5",
             "SPLUNK_HEC_VERIFY_TLS": "false",
-            "SPLUNK_HEC_URL": "http://localhost:8088",
+            "SPLUNK_HEC_URL": "http://splunk.example.com:8088",
+            "BACKSPLASH_BUCKET": "my-backsplash",
         }
     )
     found = " | ".join(warnings_for(settings))
     assert "SPLUNK_HEC_ACK_TIMEOUT" in found
     assert "SPLUNK_HEC_VERIFY_TLS" in found
     assert "plain HTTP" in found
-    assert warnings_for(load_settings(environ={})) == []
+    assert warnings_for(load_settings(environ=SAFE)) == []
+
+
+#: Settings that keep the whole safety net: acks on, a bucket, verified TLS.
+SAFE = {"SPLUNK_HEC_URL": "https://splunk.example.com:8088", "BACKSPLASH_BUCKET": "my-backsplash"}
+
+
+@pytest.mark.parametrize(
+    ("change", "setting"),
+    [
+        ({"BACKSPLASH_BUCKET": ""}, "BACKSPLASH_BUCKET"),
+        ({"SPLUNK_HEC_ACK": "false"}, "SPLUNK_HEC_ACK"),
+        ({"SPLUNK_HEC_URL": "http://splunk.example.com:8088"}, "SPLUNK_HEC_URL"),
+        ({"SPLUNK_HEC_URL": "https://a.example.com,http://10.0.0.7:8088"}, "SPLUNK_HEC_URL"),
+        ({"SPLUNK_HEC_VERIFY_TLS": "false"}, "SPLUNK_HEC_VERIFY_TLS"),
+    ],
+)
+def test_each_setting_that_loses_the_safety_net_gives_one_warning_naming_it(
+    change: dict[str, str], setting: str
+) -> None:
+    found = warnings_for(load_settings(environ={**SAFE, **change}))
+    assert len(found) == 1, found
+    assert found[0].startswith(setting)
+
+
+@pytest.mark.parametrize(
+    "url", ["http://127.0.0.1:8088", "http://localhost:8088", "http://[::1]:8088"]
+)
+def test_plain_http_to_this_host_is_no_warning(url: str) -> None:
+    assert warnings_for(load_settings(environ={**SAFE, "SPLUNK_HEC_URL": url})) == []
+
+
+def test_what_a_caller_does_decides_which_warnings_apply() -> None:
+    """Replay backsplashes into replay-failed/, not the bucket; the daemon's spool alone is a
+    safety net; a caller that sends nothing (transform), or has no HEC URL, hears of neither
+    acknowledgment nor backsplash."""
+    no_bucket = {**SAFE, "BACKSPLASH_BUCKET": "", "SPLUNK_HEC_ACK": "false"}
+    settings = load_settings(environ=no_bucket)
+    assert [w.split(" ")[0] for w in warnings_for(settings)] == [
+        "BACKSPLASH_BUCKET",
+        "SPLUNK_HEC_ACK=false:",
+    ]
+    assert [w.split(" ")[0] for w in warnings_for(settings, backsplash=False)] == [
+        "SPLUNK_HEC_ACK=false:"
+    ]
+    assert warnings_for(settings, delivers=False) == []
+    spooled = load_settings(environ={**no_bucket, "BACKSPLASH_SPOOL_DIR": "/var/spool/fw"})
+    assert len(warnings_for(spooled, spool=True)) == 1  # acks off only
+    assert len(warnings_for(spooled)) == 2  # a spool is no safety net where none is used
+    no_url = load_settings(environ={"SPLUNK_HEC_ACK": "false"})
+    assert warnings_for(no_url) == []
 
 
 def test_require_hec_and_with_token() -> None:

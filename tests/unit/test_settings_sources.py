@@ -35,9 +35,9 @@ def test_settings_and_daemon_tables_come_from_one_read_of_the_file(
     reads: list[Path] = []
     real_read = config.loader.read_toml
 
-    def counting_read(location: Path) -> dict[str, Any]:
+    def counting_read(location: Path, origin: str = "FORWARDER_CONFIG") -> dict[str, Any]:
         reads.append(location)
-        return real_read(location)
+        return real_read(location, origin)
 
     monkeypatch.setattr(config.loader, "read_toml", counting_read)
     args = argparse.Namespace(config=str(path), hec_url=None, token=None)
@@ -63,11 +63,24 @@ def test_the_daemon_tables_follow_forwarder_config_like_the_settings(tmp_path: P
     assert ctx.settings().transform.default_index == "from_file"
 
 
-def test_a_missing_file_is_a_config_error_naming_forwarder_config(tmp_path: Path) -> None:
+def test_a_missing_file_is_a_config_error_naming_where_it_was_given(tmp_path: Path) -> None:
+    """``--config`` when the flag named it, ``FORWARDER_CONFIG`` when the environment did."""
     args = argparse.Namespace(config=str(tmp_path / "absent.toml"))
     ctx = CommandContext(args, {}, io.StringIO())
-    with pytest.raises(ConfigError, match="FORWARDER_CONFIG"):
+    with pytest.raises(ConfigError, match=r"^--config: no such file: .*absent\.toml"):
         ctx.daemon_settings()
+    environ = {"FORWARDER_CONFIG": str(tmp_path / "absent.toml")}
+    ctx = CommandContext(argparse.Namespace(), environ, io.StringIO())
+    with pytest.raises(ConfigError, match=r"^FORWARDER_CONFIG: no such file: .*absent\.toml"):
+        ctx.settings()
+
+
+def test_a_file_that_is_not_toml_is_named_by_its_flag(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text("x = [\n")
+    ctx = CommandContext(argparse.Namespace(config=str(path)), {}, io.StringIO())
+    with pytest.raises(ConfigError, match=r"^--config: .*bad.toml is not valid TOML"):
+        ctx.settings()
 
 
 def test_flags_override_the_settings_they_name() -> None:
