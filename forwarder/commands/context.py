@@ -101,3 +101,16 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, hec: bool = True) -
             help="HEC token (default: $SPLUNK_HEC_TOKEN, which is better: other users cannot "
             "see it in ps)",
         )
+
+
+def add_input_arguments(parser: argparse.ArgumentParser) -> None:
+    """The input of ``forward`` and ``transform`` (one reader, so one set of flags)."""
+    parser.add_argument("file", metavar="FILE", help="payload file, or - for stdin")
+    parser.add_argument(
+        "--log-group",
+        help="route text and flow-log files as if from this log group (e.g. /aws/vpc/flowlogs)",
+    )
+    parser.add_argument(
+        "--log-stream",
+        help="log stream name used for routing and source (default: the file's path)",
+    )

@@ -27,7 +27,7 @@ import structlog
 from config.loader import require_hec
 from config.settings import Settings
 from forwarder.backsplash.writers import backsplash_from_settings
-from forwarder.commands.context import CommandContext, add_common_arguments
+from forwarder.commands.context import CommandContext, add_common_arguments, add_input_arguments
 from forwarder.delivery.deliverer import Deliverer
 from forwarder.delivery.ledger import Ledger
 from forwarder.errors import BacksplashError
@@ -127,15 +127,7 @@ def exit_status(report: ForwardReport, interrupted: bool) -> ExitStatus:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of ``forwarder forward``."""
-    parser.add_argument("file", metavar="FILE", help="payload file, or - for stdin")
-    parser.add_argument(
-        "--log-group",
-        help="route text and flow-log files as if from this log group (e.g. /aws/vpc/flowlogs)",
-    )
-    parser.add_argument(
-        "--log-stream",
-        help="log stream name used for routing and source (default: the file's path)",
-    )
+    add_input_arguments(parser)
     parser.add_argument(
         "--grace",
         type=float,

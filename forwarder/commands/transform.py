@@ -12,22 +12,14 @@ import contextlib
 import sys
 from typing import IO
 
-from forwarder.commands.context import CommandContext, add_common_arguments
+from forwarder.commands.context import CommandContext, add_common_arguments, add_input_arguments
 from forwarder.intake.inputs import INPUT_ERRORS, Failure, input_names, read_units
 from forwarder.status import ExitStatus
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of ``forwarder transform`` (the input flags of ``forwarder forward``)."""
-    parser.add_argument("file", metavar="FILE", help="payload file, or - for stdin")
-    parser.add_argument(
-        "--log-group",
-        help="route text and flow-log files as if from this log group (e.g. /aws/vpc/flowlogs)",
-    )
-    parser.add_argument(
-        "--log-stream",
-        help="log stream name used for routing and source (default: the file's path)",
-    )
+    add_input_arguments(parser)
     add_common_arguments(parser, hec=False)
 
 
