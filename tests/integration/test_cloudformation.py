@@ -26,6 +26,8 @@ import requests
 from cfnlint.api import ManualArgs, lint_file  # type: ignore[import-untyped]
 from cfnlint.decode import decode  # type: ignore[import-untyped]
 from moto.cloudformation import parsing
+from moto.dynamodb.models.table import Table
+from moto.kinesis.models import Stream
 from moto.s3.models import FakeBucket
 
 from tests.conftest import boto_client
@@ -104,6 +106,8 @@ def _coerce(value: Any, shape: Any) -> Any:
     kind = shape.type_name
     if kind == "structure" and isinstance(value, dict):
         return {k: _coerce(v, shape.members.get(k)) for k, v in value.items()}
+    if kind == "map" and isinstance(value, dict):
+        return {k: _coerce(v, shape.value) for k, v in value.items()}
     if kind == "list" and isinstance(value, list):
         return [_coerce(v, shape.member) for v in value]
     if kind in ("integer", "long"):
@@ -279,6 +283,128 @@ class _Alarm(_Provider):
         return _Resource(name, {})
 
 
+class _Dashboard(_Provider):
+    cfn_type = "AWS::CloudWatch::Dashboard"
+    name_property = "DashboardName"
+
+    @classmethod
+    def create(cls, name: str, props: dict[str, Any]) -> _Resource:
+        json.loads(props["DashboardBody"])  # CloudWatch rejects a body that is not JSON
+        _call("cloudwatch", "PutDashboard", DashboardName=name, **props)
+        return _Resource(name, {})
+
+
+class _LogGroup(_Provider):
+    """Through the API: moto's own provider drops KmsKeyId."""
+
+    cfn_type = "AWS::Logs::LogGroup"
+    name_property = "LogGroupName"
+    attributes = ("Arn",)
+
+    @classmethod
+    def create(cls, name: str, props: dict[str, Any]) -> _Resource:
+        params = {"logGroupName": name}
+        if "KmsKeyId" in props:
+            params["kmsKeyId"] = props["KmsKeyId"]
+        _call("logs", "CreateLogGroup", **params)
+        if "RetentionInDays" in props:
+            _call(
+                "logs",
+                "PutRetentionPolicy",
+                logGroupName=name,
+                retentionInDays=props["RetentionInDays"],
+            )
+        (group,) = _call("logs", "DescribeLogGroups", logGroupNamePrefix=name)["logGroups"]
+        return _Resource(name, {"Arn": group["arn"]})
+
+
+class _Function(_Provider):
+    """Through the Lambda API: moto's own provider drops Architectures, KmsKeyArn and
+    LoggingConfig, and never reserves concurrency."""
+
+    cfn_type = "AWS::Lambda::Function"
+    name_property = "FunctionName"
+    attributes = ("Arn",)
+
+    @classmethod
+    def create(cls, name: str, props: dict[str, Any]) -> _Resource:
+        reserved = props.pop("ReservedConcurrentExecutions", None)
+        if "KmsKeyArn" in props:
+            props["KMSKeyArn"] = props.pop("KmsKeyArn")
+        arn = _call("lambda", "CreateFunction", FunctionName=name, **props)["FunctionArn"]
+        if reserved is not None:
+            _call(
+                "lambda",
+                "PutFunctionConcurrency",
+                FunctionName=name,
+                ReservedConcurrentExecutions=reserved,
+            )
+        return _Resource(name, {"Arn": arn})
+
+
+class _Augmented(_Provider):
+    """moto's own provider for a type, then the properties it ignores, through the API."""
+
+    base: Any = None
+
+    @classmethod
+    def has_cfn_attr(cls, attr: str) -> bool:
+        return bool(cls.base.has_cfn_attr(attr))
+
+    @classmethod
+    def create_from_cloudformation_json(
+        cls,
+        resource_name: str,
+        cloudformation_json: dict[str, Any],
+        account_id: str,
+        region_name: str,
+        **kwargs: Any,
+    ) -> Any:
+        resource = cls.base.create_from_cloudformation_json(
+            resource_name, cloudformation_json, account_id, region_name, **kwargs
+        )
+        try:
+            cls.apply(resource, cloudformation_json.get("Properties", {}))
+        except Exception as exc:
+            _PROVIDER_ERRORS.append(f"{cls.cfn_type} {resource_name}: {exc}")
+            raise
+        return resource
+
+    @classmethod
+    def apply(cls, resource: Any, props: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+
+class _Table(_Augmented):
+    cfn_type = "AWS::DynamoDB::Table"
+    base = Table
+
+    @classmethod
+    def apply(cls, resource: Any, props: dict[str, Any]) -> None:
+        if "PointInTimeRecoverySpecification" in props:
+            _call(
+                "dynamodb",
+                "UpdateContinuousBackups",
+                TableName=resource.name,
+                PointInTimeRecoverySpecification=props["PointInTimeRecoverySpecification"],
+            )
+
+
+class _Stream(_Augmented):
+    cfn_type = "AWS::Kinesis::Stream"
+    base = Stream
+
+    @classmethod
+    def apply(cls, resource: Any, props: dict[str, Any]) -> None:
+        if "StreamEncryption" in props:
+            _call(
+                "kinesis",
+                "StartStreamEncryption",
+                StreamName=resource.stream_name,
+                **props["StreamEncryption"],
+            )
+
+
 class _Bucket(_Provider):
     """moto's own bucket provider, then the properties it ignores, through the S3 API."""
 
@@ -305,7 +431,53 @@ class _Bucket(_Provider):
 
     @staticmethod
     def apply(name: str, props: dict[str, Any]) -> None:
-        """Apply the properties moto's bucket provider ignores."""
+        """Apply the properties moto's bucket provider ignores (or reads only in part)."""
+        if "BucketEncryption" in props:
+            rules = [
+                {
+                    "ApplyServerSideEncryptionByDefault": rule["ServerSideEncryptionByDefault"],
+                    **(
+                        {"BucketKeyEnabled": rule["BucketKeyEnabled"]}
+                        if "BucketKeyEnabled" in rule
+                        else {}
+                    ),
+                }
+                for rule in props["BucketEncryption"]["ServerSideEncryptionConfiguration"]
+            ]
+            _call(
+                "s3",
+                "PutBucketEncryption",
+                Bucket=name,
+                ServerSideEncryptionConfiguration={"Rules": rules},
+            )
+        if "VersioningConfiguration" in props:
+            _call(
+                "s3",
+                "PutBucketVersioning",
+                Bucket=name,
+                VersioningConfiguration=props["VersioningConfiguration"],
+            )
+        if "LoggingConfiguration" in props:
+            logging = props["LoggingConfiguration"]
+            _call(
+                "s3",
+                "PutBucketLogging",
+                Bucket=name,
+                BucketLoggingStatus={
+                    "LoggingEnabled": {
+                        "TargetBucket": logging["DestinationBucketName"],
+                        "TargetPrefix": logging.get("LogFilePrefix", ""),
+                    }
+                },
+            )
+        for metrics in props.get("MetricsConfigurations", []):
+            _call(
+                "s3",
+                "PutBucketMetricsConfiguration",
+                Bucket=name,
+                Id=metrics["Id"],
+                MetricsConfiguration={"Id": metrics["Id"], "Filter": {"Prefix": metrics["Prefix"]}},
+            )
         if "PublicAccessBlockConfiguration" in props:
             _call(
                 "s3",
@@ -354,6 +526,10 @@ def _lifecycle_rule(rule: dict[str, Any]) -> dict[str, Any]:
     }
     if "ExpirationInDays" in rule:
         out["Expiration"] = {"Days": rule["ExpirationInDays"]}
+    if "ExpiredObjectDeleteMarker" in rule:
+        out["Expiration"] = {"ExpiredObjectDeleteMarker": rule["ExpiredObjectDeleteMarker"]}
+    if "NoncurrentVersionExpiration" in rule:
+        out["NoncurrentVersionExpiration"] = rule["NoncurrentVersionExpiration"]
     if "AbortIncompleteMultipartUpload" in rule:
         out["AbortIncompleteMultipartUpload"] = rule["AbortIncompleteMultipartUpload"]
     return out
@@ -369,6 +545,11 @@ _PROVIDERS: tuple[type[_Provider], ...] = (
     _EventInvokeConfig,
     _Alarm,
     _Bucket,
+    _Dashboard,
+    _LogGroup,
+    _Function,
+    _Table,
+    _Stream,
 )
 
 
@@ -525,7 +706,7 @@ def _bucket_is_locked_down(s3: Any, bucket: str, *, expire_days: int | None) -> 
     assert lifecycle["abort-incomplete-uploads"]["AbortIncompleteMultipartUpload"] == {
         "DaysAfterInitiation": 7
     }
-    expire = [r for r in lifecycle.values() if "Expiration" in r]
+    expire = [r for r in lifecycle.values() if "Days" in r.get("Expiration", {})]
     assert len(expire) == 1
     if expire_days is None:
         assert expire[0]["Status"] == "Disabled"
@@ -794,8 +975,11 @@ def test_push_stack(deploy: Callable[..., Stack], aws: Callable[[str], Any]) -> 
     assert transformation["metricNamespace"] == "FirehoseSplunkForwarder/push"
     assert transformation["metricName"] == "BacksplashWrites"
 
-    alarms = {a["MetricName"]: a for a in aws("cloudwatch").describe_alarms()["MetricAlarms"]}
-    assert set(alarms) >= {"Errors", "BacksplashWrites", "ApproximateNumberOfMessagesVisible"}
+    alarms = {
+        a["MetricName"]: a
+        for a in aws("cloudwatch").describe_alarms(AlarmNamePrefix=f"{stack.name}-")["MetricAlarms"]
+    }
+    assert set(alarms) == {"Errors", "BacksplashWrites", "ApproximateNumberOfMessagesVisible"}
     assert alarms["Errors"]["Dimensions"] == [
         {"Name": "FunctionName", "Value": out["FunctionName"]}
     ]
