@@ -338,6 +338,30 @@ class _Table(_Augmented):
     base = Table
 
     @classmethod
+    def create_from_cloudformation_json(
+        cls,
+        resource_name: str,
+        cloudformation_json: dict[str, Any],
+        account_id: str,
+        region_name: str,
+        **kwargs: Any,
+    ) -> Any:
+        # moto hands SSESpecification over in CloudFormation's shape (SSEEnabled); its table
+        # reads the API's (Enabled), as CloudFormation's own provider translates it.
+        props = dict(cloudformation_json.get("Properties", {}))
+        if "SSESpecification" in props:
+            sse = dict(props["SSESpecification"])
+            sse["Enabled"] = str(sse.pop("SSEEnabled")).lower() == "true"
+            props["SSESpecification"] = sse
+        return super().create_from_cloudformation_json(
+            resource_name,
+            {**cloudformation_json, "Properties": props},
+            account_id,
+            region_name,
+            **kwargs,
+        )
+
+    @classmethod
     def apply(cls, resource: Any, props: dict[str, Any]) -> None:
         if "PointInTimeRecoverySpecification" in props:
             _call(
