@@ -385,3 +385,63 @@ def test_daemon_stack_options(
                 assert queue["SqsManagedSseEnabled"] == "true"
         _backsplash_bucket_is_right(s3, out["FlowLogBucketName"], key)
         assert out["NotificationQueueUrl"].rsplit("/", 1)[1] in body
+
+
+@pytest.mark.parametrize("with_stream", ON_OFF)
+def test_push_stack_kinesis_event_source(
+    with_stream: bool, *, deploy: Callable[..., Stack], aws: Callable[[str], Any]
+) -> None:
+    """GIVEN a Kinesis stream (or none) WHEN push-to-splunk deploys with the event source
+    mapping's settings THEN Lambda reads the stream with them, reporting failed records one by
+    one, and only then may the function read that stream (and nothing else of Kinesis)."""
+    name = _name("push-kinesis", with_stream)
+    aws("logs").create_log_group(logGroupName=f"/app/{name}")
+    params: dict[str, str] = {}
+    stream_arn = ""
+    if with_stream:
+        kinesis = aws("kinesis")
+        kinesis.create_stream(StreamName=name, ShardCount=2)
+        stream_arn = kinesis.describe_stream_summary(StreamName=name)["StreamDescriptionSummary"][
+            "StreamARN"
+        ]
+        params = {
+            "KinesisStreamArn": stream_arn,
+            "BatchSize": "500",
+            "MaximumBatchingWindowInSeconds": "5",
+            "ParallelizationFactor": "4",
+        }
+    stack = deploy(
+        "push-to-splunk.yaml",
+        name,
+        HECUrl="https://splunk.example.com:8088",
+        HECToken="tok",
+        LogGroupName=f"/app/{name}",
+        LambdaCodeS3Bucket=CODE_BUCKET,
+        **params,
+    )
+    function = stack.outputs["FunctionName"]
+    mappings = aws("lambda").list_event_source_mappings(FunctionName=function)[
+        "EventSourceMappings"
+    ]
+    statements = role_statements(aws("iam"), stack.resources["PushRole"])
+    reads = [s for s in statements if any(a.startswith("kinesis:") for a in actions(s))]
+    if not with_stream:
+        assert mappings == []
+        assert reads == []
+        return
+    (mapping,) = mappings
+    assert mapping["EventSourceArn"] == stream_arn
+    assert mapping["BatchSize"] == 500
+    assert mapping["MaximumBatchingWindowInSeconds"] == 5
+    assert mapping["ParallelizationFactor"] == 4
+    assert mapping["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    assert mapping["StartingPosition"] == "TRIM_HORIZON"
+    (read,) = reads
+    assert resources(read) == {stream_arn}
+    assert actions(read) == {
+        "kinesis:DescribeStream",
+        "kinesis:DescribeStreamSummary",
+        "kinesis:GetRecords",
+        "kinesis:GetShardIterator",
+        "kinesis:ListShards",
+    }
