@@ -99,3 +99,11 @@ def test_serverless_repo_metadata_matches_the_package(name: str) -> None:
     assert (TEMPLATES / app["ReadmeUrl"]).is_file()  # a path next to the template
     assert app["Author"]
     assert all(re.fullmatch(r"[a-zA-Z0-9+\-_:/@]{1,127}", label) for label in app["Labels"])
+
+
+@pytest.mark.parametrize("name", TEMPLATE_NAMES)
+def test_the_readme_documents_every_parameter(name: str) -> None:
+    """GIVEN a template's parameters THEN each is named (in backticks) in the README."""
+    readme = (TEMPLATES / "README.md").read_text()
+    missing = [p for p in load(name)["Parameters"] if f"`{p}`" not in readme]
+    assert missing == []
