@@ -4,10 +4,11 @@ The zip holds ``forwarder``, ``transforms`` and ``config`` copied from the sourc
 the command line and these developer tools (``EXCLUDED_FROM_ZIP``; the copies are never
 imported here; the running ``config`` only checks a ``--config`` file), an
 optional ``forwarder.toml``, and the runtime dependencies installed by pip for the Lambda
-runtime's Python and platform, at the versions installed in the build environment, so what
-ships is what the tests ran. Dependencies the Lambda Python runtime already provides (boto3
-and its stack) stay out. Entries are sorted and carry a fixed timestamp and mode, so two
-builds from the same inputs are byte-identical.
+runtime's Python and platform (``--arch arm64|x86_64``: the wheels of that instruction set,
+every compiled extension checked against it), at the versions installed in the build
+environment, so what ships is what the tests ran. Dependencies the Lambda Python runtime
+already provides (boto3 and its stack) stay out. Entries are sorted and carry a fixed
+timestamp and mode, so two builds from the same inputs are byte-identical.
 """
 
 from __future__ import annotations
@@ -40,11 +41,21 @@ from forwarder.status import ExitStatus, describe, status_for
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
-#: The runtime the CloudFormation templates deploy (``Runtime:``) and the zip targets.
+#: The runtime the CloudFormation templates deploy by default (their ``Runtime`` parameter)
+#: and the zip targets by default.
 LAMBDA_RUNTIME = "python3.12"
 LAMBDA_PYTHON_VERSION = "3.12"
-#: Lambda's x86_64 runtimes run Amazon Linux 2023 (glibc 2.34): manylinux2014 wheels load there.
-LAMBDA_PLATFORM = "manylinux2014_x86_64"
+#: Lambda's Python runtimes run Amazon Linux 2023 (glibc 2.34): manylinux2014 wheels load
+#: there. Keyed by Lambda's ``Architectures`` value (the templates' ``Architecture``).
+LAMBDA_PLATFORMS: dict[str, str] = {
+    "arm64": "manylinux2014_aarch64",
+    "x86_64": "manylinux2014_x86_64",
+}
+#: Graviton costs about 20% less per GB-second; the templates default to it too.
+DEFAULT_ARCHITECTURE = "arm64"
+#: The machine name a compiled extension's file name carries for each architecture
+#: (``md.cpython-312-aarch64-linux-gnu.so``).
+EXTENSION_MACHINES: dict[str, str] = {"arm64": "aarch64", "x86_64": "x86_64"}
 
 #: Top-level packages of this project that the handlers need.
 PACKAGES: tuple[str, ...] = ("forwarder", "transforms", "config")
@@ -179,6 +190,7 @@ class PackageReport:
         file_count: Number of files in the zip.
         sha256: Hex SHA-256 of the zip.
         distributions: ``(name, version)`` of every dependency inside, sorted.
+        architecture: Lambda architecture the wheels were chosen for (``arm64``/``x86_64``).
     """
 
     path: Path
@@ -187,6 +199,7 @@ class PackageReport:
     file_count: int
     sha256: str
     distributions: tuple[tuple[str, str], ...]
+    architecture: str = DEFAULT_ARCHITECTURE
 
     @property
     def code_sha256(self) -> str:
@@ -197,8 +210,9 @@ class PackageReport:
         """One human line: path, sizes, file count and digest."""
         deps = ", ".join(f"{name}=={version}" for name, version in self.distributions)
         return (
-            f"{self.path}: {_mib(self.size_bytes)} zipped, {_mib(self.unzipped_bytes)} unzipped, "
-            f"{self.file_count} files, sha256 {self.sha256}\n  dependencies: {deps}"
+            f"{self.path} ({self.architecture}): {_mib(self.size_bytes)} zipped, "
+            f"{_mib(self.unzipped_bytes)} unzipped, {self.file_count} files, "
+            f"sha256 {self.sha256}\n  dependencies: {deps}"
         )
 
 
@@ -208,7 +222,7 @@ def build_lambda_zip(
     source_root: Path,
     python: str = sys.executable,
     python_version: str = LAMBDA_PYTHON_VERSION,
-    platform: str = LAMBDA_PLATFORM,
+    architecture: str = DEFAULT_ARCHITECTURE,
     config_file: Path | None = None,
 ) -> PackageReport:
     """Build the Lambda zip at ``output``.
@@ -220,7 +234,7 @@ def build_lambda_zip(
         python: Interpreter whose environment pins the dependency versions and whose pip
             installs them.
         python_version: ``X.Y`` of the Lambda runtime the wheels are chosen for.
-        platform: pip platform tag of the Lambda runtime.
+        architecture: Lambda architecture (``arm64`` or ``x86_64``) the wheels are chosen for.
         config_file: a TOML settings file (routes, formats) shipped as ``forwarder.toml`` at
             the zip's root, where the handlers find it without ``FORWARDER_CONFIG``.
 
@@ -229,16 +243,28 @@ def build_lambda_zip(
 
     Raises:
         SecretInConfigError: ``config_file`` holds a secret (before anything is written).
-        PackagingError: A package directory or dependency is missing, pip failed, the
-            settings file is invalid, or the result exceeds Lambda's unzipped size limit.
+        PackagingError: A package directory or dependency is missing, pip failed, a compiled
+            extension is for another machine, the settings file is invalid, or the result
+            exceeds Lambda's unzipped size limit.
     """
+    if architecture not in LAMBDA_PLATFORMS:
+        raise PackagingError(
+            f"unknown architecture {architecture!r}; one of {', '.join(LAMBDA_PLATFORMS)}"
+        )
     package_files = dict(_package_files(source_root))
     if config_file is not None:
         _check_config(config_file)
     pins = installed_versions(python, RUNTIME_DISTRIBUTIONS)
     with tempfile.TemporaryDirectory(prefix="lambda-deps-") as tmp:
         deps_dir = Path(tmp) / "deps"
-        _pip_install(python, deps_dir, pins, python_version=python_version, platform=platform)
+        _pip_install(
+            python,
+            deps_dir,
+            pins,
+            python_version=python_version,
+            platform=LAMBDA_PLATFORMS[architecture],
+        )
+        _check_extensions(deps_dir, architecture)
         # pip puts console scripts in bin/ with the build machine's interpreter in their
         # shebang: the handlers never run them, so they are not shipped.
         entries = dict(_tree_files(deps_dir, skip_top_level=frozenset({"bin"})))
@@ -248,7 +274,20 @@ def build_lambda_zip(
         entries.update(package_files)
         if config_file is not None:
             entries[PACKAGED_CONFIG_NAME] = config_file
-        return _write_zip(output, entries, pins)
+        return _write_zip(output, entries, pins, architecture)
+
+
+def _check_extensions(deps_dir: Path, architecture: str) -> None:
+    """Every compiled extension pip installed must be built for ``architecture``'s machine
+    (pip falls back to a pure wheel, never to another machine's; this guards the flags)."""
+    machine = EXTENSION_MACHINES[architecture]
+    wrong = sorted(
+        path.relative_to(deps_dir).as_posix()
+        for path in deps_dir.rglob("*.so")
+        if f"-{machine}-" not in path.name and ".abi3." not in path.name
+    )
+    if wrong:
+        raise PackagingError(f"compiled extensions not built for {machine}: {wrong[:3]}")
 
 
 def _check_config(path: Path) -> None:
@@ -369,6 +408,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=LAMBDA_PYTHON_VERSION,
         help=f"Lambda runtime Python the wheels are chosen for (default: {LAMBDA_PYTHON_VERSION})",
     )
+    parser.add_argument(
+        "--arch",
+        choices=tuple(LAMBDA_PLATFORMS),
+        default=DEFAULT_ARCHITECTURE,
+        help="Lambda architecture the wheels are chosen for; deploy with the same value as the "
+        f"templates' Architecture parameter (default: {DEFAULT_ARCHITECTURE})",
+    )
 
 
 def run(args: argparse.Namespace, ctx: CommandContext) -> ExitStatus:
@@ -399,6 +445,7 @@ def package(args: argparse.Namespace) -> ExitStatus:
             source_root=args.source_root,
             python=args.python,
             python_version=args.python_version,
+            architecture=getattr(args, "arch", DEFAULT_ARCHITECTURE),
             config_file=getattr(args, "config", None),
         )
     except PackagingUsageError as exc:
@@ -516,7 +563,7 @@ def _pip_install(
 
 
 def _write_zip(
-    output: Path, entries: dict[str, Path], pins: Sequence[tuple[str, str]]
+    output: Path, entries: dict[str, Path], pins: Sequence[tuple[str, str]], architecture: str
 ) -> PackageReport:
     output.parent.mkdir(parents=True, exist_ok=True)
     unzipped = 0
@@ -550,6 +597,7 @@ def _write_zip(
         file_count=len(entries),
         sha256=digest,
         distributions=tuple(sorted(pins)),
+        architecture=architecture,
     )
 
 

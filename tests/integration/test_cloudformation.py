@@ -1,34 +1,37 @@
 """The CloudFormation templates: cfn-lint clean, and deployed into moto's CloudFormation (server
-mode) with every resource read back through the AWS APIs.
-
-moto's CloudFormation engine resolves parameters, conditions, Ref/GetAtt/Sub/Select/Split and
-creates what it models, but it has no provider for some types these templates use
-(KinesisFirehose::DeliveryStream, Logs::SubscriptionFilter, Logs::LogStream, Logs::MetricFilter,
-S3::BucketPolicy, SQS::QueuePolicy, Lambda::EventInvokeConfig, CloudWatch::Alarm), and its
-S3::Bucket provider applies only encryption and tags. For those, `_PROVIDERS` below plays the
-CloudFormation resource provider: it receives the properties moto resolved and makes the
-service API call CloudFormation would, through boto3 against the same moto server, so botocore
-validates every property name and type against the real API model. The shipped templates are
-deployed unchanged; nothing here is a test-only parameter.
+mode) with every resource read back through the AWS APIs. moto's gaps are filled by the
+providers in `tests.integration.cfn_providers`; the shipped templates are deployed unchanged,
+nothing here is a test-only parameter.
 """
 
 from __future__ import annotations
 
-import ast
 import json
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
-import requests
 from cfnlint.api import ManualArgs, lint_file  # type: ignore[import-untyped]
-from cfnlint.decode import decode  # type: ignore[import-untyped]
-from moto.cloudformation import parsing
-from moto.s3.models import FakeBucket
 
-from tests.conftest import boto_client
+from tests.integration.cfn_providers import fixture_moto_cfn  # noqa: F401 - the fixture
+from tests.integration.cfn_stacks import (  # the fixtures and helpers
+    ACCOUNT,
+    CODE_BUCKET,
+    HEC_URL,
+    REGION,
+    TEMPLATE_NAMES,
+    TEMPLATES,
+    Stack,
+    actions,
+    bucket_is_locked_down,
+    env_of,
+    fixture_aws,  # noqa: F401 - the fixture
+    fixture_deploy,  # noqa: F401 - the fixture
+    granting,
+    policy_statements,
+    resources,
+    role_statements,
+)
 
 pytestmark = [
     pytest.mark.integration,
@@ -38,18 +41,6 @@ pytestmark = [
         "ignore:A Splunk destination delivery stream is not yet implemented:UserWarning"
     ),
 ]
-
-TEMPLATES = Path(__file__).resolve().parents[2] / "cloudformation"
-TEMPLATE_NAMES = ("firehose-to-splunk.yaml", "push-to-splunk.yaml", "daemon.yaml")
-ACCOUNT = "123456789012"
-REGION = "us-east-1"
-CODE_BUCKET = "lambda-code"
-CODE_KEY = "firehose-splunk-forwarder/lambda.zip"
-# Any zip will do for moto's Lambda: it checks the object exists, never runs it.
-PLACEHOLDER_ZIP = (
-    b"PK\x05\x06\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00"
-)
-HEC_URL = "https://http-inputs-firehose-example.splunkcloud.com:443"
 
 
 # --------------------------------------------------------------------------------------------
@@ -62,476 +53,6 @@ def test_cfn_lint_reports_nothing(name: str) -> None:
     """GIVEN a template WHEN cfn-lint checks it (informational rules included) THEN no match."""
     matches = lint_file(TEMPLATES / name, config=ManualArgs(include_checks=["I"]))
     assert [f"{m.rule.id} {m.message} (line {m.linenumber})" for m in matches] == []
-
-
-# --------------------------------------------------------------------------------------------
-# moto CloudFormation providers for what moto does not model
-# --------------------------------------------------------------------------------------------
-
-
-class _Clients:
-    """boto3 clients against the moto server, made once per service."""
-
-    def __init__(self, endpoint: str) -> None:
-        self.endpoint = endpoint
-        self._clients: dict[str, Any] = {}
-
-    def __call__(self, service: str) -> Any:
-        if service not in self._clients:
-            self._clients[service] = boto_client(service, self.endpoint)
-        return self._clients[service]
-
-    def close(self) -> None:
-        for client in self._clients.values():
-            client.close()
-        self._clients.clear()
-
-
-_CLIENTS: _Clients | None = None
-# A provider's exception becomes an opaque HTTP 500 for create_stack: keep the reason.
-_PROVIDER_ERRORS: list[str] = []
-
-
-def _client(service: str) -> Any:
-    assert _CLIENTS is not None, "provider used outside the moto_cfn fixture"
-    return _CLIENTS(service)
-
-
-def _coerce(value: Any, shape: Any) -> Any:
-    """CloudFormation hands scalars over as strings; the API wants its declared types."""
-    if shape is None:
-        return value
-    kind = shape.type_name
-    if kind == "structure" and isinstance(value, dict):
-        return {k: _coerce(v, shape.members.get(k)) for k, v in value.items()}
-    if kind == "list" and isinstance(value, list):
-        return [_coerce(v, shape.member) for v in value]
-    if kind in ("integer", "long"):
-        return int(value)
-    if kind in ("double", "float"):
-        return float(value)
-    if kind == "boolean" and isinstance(value, str):
-        return value.lower() == "true"
-    if kind == "string" and isinstance(value, int | float) and not isinstance(value, bool):
-        return str(value)
-    return value
-
-
-def _call(service: str, operation: str, **params: Any) -> Any:
-    """Call an API operation with params coerced to its input shape (botocore validates)."""
-    client = _client(service)
-    model = client.meta.service_model.operation_model(operation)
-    coerced = _coerce(params, model.input_shape)
-    method = getattr(client, _snake(operation))
-    return method(**coerced)
-
-
-def _snake(name: str) -> str:
-    return "".join("_" + c.lower() if c.isupper() else c for c in name).lstrip("_")
-
-
-@dataclass
-class _Resource:
-    """What moto keeps for a resource one of our providers created."""
-
-    physical_resource_id: str
-    attributes: dict[str, str]
-
-    def get_cfn_attribute(self, name: str) -> str:
-        return self.attributes[name]
-
-    def is_created(self) -> bool:
-        return True
-
-
-class _Provider:
-    """A CloudFormation resource provider for moto: properties in, API call, resource out."""
-
-    cfn_type = ""
-    name_property = ""
-    attributes: tuple[str, ...] = ()
-
-    @classmethod
-    def has_cfn_attr(cls, attr: str) -> bool:
-        return attr in cls.attributes
-
-    @classmethod
-    def create_from_cloudformation_json(
-        cls,
-        resource_name: str,
-        cloudformation_json: dict[str, Any],
-        account_id: str,
-        region_name: str,
-        **kwargs: Any,
-    ) -> Any:
-        props = dict(cloudformation_json.get("Properties", {}))
-        name = props.pop(cls.name_property, resource_name) if cls.name_property else resource_name
-        try:
-            return cls.create(name, props)
-        except Exception as exc:
-            _PROVIDER_ERRORS.append(f"{cls.cfn_type} {name}: {exc}")
-            raise
-
-    @classmethod
-    def create(cls, name: str, props: dict[str, Any]) -> Any:
-        raise NotImplementedError
-
-
-class _DeliveryStream(_Provider):
-    cfn_type = "AWS::KinesisFirehose::DeliveryStream"
-    name_property = "DeliveryStreamName"
-    attributes = ("Arn",)
-
-    @classmethod
-    def create(cls, name: str, props: dict[str, Any]) -> _Resource:
-        props.pop("Tags", None)
-        arn = _call("firehose", "CreateDeliveryStream", DeliveryStreamName=name, **props)[
-            "DeliveryStreamARN"
-        ]
-        return _Resource(name, {"Arn": arn})
-
-
-class _SubscriptionFilter(_Provider):
-    cfn_type = "AWS::Logs::SubscriptionFilter"
-    name_property = "FilterName"
-
-    @classmethod
-    def create(cls, name: str, props: dict[str, Any]) -> _Resource:
-        params = {
-            "logGroupName": props["LogGroupName"],
-            "filterName": name,
-            "filterPattern": props["FilterPattern"],
-            "destinationArn": props["DestinationArn"],
-        }
-        if "RoleArn" in props:
-            params["roleArn"] = props["RoleArn"]
-        _call("logs", "PutSubscriptionFilter", **params)
-        return _Resource(name, {})
-
-
-class _LogStream(_Provider):
-    cfn_type = "AWS::Logs::LogStream"
-    name_property = "LogStreamName"
-
-    @classmethod
-    def create(cls, name: str, props: dict[str, Any]) -> _Resource:
-        _call("logs", "CreateLogStream", logGroupName=props["LogGroupName"], logStreamName=name)
-        return _Resource(name, {})
-
-
-class _MetricFilter(_Provider):
-    cfn_type = "AWS::Logs::MetricFilter"
-    name_property = "FilterName"
-
-    @classmethod
-    def create(cls, name: str, props: dict[str, Any]) -> _Resource:
-        transformations = [
-            {k[0].lower() + k[1:]: v for k, v in t.items()} for t in props["MetricTransformations"]
-        ]
-        _call(
-            "logs",
-            "PutMetricFilter",
-            logGroupName=props["LogGroupName"],
-            filterName=name,
-            filterPattern=props["FilterPattern"],
-            metricTransformations=transformations,
-        )
-        return _Resource(name, {})
-
-
-class _BucketPolicy(_Provider):
-    cfn_type = "AWS::S3::BucketPolicy"
-
-    @classmethod
-    def create(cls, name: str, props: dict[str, Any]) -> _Resource:
-        policy = json.dumps(props["PolicyDocument"])
-        _call("s3", "PutBucketPolicy", Bucket=props["Bucket"], Policy=policy)
-        return _Resource(props["Bucket"], {})
-
-
-class _QueuePolicy(_Provider):
-    cfn_type = "AWS::SQS::QueuePolicy"
-
-    @classmethod
-    def create(cls, name: str, props: dict[str, Any]) -> _Resource:
-        policy = json.dumps(props["PolicyDocument"])
-        for url in props["Queues"]:
-            _call("sqs", "SetQueueAttributes", QueueUrl=url, Attributes={"Policy": policy})
-        return _Resource(name, {})
-
-
-class _EventInvokeConfig(_Provider):
-    cfn_type = "AWS::Lambda::EventInvokeConfig"
-
-    @classmethod
-    def create(cls, name: str, props: dict[str, Any]) -> _Resource:
-        _call("lambda", "PutFunctionEventInvokeConfig", **props)
-        return _Resource(name, {})
-
-
-class _Alarm(_Provider):
-    cfn_type = "AWS::CloudWatch::Alarm"
-    name_property = "AlarmName"
-
-    @classmethod
-    def create(cls, name: str, props: dict[str, Any]) -> _Resource:
-        _call("cloudwatch", "PutMetricAlarm", AlarmName=name, **props)
-        return _Resource(name, {})
-
-
-class _Bucket(_Provider):
-    """moto's own bucket provider, then the properties it ignores, through the S3 API."""
-
-    cfn_type = "AWS::S3::Bucket"
-
-    @classmethod
-    def create_from_cloudformation_json(
-        cls,
-        resource_name: str,
-        cloudformation_json: dict[str, Any],
-        account_id: str,
-        region_name: str,
-        **kwargs: Any,
-    ) -> Any:
-        bucket = FakeBucket.create_from_cloudformation_json(
-            resource_name, cloudformation_json, account_id, region_name, **kwargs
-        )
-        try:
-            cls.apply(bucket.name, cloudformation_json.get("Properties", {}))
-        except Exception as exc:
-            _PROVIDER_ERRORS.append(f"{cls.cfn_type} {bucket.name}: {exc}")
-            raise
-        return bucket
-
-    @staticmethod
-    def apply(name: str, props: dict[str, Any]) -> None:
-        """Apply the properties moto's bucket provider ignores."""
-        if "PublicAccessBlockConfiguration" in props:
-            _call(
-                "s3",
-                "PutPublicAccessBlock",
-                Bucket=name,
-                PublicAccessBlockConfiguration=props["PublicAccessBlockConfiguration"],
-            )
-        if "OwnershipControls" in props:
-            _call(
-                "s3",
-                "PutBucketOwnershipControls",
-                Bucket=name,
-                OwnershipControls=props["OwnershipControls"],
-            )
-        if "LifecycleConfiguration" in props:
-            rules = [_lifecycle_rule(rule) for rule in props["LifecycleConfiguration"]["Rules"]]
-            _call(
-                "s3",
-                "PutBucketLifecycleConfiguration",
-                Bucket=name,
-                LifecycleConfiguration={"Rules": rules},
-            )
-        if "NotificationConfiguration" in props:
-            queues = [
-                {
-                    "QueueArn": q["Queue"],
-                    "Events": [q["Event"]],
-                    "Filter": {"Key": {"FilterRules": q["Filter"]["S3Key"]["Rules"]}},
-                }
-                for q in props["NotificationConfiguration"].get("QueueConfigurations", [])
-            ]
-            _call(
-                "s3",
-                "PutBucketNotificationConfiguration",
-                Bucket=name,
-                NotificationConfiguration={"QueueConfigurations": queues},
-            )
-
-
-def _lifecycle_rule(rule: dict[str, Any]) -> dict[str, Any]:
-    """AWS::S3::Bucket Rule -> the S3 API's LifecycleRule (documented property mapping)."""
-    out: dict[str, Any] = {
-        "ID": rule["Id"],
-        "Status": rule["Status"],
-        "Filter": {"Prefix": rule.get("Prefix", "")},
-    }
-    if "ExpirationInDays" in rule:
-        out["Expiration"] = {"Days": rule["ExpirationInDays"]}
-    if "AbortIncompleteMultipartUpload" in rule:
-        out["AbortIncompleteMultipartUpload"] = rule["AbortIncompleteMultipartUpload"]
-    return out
-
-
-_PROVIDERS: tuple[type[_Provider], ...] = (
-    _DeliveryStream,
-    _SubscriptionFilter,
-    _LogStream,
-    _MetricFilter,
-    _BucketPolicy,
-    _QueuePolicy,
-    _EventInvokeConfig,
-    _Alarm,
-    _Bucket,
-)
-
-
-@pytest.fixture(name="moto_cfn", scope="module")
-def fixture_moto_cfn(moto_server: str) -> Iterator[str]:
-    """The session's moto server with our providers installed for this module; yields its URL."""
-    global _CLIENTS  # noqa: PLW0603 - moto calls the providers as classmethods: state is global
-    parsing.get_model_map.cache_clear()
-    model_map = parsing.get_model_map()
-    for provider in _PROVIDERS:
-        model_map[provider.cfn_type] = provider  # type: ignore[assignment]
-    _CLIENTS = _Clients(moto_server)
-    try:
-        yield moto_server
-    finally:
-        _CLIENTS.close()
-        _CLIENTS = None
-        parsing.get_model_map.cache_clear()
-        with requests.Session() as session:
-            session.post(f"{moto_server}/moto-api/reset", timeout=10)
-
-
-# --------------------------------------------------------------------------------------------
-# deploying
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Stack:
-    """A deployed stack: its outputs and physical resource ids."""
-
-    name: str
-    outputs: dict[str, str]
-    resources: dict[str, str]
-    template: dict[str, Any]
-
-
-@pytest.fixture(name="aws")
-def fixture_aws(moto_cfn: str, aws_env: None) -> Iterator[Callable[[str], Any]]:
-    """A factory of boto3 clients against the moto server, closed after the test."""
-    clients = _Clients(moto_cfn)
-    yield clients
-    clients.close()
-
-
-@pytest.fixture(name="deploy")
-def fixture_deploy(aws: Callable[[str], Any]) -> Callable[..., Stack]:
-    """Deploy a template with parameters; fail the test unless the stack is CREATE_COMPLETE."""
-    s3 = aws("s3")
-    if CODE_BUCKET not in {b["Name"] for b in s3.list_buckets()["Buckets"]}:
-        s3.create_bucket(Bucket=CODE_BUCKET)
-        s3.put_object(Bucket=CODE_BUCKET, Key=CODE_KEY, Body=PLACEHOLDER_ZIP)
-
-    def deploy(template: str, stack_name: str, **parameters: str) -> Stack:
-        cfn = aws("cloudformation")
-        _PROVIDER_ERRORS.clear()
-        try:
-            cfn.create_stack(
-                StackName=stack_name,
-                TemplateBody=(TEMPLATES / template).read_text(),
-                Parameters=[
-                    {"ParameterKey": k, "ParameterValue": v} for k, v in parameters.items()
-                ],
-                Capabilities=["CAPABILITY_IAM"],
-            )
-        except Exception as exc:
-            pytest.fail(f"create_stack failed: {exc!r}; providers said: {_PROVIDER_ERRORS}")
-        stack = cfn.describe_stacks(StackName=stack_name)["Stacks"][0]
-        assert stack["StackStatus"] == "CREATE_COMPLETE", stack.get("StackStatusReason")
-        # Some moto models (Lambda::Permission, IAM::Policy) keep no physical id.
-        resources = {
-            r["LogicalResourceId"]: r["PhysicalResourceId"]
-            for r in cfn.describe_stack_resources(StackName=stack_name)["StackResources"]
-            if "LogicalResourceId" in r and "PhysicalResourceId" in r
-        }
-        outputs = {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])}
-        template_dict, matches = decode(str(TEMPLATES / template))
-        assert not matches and template_dict is not None
-        return Stack(stack_name, outputs, resources, dict(template_dict))
-
-    return deploy
-
-
-def _statements(document: Any) -> list[dict[str, Any]]:
-    """Statements of a policy document; Fn::If ... AWS::NoValue entries resolved away."""
-    if isinstance(document, str):
-        try:
-            doc = json.loads(document)
-        except json.JSONDecodeError:
-            # moto keeps a role's inline policies from CloudFormation as a Python repr.
-            doc = ast.literal_eval(document)
-    else:
-        doc = document
-    statements = doc["Statement"]
-    return [s for s in (statements if isinstance(statements, list) else [statements]) if s]
-
-
-def _env(aws: Callable[[str], Any], function: str) -> dict[str, str]:
-    """A function's environment, values as strings (moto keeps Number parameters as ints
-    where CloudFormation hands Lambda strings)."""
-    config = aws("lambda").get_function_configuration(FunctionName=function)
-    return {k: str(v) for k, v in config["Environment"]["Variables"].items()}
-
-
-def _role_statements(iam: Any, role_name: str) -> list[dict[str, Any]]:
-    """Every statement of every inline policy of a role."""
-    out: list[dict[str, Any]] = []
-    for policy in iam.list_role_policies(RoleName=role_name)["PolicyNames"]:
-        out += _statements(
-            iam.get_role_policy(RoleName=role_name, PolicyName=policy)["PolicyDocument"]
-        )
-    return out
-
-
-def _actions(statement: dict[str, Any]) -> set[str]:
-    action = statement["Action"]
-    return {action} if isinstance(action, str) else set(action)
-
-
-def _resources(statement: dict[str, Any]) -> set[str]:
-    resource = statement["Resource"]
-    return {resource} if isinstance(resource, str) else set(resource)
-
-
-def _granting(statements: list[dict[str, Any]], action: str) -> list[dict[str, Any]]:
-    return [s for s in statements if s["Effect"] == "Allow" and action in _actions(s)]
-
-
-def _bucket_is_locked_down(s3: Any, bucket: str, *, expire_days: int | None) -> None:
-    """Encryption, public access block, owner-enforced, TLS-only policy and lifecycle."""
-    rules = s3.get_bucket_encryption(Bucket=bucket)["ServerSideEncryptionConfiguration"]["Rules"]
-    assert rules[0]["ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"] == "AES256"
-    block = s3.get_public_access_block(Bucket=bucket)["PublicAccessBlockConfiguration"]
-    assert all(
-        block[k]
-        for k in (
-            "BlockPublicAcls",
-            "BlockPublicPolicy",
-            "IgnorePublicAcls",
-            "RestrictPublicBuckets",
-        )
-    )
-    ownership = s3.get_bucket_ownership_controls(Bucket=bucket)["OwnershipControls"]["Rules"]
-    assert ownership == [{"ObjectOwnership": "BucketOwnerEnforced"}]
-    deny = [
-        s
-        for s in _statements(s3.get_bucket_policy(Bucket=bucket)["Policy"])
-        if s["Effect"] == "Deny"
-    ]
-    assert len(deny) == 1
-    assert deny[0]["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
-    assert _resources(deny[0]) == {f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"}
-    lifecycle = {r["ID"]: r for r in s3.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]}
-    assert lifecycle["abort-incomplete-uploads"]["AbortIncompleteMultipartUpload"] == {
-        "DaysAfterInitiation": 7
-    }
-    expire = [r for r in lifecycle.values() if "Expiration" in r]
-    assert len(expire) == 1
-    if expire_days is None:
-        assert expire[0]["Status"] == "Disabled"
-    else:
-        assert expire[0]["Status"] == "Enabled"
-        assert expire[0]["Expiration"]["Days"] == expire_days
 
 
 # --------------------------------------------------------------------------------------------
@@ -620,7 +141,7 @@ def test_firehose_stack_with_secret_new_log_group_and_flow_log(
     streams = aws("logs").describe_log_streams(logGroupName=firehose_logs)["logStreams"]
     assert {s["logStreamName"] for s in streams} == {"DestinationDelivery", "BackupDelivery"}
 
-    _bucket_is_locked_down(aws("s3"), bucket, expire_days=7)
+    bucket_is_locked_down(aws("s3"), bucket, expire_days=7)
 
     logs = aws("logs")
     (group,) = logs.describe_log_groups(logGroupNamePrefix="/aws/vpc/flow-logs")["logGroups"]
@@ -645,7 +166,7 @@ def test_firehose_stack_with_secret_new_log_group_and_flow_log(
     assert config["Runtime"] == "python3.12"
     assert config["Timeout"] == 180
     assert config["MemorySize"] == 512
-    assert _env(aws, function_arn) == {
+    assert env_of(aws, function_arn) == {
         "SPLUNK_HEC_ENDPOINT": "raw",
         "SPLUNK_INDEX": "aws_vpc",
         "VPC_FLOW_LOG_FORMAT": flow_format,
@@ -658,21 +179,21 @@ def test_firehose_stack_with_secret_new_log_group_and_flow_log(
     assert function["LoggingConfig"] == {"LogGroup": {"Ref": "TransformLogGroup"}}
 
     iam = aws("iam")
-    transform = _role_statements(iam, stack.resources["TransformRole"])
-    (reingest,) = _granting(transform, "firehose:PutRecordBatch")
-    assert _resources(reingest) == {stream_arn}
-    assert not [s for s in transform if any(a.startswith("kinesis:") for a in _actions(s))]
-    delivery = _role_statements(iam, stack.resources["FirehoseRole"])
-    (read_secret,) = _granting(delivery, "secretsmanager:GetSecretValue")
-    assert _resources(read_secret) == {secret_arn}
-    (invoke,) = _granting(delivery, "lambda:InvokeFunction")
-    assert _resources(invoke) == {function_arn, f"{function_arn}:*"}
-    (put,) = _granting(delivery, "s3:PutObject")
-    assert _resources(put) == {f"arn:aws:s3:::{bucket}/firehose/*"}
-    (logs_put,) = _granting(
-        _role_statements(iam, stack.resources["LogsToFirehoseRole"]), "firehose:PutRecord"
+    transform = role_statements(iam, stack.resources["TransformRole"])
+    (reingest,) = granting(transform, "firehose:PutRecordBatch")
+    assert resources(reingest) == {stream_arn}
+    assert not [s for s in transform if any(a.startswith("kinesis:") for a in actions(s))]
+    delivery = role_statements(iam, stack.resources["FirehoseRole"])
+    (read_secret,) = granting(delivery, "secretsmanager:GetSecretValue")
+    assert resources(read_secret) == {secret_arn}
+    (invoke,) = granting(delivery, "lambda:InvokeFunction")
+    assert resources(invoke) == {function_arn, f"{function_arn}:*"}
+    (put,) = granting(delivery, "s3:PutObject")
+    assert resources(put) == {f"arn:aws:s3:::{bucket}/firehose/*"}
+    (logs_put,) = granting(
+        role_statements(iam, stack.resources["LogsToFirehoseRole"]), "firehose:PutRecord"
     )
-    assert _resources(logs_put) == {stream_arn}
+    assert resources(logs_put) == {stream_arn}
 
 
 def test_firehose_stack_with_token_on_existing_log_group(
@@ -709,11 +230,11 @@ def test_firehose_stack_with_token_on_existing_log_group(
     assert subscription["destinationArn"] == stack.outputs["DeliveryStreamArn"]
     flow_logs = aws("ec2").describe_flow_logs()["FlowLogs"]
     assert [f for f in flow_logs if f.get("LogGroupName") == "/app/orders"] == []
-    _bucket_is_locked_down(aws("s3"), stack.outputs["BackupBucketName"], expire_days=None)
-    env = _env(aws, stack.outputs["TransformFunctionArn"])
+    bucket_is_locked_down(aws("s3"), stack.outputs["BackupBucketName"], expire_days=None)
+    env = env_of(aws, stack.outputs["TransformFunctionArn"])
     assert env == {"SPLUNK_HEC_ENDPOINT": "event", "EVENT_FORMAT": "auto", "LOG_LEVEL": "INFO"}
-    delivery = _role_statements(aws("iam"), stack.resources["FirehoseRole"])
-    assert _granting(delivery, "secretsmanager:GetSecretValue") == []
+    delivery = role_statements(aws("iam"), stack.resources["FirehoseRole"])
+    assert granting(delivery, "secretsmanager:GetSecretValue") == []
 
 
 # --------------------------------------------------------------------------------------------
@@ -746,7 +267,7 @@ def test_push_stack(deploy: Callable[..., Stack], aws: Callable[[str], Any]) -> 
     assert config["Handler"] == "forwarder.push.handler"
     assert config["Runtime"] == "python3.12"
     assert config["Timeout"] == 900
-    assert _env(aws, function_arn) == {
+    assert env_of(aws, function_arn) == {
         "SPLUNK_HEC_URL": "https://splunk-a.example.com:8088,https://splunk-b.example.com:8088",
         "SPLUNK_HEC_TOKEN": "tok-123",
         "SPLUNK_HEC_ENDPOINT": "event",
@@ -773,7 +294,7 @@ def test_push_stack(deploy: Callable[..., Stack], aws: Callable[[str], Any]) -> 
     assert invoke_config["MaximumRetryAttempts"] == 1
     assert invoke_config["MaximumEventAgeInSeconds"] == 21600
 
-    permissions = _statements(lam.get_policy(FunctionName=out["FunctionName"])["Policy"])
+    permissions = policy_statements(lam.get_policy(FunctionName=out["FunctionName"])["Policy"])
     source_arns = {p["Condition"]["ArnLike"]["AWS:SourceArn"] for p in permissions}
     assert source_arns == {
         f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:/app/api:*",
@@ -794,8 +315,11 @@ def test_push_stack(deploy: Callable[..., Stack], aws: Callable[[str], Any]) -> 
     assert transformation["metricNamespace"] == "FirehoseSplunkForwarder/push"
     assert transformation["metricName"] == "BacksplashWrites"
 
-    alarms = {a["MetricName"]: a for a in aws("cloudwatch").describe_alarms()["MetricAlarms"]}
-    assert set(alarms) >= {"Errors", "BacksplashWrites", "ApproximateNumberOfMessagesVisible"}
+    alarms = {
+        a["MetricName"]: a
+        for a in aws("cloudwatch").describe_alarms(AlarmNamePrefix=f"{stack.name}-")["MetricAlarms"]
+    }
+    assert set(alarms) == {"Errors", "BacksplashWrites", "ApproximateNumberOfMessagesVisible"}
     assert alarms["Errors"]["Dimensions"] == [
         {"Name": "FunctionName", "Value": out["FunctionName"]}
     ]
@@ -807,14 +331,14 @@ def test_push_stack(deploy: Callable[..., Stack], aws: Callable[[str], Any]) -> 
         assert alarm["Threshold"] == 1.0
         assert alarm["ComparisonOperator"] == "GreaterThanOrEqualToThreshold"
 
-    _bucket_is_locked_down(aws("s3"), bucket, expire_days=30)
-    statements = _role_statements(aws("iam"), stack.resources["PushRole"])
-    (put,) = _granting(statements, "s3:PutObject")
-    assert _resources(put) == {f"arn:aws:s3:::{bucket}/push/*"}
-    (send,) = _granting(statements, "sqs:SendMessage")
-    assert _resources(send) == {queue_arn}
-    assert _granting(statements, "secretsmanager:GetSecretValue") == []
-    assert not [s for s in statements if _actions(s) & {"s3:GetObject", "s3:ListBucket"}]
+    bucket_is_locked_down(aws("s3"), bucket, expire_days=30)
+    statements = role_statements(aws("iam"), stack.resources["PushRole"])
+    (put,) = granting(statements, "s3:PutObject")
+    assert resources(put) == {f"arn:aws:s3:::{bucket}/push/*"}
+    (send,) = granting(statements, "sqs:SendMessage")
+    assert resources(send) == {queue_arn}
+    assert granting(statements, "secretsmanager:GetSecretValue") == []
+    assert not [s for s in statements if actions(s) & {"s3:GetObject", "s3:ListBucket"}]
 
 
 def test_push_stack_with_token_secret(
@@ -832,14 +356,14 @@ def test_push_stack_with_token_secret(
         LogGroupName="/app/billing",
         LambdaCodeS3Bucket=CODE_BUCKET,
     )
-    env = _env(aws, stack.outputs["FunctionArn"])
+    env = env_of(aws, stack.outputs["FunctionArn"])
     assert env["SPLUNK_HEC_TOKEN_SECRET_ARN"] == secret_arn
     assert "SPLUNK_HEC_TOKEN" not in env
     assert "AdditionalSubscriptionFilter" not in stack.resources
-    (read,) = _granting(
-        _role_statements(aws("iam"), stack.resources["PushRole"]), "secretsmanager:GetSecretValue"
+    (read,) = granting(
+        role_statements(aws("iam"), stack.resources["PushRole"]), "secretsmanager:GetSecretValue"
     )
-    assert _resources(read) == {secret_arn}
+    assert resources(read) == {secret_arn}
 
 
 # --------------------------------------------------------------------------------------------
@@ -886,21 +410,18 @@ def test_daemon_stack_kinesis(deploy: Callable[..., Stack], aws: Callable[[str],
     assert subscription["destinationArn"] == out["KinesisStreamArn"]
     assert subscription["roleArn"].endswith(f":role/{stack.resources['LogsToKinesisRole']}")
     _checkpoint_table_is_right(aws("dynamodb"), out["CheckpointTableName"])
-    _bucket_is_locked_down(aws("s3"), out["BacksplashBucketName"], expire_days=30)
+    bucket_is_locked_down(aws("s3"), out["BacksplashBucketName"], expire_days=30)
 
     iam = aws("iam")
     role_name = stack.resources["DaemonRole"]
     trust = iam.get_role(RoleName=role_name)["Role"]["AssumeRolePolicyDocument"]
-    assert [s["Principal"] for s in _statements(trust)] == [{"Service": "ec2.amazonaws.com"}]
+    assert [s["Principal"] for s in policy_statements(trust)] == [{"Service": "ec2.amazonaws.com"}]
     profile = iam.get_instance_profile(InstanceProfileName=out["DaemonInstanceProfileName"])
     assert [r["RoleName"] for r in profile["InstanceProfile"]["Roles"]] == [role_name]
-    statements = _role_statements(iam, role_name)
+    statements = role_statements(iam, role_name)
     table_arn = f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/{out['CheckpointTableName']}"
     granted = {
-        action: _resources(s)
-        for s in statements
-        if s["Effect"] == "Allow"
-        for action in _actions(s)
+        action: resources(s) for s in statements if s["Effect"] == "Allow" for action in actions(s)
     }
     assert granted == {
         "dynamodb:GetItem": {table_arn},
@@ -951,7 +472,7 @@ def test_daemon_stack_sqs(deploy: Callable[..., Stack], aws: Callable[[str], Any
         .rsplit("/", 1)[1]
     )
     assert bucket == f"flow-logs-{ACCOUNT}-{stack_uuid}"
-    (allow_s3,) = _statements(attributes["Policy"])
+    (allow_s3,) = policy_statements(attributes["Policy"])
     assert allow_s3["Principal"] == {"Service": "s3.amazonaws.com"}
     assert allow_s3["Action"] == "sqs:SendMessage"
     assert allow_s3["Resource"] == attributes["QueueArn"]
@@ -964,14 +485,14 @@ def test_daemon_stack_sqs(deploy: Callable[..., Stack], aws: Callable[[str], Any
     assert queue_config["Events"] == ["s3:ObjectCreated:*"]
     rules = {r["Name"].lower(): r["Value"] for r in queue_config["Filter"]["Key"]["FilterRules"]}
     assert rules == {"prefix": "AWSLogs/", "suffix": ".log.gz"}
-    _bucket_is_locked_down(s3, bucket, expire_days=30)
+    bucket_is_locked_down(s3, bucket, expire_days=30)
     delivery = [
         s
-        for s in _statements(s3.get_bucket_policy(Bucket=bucket)["Policy"])
+        for s in policy_statements(s3.get_bucket_policy(Bucket=bucket)["Policy"])
         if s["Effect"] == "Allow"
     ]
     assert {s["Principal"]["Service"] for s in delivery} == {"delivery.logs.amazonaws.com"}
-    assert {frozenset(_resources(s)) for s in delivery} == {
+    assert {frozenset(resources(s)) for s in delivery} == {
         frozenset({f"arn:aws:s3:::{bucket}/AWSLogs/{ACCOUNT}/*"}),
         frozenset({f"arn:aws:s3:::{bucket}"}),
     }
@@ -985,15 +506,12 @@ def test_daemon_stack_sqs(deploy: Callable[..., Stack], aws: Callable[[str], Any
     _checkpoint_table_is_right(aws("dynamodb"), out["CheckpointTableName"])
     iam = aws("iam")
     role_name = stack.resources["DaemonRole"]
-    trust = _statements(iam.get_role(RoleName=role_name)["Role"]["AssumeRolePolicyDocument"])
+    trust = policy_statements(iam.get_role(RoleName=role_name)["Role"]["AssumeRolePolicyDocument"])
     assert [s["Principal"] for s in trust] == [{"Service": "ecs-tasks.amazonaws.com"}]
     assert trust[0]["Condition"]["StringEquals"] == {"aws:SourceAccount": ACCOUNT}
-    statements = _role_statements(iam, role_name)
+    statements = role_statements(iam, role_name)
     granted = {
-        action: _resources(s)
-        for s in statements
-        if s["Effect"] == "Allow"
-        for action in _actions(s)
+        action: resources(s) for s in statements if s["Effect"] == "Allow" for action in actions(s)
     }
     queue_arn = attributes["QueueArn"]
     assert {k: v for k, v in granted.items() if not k.startswith(("dynamodb:", "s3:Put"))} == {

@@ -6,6 +6,7 @@ import argparse
 import importlib.util
 import json
 import os
+import platform
 import subprocess
 import sys
 import venv
@@ -20,7 +21,7 @@ from moto import mock_aws
 from forwarder.commands.context import CommandContext
 from forwarder.devtools import packaging
 from forwarder.devtools.packaging import (
-    LAMBDA_PLATFORM,
+    LAMBDA_PLATFORMS,
     LAMBDA_PYTHON_VERSION,
     LAMBDA_RUNTIME,
     PackageReport,
@@ -38,6 +39,8 @@ TEMPLATES = ROOT / "cloudformation"
 # The test interpreter runs the zip, so the wheels are chosen for it; the default build
 # targets LAMBDA_PYTHON_VERSION the same way.
 THIS_PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
+# ...and for this machine's architecture, so the zip's compiled extensions load here.
+THIS_ARCH = {"x86_64": "x86_64", "aarch64": "arm64", "arm64": "arm64"}[platform.machine()]
 # What the Lambda Python runtime provides besides the stdlib (botocore brings urllib3 too).
 RUNTIME_MODULES = ("boto3", "botocore", "s3transfer", "jmespath", "dateutil", "six", "urllib3")
 SHIPPED_TOP_LEVEL = (
@@ -174,7 +177,11 @@ def fixture_package(tmp_path_factory: pytest.TempPathFactory, settings_file: Pat
     """The zip, built once for this module, with a settings file."""
     output = tmp_path_factory.mktemp("dist") / "lambda.zip"
     return build_lambda_zip(
-        output, source_root=ROOT, python_version=THIS_PYTHON, config_file=settings_file
+        output,
+        source_root=ROOT,
+        python_version=THIS_PYTHON,
+        architecture=THIS_ARCH,
+        config_file=settings_file,
     )
 
 
@@ -186,6 +193,7 @@ def test_two_builds_are_byte_identical(
         tmp_path / "again.zip",
         source_root=ROOT,
         python_version=THIS_PYTHON,
+        architecture=THIS_ARCH,
         config_file=settings_file,
     )
     assert again.path.read_bytes() == package.path.read_bytes()
@@ -338,10 +346,10 @@ def test_handlers_run_from_the_zip_in_a_clean_venv(package: PackageReport, tmp_p
 
 
 def test_templates_deploy_the_runtime_the_zip_targets() -> None:
-    """GIVEN every Lambda function in the templates THEN its runtime and architecture are the
-    ones the package's wheels are chosen for."""
+    """GIVEN every Lambda function in the templates THEN its runtime and architecture come
+    from parameters offering exactly what `forwarder package` builds, with the same defaults."""
     assert f"python{LAMBDA_PYTHON_VERSION}" == LAMBDA_RUNTIME
-    assert LAMBDA_PLATFORM.endswith("_x86_64")
+    assert set(LAMBDA_PLATFORMS) == {"arm64", "x86_64"}
     functions = 0
     for template_path in sorted(TEMPLATES.glob("*.yaml")):
         template, matches = decode(str(template_path))
@@ -349,8 +357,13 @@ def test_templates_deploy_the_runtime_the_zip_targets() -> None:
         for resource in template["Resources"].values():
             if resource["Type"] == "AWS::Lambda::Function":
                 functions += 1
-                assert resource["Properties"]["Runtime"] == LAMBDA_RUNTIME
-                assert resource["Properties"]["Architectures"] == ["x86_64"]
+                assert resource["Properties"]["Runtime"] == {"Ref": "Runtime"}
+                assert resource["Properties"]["Architectures"] == [{"Ref": "Architecture"}]
+                parameters = template["Parameters"]
+                assert parameters["Runtime"]["Default"] == LAMBDA_RUNTIME
+                assert set(parameters["Runtime"]["AllowedValues"]) == {"python3.12", "python3.13"}
+                assert parameters["Architecture"]["Default"] == packaging.DEFAULT_ARCHITECTURE
+                assert set(parameters["Architecture"]["AllowedValues"]) == set(LAMBDA_PLATFORMS)
     assert functions == 2
 
 
@@ -463,7 +476,14 @@ def _ctx(args: argparse.Namespace) -> CommandContext:
 def _args(tmp_path: Path, upload_uri: str | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     packaging.add_arguments(parser)
-    argv = ["--output", str(tmp_path / "dist" / "lambda.zip"), "--python-version", THIS_PYTHON]
+    argv = [
+        "--output",
+        str(tmp_path / "dist" / "lambda.zip"),
+        "--python-version",
+        THIS_PYTHON,
+        "--arch",
+        THIS_ARCH,
+    ]
     if upload_uri is not None:
         argv += ["--upload", upload_uri]
     return parser.parse_args(argv)

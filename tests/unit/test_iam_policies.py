@@ -17,6 +17,19 @@ from cfnlint.decode import decode  # type: ignore[import-untyped]
 TEMPLATES = Path(__file__).resolve().parents[2] / "cloudformation"
 TEMPLATE_NAMES = ("firehose-to-splunk.yaml", "push-to-splunk.yaml", "daemon.yaml")
 NO_VALUE = {"Ref": "AWS::NoValue"}
+#: The one statement whose resource is `*`: the network-interface actions Lambda needs in a VPC
+#: (AWS documents DescribeNetworkInterfaces as working only on "*"; the function's ENIs do not
+#: exist when the role is written). Granted only with SubnetIds set.
+VPC_SID = "VpcNetworkInterfaces"
+VPC_ACTIONS = [
+    "ec2:CreateNetworkInterface",
+    "ec2:DescribeNetworkInterfaces",
+    "ec2:DescribeSubnets",
+    "ec2:DeleteNetworkInterface",
+    "ec2:AssignPrivateIpAddresses",
+    "ec2:UnassignPrivateIpAddresses",
+]
+KMS_PAIR = ["kms:GenerateDataKey", "kms:Decrypt"]
 _SUB_NAME = re.compile(r"\$\{([^}!][^}]*)\}")
 
 
@@ -126,8 +139,8 @@ def test_no_statement_allows_every_action_on_every_resource(name: str) -> None:
     """GIVEN every policy statement WHEN it allows THEN neither `*` action nor `*` resource."""
     checked = 0
     for logical_id, _, statement in all_statements(name):
-        if statement["Effect"] != "Allow":
-            continue
+        if statement["Effect"] != "Allow" or statement.get("Sid") == VPC_SID:
+            continue  # the VPC statement's `*` is checked by test_vpc_grant_only_with_a_vpc
         checked += 1
         actions = as_list(statement["Action"])
         assert "*" not in actions, (logical_id, statement)
@@ -146,7 +159,7 @@ def test_every_identity_permission_is_scoped_to_the_stack(name: str) -> None:
     template = load(name)
     own = set(template["Resources"]) | set(template.get("Parameters", {}))
     for logical_id, kind, statement in all_statements(name):
-        if kind != "identity" or statement["Effect"] != "Allow":
+        if kind != "identity" or statement["Effect"] != "Allow" or statement.get("Sid") == VPC_SID:
             continue
         for resource in as_list(statement["Resource"]):
             names = referenced_names(resource)
@@ -226,6 +239,8 @@ def test_logs_may_put_only_into_their_destination() -> None:
             props = resource["Properties"]
             role = props["RoleArn"]["Fn::GetAtt"][0]
             for statement in roles_of(template, role):
+                if statement.get("Sid") == "EncryptWithKmsKey":
+                    continue  # test_kms_grants_only_with_a_key
                 assert as_list(statement["Resource"]) == [props["DestinationArn"]], name
 
 
@@ -251,4 +266,76 @@ def test_secret_grant_is_exactly_the_given_secret() -> None:
         assert found == 1, name
         assert template["Conditions"]["UseTokenSecret"] == {
             "Fn::Not": [{"Fn::Equals": [{"Ref": "HECTokenSecretArn"}, ""]}]
+        }
+
+
+def _conditional_statements(template: dict[str, Any]) -> Iterator[tuple[str, Any]]:
+    """``(role, raw statement entry)`` for every entry of every identity policy, unexpanded."""
+    for logical_id, kind, document in policy_documents(template):
+        if kind != "identity":
+            continue
+        raw = document["Statement"]
+        yield from ((logical_id, entry) for entry in (raw if isinstance(raw, list) else [raw]))
+
+
+@pytest.mark.parametrize("name", TEMPLATE_NAMES)
+def test_kms_grants_only_with_a_key(name: str) -> None:
+    """GIVEN any template WHEN a role may use a KMS key THEN only under HasKmsKey, only on the
+    KmsKeyArn parameter, and only kms:GenerateDataKey/kms:Decrypt (a producer into Kinesis
+    needs only the first)."""
+    template = load(name)
+    assert template["Conditions"]["HasKmsKey"] == {
+        "Fn::Not": [{"Fn::Equals": [{"Ref": "KmsKeyArn"}, ""]}]
+    }
+    roles = set()
+    for role, entry in _conditional_statements(template):
+        expanded = [s for s in branches(entry) if s]
+        kms = [s for s in expanded if any(str(a).startswith("kms:") for a in as_list(s["Action"]))]
+        if not kms:
+            continue
+        (statement,) = kms
+        assert entry == {"Fn::If": ["HasKmsKey", statement, NO_VALUE]}, (name, role)
+        assert as_list(statement["Resource"]) == [{"Ref": "KmsKeyArn"}], (name, role)
+        actions = as_list(statement["Action"])
+        assert actions in (KMS_PAIR, ["kms:GenerateDataKey"]), (name, role)
+        roles.add(role)
+    expected = {
+        "firehose-to-splunk.yaml": {"TransformRole", "FirehoseRole"},
+        "push-to-splunk.yaml": {"PushRole"},
+        "daemon.yaml": {"DaemonRole", "LogsToKinesisRole"},
+    }[name]
+    assert roles == expected
+
+
+@pytest.mark.parametrize("name", ["firehose-to-splunk.yaml", "push-to-splunk.yaml"])
+def test_vpc_grant_only_with_a_vpc(name: str) -> None:
+    """GIVEN a Lambda template WHEN a role may manage network interfaces THEN only the
+    function's role, only under HasVpcConfig, with exactly the actions Lambda documents."""
+    template = load(name)
+    found = []
+    for role, entry in _conditional_statements(template):
+        expanded = [s for s in branches(entry) if s]
+        ec2 = [s for s in expanded if any(str(a).startswith("ec2:") for a in as_list(s["Action"]))]
+        if not ec2:
+            continue
+        (statement,) = ec2
+        assert entry == {"Fn::If": ["HasVpcConfig", statement, NO_VALUE]}, role
+        assert statement["Sid"] == VPC_SID
+        assert as_list(statement["Action"]) == VPC_ACTIONS
+        found.append(role)
+    functions = [
+        k for k, r in template["Resources"].items() if r["Type"] == "AWS::Lambda::Function"
+    ]
+    assert found == [role_of_function(template, f) for f in functions]
+    for function in functions:
+        props = template["Resources"][function]["Properties"]
+        assert props["VpcConfig"] == {
+            "Fn::If": [
+                "HasVpcConfig",
+                {
+                    "SubnetIds": {"Ref": "SubnetIds"},
+                    "SecurityGroupIds": {"Ref": "SecurityGroupIds"},
+                },
+                NO_VALUE,
+            ]
         }
