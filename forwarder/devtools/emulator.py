@@ -707,7 +707,10 @@ class HecEmulator:
             self._output = self._output_path.open(
                 "a", encoding="utf-8", buffering=_OUTPUT_BUFFER_BYTES
             )
-        server = _Server((self._host, self._port), self, context)
+        try:
+            server = _Server((self._host, self._port), self, context)
+        except OSError as exc:  # the address is the thing to name (a port taken, a bad host)
+            raise OSError(exc.errno, exc.strerror, f"{self._host}:{self._port}") from None
         self._server = server
         self._thread = threading.Thread(
             target=server.serve_forever,

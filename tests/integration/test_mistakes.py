@@ -147,7 +147,7 @@ MISTAKES = [
     ),
     Mistake((*REPLAY, "--dry-run"), "AccessDenied", aws="denied", label="access denied"),
     # the emulator on a port that is taken; the demo with nothing to do
-    Mistake(("hec-emulator", "--port", "{busy_port}"), "Address already in use"),
+    Mistake(("hec-emulator", "--port", "{busy_port}"), ":{busy_port}: address already in use"),
     Mistake(("demo", "--batches", "0"), "--batches: must be at least 1"),
 ]
 
@@ -236,11 +236,12 @@ def test_each_mistake_exits_with_the_documented_status_and_one_line(
             arg.replace("{tmp}", str(workdir)).replace("{busy_port}", str(port))
             for arg in mistake.argv
         ]
+        names = mistake.names.replace("{busy_port}", str(port))
         proc = forwarder(argv, environ, workdir)
     assert proc.returncode == USAGE, proc.stderr
     assert "Traceback" not in proc.stderr
-    assert mistake.names in proc.stderr
-    named = [line for line in proc.stderr.splitlines() if mistake.names in line]
+    assert names in proc.stderr
+    named = [line for line in proc.stderr.splitlines() if names in line]
     assert len(named) == 1, proc.stderr  # one line names it (argparse adds its usage above)
 
 
