@@ -27,7 +27,8 @@ class RunOutcome(NamedTuple):
     """The facts of a finished run that decide its exit status (the flags are independent).
 
     ``backsplash_failed``: events could be neither delivered nor stored, or the ledger does
-    not balance. ``hec_fatal``: HEC refused the token or channel. ``error``: the run itself
+    not balance. ``hec_fatal``: HEC refused the token or channel. ``user_mistake``: AWS refused
+    something the user must grant or fix (a permission, a bucket). ``error``: the run itself
     failed (an unexpected exception, an unreadable bucket). ``interrupted``: a stop signal
     ended it early (a daemon's graceful stop is not an interruption). ``incomplete``: some
     events were backsplashed or dropped for a reason other than control messages.
@@ -39,6 +40,7 @@ class RunOutcome(NamedTuple):
 
     backsplash_failed: bool = False
     hec_fatal: bool = False
+    user_mistake: bool = False
     error: bool = False
     interrupted: bool = False
     incomplete: bool = False
@@ -60,6 +62,7 @@ def incomplete(summary: Mapping[str, Any]) -> bool:
 _BY_SEVERITY: Mapping[str, ExitStatus] = {
     "backsplash_failed": ExitStatus.BACKSPLASH_FAILED,
     "hec_fatal": ExitStatus.HEC_FATAL,
+    "user_mistake": ExitStatus.USAGE,
     "error": ExitStatus.FAILURE,
     "interrupted": ExitStatus.INTERRUPTED,
     "incomplete": ExitStatus.INCOMPLETE,
@@ -71,7 +74,8 @@ def status_for(outcome: RunOutcome | BaseException) -> ExitStatus:
     """The one mapping from an outcome, or an exception that ended a command, to a status.
 
     The most severe fact wins: 6 (data neither delivered nor stored), then 4 (HEC refused us),
-    then 1 (the run failed), 130 (interrupted), 5 (incomplete), 1 (some units failed), 0.
+    then 2 (AWS refused what the user must grant: a permission, a bucket), then 1 (the run
+    failed), 130 (interrupted), 5 (incomplete), 1 (some units failed), 0.
     An exception is 2 when it is a mistake the user fixes (:func:`is_user_mistake`), 130 for
     an interruption and 1 otherwise.
     """

@@ -239,6 +239,8 @@ def why_nothing_sent(report: ReplayReport, options: ReplayOptions) -> str | None
         )
     if report.corrupt_total:
         reasons.append(f"{report.corrupt_total} lines are corrupt")
+    if report.objects_failed:
+        reasons.append(f"{report.objects_failed} objects could not be read (see the status line)")
     if not reasons and not report.records_read:
         reasons.append("the selected objects hold no records")
     return "; ".join(reasons) if reasons else None

@@ -31,6 +31,7 @@ from forwarder.errors import BacksplashError
 from forwarder.replay.dispose import dispose
 from forwarder.replay.state import HandledRecords, Outcome
 from forwarder.replay.worker import ByteCounter, ListedObject, Run, Worker
+from forwarder.status import describe, is_user_mistake
 from transforms.options import Endpoint
 from transforms.records import EncodedEvent, RawTarget
 
@@ -130,6 +131,9 @@ def replay_object(worker: Worker, obj: ListedObject) -> None:
     except (BotoCoreError, ClientError, OSError) as exc:
         read_error = f"{type(exc).__name__}: {exc}"
         complete = False
+        if is_user_mistake(exc):
+            with shared.lock:
+                report.refused = report.refused or f"{obj.key}: {describe(exc)}"
     except Exception as exc:  # noqa: BLE001 - any bug: commit what was sent, stop the run
         crash = f"{type(exc).__name__}: {exc}"
         complete = False

@@ -63,6 +63,9 @@ class ReplayReport:
     fatal: str | None = None
     backsplash_error: str | None = None
     error: str | None = None
+    #: The first object read AWS refused for a reason the user fixes (a missing permission,
+    #: a bucket gone): the run then ends with status 2, naming it.
+    refused: str | None = None
     elapsed_s: float = 0.0
 
     def count(self, kind: str, error_code: str, records: int, events: int, nbytes: int) -> None:
@@ -85,6 +88,7 @@ class ReplayReport:
         return RunOutcome(
             backsplash_failed=self.backsplash_error is not None,
             hec_fatal=self.fatal is not None,
+            user_mistake=self.refused is not None,
             error=self.error is not None,
             interrupted=self.interrupted,
             incomplete=bool(self.events_failed or self.corrupt_total or self.records_exhausted),
@@ -233,6 +237,8 @@ def format_summary(report: ReplayReport) -> str:
         notes.append(f"HEC refused delivery: {report.fatal}")
     if report.backsplash_error:
         notes.append(f"could not write replay-failed/: {report.backsplash_error}")
+    if report.refused:
+        notes.append(report.refused)
     lines.append(
         f"  status   {int(report.exit_status)}  {report.elapsed_s:.1f}s"
         + (f"  ({'; '.join(notes)})" if notes else "")

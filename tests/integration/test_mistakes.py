@@ -152,8 +152,32 @@ MISTAKES = [
 ]
 
 
+#: A bucket the denying stub lists (one object) but whose objects it refuses to hand out.
+LISTABLE_BUCKET = "listable-backsplash"
+LISTED_KEY = "splunk-failed/2026/12/01/00/forwarder-x.gz"
+
+
 class _Denied(BaseHTTPRequestHandler):
-    """Answers every request as S3 answers a caller without permission."""
+    """Answers every request as S3 answers a caller without permission, but the listing of
+    :data:`LISTABLE_BUCKET` (s3:ListBucket granted, s3:GetObject not)."""
+
+    def do_GET(self) -> None:
+        if self.path.startswith(f"/{LISTABLE_BUCKET}?") and "list-type=2" in self.path:
+            body = (
+                '<?xml version="1.0" encoding="UTF-8"?>\n<ListBucketResult>'
+                f"<Name>{LISTABLE_BUCKET}</Name><Prefix></Prefix><KeyCount>1</KeyCount>"
+                "<MaxKeys>1000</MaxKeys><IsTruncated>false</IsTruncated>"
+                f"<Contents><Key>{LISTED_KEY}</Key><ETag>&quot;e&quot;</ETag><Size>10</Size>"
+                "<LastModified>2026-12-01T00:00:00.000Z</LastModified></Contents>"
+                "</ListBucketResult>"
+            ).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/xml")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
+        self._deny()
 
     def _deny(self) -> None:
         body = (
@@ -170,7 +194,7 @@ class _Denied(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(body)
 
-    do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _deny
+    do_PUT = do_POST = do_HEAD = do_DELETE = _deny
 
     def log_message(self, format: str, *args: object) -> None:
         pass
@@ -347,3 +371,26 @@ def test_package_upload_mistakes_are_usage_errors(
     assert packaging.package(args) == USAGE
     err = capsys.readouterr().err
     assert line in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("dry_run", [True, False], ids=["dry-run", "run"])
+def test_an_object_read_aws_refuses_is_a_usage_error_naming_the_object(
+    workdir: Path, denying_s3: str, dry_run: bool
+) -> None:
+    """GIVEN a bucket that may be listed but not read (s3:GetObject missing) WHEN replayed
+    THEN status 2, no traceback, and the summary names the object and AWS's refusal."""
+    environ = {
+        **clean_environ(workdir),
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_ENDPOINT_URL": denying_s3,
+        "SPLUNK_HEC_URL": "http://127.0.0.1:9",
+        "SPLUNK_HEC_TOKEN": "00000000-0000-0000-0000-000000000000",
+    }
+    argv = ["replay", f"s3://{LISTABLE_BUCKET}/", "--no-progress"]
+    proc = forwarder([*argv, "--dry-run"] if dry_run else argv, environ, workdir)
+    assert proc.returncode == USAGE, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    status_line, why = proc.stdout.splitlines()[-2:]
+    assert LISTED_KEY in status_line and "AccessDenied" in status_line, proc.stdout
+    assert "1 objects could not be read" in why, proc.stdout
