@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from forwarder.backsplash.codec import Failure
 from forwarder.backsplash.writers import Backsplash
 from tests.conftest import boto_client
 from transforms.records import EncodedEvent
@@ -42,11 +43,13 @@ def _write(s3: Any, bucket: str) -> str:
     backsplash = Backsplash(s3, bucket, "push/", sleep=lambda seconds: None)
     return backsplash.write(
         [EncodedEvent(b'{"event":"one"}', "id-1")],
-        error_code="Splunk.ServerError",
-        error_message="503",
-        attempts=3,
-        endpoint="event",
-        arrival_ms=1741064000000,
+        Failure(
+            error_code="Splunk.ServerError",
+            error_message="503",
+            attempts=3,
+            endpoint="event",
+            arrival_ms=1741064000000,
+        ),
     )
 
 
