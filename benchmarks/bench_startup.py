@@ -111,8 +111,18 @@ ROWS: tuple[tuple[str, str, float | None], ...] = (
     ("forward 10 events", "minimal script", 1.6),
     ("forwarder --help", "import requests", 0.5),
     ("import forwarder.push", "python -c pass", None),
+    ("import forwarder.push", "push's libraries", None),
     ("import transforms.firehose", "python -c pass", None),
 )
+#: With ``--baseline DIR`` (a tree holding an older forwarder/, transforms/ and config/, e.g.
+#: ``git archive a46a2fb forwarder transforms config | tar -x -C DIR``), the handlers' imports
+#: against the same imports of that tree, interleaved in the same run.
+BASELINE_ROWS: tuple[tuple[str, str, float | None], ...] = (
+    ("import forwarder.push", "baseline: import forwarder.push", 2 / 3),
+    ("import transforms.firehose", "baseline: import transforms.firehose", 1.0),
+)
+#: What ``forwarder.push`` cannot start without: the runtime libraries it delivers with.
+PUSH_LIBRARIES = "import requests, structlog, tenacity, botocore.exceptions"
 
 
 def payload(events: int = EVENTS) -> bytes:
@@ -193,10 +203,10 @@ def emulator() -> Iterator[str]:
             process.wait()
 
 
-def run(argv: list[str], env: dict[str, str]) -> None:
+def run(argv: list[str], env: dict[str, str], cwd: Path = ROOT) -> None:
     """Run one child to completion; a failing child fails the benchmark."""
     result = subprocess.run(
-        argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False
+        argv, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False
     )
     if result.returncode != 0:
         raise RuntimeError(f"{argv} exited {result.returncode}: {result.stderr[-2000:]!r}")
@@ -216,7 +226,7 @@ def help_imports() -> dict[str, bool]:
     return loaded
 
 
-def main(repeats: int = REPEATS) -> dict[str, Any]:
+def main(repeats: int = REPEATS, baseline: Path | None = None) -> dict[str, Any]:
     """Measure every case and its reference; print a table; return the numbers."""
     python = sys.executable
     with tempfile.TemporaryDirectory(prefix="bench-startup-") as tmp, emulator() as url:
@@ -234,10 +244,20 @@ def main(repeats: int = REPEATS) -> dict[str, Any]:
             "import forwarder.push": ([python, "-c", "import forwarder.push"], plain),
             "import transforms.firehose": ([python, "-c", "import transforms.firehose"], plain),
             "python -c pass": ([python, "-c", "pass"], plain),
+            "push's libraries": ([python, "-c", PUSH_LIBRARIES], plain),
         }
+        cwds = dict.fromkeys(commands, ROOT)
+        if baseline is not None:
+            for module in ("forwarder.push", "transforms.firehose"):
+                name = f"baseline: import {module}"
+                commands[name] = ([python, "-c", f"import {module}"], plain)
+                cwds[name] = baseline  # ``-c`` puts the working directory first on sys.path
         indexed_before = get_json(f"{url}/emulator/stats")["events_indexed"]
         times = median_seconds(
-            {name: functools.partial(run, argv, env) for name, (argv, env) in commands.items()},
+            {
+                name: functools.partial(run, argv, env, cwds[name])
+                for name, (argv, env) in commands.items()
+            },
             repeats=repeats,
             warmup=1,
         )
@@ -251,12 +271,12 @@ def main(repeats: int = REPEATS) -> dict[str, Any]:
         f"Start-up: median of {repeats} processes with cached bytecode, "
         "as a ratio to a reference in the same run"
     )
-    print(f"{'case':<28}{'ms':>8}  {'reference':<17}{'ms':>8}{'ratio':>8}{'target':>8}")
+    print(f"{'case':<28}{'ms':>8}  {'reference':<37}{'ms':>8}{'ratio':>8}{'target':>8}")
     rows = []
-    for case, reference, target in ROWS:
+    for case, reference, target in ROWS + (BASELINE_ROWS if baseline is not None else ()):
         ratio = times[case] / times[reference]
         print(
-            f"{case:<28}{times[case] * 1000:>8.1f}  {reference:<17}"
+            f"{case:<28}{times[case] * 1000:>8.1f}  {reference:<37}"
             f"{times[reference] * 1000:>8.1f}{ratio:>8.2f}"
             + (f"{target:>7.1f}x" if target is not None else f"{'':>8}")
             + ("  (over target)" if target is not None and ratio > target else "")
@@ -286,4 +306,10 @@ def main(repeats: int = REPEATS) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=REPEATS)
+    parser.add_argument("--baseline", type=Path, help="an older tree to compare the imports with")
+    arguments = parser.parse_args()
+    main(arguments.repeats, arguments.baseline)
