@@ -77,6 +77,8 @@ class RecordOutcome:
         payload_bytes: bytes of the Ok output before base64.
         origin: the payload's kind (``cloudwatch``, ``direct``, ``text``).
         lines: each HEC event's bytes, only when asked for (``forwarder transform``).
+        filtered, sampled: events a route's ``drop`` / ``sample`` rules removed;
+        time_unparsed: events whose time could not be read from the message.
     """
 
     record: FirehoseRecord
@@ -87,6 +89,9 @@ class RecordOutcome:
     payload_bytes: int = 0
     origin: str | None = None
     lines: tuple[bytes, ...] = ()
+    filtered: int = 0
+    sampled: int = 0
+    time_unparsed: int = 0
 
 
 def _failed(
@@ -122,7 +127,9 @@ def transform_record(
         if batch.is_control:
             return _dropped(record, "control_message", raw)
         if not batch.events:
-            return _dropped(record, "empty_batch", raw)
+            outcome = _dropped(record, "empty_batch", raw)
+            outcome.filtered, outcome.sampled = batch.filtered, batch.sampled
+            return outcome
         payload = firehose_payload(batch, options.endpoint)
     except TransformError as exc:
         return _failed(record, type(exc).__name__, raw, error=str(exc)[:300])
@@ -138,6 +145,9 @@ def transform_record(
         payload_bytes=len(payload),
         origin=batch.origin,
         lines=tuple(event.payload for event in batch.events) if keep_lines else (),
+        filtered=batch.filtered,
+        sampled=batch.sampled,
+        time_unparsed=batch.time_unparsed,
     )
 
 
@@ -156,6 +166,9 @@ class InvocationSummary:
     empty_batches: int = 0
     events_out: int = 0
     unparsed_lines: int = 0
+    events_filtered: int = 0
+    events_sampled: int = 0
+    time_unparsed: int = 0
     bytes_in: int = 0
     bytes_out: int = 0
     response_bytes: int = 0
@@ -393,6 +406,12 @@ def transform_invocation(
             _refit(outcomes, limit_bytes=limit_bytes, summary=summary)
     for outcome in outcomes:
         result = outcome.result
+        if isinstance(result, Ok) or (
+            isinstance(result, Dropped) and result.reason == "empty_batch"
+        ):  # not re-ingested records: their next invocation counts them
+            summary.events_filtered += outcome.filtered
+            summary.events_sampled += outcome.sampled
+            summary.time_unparsed += outcome.time_unparsed
         if isinstance(result, Ok):
             summary.ok += 1
             summary.events_out += outcome.events
