@@ -33,15 +33,18 @@ from dataclasses import dataclass
 from functools import lru_cache
 from hashlib import blake2b
 from json.encoder import encode_basestring
-from typing import Literal
+from operator import itemgetter
+from typing import Literal, TypeVar
 
 from transforms.errors import RoutePatternError
-from transforms.event_time import TimeParser, time_parser
+from transforms.event_time import TimeParser, batch_parser, time_parser
 from transforms.options import DropRule, FieldValue, RedactRule, Shaping
 
 #: How non-flow messages are sent: ``None`` as strings; ``json`` JSON objects and arrays as
 #: values; ``auto`` JSON objects as objects.
 JsonMode = Literal["json", "auto"] | None
+
+_T = TypeVar("_T")
 
 MASK = "****"
 _SCRUB_ROUNDS = 8  # re-replace at most this often before replacing the whole message
@@ -85,6 +88,14 @@ def field_value(value: object, path: tuple[str, ...]) -> object:
     return value
 
 
+def field_values(objects: list[object], path: tuple[str, ...]) -> list[object]:
+    """``field_value`` of each parsed message (one comprehension for one-key paths)."""
+    if len(path) == 1:
+        key = path[0]
+        return [value.get(key, _MISSING) if type(value) is dict else _MISSING for value in objects]
+    return [field_value(value, path) for value in objects]
+
+
 def _equals(value: object, wanted: FieldValue) -> bool:
     """JSON equality: a string equals only a string, a boolean only a boolean."""
     if isinstance(wanted, bool) or isinstance(value, bool):
@@ -123,7 +134,10 @@ def _drop_condition(rule: DropRule) -> tuple[Condition, ...]:
         def field_equals(messages: list[str], objects: list[object] | None) -> list[bool]:
             if objects is None:
                 return [False] * len(messages)
-            return [_equals(field_value(value, path), wanted) for value in objects]
+            values = field_values(objects, path)
+            if isinstance(wanted, str):  # only a JSON string equals a str
+                return [value == wanted for value in values]
+            return [_equals(value, wanted) for value in values]
 
         conditions.append(field_equals)
     return tuple(conditions)
@@ -219,6 +233,7 @@ class Shaper:
             groups = self._time_regex.groupindex
             self._time_group = "time" if "time" in groups else min(self._time_regex.groups, 1)
         self._parse_time: TimeParser = time_parser(shaping.time_format)
+        self._parse_batch = batch_parser(shaping.time_format)
         self._redactors = tuple(_redactor(rule) for rule in shaping.redact)
         self._redact_fields = frozenset(name.lower() for name in shaping.redact_fields)
         self._json_mode = json_mode
@@ -243,10 +258,10 @@ class Shaper:
         shaped = Shaped(messages, ids, timestamps)
         keep = self._select(shaped, objects)
         if keep is not None:
-            shaped.messages = [messages[i] for i in keep]
-            shaped.ids = [ids[i] for i in keep] if ids is not None else None
-            shaped.timestamps = [timestamps[i] for i in keep] if timestamps is not None else None
-            objects = [objects[i] for i in keep] if objects is not None else None
+            shaped.messages = _pick(messages, keep)
+            shaped.ids = _pick(ids[:], keep) if ids is not None else None
+            shaped.timestamps = _pick(timestamps, keep) if timestamps is not None else None
+            objects = _pick(objects, keep) if objects is not None else None
         if flow:
             shaped.messages = self._redact(shaped.messages)
             return shaped
@@ -311,8 +326,10 @@ class Shaper:
     def _times(self, messages: list[str], objects: list[object] | None) -> list[str | None]:
         parse = self._parse_time
         if self._time_path is not None:
-            path = self._time_path
-            values = [field_value(value, path) for value in cast_objects(objects, messages)]
+            values = field_values(cast_objects(objects, messages), self._time_path)
+            fast = self._parse_batch(values)
+            if fast is not None:
+                return fast
             return [parse(value) if value is not _MISSING else None for value in values]
         regex = cast_regex(self._time_regex)
         group = self._time_group
@@ -328,9 +345,38 @@ class Shaper:
         return out
 
     def _redact(self, texts: list[str]) -> list[str]:
+        if not self._redactors:
+            return texts
         for scrub in self._redactors:
             texts = list(map(scrub, texts))
+        if "\\" in "".join(texts):
+            # A JSON message may spell masked text with escapes (\u0041): redact its decoded
+            # strings too, so that nothing masked comes back when Splunk reads the JSON.
+            texts = [self._redact_decoded(text) if "\\" in text else text for text in texts]
         return texts
+
+    def _redact_decoded(self, text: str) -> str:
+        value = parse_json(text)
+        if value is _MISSING:
+            return text
+        try:
+            cleaned = self._scrub_value(value)
+        except RecursionError:
+            return MASK
+        if cleaned == value:
+            return text
+        return json.dumps(cleaned, separators=(",", ":"), ensure_ascii=False)
+
+    def _scrub_value(self, value: object) -> object:
+        if isinstance(value, str):
+            for scrub in self._redactors:
+                value = scrub(value)
+            return value
+        if isinstance(value, dict):
+            return {self._scrub_value(key): self._scrub_value(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [self._scrub_value(item) for item in value]
+        return value
 
     def _bodies(self, texts: list[str], redacted: list[str], objects: list[object]) -> list[str]:
         arrays = self._json_mode == "json"
@@ -341,6 +387,13 @@ class Shaper:
                 is_value = final == text or parse_json(final) is not _MISSING
             bodies.append(final if is_value else encode_basestring(final))
         return bodies
+
+
+def _pick(values: Sequence[_T], keep: list[int]) -> list[_T]:
+    """The values at the positions ``keep`` (one C-level pass)."""
+    if len(keep) < 2:
+        return [values[i] for i in keep]
+    return list(itemgetter(*keep)(values))
 
 
 def cast_objects(objects: list[object] | None, messages: list[str]) -> list[object]:

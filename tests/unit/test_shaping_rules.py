@@ -19,7 +19,7 @@ from config.loader import load_settings
 from forwarder.delivery.ledger import Ledger
 from forwarder.status import incomplete
 from tests.unit.test_firehose_handler import RecordingReingester
-from transforms.event_time import time_parser
+from transforms.event_time import iso_batch, time_parser
 from transforms.firehose_invocation import transform_invocation
 from transforms.options import DropRule, RedactRule, Route, Shaping, TransformOptions
 from transforms.pipeline import transform_lines, transform_payload
@@ -259,6 +259,17 @@ def test_redaction_and_counts_reach_the_firehose_answer() -> None:
     assert (summary["events_filtered"], summary["events_out"]) == (2, 1)
 
 
+def strings(value: object) -> list[str]:
+    """Every string a decoded event holds (values and keys, at any depth)."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [text for k, v in value.items() for text in (k, *strings(v))]
+    if isinstance(value, list):
+        return [text for item in value for text in strings(item)]
+    return []
+
+
 @given(
     before=st.text(max_size=40),
     after=st.text(max_size=40),
@@ -271,10 +282,7 @@ def test_redaction_never_leaks_the_masked_text(before: str, after: str, secret: 
     as_json = json.dumps({"k": secret, "v": [before, {"k": after}]}, ensure_ascii=False)
     batch = transform_payload(payload([message, as_json]), opts)
     for event in batch.events:
-        text = json.loads(event.payload)["event"]
-        assert secret not in (
-            text if isinstance(text, str) else json.dumps(text, ensure_ascii=False)
-        )
+        assert all(secret not in text for text in strings(json.loads(event.payload)["event"]))
     lines = transform_lines([message], log_group=GROUP, log_stream="f", options=opts)
     assert all(secret not in json.loads(e.payload)["event"] for e in lines.events)
 
@@ -429,3 +437,15 @@ def test_transform_command_shows_the_rules(tmp_path: Path) -> None:
     assert len(events) == 1
     assert events[0]["time"] == 1700000000.0
     assert events[0]["event"] == {"ts": "2023-11-14T22:13:20Z", "level": "INFO", "pw": "****"}
+
+
+def test_iso_batch_matches_the_one_by_one_parser() -> None:
+    values: list[object] = [
+        "2023-11-14T22:13:20.500Z",
+        "2023-11-14T22:13:21.007Z",
+        "1970-01-01T00:00:00.000Z",
+    ]
+    assert iso_batch(values) == [time_parser("iso8601")(v) for v in values]
+    assert iso_batch([*values, "2023-11-14T22:13:20Z"]) is None
+    assert iso_batch(["2023-11-14T22:13:20.5a0Z"]) is None
+    assert iso_batch(["2023-13-14T22:13:20.500Z"]) is None
