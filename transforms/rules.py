@@ -13,9 +13,9 @@ and returns what is left to send (``Shaped``). In order:
 3. the time is read from the message (``time_field``/``time_regex``, ``transforms.event_time``);
    an event whose time cannot be read keeps the CloudWatch time and counts ``time_unparsed``;
 4. ``redact_fields`` masks the values of the named keys at any depth of a JSON message (which is
-   then re-serialized), and ``redact`` rules replace their pattern in the message text. A
-   replacement that would form the pattern again is replaced again; a message that still
-   holds it after that is replaced whole. Nothing masked leaves in any form;
+   then re-serialized), and ``redact`` rules replace their pattern in the message text until
+   it no longer changes (``_redactor``), and in the strings a JSON message spells with
+   escapes. Nothing masked leaves in any form;
 5. with ``event_format`` json (objects and arrays) or auto (objects), a JSON message is the
    event's value as written (re-checked only when a redaction changed it); every other
    message is a JSON string.
@@ -28,10 +28,12 @@ from __future__ import annotations
 
 import json
 import re
+from bisect import bisect_right
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from hashlib import blake2b
+from itertools import accumulate
 from json.encoder import encode_basestring
 from operator import itemgetter
 from typing import Literal, TypeVar
@@ -75,6 +77,56 @@ def parse_json(text: str) -> object:
     if end != len(text) and not text[end:].isspace():
         return _MISSING
     return value
+
+
+#: A sequence only a message holding two top-level JSON values can show ``parse_messages``.
+_TWO_VALUES = re.compile(r"\][ \t\n\r]*,[ \t\n\r]*\[").search
+_decode = json.JSONDecoder(parse_constant=_reject_constant).decode
+
+
+def parse_messages(texts: list[str]) -> list[object]:
+    """``parse_json`` of each message, in one parse of the batch where that is provably the
+    same (``_parse_together``), else one by one."""
+    looks = [i for i, text in enumerate(texts) if text[:1] in ("{", "[")]
+    if not looks:
+        return [_MISSING] * len(texts)
+    chosen = texts if len(looks) == len(texts) else [texts[i] for i in looks]
+    parsed = _parse_together(chosen)
+    if parsed is None:
+        return list(map(parse_json, texts))
+    if chosen is texts:
+        return parsed
+    out: list[object] = [_MISSING] * len(texts)
+    for i, value in zip(looks, parsed, strict=True):
+        out[i] = value
+    return out
+
+
+def _parse_together(texts: list[str]) -> list[object] | None:
+    """Parse ``[[m1],\n[m2],\n...]`` at once (JSON keys are then shared across the batch);
+    None when that might not be each message's own value.
+
+    Why a success proves it: a raw newline cannot be inside a JSON string (strict parsing),
+    so each ``,\n`` separator is outside strings; if the parser saw a top-level comma inside
+    a message, the message would hold ``]``, ``,`` and ``[`` with only whitespace between
+    (every element is checked to be a list), which ``_TWO_VALUES`` excludes. So every
+    top-level comma is a separator, and with one element per message every separator is
+    one: element i is exactly ``[`` + message i + ``]``, holding a single value.
+    """
+    if _TWO_VALUES("\x00".join(texts)) is not None:
+        return None
+    try:
+        elements = _decode("[[" + "],\n[".join(texts) + "]]")
+    except (ValueError, RecursionError):
+        return None
+    if (
+        not isinstance(elements, list)
+        or len(elements) != len(texts)
+        or set(map(type, elements)) != {list}
+        or set(map(len, elements)) != {1}
+    ):
+        return None
+    return [element[0] for element in elements]
 
 
 def field_value(value: object, path: tuple[str, ...]) -> object:
@@ -143,27 +195,80 @@ def _drop_condition(rule: DropRule) -> tuple[Condition, ...]:
     return tuple(conditions)
 
 
+def _batch_redactor(rule: RedactRule) -> Callable[[list[str]], list[str]]:
+    """``_redactor`` over a batch: only the lines that may hold a match are scrubbed."""
+    source = rule.pattern[3:] if rule.pattern.startswith("re:") else re.escape(rule.pattern)
+    candidates = _candidates(source, re.compile(source))
+    scrub = _redactor(rule)
+
+    def redact(texts: list[str]) -> list[str]:
+        lines = candidates(texts)
+        if not lines:
+            return texts
+        out = list(texts)
+        for line in lines:
+            out[line] = scrub(out[line])
+        return out
+
+    return redact
+
+
 def _redactor(rule: RedactRule) -> Callable[[str], str]:
-    """The function that masks one rule's pattern in a text, leaving none of it behind."""
+    """The function that masks one rule's pattern in a text, leaving none of it behind.
+
+    The text is replaced until it no longer changes, so a replacement that forms the pattern
+    anew with what surrounds it is replaced too, while a replacement the pattern matches
+    (``password=\\S+`` -> ``password=****``) stays. A text still changing after
+    ``_SCRUB_ROUNDS`` rounds is replaced whole.
+    """
     source = rule.pattern[3:] if rule.pattern.startswith("re:") else re.escape(rule.pattern)
     compiled = re.compile(source)
     replace = rule.replace
     template = replace.replace("\\", "\\\\")  # the replacement is literal text
-    subn, search = compiled.subn, compiled.search
+    subn = compiled.subn
 
     def scrub(text: str) -> str:
         text, count = subn(template, text)
         if not count:
             return text
         for _ in range(_SCRUB_ROUNDS):
-            if search(text) is None:
+            again = subn(template, text)[0]
+            if again == text:
                 return text
-            text = subn(template, text)[0]
-        if search(text) is None:
-            return text
-        return replace if search(replace) is None else ""
+            text = again
+        return replace if subn(template, replace)[0] == replace else ""
 
     return scrub
+
+
+#: What makes a regular expression's match depend on the text around it (anchors, word
+#: boundaries, lookarounds). Without any of these, a match in one line is a match in the
+#: lines joined, so a batch can be searched at once (``_candidates``).
+_CONTEXT_TOKENS = ("^", "$", "\\A", "\\Z", "\\b", "\\B", "(?=", "(?!", "(?<")
+
+
+def _candidates(source: str, compiled: re.Pattern[str]) -> Callable[[list[str]], list[int]]:
+    """The lines of a batch that may hold a match: all of them when the pattern depends on
+    context, else those one search of the joined batch finds a match in (every match is
+    inside or across the lines it covers, so no line with a match of its own is missed)."""
+    if any(token in source for token in _CONTEXT_TOKENS):
+        return lambda texts: list(range(len(texts)))
+    finditer = compiled.finditer
+
+    def candidates(texts: list[str]) -> list[int]:
+        joined = "\n".join(texts)
+        found = [(match.start(), match.end()) for match in finditer(joined)]
+        if not found:
+            return []
+        ends = list(accumulate(len(text) + 1 for text in texts))  # past each line's "\n"
+        lines: set[int] = set()
+        for start, end in found:
+            first = bisect_right(ends, start)
+            last = bisect_right(ends, max(start, end - 1))
+            lines.update(range(first, min(last, len(texts) - 1) + 1))
+        return sorted(lines)
+
+    return candidates
 
 
 def _mask_fields(value: object, names: frozenset[str]) -> bool:
@@ -235,6 +340,7 @@ class Shaper:
         self._parse_time: TimeParser = time_parser(shaping.time_format)
         self._parse_batch = batch_parser(shaping.time_format)
         self._redactors = tuple(_redactor(rule) for rule in shaping.redact)
+        self._batch_redactors = tuple(_batch_redactor(rule) for rule in shaping.redact)
         self._redact_fields = frozenset(name.lower() for name in shaping.redact_fields)
         self._json_mode = json_mode
         self._objects_to_filter = any(rule.field is not None for rule in shaping.drop) or (
@@ -254,7 +360,7 @@ class Shaper:
         where events have neither a time nor a JSON value of their own)."""
         objects: list[object] | None = None
         if self._objects_to_filter and not flow:
-            objects = list(map(parse_json, messages))
+            objects = parse_messages(messages)
         shaped = Shaped(messages, ids, timestamps)
         keep = self._select(shaped, objects)
         if keep is not None:
@@ -270,7 +376,7 @@ class Shaper:
         if objects is None and (
             self._redact_fields or wants_json or (wants_time and self._time_path is not None)
         ):
-            objects = list(map(parse_json, shaped.messages))
+            objects = parse_messages(shaped.messages)
         if wants_time:
             shaped.times = self._times(shaped.messages, objects)
             shaped.time_unparsed = shaped.times.count(None)
@@ -347,8 +453,8 @@ class Shaper:
     def _redact(self, texts: list[str]) -> list[str]:
         if not self._redactors:
             return texts
-        for scrub in self._redactors:
-            texts = list(map(scrub, texts))
+        for redact in self._batch_redactors:
+            texts = redact(texts)
         if "\\" in "".join(texts):
             # A JSON message may spell masked text with escapes (\u0041): redact its decoded
             # strings too, so that nothing masked comes back when Splunk reads the JSON.

@@ -24,7 +24,15 @@ from transforms.firehose_invocation import transform_invocation
 from transforms.options import DropRule, RedactRule, Route, Shaping, TransformOptions
 from transforms.pipeline import transform_lines, transform_payload
 from transforms.records import EncodedBatch
-from transforms.rules import compile_shaper, dedup_key
+from transforms.rules import (
+    _MISSING,
+    _batch_redactor,
+    _redactor,
+    compile_shaper,
+    dedup_key,
+    parse_json,
+    parse_messages,
+)
 
 GROUP = "/app/web"
 
@@ -449,3 +457,33 @@ def test_iso_batch_matches_the_one_by_one_parser() -> None:
     assert iso_batch([*values, "2023-11-14T22:13:20Z"]) is None
     assert iso_batch(["2023-11-14T22:13:20.5a0Z"]) is None
     assert iso_batch(["2023-13-14T22:13:20.500Z"]) is None
+
+
+@given(
+    texts=st.lists(st.text(alphabet="ab\n x-", max_size=12), max_size=12),
+    pattern=st.sampled_from(["a", "ab", "re:a\\s*b", "re:b+", "re:^a", "re:a$", "re:\\bx", "x-"]),
+)
+@settings(max_examples=300, deadline=None)
+def test_batch_redaction_equals_line_by_line(texts: list[str], pattern: str) -> None:
+    """Searching the joined batch to find the lines to scrub changes nothing."""
+    rule = RedactRule(pattern, "#")
+    assert _batch_redactor(rule)(texts) == [_redactor(rule)(text) for text in texts]
+
+
+@given(texts=st.lists(st.text(alphabet='[]{},"\n :1a\\', max_size=14), max_size=10))
+@settings(max_examples=1000, deadline=None)
+def test_batch_json_parse_equals_one_by_one(texts: list[str]) -> None:
+    """Messages built to fuse or split in a joined parse still map to their own values."""
+    assert parse_messages(texts) == [parse_json(text) for text in texts]
+
+
+def test_batch_json_parse_refuses_a_message_that_splits() -> None:
+    texts = ['["a"', '"b"]', '{"x":1}],[{"y":2}', '{"z":3}']
+    assert parse_messages(texts) == [parse_json(text) for text in texts]
+    assert parse_json(texts[2]) is _MISSING
+
+
+def test_a_replacement_the_pattern_matches_stays() -> None:
+    shaper = compile_shaper(Shaping(redact=(RedactRule("re:password=\\S+", "password=****"),)))
+    result = shaper.apply(["login password=hunter2 ok", "a\\\\b"], None, None)
+    assert result.messages == ["login password=**** ok", "a\\\\b"]
