@@ -89,7 +89,7 @@ def main(repeats: int = 7) -> dict[str, Any]:
     check = transform_event(event, shaped, reingester=_Accepting())
     body = b"".join(base64.b64decode(r["data"]) for r in check["records"])
     assert b"hunter" not in body and b"password=****" in body
-    assert b'"level\\":\\"DEBUG' not in body and b'"level\\":\\"INFO' in body
+    assert b"DEBUG" not in body and b"INFO" in body
     times = median_seconds(
         {
             "floor": lambda: floor(event),
