@@ -440,7 +440,13 @@ class Shaper:
         regex = cast_regex(self._time_regex)
         group = self._time_group
         found = list(map(regex.search, messages))
-        return [parse(match.group(group)) if match is not None else None for match in found]
+        texts: list[object] = [
+            match.group(group) if match is not None else _MISSING for match in found
+        ]
+        fast = self._parse_batch(texts)
+        if fast is not None:
+            return fast
+        return [parse(text) if text is not _MISSING else None for text in texts]
 
     def _mask(self, texts: list[str], objects: list[object]) -> list[str]:
         names = self._redact_fields
