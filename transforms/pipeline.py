@@ -1,9 +1,12 @@
 """The transform: one record's bytes in, HEC-ready events out (``EncodedBatch``).
 
 Per batch: decode (``transforms.cloudwatch``), resolve the route once (``transforms.routing``),
-serialize the constant part of the event objects once (``hec_event.envelope``) and hand the
-messages to the shaper the destination calls for (``transforms.shaping``): raw lines, plain
-events, or flow-log lines sent untouched or as JSON records.
+apply the route's shaping rules when it has any (``transforms.rules``: drop, sample, redact,
+time from the message, JSON events), serialize the constant part of the event objects once
+(``hec_event.envelope``) and hand the messages to the shaper the destination calls for
+(``transforms.shaping``): raw lines, plain events, or flow-log lines sent untouched or as
+JSON records. With ``SPLUNK_DEDUP_FIELD`` every event object gets its dedup key as an
+indexed field (``rules.with_dedup_keys``).
 """
 
 from __future__ import annotations
