@@ -487,3 +487,17 @@ def test_a_replacement_the_pattern_matches_stays() -> None:
     shaper = compile_shaper(Shaping(redact=(RedactRule("re:password=\\S+", "password=****"),)))
     result = shaper.apply(["login password=hunter2 ok", "a\\\\b"], None, None)
     assert result.messages == ["login password=**** ok", "a\\\\b"]
+
+
+@pytest.mark.parametrize("event_format", [None, "auto"])
+def test_redaction_reaches_text_a_json_message_spells_with_escapes(
+    event_format: str | None,
+) -> None:
+    """GIVEN a JSON message spelling the secret with a \\u escape WHEN redacted THEN neither
+    the wire text nor what Splunk decodes from it holds the secret."""
+    route: dict[str, Any] = {"event_format": event_format} if event_format else {"index": "i"}
+    opts = options(Shaping(redact=(RedactRule("re:password=\\w+"),)), **route)
+    events, _ = shaped(['{"note":"pass\\u0077ord=abc","n":1}'], opts)
+    value = events[0]["event"]
+    decoded = value if isinstance(value, dict) else json.loads(value)
+    assert decoded == {"note": "****", "n": 1}
