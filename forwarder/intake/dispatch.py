@@ -199,6 +199,7 @@ class Intake:
 
     def backsplash_record(self, decoded: DecodedRecord) -> None:
         """A decoded backsplash record: to the re-delivery deliverer of its endpoint."""
+        self.ledger.shaped(decoded.filtered, decoded.sampled, 0)
         if decoded.control:
             self.ledger.drop("control_message")
         elif decoded.events:

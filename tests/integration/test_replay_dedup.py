@@ -1,14 +1,17 @@
-"""A replay keeps dedup keys (issue 12 item 5): what Splunk indexes after a backsplash and a
-replay carries the same ``SPLUNK_DEDUP_FIELD`` values the first attempt did."""
+"""Replay and shaping (issue 12): a replay keeps dedup keys (what Splunk indexes after a
+backsplash and a replay carries the same ``SPLUNK_DEDUP_FIELD`` values the first attempt
+did), and counts the events its routes drop when it re-transforms a payload."""
 
 from __future__ import annotations
 
 import gzip
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from forwarder.backsplash.codec import Failure
 from forwarder.backsplash.writers import Backsplash
@@ -23,6 +26,7 @@ from tests.integration.test_replay import (
     hour_key,
     put_object,
 )
+from transforms.options import DropRule, Route, Shaping
 from transforms.pipeline import transform_lines, transform_payload
 
 pytestmark = pytest.mark.integration
@@ -87,3 +91,26 @@ def test_replay_keeps_dedup_keys(emulator: HecEmulator, s3: Any, tmp_path: Path)
     assert [indexed[f"cw {i}"] for i in range(3)] == first[:3]
     assert [indexed[f"file line {i}"] for i in range(3)] == first[3:]
     assert [indexed[f"again {i}"] for i in range(2)] == [f"{i:056d}" for i in range(2)]
+
+
+def test_replay_counts_events_its_routes_drop(
+    emulator: HecEmulator, s3: Any, tmp_path: Path
+) -> None:
+    """GIVEN a processing-failed payload and a route that drops some of its events WHEN
+    replayed THEN the rest is indexed and the dropped ones are counted (``filtered``)."""
+    base = delivery_settings(emulator.url)
+    route = Route(log_group="/app/dedup", shaping=Shaping(drop=(DropRule(message="noise*"),)))
+    settings = replace(base, transform=replace(base.transform, routes=(route,)))
+    original = cwl_payload(["keep 0", "noise 1", "keep 2", "noise 3"])
+    put_object(
+        s3,
+        hour_key("processing-failed", "stream-2.gz"),
+        [firehose_record(original, 0, processing=True, error_code="Lambda.FunctionError")],
+    )
+    with capture_logs() as logs:
+        report = do_replay(settings, s3, tmp_path / "replay.sqlite")
+    assert report.exit_status == ExitStatus.OK, report.to_dict()
+    assert sorted(str(e["event"]) for e in emulator.indexed_events()) == ["keep 0", "keep 2"]
+    (summary,) = [line for line in logs if line["event"] == "delivery_summarized"]
+    assert summary["dropped"] == {"filtered": 2}
+    assert summary["balanced"]
