@@ -18,6 +18,7 @@ from benchmarks.common import machine
 
 SCRIPTS = (
     "bench_transform",
+    "bench_shaping",
     "bench_delivery",
     "bench_daemon",
     "bench_replay",

@@ -30,6 +30,7 @@ from config.settings import (
     RetrySettings,
     Settings,
 )
+from config.shaping import SHAPING_KEYS, parse_dedup_field, route_shaping
 from transforms.options import Route, TransformOptions
 
 T = TypeVar("T")
@@ -238,6 +239,8 @@ KEYS: tuple[Key, ...] = (
         "flow-log format string (${field} ...); default: version 2"),
     Key("EVENT_FORMAT", "transform", "event_format", _choice("auto", "raw", "json"),
         "flow-log event shape: auto, raw or json"),
+    Key("SPLUNK_DEDUP_FIELD", "transform", "dedup_field", parse_dedup_field,
+        "indexed field carrying each event's dedup key (off by default)"),
     Key("MAX_DECOMPRESSED_BYTES", "transform", "max_decompressed_bytes",
         _number(int, 1_048_576, 2**34), "ceiling on one decompressed payload"),
     Key("FIREHOSE_RESPONSE_LIMIT_BYTES", "firehose", "response_limit_bytes",
@@ -258,8 +261,11 @@ KEYS_BY_ENV = {key.env: key for key in KEYS}
 _TABLES = ("routes", "daemon", "source")
 _ROUTE_PATTERN_KEYS = ("log_group", "log_stream", "account", "origin")
 _ROUTE_VALUE_KEYS = ("sourcetype", "index", "source", "host")
-_ROUTE_KEYS = frozenset(
-    (*_ROUTE_PATTERN_KEYS, *_ROUTE_VALUE_KEYS, "fields", "flow_log_format", "event_format")
+_ROUTE_KEYS = (
+    frozenset(
+        (*_ROUTE_PATTERN_KEYS, *_ROUTE_VALUE_KEYS, "fields", "flow_log_format", "event_format")
+    )
+    | SHAPING_KEYS
 )
 
 
@@ -331,8 +337,10 @@ def _route(number: int, table: object) -> Route:
         values["event_format"] = _choice("auto", "raw", "json")(
             f"{where}.event_format", str(table["event_format"])
         )
+    values.update(route_shaping(where, table))
     if not any(
-        name in values for name in (*_ROUTE_VALUE_KEYS, "fields", "flow_log_format", "event_format")
+        name in values
+        for name in (*_ROUTE_VALUE_KEYS, "fields", "flow_log_format", "event_format", "shaping")
     ):
         raise ConfigError(where, "a route must set at least one value (sourcetype, index, ...)")
     return Route(**values)

@@ -48,7 +48,8 @@ class RunOutcome(NamedTuple):
 
 
 #: Drop reasons that are not a loss: CloudWatch Logs' own control messages carry no log data.
-NOT_A_LOSS: frozenset[str] = frozenset({"control_message"})
+#: Nor are events a route's ``drop`` and ``sample`` rules remove (``filtered``, ``sampled``).
+NOT_A_LOSS: frozenset[str] = frozenset({"control_message", "filtered", "sampled"})
 
 
 def incomplete(summary: Mapping[str, Any]) -> bool:

@@ -76,6 +76,8 @@ class RecordOutcome:
         events: HEC events made; ``unparsed``: flow lines that did not fit their format.
         payload_bytes: bytes of the Ok output before base64.
         origin: the payload's kind (``cloudwatch``, ``direct``, ``text``).
+        filtered, sampled: events a route's ``drop`` / ``sample`` rules removed;
+        time_unparsed: events whose time could not be read from the message.
     """
 
     record: FirehoseRecord
@@ -85,6 +87,9 @@ class RecordOutcome:
     unparsed: int = 0
     payload_bytes: int = 0
     origin: str | None = None
+    filtered: int = 0
+    sampled: int = 0
+    time_unparsed: int = 0
 
 
 def _failed(
@@ -117,7 +122,9 @@ def transform_record(record: FirehoseRecord, options: TransformOptions) -> Recor
         if batch.is_control:
             return _dropped(record, "control_message", raw)
         if not batch.events:
-            return _dropped(record, "empty_batch", raw)
+            outcome = _dropped(record, "empty_batch", raw)
+            outcome.filtered, outcome.sampled = batch.filtered, batch.sampled
+            return outcome
         payload = firehose_payload(batch, options.endpoint)
     except TransformError as exc:
         return _failed(record, type(exc).__name__, raw, error=str(exc)[:300])
@@ -132,6 +139,9 @@ def transform_record(record: FirehoseRecord, options: TransformOptions) -> Recor
         unparsed=batch.unparsed,
         payload_bytes=len(payload),
         origin=batch.origin,
+        filtered=batch.filtered,
+        sampled=batch.sampled,
+        time_unparsed=batch.time_unparsed,
     )
 
 
@@ -150,6 +160,9 @@ class InvocationSummary:
     empty_batches: int = 0
     events_out: int = 0
     unparsed_lines: int = 0
+    events_filtered: int = 0
+    events_sampled: int = 0
+    time_unparsed: int = 0
     bytes_in: int = 0
     bytes_out: int = 0
     response_bytes: int = 0
@@ -387,6 +400,12 @@ def transform_invocation(
             _refit(outcomes, limit_bytes=limit_bytes, summary=summary)
     for outcome in outcomes:
         result = outcome.result
+        if isinstance(result, Ok) or (
+            isinstance(result, Dropped) and result.reason == "empty_batch"
+        ):  # not re-ingested records: their next invocation counts them
+            summary.events_filtered += outcome.filtered
+            summary.events_sampled += outcome.sampled
+            summary.time_unparsed += outcome.time_unparsed
         if isinstance(result, Ok):
             summary.ok += 1
             summary.events_out += outcome.events

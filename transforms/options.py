@@ -16,6 +16,63 @@ EventFormat = Literal["auto", "raw", "json"]
 DEFAULT_MAX_DECOMPRESSED_BYTES = 64 * 1024 * 1024
 
 
+#: Scalar values a ``drop`` rule's ``equals`` compares a JSON field with.
+FieldValue = str | int | float | bool
+
+#: ``time_format`` names; anything else is an ``strptime`` pattern.
+TIME_FORMATS = ("iso8601", "epoch", "epoch_ms", "epoch_us")
+
+
+@dataclass(frozen=True, slots=True)
+class DropRule:
+    """One ``drop`` rule: the event is dropped when every condition given holds.
+
+    ``message`` is a glob, or a regular expression searched anywhere when prefixed with
+    ``re:``; ``field`` is a dotted path into a JSON message whose value must equal ``equals``.
+    """
+
+    message: str | None = None
+    field: str | None = None
+    equals: FieldValue | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RedactRule:
+    """One ``redact`` rule: ``pattern`` (literal text, or a regular expression prefixed with
+    ``re:``) is replaced by ``replace`` everywhere in the message."""
+
+    pattern: str
+    replace: str = "****"
+
+
+@dataclass(frozen=True, slots=True)
+class Shaping:
+    """Per-route event shaping (README "Shaping events"): time, filters and redaction.
+
+    In a route, these are the values the route sets; in a ``Destination``, the merge of its
+    matching routes (scalars: the first rule that sets them; lists: all rules' in order).
+    """
+
+    time_field: str | None = None
+    time_regex: str | None = None
+    time_format: str | None = None
+    drop: tuple[DropRule, ...] = ()
+    sample: float | None = None
+    sample_key: str | None = None
+    redact: tuple[RedactRule, ...] = ()
+    redact_fields: tuple[str, ...] = ()
+
+    @property
+    def is_empty(self) -> bool:
+        """Whether no shaping is asked for."""
+        return self == _NO_SHAPING
+
+
+_NO_SHAPING = Shaping()
+#: The empty shaping, for dataclass defaults.
+NO_SHAPING = _NO_SHAPING
+
+
 @dataclass(frozen=True, slots=True)
 class Route:
     """One routing rule: match conditions (all given ones must hold) and values to set.
@@ -36,6 +93,7 @@ class Route:
     fields: tuple[tuple[str, str], ...] = ()
     flow_log_format: tuple[str, ...] | None = None
     event_format: EventFormat | None = None
+    shaping: Shaping = field(default=_NO_SHAPING)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,3 +108,5 @@ class TransformOptions:
     default_index: str | None = None
     max_decompressed_bytes: int = DEFAULT_MAX_DECOMPRESSED_BYTES
     extra_fields: tuple[tuple[str, str], ...] = field(default=())
+    #: SPLUNK_DEDUP_FIELD: the indexed field that carries each event's dedup key (None: off).
+    dedup_field: str | None = None

@@ -1,18 +1,24 @@
 """The transform: one record's bytes in, HEC-ready events out (``EncodedBatch``).
 
 Per batch: decode (``transforms.cloudwatch``), resolve the route once (``transforms.routing``),
-serialize the constant part of the event objects once (``hec_event.envelope``) and hand the
-messages to the shaper the destination calls for (``transforms.shaping``): raw lines, plain
-events, or flow-log lines sent untouched or as JSON records.
+apply the route's shaping rules when it has any (``transforms.rules``: drop, sample, redact,
+time from the message, JSON events), serialize the constant part of the event objects once
+(``hec_event.envelope``) and hand the messages to the shaper the destination calls for
+(``transforms.shaping``): raw lines, plain events, or flow-log lines sent untouched or as
+JSON records. With ``SPLUNK_DEDUP_FIELD`` every event object gets its dedup key as an
+indexed field (``rules.with_dedup_keys``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
+from json.encoder import encode_basestring
 from typing import NamedTuple, Protocol
 
 from transforms.cloudwatch import GZIP_MAGIC, decode_record, read_subscription
 from transforms.hec_event import envelope
+from transforms.hec_event import envelope as envelope_of
 from transforms.options import Endpoint, TransformOptions
 from transforms.records import (
     EncodedBatch,
@@ -22,7 +28,15 @@ from transforms.records import (
     RawTarget,
 )
 from transforms.routing import Destination, resolve
-from transforms.shaping import flow_json_events, flow_raw_events, plain_events, raw_lines
+from transforms.rules import DEDUP_MARKER, compile_shaper, with_dedup_keys
+from transforms.shaping import (
+    cloudwatch_times,
+    flow_json_events,
+    flow_raw_events,
+    plain_events,
+    raw_lines,
+    timed_events,
+)
 from transforms.vpc_flow import FlowFormat, compile_format, fields_from_header, is_header_line
 
 __all__ = [
@@ -171,6 +185,7 @@ def _encode(
     """Shape the messages for the route of their envelope; a control message gives no events."""
     raw_target = None
     unparsed = 0
+    counts: dict[str, int] = {}
     texts: list[str] = []
     if envelope.is_control:
         ids = None
@@ -184,17 +199,45 @@ def _encode(
             flow_fields=flow_fields,
         )
         _, env, fmt = _plan(dest)
+        times: Sequence[str | None] | None = None
+        bodies: list[str] | None = None
+        if not dest.shaping.is_empty or dest.json_mode is not None:
+            shaped = compile_shaper(dest.shaping, dest.json_mode).apply(
+                messages, ids, timestamps, flow=fmt is not None, raw=options.endpoint == "raw"
+            )
+            messages, ids, timestamps = shaped.messages, shaped.ids, shaped.timestamps
+            times, bodies = shaped.times, shaped.bodies
+            counts = {
+                "filtered": shaped.filtered,
+                "sampled": shaped.sampled,
+                "time_unparsed": shaped.time_unparsed,
+            }
+        dedup = options.dedup_field if options.endpoint == "event" else None
+        if dedup is not None:
+            env = envelope_of(_with_field(dest, dedup, DEDUP_MARKER))
         if options.endpoint == "raw":
             # Lines go untouched and the metadata rides in the query string: nothing is parsed,
             # so nothing is counted as unparsed (Splunk's sourcetype does the extraction).
             texts = raw_lines(messages)
             raw_target = RawTarget(dest.source, dest.sourcetype, dest.index, dest.host)
         elif fmt is None:
-            texts = plain_events(env, timestamps, messages)
+            if times is None and bodies is None:
+                texts = plain_events(env, timestamps, messages)
+            else:
+                if bodies is None:
+                    bodies = list(map(encode_basestring, messages))
+                texts = timed_events(env, timestamps, times, bodies)
         elif dest.event_format == "json":
             texts, unparsed = flow_json_events(env, fmt, timestamps, messages)
         else:
             texts, unparsed = flow_raw_events(env, fmt, timestamps, messages)
+        if dedup is not None:
+            key_times = cloudwatch_times(timestamps, len(messages))
+            if times is not None:
+                key_times = [
+                    t if t is not None else f for t, f in zip(times, key_times, strict=True)
+                ]
+            texts = with_dedup_keys(texts, ids, dest.source, key_times, messages)
     return EncodedBatch(
         origin=envelope.origin,
         endpoint=options.endpoint,
@@ -205,7 +248,14 @@ def _encode(
         log_group=envelope.log_group,
         log_stream=envelope.log_stream,
         owner=envelope.owner,
+        **counts,
     )
+
+
+def _with_field(dest: Destination, name: str, value: str) -> Destination:
+    """``dest`` with one more indexed field (replacing one of the same name)."""
+    fields = tuple((key, item) for key, item in dest.fields if key != name)
+    return replace(dest, fields=(*fields, (name, value)))
 
 
 _Plan = tuple[Destination, str, FlowFormat | None]

@@ -147,7 +147,10 @@ class EncodedBatch:
     ``events`` holds one JSON object per event for the event endpoint, or one line (no
     newline) per event for the raw endpoint, whose metadata is ``raw_target``. ``unparsed``
     counts flow-log lines that did not fit their format (still delivered, as raw text).
-    A control message has ``is_control`` and no events.
+    A control message has ``is_control`` and no events. ``filtered`` and ``sampled`` count
+    the events a route's ``drop`` and ``sample`` rules removed (not in ``events``);
+    ``time_unparsed`` the events whose time could not be read from the message (sent with
+    the CloudWatch time).
     """
 
     origin: Origin
@@ -159,6 +162,9 @@ class EncodedBatch:
     log_group: str | None = None
     log_stream: str | None = None
     owner: str | None = None
+    filtered: int = 0
+    sampled: int = 0
+    time_unparsed: int = 0
 
     @property
     def event_count(self) -> int:

@@ -37,8 +37,9 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from transforms.errors import RoutePatternError
-from transforms.options import EventFormat, Route, TransformOptions
+from transforms.options import NO_SHAPING, EventFormat, Route, Shaping, TransformOptions
 from transforms.records import Origin
+from transforms.rules import JsonMode, compile_shaper
 from transforms.vpc_flow import DEFAULT_FIELDS, addon_understands
 
 VPCFLOW_SOURCETYPE = "aws:cloudwatchlogs:vpcflow"
@@ -69,7 +70,8 @@ class Destination:
 
     ``flow_fields`` is None for anything that is not a flow log. ``event_format`` is resolved:
     ``raw`` or ``json`` for flow logs (``auto`` already decided), ``raw`` (the message as a
-    string) for everything else.
+    string) for everything else unless a route sets ``json`` or ``auto`` (``json_mode``).
+    ``shaping`` merges the matching routes' shaping rules (``transforms.rules``).
     """
 
     sourcetype: str
@@ -79,6 +81,8 @@ class Destination:
     fields: tuple[tuple[str, str], ...] = ()
     flow_fields: tuple[str, ...] | None = None
     event_format: EventFormat = "raw"
+    shaping: Shaping = NO_SHAPING
+    json_mode: JsonMode = None
 
     @property
     def is_flow(self) -> bool:
@@ -123,6 +127,11 @@ class _Rule:
 
 def _compile_rule(route: Route, number: int | None) -> _Rule:
     where = f"rule {number}" if number is not None else "built-in rule"
+    if not route.shaping.is_empty:
+        try:
+            compile_shaper(route.shaping)
+        except RoutePatternError as exc:
+            raise RoutePatternError(f"routing {where}: {exc}") from None
     matchers = []
     for position, (name, pattern) in enumerate(
         (
@@ -189,6 +198,7 @@ class Router:
         configured_fields: tuple[str, ...] | None = None
         chosen: EventFormat | None = None
         route_fields: tuple[tuple[str, str], ...] = ()
+        shapings: list[Shaping] = []
         for rule in rules:
             if not rule.matches(key):
                 continue
@@ -200,6 +210,8 @@ class Router:
             configured_fields = configured_fields or route.flow_log_format
             chosen = chosen or route.event_format
             route_fields = route_fields or route.fields
+            if not route.shaping.is_empty:
+                shapings.append(route.shaping)
 
         flow_fields = header_fields or configured_fields
         if flow_fields is None and sourcetype == VPCFLOW_SOURCETYPE:
@@ -208,6 +220,9 @@ class Router:
             sourcetype = VPCFLOW_SOURCETYPE if flow_fields else options.default_sourcetype
 
         event_format: EventFormat = "raw"
+        json_mode: JsonMode = None
+        if flow_fields is None and chosen in ("json", "auto"):
+            json_mode = "json" if chosen == "json" else "auto"
         if flow_fields is not None:
             chosen = chosen or options.event_format
             if chosen == "auto":
@@ -230,7 +245,32 @@ class Router:
             fields=tuple(fields.items()),
             flow_fields=flow_fields,
             event_format=event_format,
+            shaping=merge_shaping(shapings),
+            json_mode=json_mode,
         )
+
+
+def merge_shaping(shapings: list[Shaping]) -> Shaping:
+    """The shaping of a destination from its matching routes' (in order): the time rule
+    (``time_field`` or ``time_regex``, with its ``time_format``) comes from the first route
+    that sets one, ``sample`` and ``sample_key`` likewise; ``drop``, ``redact`` and
+    ``redact_fields`` add up, so a narrower route never undoes a wider one's redaction."""
+    if not shapings:
+        return Shaping()
+    if len(shapings) == 1:
+        return shapings[0]
+    timed = next((s for s in shapings if s.time_field or s.time_regex), Shaping())
+    sampled = next((s for s in shapings if s.sample is not None), Shaping())
+    return Shaping(
+        time_field=timed.time_field,
+        time_regex=timed.time_regex,
+        time_format=timed.time_format,
+        drop=tuple(rule for s in shapings for rule in s.drop),
+        sample=sampled.sample,
+        sample_key=sampled.sample_key,
+        redact=tuple(dict.fromkeys(rule for s in shapings for rule in s.redact)),
+        redact_fields=tuple(dict.fromkeys(name for s in shapings for name in s.redact_fields)),
+    )
 
 
 @lru_cache(maxsize=16)

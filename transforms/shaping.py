@@ -100,6 +100,32 @@ def plain_events(
     ]
 
 
+def timed_events(
+    env: str,
+    timestamps: Sequence[int | None] | None,
+    times: Sequence[str | None] | None,
+    bodies: list[str],
+) -> list[str]:
+    """Event objects whose event is a JSON text (``bodies``), with the time read from the
+    message where there is one (``times``), else the CloudWatch time."""
+    count = len(bodies)
+    chosen = _cloudwatch_times(timestamps) if timestamps is not None else [None] * count
+    if times is not None:
+        chosen = [
+            time if time is not None else fallback
+            for time, fallback in zip(times, chosen, strict=True)
+        ]
+    return [
+        f'{{"time":{time},{env}{body}}}' if time is not None else f"{{{env}{body}}}"
+        for time, body in zip(chosen, bodies, strict=True)
+    ]
+
+
+def cloudwatch_times(timestamps: Sequence[int | None] | None, count: int) -> list[str | None]:
+    """HEC time texts of CloudWatch timestamps (None for each of ``count`` lines without)."""
+    return _cloudwatch_times(timestamps) if timestamps is not None else [None] * count
+
+
 def _fast_starts(fmt: FlowFormat, messages: list[str]) -> list[str] | None:
     """The ``start`` values of a batch written the way AWS writes it, else None.
 

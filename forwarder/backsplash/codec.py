@@ -341,6 +341,9 @@ class DecodedRecord:
     payload_bytes: int
     event_id: str | None
     control: bool = False
+    #: Events of a re-transformed payload a route's ``drop`` / ``sample`` rules removed.
+    filtered: int = 0
+    sampled: int = 0
 
 
 def record_kind(record: Mapping[str, Any], key_kind_: Kind | None) -> Kind:
@@ -499,6 +502,8 @@ def _decode_record(
             payload_bytes=sum(len(event.payload) for event in events),
             event_id=event_id,
             control=batch.is_control,
+            filtered=batch.filtered,
+            sampled=batch.sampled,
         )
     endpoint, payloads = split_hec_payload(payload, stated if isinstance(stated, str) else None)
     raw_target = None

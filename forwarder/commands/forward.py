@@ -91,6 +91,7 @@ def forward_stream(
                     ledger.drop("control_message", 1)
                     continue
                 unparsed += unit.unparsed
+                ledger.shaped(unit.filtered, unit.sampled, unit.time_unparsed)
                 deliverer.submit(unit.events, unit.raw_target)
                 if stop.is_set():
                     break

@@ -27,7 +27,12 @@ _COUNTERS = (
     "bytes_sent",
     "batches_sent",
     "backsplash_objects",
+    "time_unparsed",
 )
+
+#: Drop reasons of a route's shaping rules (README "Shaping events"): on purpose, not a loss.
+FILTERED = "filtered"
+SAMPLED = "sampled"
 
 
 class Ledger:
@@ -49,6 +54,8 @@ class Ledger:
         bytes_sent: request bytes on the wire (after gzip).
         batches_sent: requests HEC accepted.
         backsplash_objects: backsplash objects written.
+        time_unparsed: events whose time could not be read from the message (they keep the
+            CloudWatch time; informational, not part of the balance).
     """
 
     events_in: int
@@ -64,6 +71,7 @@ class Ledger:
     bytes_sent: int
     batches_sent: int
     backsplash_objects: int
+    time_unparsed: int
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -88,6 +96,16 @@ class Ledger:
         with self._lock:
             self.events_in += count
             self.dropped[reason] = self.dropped.get(reason, 0) + count
+
+    def shaped(self, filtered: int, sampled: int, time_unparsed: int) -> None:
+        """Count what a batch's shaping rules did: events dropped by ``drop`` (``filtered``)
+        and ``sample`` (``sampled``) rules, and times not read from the message."""
+        with self._lock:
+            for reason, count in ((FILTERED, filtered), (SAMPLED, sampled)):
+                if count:
+                    self.events_in += count
+                    self.dropped[reason] = self.dropped.get(reason, 0) + count
+            self.time_unparsed += time_unparsed
 
     @property
     def dropped_total(self) -> int:

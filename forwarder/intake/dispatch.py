@@ -151,7 +151,9 @@ class Intake:
         """A transformed batch: its events submitted; a control message counted dropped."""
         if batch.is_control:
             self.ledger.drop("control_message")
-        elif batch.events:
+            return
+        self.ledger.shaped(batch.filtered, batch.sampled, batch.time_unparsed)
+        if batch.events:
             self.deliverer.submit(batch.events, batch.raw_target)
 
     def payload(self, data: bytes) -> None:
@@ -197,6 +199,7 @@ class Intake:
 
     def backsplash_record(self, decoded: DecodedRecord) -> None:
         """A decoded backsplash record: to the re-delivery deliverer of its endpoint."""
+        self.ledger.shaped(decoded.filtered, decoded.sampled, 0)
         if decoded.control:
             self.ledger.drop("control_message")
         elif decoded.events:

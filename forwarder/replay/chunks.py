@@ -236,6 +236,8 @@ def _replay_record(
         _log.warning("replay_record_corrupt", key=obj.key, line=item.line, reason=str(exc))
         return "skipped"
     count = len(decoded.events)
+    if not options.dry_run:
+        shared.ledger.shaped(decoded.filtered, decoded.sampled, 0)
     if options.limit is not None:
         with shared.lock:
             if shared.events_reserved >= options.limit or (

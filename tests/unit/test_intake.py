@@ -12,6 +12,7 @@ import gzip
 import io
 import json
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -21,7 +22,7 @@ from botocore.exceptions import ClientError
 from structlog.testing import capture_logs
 
 from config.settings import Settings
-from forwarder.backsplash.codec import CorruptLine, DecodedRecord, decode_records
+from forwarder.backsplash.codec import CorruptLine, DecodedRecord, decode_record, decode_records
 from forwarder.backsplash.layout import PROCESSING_FAILED, SPLUNK_FAILED
 from forwarder.backsplash.objects import CORRUPT_RECORD
 from forwarder.backsplash.writers import LocalSpool, ReplayFailedBacksplash
@@ -39,7 +40,7 @@ from forwarder.intake.objects import (
     open_object,
 )
 from tests.conftest import make_settings
-from transforms.options import Endpoint, TransformOptions
+from transforms.options import DropRule, Endpoint, Route, Shaping, TransformOptions
 from transforms.records import EncodedEvent, RawTarget
 
 HEADER = "version account-id interface-id srcaddr dstaddr srcport dstport protocol packets bytes start end action log-status"  # noqa: E501
@@ -371,3 +372,37 @@ def test_use_ledger_shares_one_ledger(redeliverers: Redeliverers) -> None:
     deliverer = redeliverers.get("event")
     deliverer.use_ledger(ledger)
     assert deliverer.ledger is ledger
+
+
+def test_shaping_drops_are_counted_on_the_ledger(spool: LocalSpool, tmp_path: Path) -> None:
+    """GIVEN a route that drops and samples WHEN a payload comes in THEN the events it removed
+    are counted dropped (filtered, sampled) and the ledger balances with the rest."""
+    base = make_settings(BACKSPLASH_SPOOL_DIR=str(tmp_path / "spool"))
+    route = Route(log_group="*", shaping=Shaping(drop=(DropRule(message="drop*"),), sample=0.0))
+    settings = replace(base, transform=replace(base.transform, routes=(route,)))
+    intake, main, _ = make_intake(settings, spool)
+    intake.payload(cloudwatch_payload(["drop me", "keep", "drop too"]))
+    summary = main.ledger.summary()
+    assert summary["dropped"] == {"filtered": 2, "sampled": 1}
+    assert main.submitted == []
+    assert summary["balanced"]
+
+
+def test_processing_failed_record_counts_what_its_route_drops(
+    settings: Settings, spool: LocalSpool
+) -> None:
+    """GIVEN a processing-failed record re-transformed with a dropping route WHEN dispatched
+    THEN its dropped events are counted (filtered) next to the ones submitted."""
+    route = Route(log_group="*", shaping=Shaping(drop=(DropRule(message="x*"),)))
+    options = replace(settings.transform, routes=(route,))
+    (record,) = decode_records(
+        backsplash_line(cloudwatch_payload(["x1", "keep", "x2"]), lambdaArn="arn:aws:lambda:f")
+    )
+    decoded_record = decode_record(record, PROCESSING_FAILED, options)
+    assert (decoded_record.filtered, decoded_record.sampled) == (2, 0)
+    intake, main, others = make_intake(settings, spool)
+    intake.backsplash_record(decoded_record)
+    summary = main.ledger.summary()
+    assert summary["dropped"] == {"filtered": 2}
+    assert summary["events_in"] == 3
+    assert [count for count, _ in others["event"].submitted] == [1]

@@ -24,6 +24,7 @@ COUNTERS = (
     "bytes_sent",
     "batches_sent",
     "backsplash_objects",
+    "time_unparsed",
 )
 
 
