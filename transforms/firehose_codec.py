@@ -58,16 +58,6 @@ class FirehoseEventRecord(TypedDict):
     kinesisRecordMetadata: NotRequired[KinesisRecordMetadata]
 
 
-class FirehoseEvent(TypedDict):
-    """The transformation event Firehose sends to the Lambda."""
-
-    invocationId: str
-    deliveryStreamArn: str
-    region: str
-    records: list[FirehoseEventRecord]
-    sourceKinesisStreamArn: NotRequired[str]
-
-
 class ResponseRecord(TypedDict):
     """``records[i]`` of the answer: the same recordId, a result and base64 data."""
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from json.encoder import encode_basestring
@@ -203,11 +203,6 @@ def addon_understands(fields: tuple[str, ...]) -> bool:
     return fields in _ADDON_LAYOUTS
 
 
-def format_version(fields: Iterable[str]) -> int:
-    """The ``version`` AWS writes for a format: the highest version among its fields."""
-    return max((FIELDS[name].version for name in fields), default=2)
-
-
 def parse_format(spec: str) -> tuple[str, ...]:
     """The field names of a flow-log format.
 
@@ -319,11 +314,6 @@ def parse_flow_log(line: str, fields: tuple[str, ...] = DEFAULT_FIELDS) -> FlowL
                 f"flow-log field {name!r} should be an integer or '-', got {value[:20]!r}"
             )
     return FlowLogRecord(fields, tuple(None if value == "-" else value for value in values))
-
-
-def format_flow_log(record: FlowLogRecord) -> str:
-    """The line a record was parsed from (single spaces; ``-`` for ``None``)."""
-    return " ".join("-" if value is None else value for value in record.values)
 
 
 def epoch_seconds(value: str) -> int | float:

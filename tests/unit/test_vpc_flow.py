@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 
 import pytest
 from hypothesis import given
@@ -24,8 +25,6 @@ from transforms.vpc_flow import (
     compile_format,
     epoch_seconds,
     fields_from_header,
-    format_flow_log,
-    format_version,
     is_flow_int,
     is_header_line,
     parse_flow_log,
@@ -42,6 +41,16 @@ NODATA_LINE = "2 123456789010 eni-1235b8ca123456789 - - - - - - - 1431280876 143
 SKIPDATA_LINE = (
     "2 123456789010 eni-11111111aaaaaaaaa - - - - - - - 1431280876 1431280934 - SKIPDATA"
 )
+
+
+def format_version(fields: Iterable[str]) -> int:
+    """The ``version`` AWS writes for a format: the highest version among its fields."""
+    return max((FIELDS[name].version for name in fields), default=2)
+
+
+def format_flow_log(record: FlowLogRecord) -> str:
+    """The line a record was parsed from (single spaces; ``-`` for ``None``)."""
+    return " ".join("-" if value is None else value for value in record.values)
 
 
 # --- the field table --------------------------------------------------------------------------
