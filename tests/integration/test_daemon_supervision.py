@@ -111,9 +111,10 @@ class FlakyProxy:
     @staticmethod
     def _pump(client: socket.socket, upstream: socket.socket) -> None:
         with selectors.DefaultSelector() as selector:
-            selector.register(client, selectors.EVENT_READ, upstream)
-            selector.register(upstream, selectors.EVENT_READ, client)
             try:
+                # Inside the try: down() may close the pair before this thread registers it.
+                selector.register(client, selectors.EVENT_READ, upstream)
+                selector.register(upstream, selectors.EVENT_READ, client)
                 while True:
                     for key, _ in selector.select(timeout=1.0):
                         source = key.fileobj
