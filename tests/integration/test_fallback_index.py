@@ -7,7 +7,11 @@ and the event's number, as Splunk does for an index the token may not write.
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,6 +28,7 @@ from tests.integration.conftest import backsplashed, delivery_settings, flow_eve
 from transforms.records import EncodedEvent
 
 pytestmark = pytest.mark.integration
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def addressed(events: list[EncodedEvent], refused: set[int], index: str) -> list[EncodedEvent]:
@@ -160,3 +165,29 @@ def test_the_daemon_metrics_export_the_count() -> None:
     finally:
         server.stop()
     assert "forwarder_fallback_index_resent_total 3.0" in text
+
+
+def test_the_emulator_flag_refuses_other_indexes_with_code_7() -> None:
+    """`hec-emulator --allowed-index main` answers code 7 to an event naming another index."""
+    command = [sys.executable, "-m", "forwarder.devtools.emulator", "--port", "0"]
+    command += ["--token", "t", "--no-acks", "--allowed-index", "main"]
+    with subprocess.Popen(
+        command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as proc:
+        try:
+            assert proc.stdout is not None
+            url = proc.stdout.readline().split()[-1]
+            post = f"{url}/services/collector/event"
+            auth = {"Authorization": "Splunk t"}
+            with requests.Session() as session:
+                refused = session.post(post, data='{"event":"x","index":"other"}', headers=auth)
+                taken = session.post(post, data='{"event":"x","index":"main"}', headers=auth)
+            proc.send_signal(signal.SIGTERM)
+            proc.communicate(timeout=10)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    assert (refused.status_code, refused.json()["code"]) == (400, 7)
+    assert refused.json()["invalid-event-number"] == 0
+    assert (taken.status_code, taken.json()["code"]) == (200, 0)
