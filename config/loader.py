@@ -30,7 +30,7 @@ from config.settings import (
     RetrySettings,
     Settings,
 )
-from config.shaping import SHAPING_KEYS, parse_dedup_field, route_shaping
+from config.shaping import SHAPING_KEYS, parse_dedup_field, parse_index_name, route_shaping
 from transforms.options import Route, TransformOptions
 
 T = TypeVar("T")
@@ -208,6 +208,8 @@ KEYS: tuple[Key, ...] = (
         "seconds to wait for HEC's answer"),
     Key("SPLUNK_HEC_UNHEALTHY_COOLDOWN", "hec", "unhealthy_cooldown_s",
         _number(float, 0.01, 3600), "seconds an unhealthy URL stays out of rotation"),
+    Key("SPLUNK_FALLBACK_INDEX", "hec", "fallback_index", parse_index_name,
+        "index for events HEC refuses with code 7 (incorrect index), re-sent once"),
     Key("SPLUNK_HEC_ACK", "acks", "enabled", parse_bool, "use indexer acknowledgment"),
     Key("SPLUNK_HEC_ACK_TIMEOUT", "acks", "timeout_s", _number(float, 0.01, 86400),
         "seconds to wait for an ack before re-sending (180+ in production)"),
@@ -518,6 +520,8 @@ def warnings_for(
             f"{RECOMMENDED_MIN_ACK_TIMEOUT_S:g}s; indexers may ack later than that and batches "
             "would be re-sent (fine for tests)"
         )
+    if settings.hec.fallback_index and settings.hec.endpoint == "raw":
+        found.append("SPLUNK_FALLBACK_INDEX is not used on the raw endpoint (no indexed fields)")
     if not settings.hec.verify_tls:
         found.append("SPLUNK_HEC_VERIFY_TLS=false: HEC's certificate is not checked")
     if settings.batching.max_bytes > 1_000_000:

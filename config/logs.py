@@ -27,6 +27,8 @@ Delivery (``forwarder.delivery``, ``forwarder.hec``, ``forwarder.backsplash``):
     ack_expired                     no ack within the timeout; the batch is re-sent
     hec_ack_unavailable             the token has acknowledgment disabled (warned once)
     hec_rejected                    HEC refused data (code, text); it goes to the backsplash
+    fallback_index_resent           HEC refused an event's index (code 7); it is re-sent once
+                                    to SPLUNK_FALLBACK_INDEX (url, index, event_id)
     hec_fatal                       token or channel problem; delivery stops
     hec_url_unhealthy               a URL left the rotation; hec_url_recovered when it returns
     hec_url_recovered

@@ -27,6 +27,7 @@ class HecSettings:
     connect_timeout_s: float = 5.0
     read_timeout_s: float = 30.0
     unhealthy_cooldown_s: float = 30.0
+    fallback_index: str | None = None  # events refused with code 7 are re-sent here, once
 
 
 @dataclass(frozen=True)

@@ -160,3 +160,15 @@ def parse_dedup_field(key: str, raw: str) -> str:
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.:-]{0,99}", name):
         raise ConfigError(key, f"must be a field name such as event_id, got {raw[:80]!r}")
     return name
+
+
+def parse_index_name(key: str, raw: str) -> str:
+    """A Splunk index name (``SPLUNK_FALLBACK_INDEX``): lowercase letters, digits, ``_`` and
+    ``-``, not starting with ``_`` or ``-`` (Splunk's own rule for index names)."""
+    name = raw.strip()
+    if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,79}", name):
+        raise ConfigError(
+            key,
+            f"must be a Splunk index name such as lastchance (a-z, 0-9, _ and -), got {raw[:80]!r}",
+        )
+    return name

@@ -68,6 +68,13 @@ COMMANDS: Mapping[str, tuple[str, str, str]] = {
         "Run the transform locally on a Firehose event JSON, a gzip CloudWatch "
         "Logs payload or a flow-log text file, and print one HEC event per line.",
     ),
+    "routes": (
+        "forwarder.commands.routes",
+        "check a settings file's routes offline and say what each does",
+        "routes check: validate the [[routes]] and settings of a TOML file without sending "
+        "anything, as the commands that run would at start-up (an error names the rule and "
+        "key, exit status 2), and print the routes in the order they are tried, in plain words.",
+    ),
     "hec-emulator": (
         "forwarder.devtools.emulator",
         "run a local Splunk HEC for trials and tests",

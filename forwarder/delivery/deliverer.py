@@ -36,7 +36,9 @@ What HEC says, and what happens (DESIGN.md §4):
                                  duration from the first failure; then backsplash
     413                          halve and send both halves; a single event: backsplash
     bad event (6, 12, 13, 15)    cut it out (``invalid-event-number``) or bisect, send the rest,
-                                 backsplash the bad one; 7 (incorrect index) likewise
+                                 backsplash the bad one; 7 (incorrect index) likewise, or
+                                 with ``SPLUNK_FALLBACK_INDEX`` the event is re-sent once to
+                                 that index (``orig_index`` keeps its own; event endpoint)
     token / channel / URL        fatal: backsplash everything pending and whatever is submitted
                                  later; ``hec_fatal`` logged with HEC's text and code
     ack disabled (code 14)       warn once, count, treat the 200 as delivery

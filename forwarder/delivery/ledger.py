@@ -28,6 +28,7 @@ _COUNTERS = (
     "batches_sent",
     "backsplash_objects",
     "time_unparsed",
+    "fallback_index_resent",
 )
 
 #: Drop reasons of a route's shaping rules (README "Shaping events"): on purpose, not a loss.
@@ -56,6 +57,9 @@ class Ledger:
         backsplash_objects: backsplash objects written.
         time_unparsed: events whose time could not be read from the message (they keep the
             CloudWatch time; informational, not part of the balance).
+        fallback_index_resent: events HEC refused with code 7 (incorrect index) and that were
+            re-sent to ``SPLUNK_FALLBACK_INDEX`` (informational: each still ends acknowledged
+            or backsplashed).
     """
 
     events_in: int
@@ -72,6 +76,7 @@ class Ledger:
     batches_sent: int
     backsplash_objects: int
     time_unparsed: int
+    fallback_index_resent: int
 
     def __init__(self) -> None:
         self._lock = threading.Lock()

@@ -11,6 +11,7 @@ Counters are read from the delivery ledger at scrape time, so the metrics *are* 
 ``forwarder_events_backsplashed_total``, ``forwarder_events_dropped_total{reason}``,
 ``forwarder_retries_total``, ``forwarder_resends_total``, ``forwarder_duplicates_possible_total``,
 ``forwarder_requests_total``, ``forwarder_backsplash_failed_total``,
+``forwarder_fallback_index_resent_total`` (events re-sent to ``SPLUNK_FALLBACK_INDEX``),
 ``forwarder_source_errors_total{operation,kind}`` (failed source operations, each retried); gauges
 ``forwarder_pending_acks``, ``forwarder_events_in_flight``, ``forwarder_source_lag_seconds``,
 ``forwarder_spool_objects``, ``forwarder_spool_bytes``, ``forwarder_ready``,
@@ -148,6 +149,11 @@ class _LedgerCollector(Collector):
             ("forwarder_requests", "requests", "HEC data requests sent."),
             ("forwarder_batches_sent", "batches_sent", "HEC requests accepted."),
             ("forwarder_ack_polls", "ack_polls", "Ack queries sent."),
+            (
+                "forwarder_fallback_index_resent",
+                "fallback_index_resent",
+                "Events re-sent to the fallback index after code 7.",
+            ),
         ):
             yield CounterMetricFamily(name, text, value=data[key])
         dropped = CounterMetricFamily(

@@ -71,6 +71,8 @@ class PendingWork:
             raise ValueError("no HEC URL configured (SPLUNK_HEC_URL)")
         self._settings = settings
         self._endpoint = hec.endpoint
+        # Code 7 re-sends go to this index (event endpoint only: raw requests carry no fields).
+        self._fallback_index = hec.fallback_index if hec.endpoint == "event" else None
         self._gzip = hec.gzip
         self._gzip_level = gzip_level
         self._policy = settings.retry
@@ -365,7 +367,7 @@ class PendingWork:
     def _store_work(self, work: Work, error_code: str, message: str) -> None:
         batch = work.restore(self._gzip)
         self._store(
-            batch.events,
+            batch.events if work.original is None else [work.original],
             raw_target=batch.raw_target,
             arrival_ms=batch.arrival_ms,
             attempts=work.budget.attempts,

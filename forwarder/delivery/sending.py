@@ -17,13 +17,14 @@ from collections.abc import Callable, Sequence
 from tenacity import RetryCallState
 
 from forwarder.delivery.batching import Batch, halve, isolate
+from forwarder.delivery.fallback import reindex
 from forwarder.delivery.pending import MIN_SLEEP_S, PendingWork
 from forwarder.delivery.retry import build_retrying
 from forwarder.delivery.routes import Route
 from forwarder.delivery.work import GiveUp, Halted, Work
 from forwarder.errors import FatalHecError, RetryableError
 from forwarder.hec.client import SendResult
-from forwarder.hec.protocol import UNHEALTHY_CODES, Outcome
+from forwarder.hec.protocol import CODE_INCORRECT_INDEX, UNHEALTHY_CODES, Outcome
 from forwarder.hec.transport import RequestGuard
 
 
@@ -221,7 +222,10 @@ class BatchSending(PendingWork):
                     outcome,
                     f"{outcome.reason}: one event of {batch.nbytes} bytes is more than HEC takes",
                 )
-        elif action == "isolate":
+        elif action == "isolate" or (
+            action == "reject" and outcome.code == CODE_INCORRECT_INDEX and self._fallback_index
+        ):
+            # With a fallback index, a code 7 that names no event is bisected towards it too.
             self._isolate(work, route, outcome)
         elif action == "ack_unavailable" and route.acks_on:
             # 400 code 14 on a data request: send it again without expecting an ack.
@@ -261,6 +265,13 @@ class BatchSending(PendingWork):
         index = outcome.invalid_event
         if index is not None and 0 <= index < len(batch):
             before, bad, after = isolate(batch, index)
+            if before is not None:
+                # Splunk may have indexed the events ahead of the bad one: sending them again
+                # is the at-least-once choice, and a possible duplicate.
+                self.ledger.add(duplicates_possible=len(before))
+            self._requeue_front(work, (before, after))
+            if self._fall_back(work, batch.derive([bad]), route, outcome):
+                return
             self._log.error(
                 "hec_rejected",
                 url=route.url,
@@ -270,13 +281,8 @@ class BatchSending(PendingWork):
                 event_number=index,
                 error_code=outcome.error_code,
             )
-            if before is not None:
-                # Splunk may have indexed the events ahead of the bad one: sending them again
-                # is the at-least-once choice, and a possible duplicate.
-                self.ledger.add(duplicates_possible=len(before))
-            self._requeue_front(work, (before, after))
             self._store(
-                [bad],
+                [bad if work.original is None else work.original],
                 raw_target=batch.raw_target,
                 arrival_ms=batch.arrival_ms,
                 attempts=work.budget.attempts,
@@ -285,5 +291,27 @@ class BatchSending(PendingWork):
             )
         elif len(batch) > 1:
             self._requeue_front(work, halve(batch))  # bisect towards the bad event
-        else:
+        elif not self._fall_back(work, batch, route, outcome):
             self._reject(work, route, outcome, outcome.reason)
+
+    def _fall_back(self, work: Work, single: Batch, route: Route, outcome: Outcome) -> bool:
+        """Code 7 on one event: re-send it, once, to ``SPLUNK_FALLBACK_INDEX`` with its index
+        in ``fields.orig_index``, ahead of everything queued. False: it is not re-sent (no
+        fallback index, another code, a re-send already, or it names the fallback index)."""
+        fallback = self._fallback_index
+        if fallback is None or outcome.code != CODE_INCORRECT_INDEX or work.original is not None:
+            return False
+        original = single.events[0]
+        moved = reindex(original, fallback)
+        if moved is None:
+            return False
+        self.ledger.add(fallback_index_resent=1)
+        self._log.warning(
+            "fallback_index_resent",
+            url=route.url,
+            reason=outcome.reason,
+            index=fallback,
+            event_id=original.event_id,
+        )
+        self._queue.appendleft(Work.of(single.derive([moved]), work.budget.copy(), original))
+        return True

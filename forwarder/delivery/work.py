@@ -29,10 +29,22 @@ class Work:
     wire: bytes | None = None  # the request body as sent (gzip-compressed when gzip is on)
     lengths: array[int] | None = None  # parked: payload sizes, to cut the body into events
     ids: list[str | None] | None = None  # parked: the events' ids
+    #: For one event re-addressed to the fallback index (code 7): the event as it was first
+    #: sent. What cannot be delivered is backsplashed as this, so a replay addresses it anew.
+    original: EncodedEvent | None = None
 
     @classmethod
-    def of(cls, batch: Batch, budget: RetryBudget | None = None) -> Work:
-        return cls(batch, len(batch), batch.raw_target, batch.arrival_ms, budget or RetryBudget())
+    def of(
+        cls, batch: Batch, budget: RetryBudget | None = None, original: EncodedEvent | None = None
+    ) -> Work:
+        return cls(
+            batch,
+            len(batch),
+            batch.raw_target,
+            batch.arrival_ms,
+            budget or RetryBudget(),
+            original=original,
+        )
 
     def park(self) -> None:
         """Drop the events, keeping what restores them exactly (``wire`` must be set)."""

@@ -117,8 +117,18 @@ _AWS_VARIABLES = (
 )
 
 
-def demo_settings(hec_url: str, **extra: str) -> Settings:
-    """Settings for the local run: short ack timeout and backoff so faults pass quickly."""
+#: The shaping rule stage 2 shows at work (README "Shaping events"): flow-log records with no
+#: traffic to report (NODATA) are dropped before they cost licence, and counted as filtered.
+DEMO_ROUTES: Mapping[str, Any] = {
+    "routes": [{"log_group": "/aws/vpc/*", "drop": [{"message": "* NODATA"}]}]
+}
+
+
+def demo_settings(
+    hec_url: str, *, document: Mapping[str, Any] | None = None, **extra: str
+) -> Settings:
+    """Settings for the local run: short ack timeout and backoff so faults pass quickly;
+    ``document`` is a settings file's content (routes)."""
     environ: Mapping[str, str] = {
         "SPLUNK_HEC_URL": hec_url,
         "SPLUNK_HEC_TOKEN": DEMO_TOKEN,
@@ -131,7 +141,7 @@ def demo_settings(hec_url: str, **extra: str) -> Settings:
         "BACKSPLASH_BUCKET": DEMO_BUCKET,
         **extra,
     }
-    return load_settings(environ=environ)
+    return load_settings(environ=environ, document=document or {})
 
 
 @dataclass
@@ -190,6 +200,7 @@ def _deliver(settings: Settings, s3: Any, payloads: list[bytes]) -> dict[str, An
     with Deliverer(settings, backsplash=backsplash) as deliverer:
         for payload in payloads:
             batch = transform_payload(payload, settings.transform)
+            deliverer.ledger.shaped(batch.filtered, batch.sampled, batch.time_unparsed)
             deliverer.submit(batch.events, batch.raw_target)
     summary: dict[str, Any] = deliverer.ledger.summary()
     return summary
@@ -199,6 +210,9 @@ def _print_ledger(printer: Printer, summary: Mapping[str, Any]) -> None:
     printer.row("events in", f"{summary['events_in']:,}")
     printer.row("acknowledged by the indexer", f"{summary['acknowledged']:,}")
     printer.row("backsplashed to S3", f"{summary['backsplashed']:,}")
+    filtered = summary["dropped"].get("filtered")
+    if filtered is not None:
+        printer.row("filtered by a rule (counted, not lost)", f"{filtered:,}")
     printer.row(
         "requests / retries / ack resends",
         f"{summary['requests']} / {summary['retries']} / {summary['resends']}",
@@ -286,10 +300,13 @@ def run(args: argparse.Namespace, ctx: CommandContext) -> ExitStatus:
             "2. Delivery with indexer acknowledgment; faults injected: 2 busy (503), "
             "1 server error (500), 1 connection reset, 1 lost ack"
         )
-        summary = _deliver(demo_settings(hec.url), s3, payloads[:half])
+        printer.line('shaping rule: [[routes]] log_group = "/aws/vpc/*"')
+        printer.line('              drop = [{ message = "* NODATA" }]   (records with no traffic)')
+        summary = _deliver(demo_settings(hec.url, document=DEMO_ROUTES), s3, payloads[:half])
         _print_ledger(printer, summary)
         tally.acknowledged += summary["acknowledged"]
         tally.backsplashed += summary["backsplashed"]
+        tally.dropped += sum(summary["dropped"].values())
         tally.generated += summary["events_in"]
 
         hec.set_faults(FaultPlan())
@@ -329,6 +346,7 @@ def run(args: argparse.Namespace, ctx: CommandContext) -> ExitStatus:
         printer.row("events generated", f"{tally.generated:,}")
         printer.row("acknowledged by Splunk (emulator)", f"{tally.acknowledged:,}")
         printer.row("still only in the backsplash bucket", f"{tally.backsplashed:,}")
+        printer.row("dropped by a shaping rule (counted)", f"{tally.dropped:,}")
         printer.row("indexed by the emulator (with dups)", f"{stats.events_indexed:,}")
         accounted = tally.acknowledged + tally.backsplashed + tally.dropped
         ok = accounted == tally.generated and stats.events_indexed >= tally.acknowledged

@@ -1478,6 +1478,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(default: healthy, 17)",
     )
     parser.add_argument(
+        "--allowed-index",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="the token may write only these indexes (repeatable): events naming another are "
+        "refused 400 code 7, incorrect index (default: any index)",
+    )
+    parser.add_argument(
         "--seed", type=int, default=None, help="seed of the random faults (--p-*); random if unset"
     )
     for name, kind in RANDOM_FAULTS.items():
@@ -1522,6 +1530,7 @@ def serve(args: argparse.Namespace) -> int:
         faults=faults,
         output_path=args.output,
         keep_events=False,
+        allowed_indexes=getattr(args, "allowed_index", None),
     )
     stop = threading.Event()
 

@@ -25,3 +25,8 @@ def test_demo_runs_every_stage_and_accounts_for_every_event() -> None:
     generated = int(re.search(r"events generated\s+([\d,]+)", text)[1].replace(",", ""))  # type: ignore[index]
     assert generated == 4 * 50 + 6 * 50
     assert re.search(r"second run sends \(state file\)\s+0", text)
+    # The shaping rule at work: the NODATA record among stage 2's 100 lines is filtered,
+    # counted, and part of the balance.
+    assert 'drop = [{ message = "* NODATA" }]' in text
+    assert re.search(r"filtered by a rule \(counted, not lost\)\s+1\n", text)
+    assert re.search(r"dropped by a shaping rule \(counted\)\s+1\n", text)

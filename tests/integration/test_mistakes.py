@@ -80,8 +80,11 @@ MISTAKES = [
             ("package",),
             ("hec-emulator",),
             ("demo",),
+            ("routes", "check"),
         )
     ),
+    Mistake(("routes",), "the following arguments are required"),
+    Mistake(("routes", "check"), "--config: name the settings file", label="no file"),
     *(
         Mistake((command,), "the following arguments are required")
         for command in ("forward", "transform", "replay")
@@ -98,6 +101,8 @@ MISTAKES = [
     Mistake(("daemon", "--config", "{tmp}/bad.toml"), "--config: "),
     Mistake((*REPLAY, "--config", "{tmp}/bad.toml"), "--config: "),
     Mistake(("package", "--config", "{tmp}/bad.toml"), "--config: "),
+    Mistake(("routes", "check", "--config", "{tmp}/bad.toml"), "--config: "),
+    Mistake(("routes", "check"), "FORWARDER_CONFIG: ", {"FORWARDER_CONFIG": "bad.toml"}),
     Mistake(("forward", "{tmp}/in.log"), "FORWARDER_CONFIG: ", {"FORWARDER_CONFIG": "bad.toml"}),
     Mistake(("check",), "FORWARDER_CONFIG: ", {"FORWARDER_CONFIG": "bad.toml"}),
     Mistake(("package", "--config", "{tmp}/missing.toml"), "--config: no such file"),
@@ -111,6 +116,7 @@ MISTAKES = [
             ("daemon",),
             REPLAY,
             ("package",),
+            ("routes", "check"),
         )
     ),
     # a bad or missing HEC URL

@@ -25,6 +25,7 @@ COUNTERS = (
     "batches_sent",
     "backsplash_objects",
     "time_unparsed",
+    "fallback_index_resent",
 )
 
 
