@@ -106,7 +106,7 @@ def replay(
             failed_root += "/"
     else:
         failed_bucket, failed_root = bucket, root
-    report = ReplayReport(source=s3_uri, dry_run=options.dry_run)
+    report = ReplayReport(source=s3_uri, dry_run=options.dry_run, via_firehose=options.via_firehose)
     started = clock()
     shared = Run(
         settings=settings,
@@ -136,6 +136,7 @@ def replay(
         dry_run=options.dry_run,
         state=str(shared.state_path),
         failed_to=f"s3://{failed_bucket}/{failed_root}{REPLAY_FAILED}/",
+        via_firehose=options.via_firehose,
         concurrency=options.concurrency,
     )
     objects = _list_objects(shared, prefix)
