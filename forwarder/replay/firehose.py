@@ -140,12 +140,11 @@ class FirehoseSink:
         del raw_target  # the envelope or the original payload says everything
         self.ledger.add(events_in=len(events))
         for event in events:
+            if self._pending_bytes + len(event.payload) > PUT_RECORD_BATCH.max_bytes:
+                self.flush()  # a full call's worth of bytes
             self._pending.append(event)
             self._pending_bytes += len(event.payload)
-            if (
-                len(self._pending) >= PUT_RECORD_BATCH.max_records
-                or self._pending_bytes >= PUT_RECORD_BATCH.max_bytes
-            ):
+            if len(self._pending) >= PUT_RECORD_BATCH.max_records:
                 self.flush()
 
     def flush(self, deadline: float | None = None) -> None:
