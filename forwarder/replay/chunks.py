@@ -155,7 +155,8 @@ def replay_object(worker: Worker, obj: ListedObject) -> None:
             report.fatal = report.fatal or fatal
         shared.stop.set()
         complete = False
-        log.error("replay_stopped", reason="HEC refused delivery", error=fatal)
+        refused = "HEC refused delivery" if options.via_firehose is None else "Firehose refused"
+        log.error("replay_stopped", reason=refused, error=fatal)
     if read_error is not None:
         with shared.lock:
             report.objects_failed += 1

@@ -29,8 +29,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Final
 
-import structlog
-
 from forwarder.backsplash.codec import (
     DecodedRecord,
     Failure,
@@ -47,8 +45,6 @@ from transforms.firehose_passthrough import wrap
 from transforms.options import TransformOptions
 from transforms.records import EncodedEvent, RawTarget
 from transforms.reingest import PUT_RECORD_BATCH, Reingester
-
-_log = structlog.get_logger("forwarder.replay.firehose")
 
 #: Error codes that no retry mends: the run stops (what was in flight is stored under
 #: ``replay-failed/``), as it does when HEC refuses the token.
@@ -170,7 +166,6 @@ class FirehoseSink:
         message = f"PutRecordBatch into {self._stream} failed: {', '.join(codes)}"
         if fatal:
             self.fatal = FirehoseRefusedError(message, error_code=f"Firehose.{fatal[0]}")
-            _log.error("replay_stopped", reason="Firehose refused the put", error=message)
         self._store(
             [events[position] for position in sorted(failed)],
             f"Firehose.{codes[0] if codes else 'Unknown'}",
