@@ -52,6 +52,7 @@ from transforms.firehose_codec import (
     response_budget,
     split_batch,
 )
+from transforms.firehose_passthrough import is_marked, unwrap
 from transforms.pipeline import firehose_payload, transform_payload
 
 if TYPE_CHECKING:
@@ -75,7 +76,8 @@ class RecordOutcome:
         raw: the decoded bytes, when the base64 was valid.
         events: HEC events made; ``unparsed``: flow lines that did not fit their format.
         payload_bytes: bytes of the Ok output before base64.
-        origin: the payload's kind (``cloudwatch``, ``direct``, ``text``).
+        origin: the payload's kind (``cloudwatch``, ``direct``, ``text``; ``passthrough``: a
+            HEC event handed on unchanged, ``transforms.firehose_passthrough``).
         filtered, sampled: events a route's ``drop`` / ``sample`` rules removed;
         time_unparsed: events whose time could not be read from the message.
     """
@@ -117,6 +119,10 @@ def transform_record(record: FirehoseRecord, options: TransformOptions) -> Recor
         raw = base64.b64decode(record.data, validate=True)
     except (binascii.Error, ValueError):
         return _failed(record, "invalid_base64")
+    if is_marked(raw):
+        passthrough = _passthrough(record, raw, options)
+        if passthrough is not None:
+            return passthrough
     try:
         batch = transform_payload(raw, options)
         if batch.is_control:
@@ -145,6 +151,27 @@ def transform_record(record: FirehoseRecord, options: TransformOptions) -> Recor
     )
 
 
+def _passthrough(
+    record: FirehoseRecord, raw: bytes, options: TransformOptions
+) -> RecordOutcome | None:
+    """A HEC event put back by ``forwarder replay --via-firehose``: handed on unchanged (never
+    wrapped a second time); made for the other endpoint: ``ProcessingFailed``, so Firehose
+    backs it up and ``forwarder replay`` sends it to that endpoint. None: not an envelope."""
+    inner = unwrap(raw)
+    if inner is None:
+        return None
+    if inner.endpoint != options.endpoint:
+        return _failed(record, "passthrough_endpoint_mismatch", raw, endpoint=inner.endpoint)
+    return RecordOutcome(
+        record,
+        Ok(base64.b64encode(inner.payload).decode("ascii")),
+        raw=raw,
+        events=1,
+        payload_bytes=len(inner.payload),
+        origin="passthrough",
+    )
+
+
 # --- one invocation -------------------------------------------------------------------------
 
 
@@ -163,6 +190,7 @@ class InvocationSummary:
     events_filtered: int = 0
     events_sampled: int = 0
     time_unparsed: int = 0
+    passthrough: int = 0
     bytes_in: int = 0
     bytes_out: int = 0
     response_bytes: int = 0
@@ -411,6 +439,7 @@ def transform_invocation(
             summary.events_out += outcome.events
             summary.unparsed_lines += outcome.unparsed
             summary.bytes_out += outcome.payload_bytes
+            summary.passthrough += int(outcome.origin == "passthrough")
         elif isinstance(result, Dropped):
             summary.dropped += 1
             if result.reason == "control_message":

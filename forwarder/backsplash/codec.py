@@ -30,9 +30,15 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from forwarder.backsplash.layout import PROCESSING_FAILED, SPLUNK_FAILED, Kind
+from forwarder.backsplash.layout import (
+    ORIGINAL_PAYLOAD_KINDS,
+    PROCESSING_FAILED,
+    SPLUNK_FAILED,
+    Kind,
+)
 from transforms.cloudwatch import GZIP_MAGIC
 from transforms.errors import TransformError
+from transforms.firehose_passthrough import unwrap
 from transforms.options import Endpoint, TransformOptions
 from transforms.pipeline import transform_payload
 from transforms.records import EncodedEvent, RawTarget
@@ -346,13 +352,24 @@ class DecodedRecord:
     sampled: int = 0
 
 
+#: ``rawData`` that starts with this is base64 of gzip (``1f 8b 08``): an original CloudWatch
+#: Logs payload, never something sent to HEC.
+_GZIP_BASE64: Final = "H4sI"
+
+
 def record_kind(record: Mapping[str, Any], key_kind_: Kind | None) -> Kind:
-    """The kind of a record: from its key, else ``lambdaArn`` (without our ``endpoint``)
-    means processing-failed, else splunk-failed."""
+    """The kind of a record: from its key, else by content. Without our ``endpoint``, a
+    ``lambdaArn`` or a gzip ``rawData`` (an original payload, as in ``decompression-failed``
+    or ``format-conversion-failed`` objects found under any prefix) means processing-failed,
+    its payload re-transformed; anything else is splunk-failed."""
     if key_kind_ is not None:
         return key_kind_
-    if "lambdaArn" in record and "endpoint" not in record:
-        return PROCESSING_FAILED
+    if "endpoint" not in record:
+        raw_data = record.get("rawData")
+        if "lambdaArn" in record or (
+            isinstance(raw_data, str) and raw_data.startswith(_GZIP_BASE64)
+        ):
+            return PROCESSING_FAILED
     return SPLUNK_FAILED
 
 
@@ -380,8 +397,9 @@ def _int_or_none(value: object) -> int | None:
 
 
 def record_meta(record: Mapping[str, Any]) -> tuple[str, int | None, int]:
-    """``(errorCode, arrivalTimestamp ms, replayAttempts)`` of a record, tolerantly."""
-    code = record.get("errorCode")
+    """``(errorCode, arrivalTimestamp ms, replayAttempts)`` of a record, tolerantly
+    (``ErrorCode``, as Firehose's format-conversion-failed records spell it, too)."""
+    code = record.get("errorCode", record.get("ErrorCode"))
     attempts = _int_or_none(record.get("replayAttempts")) or 0
     return (
         code if isinstance(code, str) and code else "Unknown",
@@ -466,21 +484,42 @@ def decode_record(record: Mapping[str, Any], kind: str, options: TransformOption
         raise CorruptRecordError(f"undecodable record: {type(exc).__name__}") from None
 
 
-def _decode_record(
-    record: Mapping[str, Any], kind: str, options: TransformOptions
-) -> DecodedRecord:
-    error_code, arrival_ms, attempts = record_meta(record)
+def raw_payload(record: Mapping[str, Any]) -> bytes:
+    """A record's ``rawData``, base64-decoded.
+
+    Raises:
+        CorruptRecordError: no ``rawData`` string, or not base64.
+    """
     raw_data = record.get("rawData")
     if not isinstance(raw_data, str):
         raise CorruptRecordError("no rawData string")
     try:
-        payload = base64.b64decode(raw_data, validate=True)
+        return base64.b64decode(raw_data, validate=True)
     except (binascii.Error, ValueError):
         raise CorruptRecordError("rawData is not base64") from None
+
+
+def is_original_payload(payload: bytes, kind: str, stated: object) -> bool:
+    """Whether a record's payload is original input for the transform: its kind says so (and
+    no ``endpoint`` of ours says otherwise), or it is gzip (HEC never gets gzip as an event,
+    so a CloudWatch Logs payload is never sent as a raw line)."""
+    return payload[:2] == GZIP_MAGIC or (
+        kind in ORIGINAL_PAYLOAD_KINDS and stated not in ("event", "raw")
+    )
+
+
+def _decode_record(
+    record: Mapping[str, Any], kind: str, options: TransformOptions
+) -> DecodedRecord:
+    error_code, arrival_ms, attempts = record_meta(record)
+    payload = raw_payload(record)
     record_id = record.get("EventId")
     event_id = record_id if isinstance(record_id, str) and record_id else None
     stated = record.get("endpoint")
-    if kind == PROCESSING_FAILED and stated not in ("event", "raw"):
+    passthrough = unwrap(payload)
+    if passthrough is not None:  # a HEC event that was on its way back through Firehose
+        payload, stated = passthrough
+    elif is_original_payload(payload, kind, stated):
         try:
             batch = transform_payload(payload, options)
         except TransformError as exc:

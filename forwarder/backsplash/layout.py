@@ -4,6 +4,9 @@ Layout (DESIGN.md §6), the same for Firehose's backup bucket and ours::
 
     <root>splunk-failed/YYYY/MM/DD/HH/<name>       delivery to HEC failed (rawData: what was sent)
     <root>processing-failed/YYYY/MM/DD/HH/<name>   the transform failed (rawData: the original)
+    <root>decompression-failed/YYYY/MM/DD/HH/<name>  Firehose's own CloudWatch Logs
+                                                   decompression failed (rawData: the original,
+                                                   still gzip)
     <root>replay-failed/YYYY/MM/DD/HH/<name>       failed again when re-delivered (replayAttempts)
     <root>replayed/<the key below root>            archived by ``forwarder replay --archive``
 
@@ -20,11 +23,16 @@ from typing import Final, Literal
 
 SPLUNK_FAILED: Final = "splunk-failed"
 PROCESSING_FAILED: Final = "processing-failed"
+#: Written by Firehose when its built-in CloudWatch Logs decompression fails.
+DECOMPRESSION_FAILED: Final = "decompression-failed"
 REPLAY_FAILED: Final = "replay-failed"
 #: The folder ``forwarder replay --archive`` moves done objects to (under the root).
 REPLAYED: Final = "replayed"
-KINDS: Final = (SPLUNK_FAILED, PROCESSING_FAILED, REPLAY_FAILED)
-Kind = Literal["splunk-failed", "processing-failed", "replay-failed"]
+KINDS: Final = (SPLUNK_FAILED, PROCESSING_FAILED, DECOMPRESSION_FAILED, REPLAY_FAILED)
+Kind = Literal["splunk-failed", "processing-failed", "decompression-failed", "replay-failed"]
+#: Kinds whose ``rawData`` is the original input (a CloudWatch Logs payload), which goes
+#: through the transform; the others hold what was sent to HEC.
+ORIGINAL_PAYLOAD_KINDS: Final = frozenset({PROCESSING_FAILED, DECOMPRESSION_FAILED})
 
 _HOUR_PATH: Final = re.compile(r"(?:^|/)(\d{4})/(\d{2})/(\d{2})/(\d{2})/")
 

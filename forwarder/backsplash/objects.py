@@ -12,7 +12,8 @@ backsplash object (DESIGN.md §6) instead of a flow-log file:
   (:func:`forwarder.backsplash.codec.iter_records`) and decodes each
   (:func:`~forwarder.backsplash.codec.decode_record`), so this and ``forwarder replay`` read
   the same objects the same way: ``splunk-failed`` and ``replay-failed`` records carry the
-  HEC payload, ``processing-failed`` records the original CloudWatch Logs payload, which goes
+  HEC payload, ``processing-failed`` and ``decompression-failed`` records (and any whose
+  ``rawData`` is gzip, whatever the key) the original CloudWatch Logs payload, which goes
   through the transform. Memory: one read chunk plus the longest record.
 - **No loops.** What fails again is written by
   :class:`~forwarder.backsplash.writers.ReplayFailedBacksplash` under ``replay-failed/``;
@@ -71,8 +72,8 @@ class PeekedBody:
 
 def _content_kind(head: bytes) -> tuple[bool, Kind | None]:
     """Whether decompressed leading bytes look like backsplash records, and their kind when
-    the first record is whole (``replayAttempts``: replay-failed; ``lambdaArn`` without our
-    ``endpoint``: processing-failed; else splunk-failed)."""
+    the first record is whole (``replayAttempts``: replay-failed; ``lambdaArn`` or a gzip
+    ``rawData`` without our ``endpoint``: processing-failed; else splunk-failed)."""
     text = head.decode("utf-8", errors="replace").lstrip()
     if not text.startswith("{") or '"rawData"' not in text:
         return False, None

@@ -16,10 +16,13 @@ from pathlib import Path
 import structlog
 
 from config.loader import replay_state_path, require_hec
+from config.settings import Settings
 from forwarder import aws
 from forwarder.backsplash.layout import KINDS
+from forwarder.backsplash.writers import ReplayFailedBacksplash
 from forwarder.commands.context import CommandContext, add_common_arguments
 from forwarder.replay.engine import replay
+from forwarder.replay.firehose import FirehoseSink
 from forwarder.replay.options import (
     DEFAULT_CHUNK_BYTES,
     DEFAULT_MAX_ATTEMPTS,
@@ -35,8 +38,10 @@ from forwarder.replay.report import (
     TtyProgress,
     format_summary,
 )
+from forwarder.replay.worker import DelivererFactory, Sink, default_deliverer_factory
 from forwarder.signals import two_stage_stop
 from forwarder.status import ExitStatus
+from transforms.reingest import FirehoseReingester
 
 _log = structlog.get_logger("forwarder.commands.replay")
 
@@ -102,6 +107,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="s3://BUCKET/PREFIX",
         help="root for replay-failed/ objects (default: the replayed prefix's root)",
     )
+    behave.add_argument(
+        "--via-firehose",
+        metavar="STREAM",
+        help="put the records into this Firehose delivery stream (PutRecordBatch) instead of "
+        "sending them to HEC; HEC events are marked so the stream's transform passes them "
+        "through unchanged (default: send to HEC)",
+    )
     after = behave.add_mutually_exclusive_group()
     after.add_argument(
         "--archive", action="store_true", help="move fully replayed objects under replayed/"
@@ -155,6 +167,7 @@ def options_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> R
         rate_limit=args.rate_limit,
         chunk_bytes=max(int(args.chunk_mb * 1024 * 1024), 1),
         failed_to=args.failed_to,
+        via_firehose=args.via_firehose,
     )
 
 
@@ -178,7 +191,10 @@ def run(args: argparse.Namespace, ctx: CommandContext) -> ExitStatus:
         print(f"forwarder replay: {exc}", file=sys.stderr)
         return ExitStatus.USAGE
     settings = ctx.settings()
-    if not options.dry_run:
+    factory: DelivererFactory = default_deliverer_factory
+    if options.via_firehose is not None:
+        factory = firehose_sink_factory(options.via_firehose)
+    elif not options.dry_run:
         require_hec(settings)
     s3 = aws.client("s3")
     progress: Progress | None
@@ -190,7 +206,13 @@ def run(args: argparse.Namespace, ctx: CommandContext) -> ExitStatus:
         progress = LogProgress()
     with two_stage_stop(on_first=_stopping) as request:
         report = replay(
-            settings, args.uri, options, s3_client=s3, stop_event=request.stop, progress=progress
+            settings,
+            args.uri,
+            options,
+            s3_client=s3,
+            deliverer_factory=factory,
+            stop_event=request.stop,
+            progress=progress,
         )
     reason = why_nothing_sent(report, options)
     if args.json:
@@ -204,6 +226,22 @@ def run(args: argparse.Namespace, ctx: CommandContext) -> ExitStatus:
             verb = "would be sent" if options.dry_run else "was sent"
             ctx.out.write(f"  nothing {verb}: {reason}\n")
     return report.exit_status
+
+
+def firehose_sink_factory(
+    stream: str, client_factory: aws.ClientFactory = aws.client
+) -> DelivererFactory:
+    """Build, per worker thread, a :class:`FirehoseSink` putting into ``stream`` through
+    its own client (the one AWS client factory: endpoint and region from the environment)."""
+
+    def build(settings: Settings, *, backsplash: ReplayFailedBacksplash) -> Sink:
+        del settings  # nothing of HEC's is used
+        client = client_factory("firehose")
+        return FirehoseSink(
+            FirehoseReingester(client, stream), stream, backsplash=backsplash, on_close=client.close
+        )
+
+    return build
 
 
 def why_nothing_sent(report: ReplayReport, options: ReplayOptions) -> str | None:

@@ -2,7 +2,8 @@
 backsplash records (the one path for the push Lambda and the daemon's ``sqs-s3`` source).
 
 Backsplash objects (DESIGN.md §6) are recognised by key first (``splunk-failed/``,
-``processing-failed/``, ``replay-failed/`` anywhere in it), else by content
+``processing-failed/``, ``decompression-failed/``, ``replay-failed/`` anywhere in it), else
+by content (any prefix: Firehose's ``format-conversion-failed/``, a custom error prefix)
 (:func:`forwarder.backsplash.objects.sniff`). Objects under ``replay-failed/`` (by key, or by
 their ``replayAttempts`` records) are never re-delivered automatically (loop guard: a
 notification on the backsplash bucket would otherwise send a failing event round forever):

@@ -29,6 +29,7 @@ from forwarder.backsplash.layout import Kind, key_kind
 from forwarder.backsplash.writers import EventOrigin
 from forwarder.errors import BacksplashError
 from forwarder.replay.dispose import dispose
+from forwarder.replay.firehose import firehose_record
 from forwarder.replay.state import HandledRecords, Outcome
 from forwarder.replay.worker import ByteCounter, ListedObject, Run, Worker
 from forwarder.status import describe, is_user_mistake
@@ -154,7 +155,8 @@ def replay_object(worker: Worker, obj: ListedObject) -> None:
             report.fatal = report.fatal or fatal
         shared.stop.set()
         complete = False
-        log.error("replay_stopped", reason="HEC refused delivery", error=fatal)
+        refused = "HEC refused delivery" if options.via_firehose is None else "Firehose refused"
+        log.error("replay_stopped", reason=refused, error=fatal)
     if read_error is not None:
         with shared.lock:
             report.objects_failed += 1
@@ -228,8 +230,9 @@ def _replay_record(
         return "done"
     if exhausted or not selected:
         return "skipped"
+    decode = decode_record if options.via_firehose is None else firehose_record
     try:
-        decoded = decode_record(record, kind, shared.settings.transform)
+        decoded = decode(record, kind, shared.settings.transform)
     except CorruptRecordError as exc:
         with shared.lock:
             report.add_corrupt(obj.key, item.line, str(exc))
@@ -266,7 +269,8 @@ def _replay_record(
             EventOrigin(item.record_no, decoded.arrival_ms, decoded.replay_attempts, source),
         )
         chunk.groups.setdefault((decoded.endpoint, decoded.raw_target), []).extend(decoded.events)
-    chunk.pending_rows.append((item.record_no, decoded.event_id, count, "delivered"))
+    outcome: Outcome = "delivered" if options.via_firehose is None else "handed-to-firehose"
+    chunk.pending_rows.append((item.record_no, decoded.event_id, count, outcome))
     chunk.pending_events += count
     chunk.pending_bytes += decoded.payload_bytes
     chunk.nbytes += decoded.payload_bytes
@@ -300,11 +304,9 @@ def _commit(worker: Worker, object_id: int | None, chunk: _Chunk, *, submit: boo
     failed_records = dict(worker.writer.failed_records)
     failed = sum(failed_records.values())
     rows: list[tuple[int, str | None, int, Outcome]] = []
-    for record_no, event_id, events, _ in chunk.rows:
+    for record_no, event_id, events, sent in chunk.rows:
         lost = failed_records.get(record_no, 0)
-        outcome: Outcome = (
-            "delivered" if not lost else "replay-failed" if lost >= events else "mixed"
-        )
+        outcome: Outcome = sent if not lost else "replay-failed" if lost >= events else "mixed"
         rows.append((record_no, event_id, events, outcome))
     if rows:
         worker.state.record_chunk(

@@ -8,8 +8,13 @@ gzip or plain, newline-separated or concatenated:
                             raw lines; our records also say ``endpoint`` and the raw metadata.
     ``processing-failed/``  ``rawData`` is the original CloudWatch Logs payload: transformed
                             first (``transforms.pipeline.transform_payload``), then sent.
+    ``decompression-failed/``  Firehose's CloudWatch Logs decompression failed: ``rawData``
+                            is the original (gzip) payload, transformed like processing-failed.
     ``replay-failed/``      what failed again during an earlier replay (our format, with
                             ``replayAttempts``).
+    anything else           by content (``forwarder.backsplash.codec.record_kind``).
+
+``--via-firehose`` puts the records into a Firehose stream instead (:mod:`.firehose`).
 
 How a run goes: :func:`replay` lists the objects once up front (so what this run writes is
 never read by it), skips those outside the selection by key (:mod:`.options`), and hands the
@@ -106,7 +111,7 @@ def replay(
             failed_root += "/"
     else:
         failed_bucket, failed_root = bucket, root
-    report = ReplayReport(source=s3_uri, dry_run=options.dry_run)
+    report = ReplayReport(source=s3_uri, dry_run=options.dry_run, via_firehose=options.via_firehose)
     started = clock()
     shared = Run(
         settings=settings,
@@ -136,6 +141,7 @@ def replay(
         dry_run=options.dry_run,
         state=str(shared.state_path),
         failed_to=f"s3://{failed_bucket}/{failed_root}{REPLAY_FAILED}/",
+        via_firehose=options.via_firehose,
         concurrency=options.concurrency,
     )
     objects = _list_objects(shared, prefix)

@@ -50,6 +50,8 @@ class ReplayOptions:
         rate_limit: events per second over all objects; None: unlimited.
         chunk_bytes: payload bytes per flush-and-commit step.
         failed_to: ``s3://bucket/prefix`` root for ``replay-failed/``; None: the source root.
+        via_firehose: put records into this Firehose delivery stream instead of sending
+            them to HEC (:mod:`forwarder.replay.firehose`); None: to HEC.
     """
 
     since: datetime | None = None
@@ -66,6 +68,7 @@ class ReplayOptions:
     rate_limit: float | None = None
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
     failed_to: str | None = None
+    via_firehose: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("include", "exclude"):
@@ -82,6 +85,8 @@ class ReplayOptions:
             raise ValueError("rate_limit must be positive")
         if self.chunk_bytes < 1:
             raise ValueError("chunk_bytes must be positive")
+        if self.via_firehose is not None and not self.via_firehose.strip():
+            raise ValueError("via_firehose must name a delivery stream")
         if self.since and self.until and self.since >= self.until:
             raise ValueError("since must be before until")
 

@@ -29,6 +29,9 @@ class ReplayReport:
 
     source: str
     dry_run: bool = False
+    #: The Firehose stream records were put into (``--via-firehose``); then
+    #: ``events_delivered`` counts records Firehose accepted ("handed to Firehose").
+    via_firehose: str | None = None
     objects_listed: int = 0
     objects_selected: int = 0
     objects_already_done: int = 0
@@ -210,8 +213,11 @@ def format_summary(report: ReplayReport) -> str:
             )
         lines.append("")
     verb = "would send" if report.dry_run else "sent"
+    delivered = (
+        "delivered" if report.via_firehose is None else f"handed to Firehose {report.via_firehose}"
+    )
     lines.append(
-        f"  events   {verb} {report.events_sent:,}  delivered {report.events_delivered:,}  "
+        f"  events   {verb} {report.events_sent:,}  {delivered} {report.events_delivered:,}  "
         f"failed again (replay-failed/) {report.events_failed:,}  "
         f"dropped (control) {report.events_dropped:,}"
     )
@@ -234,7 +240,8 @@ def format_summary(report: ReplayReport) -> str:
     if report.interrupted:
         notes.append("interrupted: run again to resume")
     if report.fatal:
-        notes.append(f"HEC refused delivery: {report.fatal}")
+        refused = "HEC refused delivery" if report.via_firehose is None else "Firehose refused"
+        notes.append(f"{refused}: {report.fatal}")
     if report.backsplash_error:
         notes.append(f"could not write replay-failed/: {report.backsplash_error}")
     if report.refused:

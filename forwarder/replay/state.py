@@ -14,7 +14,8 @@ Schema (``PRAGMA user_version`` = 1)::
             status 'partial'|'done', records_handled, events_delivered, events_failed,
             disposition 'kept'|'archived'|'deleted'|NULL, started_at, updated_at, finished_at,
             UNIQUE(bucket, key, etag))
-    records(object_id, record_no, event_id, events, outcome 'delivered'|'replay-failed'|'mixed',
+    records(object_id, record_no, event_id, events,
+            outcome 'delivered'|'handed-to-firehose'|'replay-failed'|'mixed',
             PRIMARY KEY(object_id, record_no)) WITHOUT ROWID
 
 The file uses WAL journaling, so one connection per thread can work at once: every write is a
@@ -45,7 +46,9 @@ SCHEMA_VERSION: Final = 1
 #: How long a connection waits for another's lock before "database is locked".
 BUSY_TIMEOUT_S: Final = 30.0
 _SETUP_RETRY_S: Final = 0.05
-Outcome = Literal["delivered", "replay-failed", "mixed"]
+#: ``handed-to-firehose``: put into a Firehose stream (``--via-firehose``); Firehose's
+#: at-least-once from there on, not Splunk's acknowledgment.
+Outcome = Literal["delivered", "handed-to-firehose", "replay-failed", "mixed"]
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS objects (

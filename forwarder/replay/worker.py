@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -16,19 +16,44 @@ from config.settings import Settings
 from forwarder.backsplash.writers import Backsplash, ReplayFailedBacksplash
 from forwarder.delivery.deliverer import Deliverer
 from forwarder.delivery.ledger import Ledger
+from forwarder.errors import DeliveryError
 from forwarder.replay.options import ReplayOptions, Selection
 from forwarder.replay.report import Progress, ReplayReport
 from forwarder.replay.state import ReplayState
 from transforms.options import Endpoint
+from transforms.records import EncodedEvent, RawTarget
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
 
+class Sink(Protocol):
+    """What a worker hands events to: a :class:`~forwarder.delivery.deliverer.Deliverer`
+    (HEC), or :class:`forwarder.replay.firehose.FirehoseSink` (``--via-firehose``)."""
+
+    @property
+    def ledger(self) -> Ledger: ...
+
+    @property
+    def fatal(self) -> DeliveryError | None: ...
+
+    def submit(self, events: Sequence[EncodedEvent], raw_target: RawTarget | None = None) -> None:
+        """Take events; what fails ends in the replay-failed writer."""
+
+    def flush(self, deadline: float | None = None) -> None:
+        """Deliver (or store) everything taken so far."""
+
+    def close(self, deadline: float | None = None, *, summarize: bool = True) -> None:
+        """Flush, then release."""
+
+    def release(self) -> None:
+        """Stop without sending what is left."""
+
+
 class DelivererFactory(Protocol):
     """Builds a deliverer for one endpoint; ``settings.hec.endpoint`` is already set."""
 
-    def __call__(self, settings: Settings, *, backsplash: ReplayFailedBacksplash) -> Deliverer:
+    def __call__(self, settings: Settings, *, backsplash: ReplayFailedBacksplash) -> Sink:
         """A new deliverer writing its failures to ``backsplash``."""
         ...
 
@@ -134,9 +159,9 @@ class Worker:
             clock=shared.wall_clock,
             tracked=True,
         )
-        self.deliverers: dict[str, Deliverer] = {}
+        self.deliverers: dict[str, Sink] = {}
 
-    def deliverer(self, endpoint: Endpoint) -> Deliverer:
+    def deliverer(self, endpoint: Endpoint) -> Sink:
         found = self.deliverers.get(endpoint)
         if found is None:
             settings = self.shared.settings

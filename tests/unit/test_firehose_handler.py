@@ -332,6 +332,7 @@ def test_summary_line_counts_everything() -> None:
         "events_filtered": 0,
         "events_sampled": 0,
         "time_unparsed": 0,
+        "passthrough": 0,
         "bytes_in": sum(raw_sizes),
         "bytes_out": ok_bytes,
         "response_bytes": summary["response_bytes"],
