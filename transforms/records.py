@@ -157,14 +157,21 @@ class InterleavedTexts(Sequence[str]):
 
     def _all(self) -> list[str]:
         if self._texts is None:
-            texts = self.joined("\n").split("\n")
-            if len(texts) != self._count:  # a newline inside a text: one at a time
-                pieces = self._pieces
-                texts = [
-                    "".join(chain.from_iterable(zip(pieces[:-1], values, strict=True))) + pieces[-1]
-                    for values in zip(*self._columns, strict=True)
+            pieces, columns = self._pieces, self._columns
+            if len(columns) == 1:
+                first, last = pieces
+                self._texts = [f"{first}{value}{last}" for value in columns[0]]
+            elif len(columns) == 2:  # the shapers' usual width: time and message
+                first, middle, last = pieces
+                self._texts = [
+                    f"{first}{one}{middle}{two}{last}"
+                    for one, two in zip(columns[0], columns[1], strict=True)
                 ]
-            self._texts = texts
+            else:
+                self._texts = [
+                    "".join(chain.from_iterable(zip(pieces[:-1], values, strict=True))) + pieces[-1]
+                    for values in zip(*columns, strict=True)
+                ]
         return self._texts
 
     def __len__(self) -> int:
