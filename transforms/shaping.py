@@ -1,8 +1,12 @@
 """Line shaping: a batch's messages in, the text of its HEC event objects (or raw lines) out.
 
 The envelope (the constant part of every object, ``hec_event.envelope``) is serialized once per
-batch by ``transforms.pipeline``; per event only the minimum is done here: the time, the escaped
-message and one f-string. Flow-log lines in raw mode are not parsed one by one: when a batch is
+batch by ``transforms.pipeline``; per event only the minimum is done here: the time and the
+escaped message. Where every event of a batch has the same shape the result is an
+``InterleavedTexts`` (constant pieces and per-event columns), so that the Firehose body is
+written in one join over the columns, without a string per event.
+
+Flow-log lines in raw mode are not parsed one by one: when a batch is
 plain single-spaced ASCII with the right number of spaces on every line (what AWS writes), the
 ``start`` values come out of one C-level pass over the batch; any other batch takes the
 per-line path, which gives the same bytes (``tests/unit/test_pipeline.py`` checks both against

@@ -79,12 +79,21 @@ def test_pieces_and_columns_must_agree() -> None:
         ]
     ),
     lambda_style=st.booleans(),
+    nodata_every=st.sampled_from([None, 7, 1500]),
 )
 def test_firehose_body_is_the_per_event_payloads_joined(
-    count: int, seed: int, options: TransformOptions, lambda_style: bool
+    count: int,
+    seed: int,
+    options: TransformOptions,
+    lambda_style: bool,
+    nodata_every: int | None,
 ) -> None:
-    """The Firehose body (batch-wide join) is byte for byte the events' payloads joined."""
-    lines = make_flow_lines(count, seed=seed, nodata_every=7)
+    """The Firehose body (batch-wide join) is byte for byte the events' payloads joined.
+
+    Without NODATA lines every chunk takes the batch-wide path; with one every 1,500 lines
+    some chunks do and some do not (the chunks are joined as one list).
+    """
+    lines = make_flow_lines(count, seed=seed, nodata_every=nodata_every)
     if lambda_style:
         lines = [f'{{"level":"INFO","msg":"{line}"}}' for line in lines]
         data = make_cwl_payload(lines, log_group="/aws/lambda/f")
@@ -92,3 +101,6 @@ def test_firehose_body_is_the_per_event_payloads_joined(
         data = make_cwl_payload(lines, log_group=VPC_LOG_GROUP, log_stream=VPC_LOG_STREAM)
     encoded = transform_payload(data, options)
     assert firehose_payload(encoded) == b"".join(event.payload for event in encoded.events)
+    if nodata_every is None and not lambda_style and options.event_format != "json":
+        assert isinstance(encoded.events, EncodedEvents)
+        assert isinstance(encoded.events.texts, InterleavedTexts)
