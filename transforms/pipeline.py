@@ -186,7 +186,7 @@ def _encode(
     raw_target = None
     unparsed = 0
     counts: dict[str, int] = {}
-    texts: list[str] = []
+    texts: Sequence[str] = []
     if envelope.is_control:
         ids = None
     else:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Literal, NamedTuple, TypedDict, overload
+from itertools import chain
+from typing import Literal, NamedTuple, TypedDict, cast, overload
 
 #: Where a record came from, which decides how it is decoded and routed.
 #: ``cloudwatch``: gzip CloudWatch Logs subscription payload;
@@ -84,6 +85,114 @@ class EncodedEvent(NamedTuple):
     event_id: str | None
 
 
+class InterleavedTexts(Sequence[str]):
+    """Texts made of constant pieces and per-text values, kept as columns until needed.
+
+    Text ``i`` is ``pieces[0] + columns[0][i] + pieces[1] + ... + columns[-1][i] +
+    pieces[-1]``. The pipeline's shapers return this instead of one string per event, so that
+    the Firehose path (``joined``) writes all of a record's objects in one ``str.join`` over
+    the columns, without an f-string per event; a text is only made when one is read.
+
+    Args:
+        pieces: one more than there are columns.
+        columns: the values, one list per slot, all of the same length.
+    """
+
+    __slots__ = ("_columns", "_count", "_pieces", "_texts")
+
+    def __init__(self, pieces: Sequence[str], columns: Sequence[list[str]]) -> None:
+        if len(pieces) != len(columns) + 1 or not columns:
+            raise ValueError(f"{len(pieces)} pieces for {len(columns)} columns")
+        count = len(columns[0])
+        if any(len(column) != count for column in columns):
+            raise ValueError("columns of different lengths")
+        self._pieces = tuple(pieces)
+        self._columns = list(columns)
+        self._count = count
+        self._texts: list[str] | None = None
+
+    @property
+    def pieces(self) -> tuple[str, ...]:
+        """The constant pieces around and between the columns."""
+        return self._pieces
+
+    @property
+    def columns(self) -> list[list[str]]:
+        """The per-text values, one list per slot."""
+        return self._columns
+
+    def joined(self, separator: str = "") -> str:
+        """All texts joined with ``separator``: the same string as ``separator.join(self)``."""
+        count = self._count
+        if not count:
+            return ""
+        pieces, columns = self._pieces, self._columns
+        width = len(columns)
+        between = pieces[-1] + separator + pieces[0]
+        # One object: column 0, piece 1, column 1, ..., column k-1, then what closes it and
+        # opens the next; the last one's closing is the last piece alone.
+        pattern: list[str] = []
+        for piece in (*pieces[1:-1], between):
+            pattern += ("", piece)
+        parts = pattern * count
+        for slot, column in enumerate(columns):
+            parts[2 * slot :: 2 * width] = column
+        parts[-1] = pieces[-1]
+        return pieces[0] + "".join(parts)
+
+    @classmethod
+    def concat(cls, parts: Sequence[Sequence[str]]) -> Sequence[str]:
+        """The texts of ``parts`` in order: still interleaved when every part is with the
+        same pieces, else one list."""
+        if parts and all(isinstance(part, InterleavedTexts) for part in parts):
+            interleaved = cast("Sequence[InterleavedTexts]", parts)
+            pieces = interleaved[0].pieces
+            if all(part.pieces == pieces for part in interleaved):
+                columns: list[list[str]] = [[] for _ in interleaved[0].columns]
+                for part in interleaved:
+                    for column, values in zip(columns, part.columns, strict=True):
+                        column.extend(values)
+                return cls(pieces, columns)
+        return [text for part in parts for text in part]
+
+    def _all(self) -> list[str]:
+        if self._texts is None:
+            pieces, columns = self._pieces, self._columns
+            if len(columns) == 1:
+                first, last = pieces
+                self._texts = [f"{first}{value}{last}" for value in columns[0]]
+            elif len(columns) == 2:  # the shapers' usual width: time and message
+                first, middle, last = pieces
+                self._texts = [
+                    f"{first}{one}{middle}{two}{last}"
+                    for one, two in zip(columns[0], columns[1], strict=True)
+                ]
+            else:
+                self._texts = [
+                    "".join(chain.from_iterable(zip(pieces[:-1], values, strict=True))) + pieces[-1]
+                    for values in zip(*columns, strict=True)
+                ]
+        return self._texts
+
+    def __len__(self) -> int:
+        return self._count
+
+    @overload
+    def __getitem__(self, index: int) -> str: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[str]: ...
+
+    def __getitem__(self, index: int | slice) -> str | list[str]:
+        return self._all()[index]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._all())
+
+    def __repr__(self) -> str:
+        return f"InterleavedTexts(<{self._count} texts>)"
+
+
 class EncodedEvents(Sequence[EncodedEvent]):
     """The events of an ``EncodedBatch``: one text per event, encoded to bytes on access.
 
@@ -132,9 +241,15 @@ class EncodedEvents(Sequence[EncodedEvent]):
 
     def body(self, separator: str = "", terminator: str = "") -> bytes:
         """All texts joined with ``separator``, plus ``terminator`` when not empty, as bytes."""
-        if not self._texts:
+        texts = self._texts
+        if not texts:
             return b""
-        return (separator.join(self._texts) + terminator).encode("utf-8", WIRE_ERRORS)
+        joined = (
+            texts.joined(separator)
+            if isinstance(texts, InterleavedTexts)
+            else separator.join(texts)
+        )
+        return (joined + terminator).encode("utf-8", WIRE_ERRORS)
 
     def __repr__(self) -> str:
         return f"EncodedEvents(<{len(self._texts)} events>)"

@@ -526,7 +526,7 @@ _DEDUP_MARKER_JSON = json.dumps(DEDUP_MARKER)
 
 
 def with_dedup_keys(
-    texts: list[str],
+    texts: Sequence[str],
     ids: Sequence[str | None] | None,
     source: str | None,
     times: Sequence[str | None] | None,

@@ -1,8 +1,12 @@
 """Line shaping: a batch's messages in, the text of its HEC event objects (or raw lines) out.
 
 The envelope (the constant part of every object, ``hec_event.envelope``) is serialized once per
-batch by ``transforms.pipeline``; per event only the minimum is done here: the time, the escaped
-message and one f-string. Flow-log lines in raw mode are not parsed one by one: when a batch is
+batch by ``transforms.pipeline``; per event only the minimum is done here: the time and the
+escaped message. Where every event of a batch has the same shape the result is an
+``InterleavedTexts`` (constant pieces and per-event columns), so that the Firehose body is
+written in one join over the columns, without a string per event.
+
+Flow-log lines in raw mode are not parsed one by one: when a batch is
 plain single-spaced ASCII with the right number of spaces on every line (what AWS writes), the
 ``start`` values come out of one C-level pass over the batch; any other batch takes the
 per-line path, which gives the same bytes (``tests/unit/test_pipeline.py`` checks both against
@@ -23,6 +27,7 @@ from operator import itemgetter
 from typing import cast
 
 from transforms.errors import DecodeError
+from transforms.records import InterleavedTexts
 from transforms.vpc_flow import FlowFormat, epoch_seconds, is_flow_int
 
 #: Characters JSON strings must escape, most likely first; a batch without any is copied as is.
@@ -83,15 +88,22 @@ def raw_lines(messages: list[str]) -> list[str]:
 
 def plain_events(
     env: str, timestamps: Sequence[int | None] | None, messages: list[str]
-) -> list[str]:
+) -> Sequence[str]:
     """Event objects whose event is the message string."""
     if _needs_escaping("".join(messages)):
         bodies, quote = list(map(encode_basestring, messages)), ""
     else:
         bodies, quote = messages, '"'
+    if not bodies:
+        return []
     if timestamps is None:
-        return [f"{{{env}{quote}{body}{quote}}}" for body in bodies]
+        return InterleavedTexts((f"{{{env}{quote}", f"{quote}}}"), [bodies])
     times = _cloudwatch_times(timestamps)
+    if None not in times:
+        return InterleavedTexts(
+            ('{"time":', f",{env}{quote}", f"{quote}}}"),
+            [cast("list[str]", times), bodies],
+        )
     return [
         f'{{"time":{time},{env}{quote}{body}{quote}}}'
         if time is not None
@@ -105,7 +117,7 @@ def timed_events(
     timestamps: Sequence[int | None] | None,
     times: Sequence[str | None] | None,
     bodies: list[str],
-) -> list[str]:
+) -> Sequence[str]:
     """Event objects whose event is a JSON text (``bodies``), with the time read from the
     message where there is one (``times``), else the CloudWatch time."""
     count = len(bodies)
@@ -115,6 +127,8 @@ def timed_events(
             time if time is not None else fallback
             for time, fallback in zip(times, chosen, strict=True)
         ]
+    if bodies and None not in chosen:
+        return InterleavedTexts(('{"time":', f",{env}", "}"), [cast("list[str]", chosen), bodies])
     return [
         f'{{"time":{time},{env}{body}}}' if time is not None else f"{{{env}{body}}}"
         for time, body in zip(chosen, bodies, strict=True)
@@ -175,7 +189,7 @@ def _start_time(start: str) -> str | None:
 
 
 _Encoder = Callable[
-    [str, FlowFormat, Sequence[int | None] | None, list[str]], tuple[list[str], int]
+    [str, FlowFormat, Sequence[int | None] | None, list[str]], tuple[Sequence[str], int]
 ]
 
 
@@ -188,18 +202,18 @@ def _in_chunks(encoder: _Encoder) -> _Encoder:
 
     def chunked(
         env: str, fmt: FlowFormat, timestamps: Sequence[int | None] | None, messages: list[str]
-    ) -> tuple[list[str], int]:
+    ) -> tuple[Sequence[str], int]:
         if len(messages) <= _CHUNK:
             return encoder(env, fmt, timestamps, messages)
-        texts: list[str] = []
+        texts: list[Sequence[str]] = []
         unparsed = 0
         for low in range(0, len(messages), _CHUNK):
             high = low + _CHUNK
             part = timestamps[low:high] if timestamps is not None else None
             chunk_texts, chunk_unparsed = encoder(env, fmt, part, messages[low:high])
-            texts += chunk_texts
+            texts.append(chunk_texts)
             unparsed += chunk_unparsed
-        return texts, unparsed
+        return InterleavedTexts.concat(texts), unparsed
 
     return chunked
 
@@ -207,14 +221,11 @@ def _in_chunks(encoder: _Encoder) -> _Encoder:
 @_in_chunks
 def flow_raw_events(
     env: str, fmt: FlowFormat, timestamps: Sequence[int | None] | None, messages: list[str]
-) -> tuple[list[str], int]:
+) -> tuple[Sequence[str], int]:
     """Flow lines sent untouched, ``time`` from ``start``; and how many did not fit."""
     starts = _fast_starts(fmt, messages)
     if starts is not None:
-        return [
-            f'{{"time":{start},{env}"{line}"}}'
-            for start, line in zip(starts, messages, strict=True)
-        ], 0
+        return InterleavedTexts(('{"time":', f',{env}"', '"}'), [starts, messages]), 0
     texts = []
     unparsed = 0
     size, start_index = fmt.size, fmt.start_index
@@ -237,7 +248,7 @@ def flow_raw_events(
 @_in_chunks
 def flow_json_events(
     env: str, fmt: FlowFormat, timestamps: Sequence[int | None] | None, messages: list[str]
-) -> tuple[list[str], int]:
+) -> tuple[Sequence[str], int]:
     """Flow lines as add-on-named JSON records; lines that do not fit go as raw text."""
     fast = _flow_json_sliced(env, fmt, timestamps, messages)
     if fast is None:
