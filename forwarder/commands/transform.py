@@ -14,7 +14,7 @@ from typing import IO
 
 from forwarder.commands.context import CommandContext, add_common_arguments, add_input_arguments
 from forwarder.intake.inputs import INPUT_ERRORS, Failure, input_names, read_units
-from forwarder.status import ExitStatus
+from forwarder.status import ExitStatus, RunOutcome, status_for
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,4 +47,4 @@ def run(args: argparse.Namespace, ctx: CommandContext) -> ExitStatus:
         except INPUT_ERRORS as exc:
             failed = True
             print(f"forwarder: cannot transform {args.file}: {exc}", file=sys.stderr)
-    return ExitStatus.FAILURE if failed else ExitStatus.OK
+    return status_for(RunOutcome(partial_failure=failed))

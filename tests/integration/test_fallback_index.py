@@ -25,6 +25,7 @@ from forwarder.delivery.metrics import DaemonState, MetricsServer
 from forwarder.devtools.emulator import HecEmulator
 from tests.conftest import TEST_TOKEN
 from tests.integration.conftest import backsplashed, delivery_settings, flow_events, raw_payload
+from tests.integration.test_delivery import NoEventNumber
 from transforms.records import EncodedEvent
 
 pytestmark = pytest.mark.integration
@@ -112,18 +113,6 @@ def test_a_refused_fallback_index_backsplashes_the_original_event(
     assert (summary["acknowledged"], summary["backsplashed"]) == (19, 1)
     assert summary["fallback_index_resent"] == 1
     assert [line["code"] for line in logs if line["event"] == "hec_rejected"] == [7]
-
-
-class NoEventNumber(requests.Session):
-    """A HEC (or proxy) that does not say which event was refused: the deliverer bisects."""
-
-    def post(self, url: str | bytes, *args: Any, **kwargs: Any) -> requests.Response:
-        response = super().post(url, *args, **kwargs)
-        if response.status_code == 400:
-            body = response.json()
-            body.pop("invalid-event-number", None)
-            response._content = json.dumps(body).encode()
-        return response
 
 
 def test_code_7_without_an_event_number_is_bisected_to_the_event(
