@@ -118,3 +118,19 @@ def create_checkpoint_table(dynamodb: Any, table: str) -> None:
         ],
         BillingMode="PAY_PER_REQUEST",
     )
+
+
+def create_replay_state_table(dynamodb: Any, table: str) -> None:
+    """The replay state table (``--state dynamodb://TABLE``): string ``pk`` and ``sk``."""
+    dynamodb.create_table(
+        TableName=table,
+        KeySchema=[
+            {"AttributeName": "pk", "KeyType": "HASH"},
+            {"AttributeName": "sk", "KeyType": "RANGE"},
+        ],
+        AttributeDefinitions=[
+            {"AttributeName": "pk", "AttributeType": "S"},
+            {"AttributeName": "sk", "AttributeType": "S"},
+        ],
+        BillingMode="PAY_PER_REQUEST",
+    )

@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Mapping
 from datetime import datetime
-from pathlib import Path
 
 import structlog
 
-from config.loader import replay_state_path, require_hec
+from config.errors import ConfigError
+from config.loader import require_hec
 from config.settings import Settings
 from forwarder import aws
 from forwarder.backsplash.layout import KINDS
@@ -25,10 +26,13 @@ from forwarder.replay.engine import replay
 from forwarder.replay.firehose import FirehoseSink
 from forwarder.replay.options import (
     DEFAULT_CHUNK_BYTES,
+    DEFAULT_LEASE_S,
     DEFAULT_MAX_ATTEMPTS,
     AfterSuccess,
     ReplayOptions,
+    SqliteStateSpec,
     parse_s3_uri,
+    parse_state_spec,
     parse_time,
 )
 from forwarder.replay.report import (
@@ -91,9 +95,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     behave.add_argument(
         "--state",
-        metavar="PATH",
-        help="SQLite replay state (default: $XDG_STATE_HOME/firehose-splunk-forwarder/"
+        metavar="PATH|dynamodb://TABLE",
+        help="the replay state: a SQLite file, or a DynamoDB table shared by every replay and "
+        "drainer, with a lease per object (default: $XDG_STATE_HOME/firehose-splunk-forwarder/"
         "replay.sqlite)",
+    )
+    behave.add_argument(
+        "--lease-s",
+        type=float,
+        default=DEFAULT_LEASE_S,
+        metavar="SECONDS",
+        help="with --state dynamodb://TABLE: how long an object's lease lasts unless renewed "
+        "(renewed every third of it; a crashed replay's objects are taken over after it) "
+        "(default: %(default)g)",
     )
     behave.add_argument(
         "--max-attempts",
@@ -149,6 +163,7 @@ def options_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> R
 
     Raises:
         ValueError: an invalid value (the message says which).
+        ConfigError: an invalid ``--state`` or ``--lease-s``.
     """
     include = frozenset(args.include) if args.include else frozenset(KINDS)
     after: AfterSuccess = "archive" if args.archive else "delete" if args.delete else "keep"
@@ -162,7 +177,7 @@ def options_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> R
         dry_run=args.dry_run,
         max_attempts=args.max_attempts,
         after_success=after,
-        state_path=Path(args.state).expanduser() if args.state else replay_state_path(environ),
+        state=parse_state_spec(args.state, environ, lease_s=args.lease_s),
         concurrency=args.concurrency,
         rate_limit=args.rate_limit,
         chunk_bytes=max(int(args.chunk_mb * 1024 * 1024), 1),
@@ -187,7 +202,7 @@ def run(args: argparse.Namespace, ctx: CommandContext) -> ExitStatus:
     try:
         options = options_from_args(args, ctx.environ)
         parse_s3_uri(args.uri)
-    except ValueError as exc:
+    except (ValueError, ConfigError) as exc:
         print(f"forwarder replay: {exc}", file=sys.stderr)
         return ExitStatus.USAGE
     settings = ctx.settings()
@@ -259,10 +274,17 @@ def why_nothing_sent(report: ReplayReport, options: ReplayOptions) -> str | None
             f"{report.objects_outside_window} of {report.objects_listed} objects are outside "
             f"the time window{_window(options)} (by the hour in their keys)"
         )
+    state = options.state_spec(os.environ)
+    where = "state file" if isinstance(state, SqliteStateSpec) else "state table"
     if report.objects_already_done:
         reasons.append(
-            f"{report.objects_already_done} objects were already replayed (the state file "
-            f"{options.state_path} records them; --state elsewhere to replay them again)"
+            f"{report.objects_already_done} objects were already replayed (the {where} "
+            f"{state} records them; --state elsewhere to replay them again)"
+        )
+    if report.objects_leased_elsewhere:
+        reasons.append(
+            f"{report.objects_leased_elsewhere} objects are being replayed by another replay or "
+            f"drainer (their leases in {state} are live)"
         )
     if report.records_not_selected:
         reasons.append(

@@ -10,7 +10,7 @@ Records with ``replayAttempts >= max_attempts`` are skipped (counted, left in pl
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import structlog
 from botocore.exceptions import BotoCoreError, ClientError
@@ -30,15 +30,14 @@ from forwarder.backsplash.writers import EventOrigin
 from forwarder.errors import BacksplashError
 from forwarder.replay.dispose import dispose
 from forwarder.replay.firehose import firehose_record
-from forwarder.replay.state import HandledRecords, Outcome
+from forwarder.replay.state import HandledRecords, LeaseLostError, ObjectId, Outcome, Row
+from forwarder.replay.state_store import LeaseKeeper
 from forwarder.replay.worker import ByteCounter, ListedObject, Run, Worker
 from forwarder.status import describe, is_user_mistake
 from transforms.options import Endpoint
 from transforms.records import EncodedEvent, RawTarget
 
 _log = structlog.get_logger("forwarder.replay.chunks")
-
-_Row = tuple[int, str | None, int, Outcome]
 
 
 @dataclass(slots=True)
@@ -47,10 +46,10 @@ class _Chunk:
     handed to the deliverers a batch's worth at a time (one ``submit`` per record would cost
     more than the send); ``rows`` are the records whose events were all submitted."""
 
-    rows: list[_Row] = field(default_factory=list)
+    rows: list[Row] = field(default_factory=list)
     events: int = 0  # submitted
     nbytes: int = 0  # payload bytes, submitted or buffered
-    pending_rows: list[_Row] = field(default_factory=list)
+    pending_rows: list[Row] = field(default_factory=list)
     pending_events: int = 0
     pending_bytes: int = 0
     groups: dict[tuple[Endpoint, RawTarget | None], list[EncodedEvent]] = field(
@@ -59,22 +58,84 @@ class _Chunk:
 
 
 def replay_object(worker: Worker, obj: ListedObject) -> None:
+    """Replay one object: skip it when done or leased by another live owner, else claim it
+    (its lease kept alive meanwhile) and replay it chunk by chunk."""
     shared = worker.shared
     report = shared.report
-    options = shared.options
+    state = worker.state
     log = _log.bind(key=obj.key)
-    if worker.state.is_done(shared.bucket, obj.key, obj.etag):
+    if state.is_done(shared.bucket, obj.key, obj.etag):
         with shared.lock:
             report.objects_already_done += 1
         log.debug("replay_object_skipped", reason="already replayed")
         return
+    if shared.options.dry_run:
+        _replay_claimed(worker, obj, None, log)
+        return
+    kind_by_key, _ = key_kind(obj.key)
+    claim = state.claim(shared.bucket, obj.key, obj.etag, obj.size, kind_by_key)
+    if claim.object_id is None:
+        with shared.lock:
+            report.objects_leased_elsewhere += 1
+        log.info("replay_object_skipped", reason="leased by another replay or drainer")
+        return
+    if claim.done:  # finished by another owner since is_done
+        with shared.lock:
+            report.objects_already_done += 1
+        log.debug("replay_object_skipped", reason="already replayed")
+        return
+    if claim.lease == "taken-over":
+        with shared.lock:
+            report.leases_taken_over += 1
+        log.warning(
+            "replay_lease_taken_over",
+            previous_owner=claim.previous_owner,
+            reason="its lease expired: what that owner sent but did not record is sent again",
+        )
+    object_id = claim.object_id
+    keeper = (
+        LeaseKeeper.for_store(state, object_id, key=obj.key).start()
+        if state.lease_s is not None
+        else None
+    )
+    worker.lease = keeper
+    finished = False
+    try:
+        finished = _replay_claimed(worker, obj, object_id, log)
+    finally:
+        worker.lease = None
+        if keeper is not None:
+            keeper.stop()
+            if not finished and not keeper.lost.is_set():
+                _release(worker, object_id, log)
+
+
+def _release(worker: Worker, object_id: ObjectId, log: Any) -> None:
+    """Give up the lease of an object left partial (else it expires by itself)."""
+    try:
+        worker.state.release_lease(object_id)
+    except (BotoCoreError, ClientError) as exc:
+        log.warning("replay_lease_release_failed", error=str(exc))
+
+
+def _lease_lost(worker: Worker, log: Any) -> None:
+    with worker.shared.lock:
+        worker.shared.report.leases_lost += 1
+    log.warning(
+        "replay_lease_lost",
+        reason="another owner took the object's lease over; nothing more is recorded for it",
+    )
+
+
+def _replay_claimed(
+    worker: Worker, obj: ListedObject, object_id: ObjectId | None, log: Any
+) -> bool:
+    """Replay a claimed object (``object_id`` None: a dry run); whether it ended done."""
+    shared = worker.shared
+    report = shared.report
+    options = shared.options
     handled = worker.state.handled(shared.bucket, obj.key, obj.etag)
     kind_by_key, _ = key_kind(obj.key)
-    object_id = (
-        None
-        if options.dry_run
-        else worker.state.begin_object(shared.bucket, obj.key, obj.etag, obj.size, kind_by_key)
-    )
     log.debug("replay_object_started", size=obj.size, resumed=len(handled))
     complete = True  # every record handled (so far)
     stopped = False
@@ -96,7 +157,7 @@ def replay_object(worker: Worker, obj: ListedObject) -> None:
                     report.add_corrupt(obj.key, item.line, item.reason)
                 log.warning("replay_record_corrupt", line=item.line, reason=item.reason)
                 continue
-            if shared.stop.is_set():
+            if shared.stop.is_set() or worker.lease_lost():
                 stopped = True
                 complete = False
                 break
@@ -123,7 +184,7 @@ def replay_object(worker: Worker, obj: ListedObject) -> None:
                 _commit(worker, object_id, chunk)
                 chunk = _Chunk()
                 _tick(shared, counter)
-                if worker.fatal() is not None:
+                if worker.fatal() is not None or worker.lease_lost():
                     stopped = True
                     complete = False
                     break
@@ -141,14 +202,15 @@ def replay_object(worker: Worker, obj: ListedObject) -> None:
     # Whatever happened, what was submitted is flushed and recorded, so a resumed run
     # neither re-sends it nor skips the rest (after a crash, buffered events are dropped
     # unsent and their records stay unhandled).
-    _commit(worker, object_id, chunk, submit=crash is None)
+    # A lost lease: buffered events are not handed over either (the new owner sends them).
+    _commit(worker, object_id, chunk, submit=crash is None and not worker.lease_lost())
     _tick(shared, counter)
     if crash is not None:
         with shared.lock:
             report.error = report.error or f"{obj.key}: {crash}"
         shared.stop.set()
         log.error("replay_stopped", reason="unexpected error", error=crash)
-        return
+        return False
     fatal = worker.fatal()
     if fatal is not None:
         with shared.lock:
@@ -161,7 +223,10 @@ def replay_object(worker: Worker, obj: ListedObject) -> None:
         with shared.lock:
             report.objects_failed += 1
         log.error("replay_object_failed", error=read_error)
-        return
+        return False
+    if worker.lease_lost():
+        _lease_lost(worker, log)
+        return False
     with shared.lock:
         if complete:
             report.objects_done += 1
@@ -169,11 +234,16 @@ def replay_object(worker: Worker, obj: ListedObject) -> None:
             report.objects_partial += 1
     log.info("replay_object_finished", complete=complete, stopped=stopped)
     if options.dry_run or object_id is None:
-        return
+        return False
     if complete:
-        worker.state.finish_object(object_id)
+        try:
+            worker.state.finish_object(object_id)
+        except LeaseLostError:
+            _lease_lost(worker, log)
+            return False
         dispose(worker, obj, object_id, version_id)
-    elif options.after_success != "keep":
+        return True
+    if options.after_success != "keep":
         with shared.lock:
             report.objects_kept += 1
         log.warning(
@@ -181,6 +251,7 @@ def replay_object(worker: Worker, obj: ListedObject) -> None:
             reason="not every record was replayed (corrupt, not selected, exhausted or stopped)",
             after_success=options.after_success,
         )
+    return False
 
 
 def _tick(shared: Run, counter: ByteCounter | None) -> None:
@@ -292,8 +363,11 @@ def _submit(worker: Worker, chunk: _Chunk) -> None:
         worker.shared.report.events_sent += count
 
 
-def _commit(worker: Worker, object_id: int | None, chunk: _Chunk, *, submit: bool = True) -> None:
-    """Submit what is buffered, flush the deliverers, then record the records as handled."""
+def _commit(
+    worker: Worker, object_id: ObjectId | None, chunk: _Chunk, *, submit: bool = True
+) -> None:
+    """Submit what is buffered, flush the deliverers, then record the records as handled
+    (unless another owner took the lease over: then nothing is recorded)."""
     shared = worker.shared
     if shared.options.dry_run or object_id is None:
         return
@@ -303,17 +377,23 @@ def _commit(worker: Worker, object_id: int | None, chunk: _Chunk, *, submit: boo
         deliverer.flush()
     failed_records = dict(worker.writer.failed_records)
     failed = sum(failed_records.values())
-    rows: list[tuple[int, str | None, int, Outcome]] = []
+    rows: list[Row] = []
     for record_no, event_id, events, sent in chunk.rows:
         lost = failed_records.get(record_no, 0)
         outcome: Outcome = sent if not lost else "replay-failed" if lost >= events else "mixed"
         rows.append((record_no, event_id, events, outcome))
-    if rows:
-        worker.state.record_chunk(
-            object_id, rows, delivered=max(chunk.events - failed, 0), failed=failed
-        )
+    recorded = 0
+    if rows and not worker.lease_lost():
+        try:
+            worker.state.record_chunk(
+                object_id, rows, delivered=max(chunk.events - failed, 0), failed=failed
+            )
+            recorded = len(rows)
+        except LeaseLostError:
+            if worker.lease is not None:
+                worker.lease.lost.set()
     with shared.lock:
-        shared.report.records_handled += len(rows)
+        shared.report.records_handled += recorded
         shared.report.events_delivered += max(chunk.events - failed, 0)
         shared.report.events_failed += failed
         shared.report.replay_failed_keys.extend(worker.writer.keys)

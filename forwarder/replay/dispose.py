@@ -16,6 +16,7 @@ import structlog
 from botocore.exceptions import BotoCoreError, ClientError
 
 from forwarder.backsplash.layout import archive_key, key_kind
+from forwarder.replay.state import ObjectId
 from forwarder.replay.worker import ListedObject, Worker
 
 if TYPE_CHECKING:
@@ -77,7 +78,7 @@ def _remove(s3: S3Client, bucket: str, obj: ListedObject, version_id: str | None
         s3.delete_object(Bucket=bucket, Key=obj.key)  # no conditional delete: the HEAD said
 
 
-def dispose(worker: Worker, obj: ListedObject, object_id: int, version_id: str | None) -> None:
+def dispose(worker: Worker, obj: ListedObject, object_id: ObjectId, version_id: str | None) -> None:
     """Archive or delete a done object, as asked: only the object that was replayed (by its
     version, else its ETag); one rewritten since it was read is left in place, counted
     (``objects_changed``) and logged (``replay_object_kept``)."""

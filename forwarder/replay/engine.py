@@ -34,7 +34,10 @@ Log events: ``replay_started``, ``replay_object_started`` (debug), ``replay_obje
 ``replay_records_exhausted`` (skipped for ``max_attempts``), ``replay_object_archived``,
 ``replay_object_deleted``, ``replay_object_kept`` (removal asked, object not done),
 ``replay_progressed`` (non-TTY progress), ``replay_stopped`` (interrupt, limit, fatal) and
-``replay_summarized``; the deliverers' ledgers are summed into one ``delivery_summarized``.
+``replay_summarized``; with a DynamoDB state, ``replay_lease_taken_over`` (an expired lease
+of another owner), ``replay_lease_lost`` (another owner took ours: the object stops),
+``replay_lease_renew_failed`` and ``replay_lease_release_failed``; the deliverers' ledgers
+are summed into one ``delivery_summarized``.
 """
 
 from __future__ import annotations
@@ -48,7 +51,6 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from config.loader import replay_state_path
 from config.settings import Settings
 from forwarder.backsplash.layout import REPLAY_FAILED, REPLAYED, source_root
 from forwarder.errors import BacksplashError
@@ -63,6 +65,7 @@ from forwarder.replay.worker import (
     Worker,
     default_deliverer_factory,
 )
+from forwarder.status import describe, is_user_mistake
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -123,7 +126,7 @@ def replay(
         failed_root=failed_root,
         s3=s3_client,
         report=report,
-        state_path=options.state_path or replay_state_path(os.environ),
+        state=options.state_spec(os.environ),
         deliverer_factory=deliverer_factory,
         stop=stop_event if stop_event is not None else threading.Event(),
         limiter=(
@@ -139,7 +142,7 @@ def replay(
         "replay_started",
         source=s3_uri,
         dry_run=options.dry_run,
-        state=str(shared.state_path),
+        state=str(shared.state),
         failed_to=f"s3://{failed_bucket}/{failed_root}{REPLAY_FAILED}/",
         via_firehose=options.via_firehose,
         concurrency=options.concurrency,
@@ -226,7 +229,10 @@ def _worker(shared: Run, work: queue.Queue[ListedObject]) -> None:
         _log.critical("replay_stopped", reason="replay-failed write failed", error=exc.message)
     except Exception as exc:  # noqa: BLE001 - a thread must report, not die silently
         with shared.lock:
-            shared.report.error = shared.report.error or f"{type(exc).__name__}: {exc}"
+            if is_user_mistake(exc):  # e.g. a state table that does not exist: status 2
+                shared.report.refused = shared.report.refused or describe(exc)
+            else:
+                shared.report.error = shared.report.error or f"{type(exc).__name__}: {exc}"
         shared.stop.set()
         _log.error("replay_stopped", reason="unexpected error", error=str(exc))
     finally:

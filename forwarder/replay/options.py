@@ -7,17 +7,24 @@ Selection: ``since``/``until`` by ``arrivalTimestamp`` (records without one: by 
 after arrival) are not read at all. ``error_codes`` are exact codes or globs
 (``Splunk.*``). Kinds come from the key (``.../splunk-failed/...``), else from the record
 (``lambdaArn`` means processing-failed). ``limit`` caps the events sent (whole records).
+
+Where the state lives: :func:`parse_state_spec` turns ``--state`` (a SQLite path, or
+``dynamodb://TABLE``) into a :data:`StateSpec`; :func:`forwarder.replay.state_store.open_state`
+opens it.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Final, Literal
 
+from config.errors import ConfigError
+from config.loader import replay_state_path
 from forwarder.backsplash.layout import KINDS, key_hour, key_kind
 
 AfterSuccess = Literal["keep", "archive", "delete"]
@@ -27,8 +34,83 @@ AfterSuccess = Literal["keep", "archive", "delete"]
 UNTIL_SLACK_S: Final = 3 * 3600
 DEFAULT_CHUNK_BYTES: Final = 8 * 1024 * 1024
 DEFAULT_MAX_ATTEMPTS: Final = 3
+#: How long a DynamoDB lease on an object lasts unless renewed (``--lease-s``).
+DEFAULT_LEASE_S: Final = 120.0
+#: The scheme of a shared state table: ``dynamodb://TABLE``.
+DYNAMODB_SCHEME: Final = "dynamodb://"
+#: DynamoDB's table name rule.
+_TABLE_NAME: Final = re.compile(r"^[A-Za-z0-9_.-]{3,255}$")
 _RELATIVE: Final = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
 _UNITS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+@dataclass(frozen=True)
+class SqliteStateSpec:
+    """The replay state in a local SQLite file (one machine; no leases)."""
+
+    path: Path
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+
+@dataclass(frozen=True)
+class DynamoStateSpec:
+    """The replay state in a DynamoDB table, shared by replays and drainers anywhere, with a
+    lease per object (:mod:`forwarder.replay.dynamo_state`).
+
+    Attributes:
+        table: the table name (key schema: string ``pk`` and string ``sk``).
+        lease_s: how long a lease lasts unless renewed (renewed every third of it).
+    """
+
+    table: str
+    lease_s: float = DEFAULT_LEASE_S
+
+    def __str__(self) -> str:
+        return f"{DYNAMODB_SCHEME}{self.table}"
+
+
+#: Where the replay state lives.
+StateSpec = SqliteStateSpec | DynamoStateSpec
+
+
+def parse_state_spec(
+    text: str | None,
+    environ: Mapping[str, str],
+    *,
+    lease_s: float = DEFAULT_LEASE_S,
+    key: str = "--state",
+) -> StateSpec:
+    """Parse a state location: ``dynamodb://TABLE``, a SQLite file path, or nothing (the
+    default file, ``$XDG_STATE_HOME/firehose-splunk-forwarder/replay.sqlite``).
+
+    Args:
+        text: the value given (None or empty: the default file).
+        environ: for the default file's location.
+        lease_s: the lease duration, for a DynamoDB table (positive).
+        key: the flag or setting named in errors.
+
+    Raises:
+        ConfigError: an unknown scheme (``s3://...``), a bad table name, a bad lease.
+    """
+    value = (text or "").strip()
+    if not value:
+        return SqliteStateSpec(replay_state_path(environ))
+    if value.lower().startswith(DYNAMODB_SCHEME):
+        table = value[len(DYNAMODB_SCHEME) :]
+        if not _TABLE_NAME.fullmatch(table):
+            raise ConfigError(
+                key,
+                f"{value!r}: expected dynamodb://TABLE, a DynamoDB table name of 3 to 255 "
+                "letters, digits, '_', '-' or '.'",
+            )
+        if not lease_s > 0:
+            raise ConfigError(key, f"the lease must be positive seconds, got {lease_s}")
+        return DynamoStateSpec(table, lease_s)
+    if "://" in value:
+        raise ConfigError(key, f"{value!r}: expected a SQLite file path or dynamodb://TABLE")
+    return SqliteStateSpec(Path(value).expanduser())
 
 
 @dataclass(frozen=True)
@@ -45,7 +127,9 @@ class ReplayOptions:
         dry_run: read and count, send and write nothing.
         max_attempts: records already replayed this many times are skipped.
         after_success: ``keep`` (default), ``archive`` or ``delete`` done objects.
-        state_path: the SQLite state file.
+        state_path: the SQLite state file (None: ``state``, else the default file).
+        state: where the state lives (:func:`parse_state_spec`); give this or
+            ``state_path``, not both.
         concurrency: objects replayed at once.
         rate_limit: events per second over all objects; None: unlimited.
         chunk_bytes: payload bytes per flush-and-commit step.
@@ -64,6 +148,7 @@ class ReplayOptions:
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
     after_success: AfterSuccess = "keep"
     state_path: Path | None = None
+    state: StateSpec | None = None
     concurrency: int = 1
     rate_limit: float | None = None
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
@@ -89,6 +174,14 @@ class ReplayOptions:
             raise ValueError("via_firehose must name a delivery stream")
         if self.since and self.until and self.since >= self.until:
             raise ValueError("since must be before until")
+        if self.state is not None and self.state_path is not None:
+            raise ValueError("give state or state_path, not both")
+
+    def state_spec(self, environ: Mapping[str, str]) -> StateSpec:
+        """Where the state lives: ``state``, else the ``state_path`` file, else the default."""
+        if self.state is not None:
+            return self.state
+        return SqliteStateSpec(self.state_path or replay_state_path(environ))
 
     @property
     def kinds(self) -> frozenset[str]:

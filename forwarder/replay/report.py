@@ -39,6 +39,13 @@ class ReplayReport:
     objects_done: int = 0
     objects_partial: int = 0
     objects_failed: int = 0
+    #: Skipped: another replay or drainer holds a live lease on them (DynamoDB state).
+    objects_leased_elsewhere: int = 0
+    #: Expired leases of other owners taken over: what they sent but did not record is
+    #: sent again (possible duplicates).
+    leases_taken_over: int = 0
+    #: Objects stopped because another owner took their lease over meanwhile.
+    leases_lost: int = 0
     objects_archived: int = 0
     objects_deleted: int = 0
     objects_kept: int = 0
@@ -202,7 +209,14 @@ def format_summary(report: ReplayReport) -> str:
         f"done {report.objects_done}  partial {report.objects_partial}  "
         f"already done {report.objects_already_done}  failed {report.objects_failed}  "
         f"archived {report.objects_archived}  deleted {report.objects_deleted}"
-        + (f"  changed (kept) {report.objects_changed}" if report.objects_changed else ""),
+        + (f"  changed (kept) {report.objects_changed}" if report.objects_changed else "")
+        + (
+            f"  leased elsewhere {report.objects_leased_elsewhere}"
+            if report.objects_leased_elsewhere
+            else ""
+        )
+        + (f"  leases taken over {report.leases_taken_over}" if report.leases_taken_over else "")
+        + (f"  leases lost {report.leases_lost}" if report.leases_lost else ""),
         "",
         f"  {'kind / error code':<32}{'records':>10}{'events':>12}{'bytes':>14}",
     ]

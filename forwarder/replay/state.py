@@ -1,4 +1,19 @@
-"""Replay state: a local SQLite file recording finished objects and handled records.
+"""Replay state: the interface the engine uses (:class:`StateStore`), and its local SQLite
+implementation (:class:`ReplayState`); the shared DynamoDB one, with leases, is
+:mod:`forwarder.replay.dynamo_state`.
+
+The engine, per object: :meth:`~StateStore.is_done` (a done object is skipped unread),
+:meth:`~StateStore.claim` (the object's row and, where the store has leases, its lease: an
+object leased by another live owner is skipped), :meth:`~StateStore.handled` (records an
+earlier run handled), then per chunk, after the deliverers flushed,
+:meth:`~StateStore.record_chunk`; at the end :meth:`~StateStore.finish_object` and
+:meth:`~StateStore.set_disposition`, or :meth:`~StateStore.release_lease` for an object left
+partial. A store with leases (``lease_s`` not None) has them renewed every third of
+``lease_s`` while the object is replayed (:class:`forwarder.replay.state_store.LeaseKeeper`);
+a renewal or a write refused because another owner holds the lease now stops the object
+(:class:`LeaseLostError`).
+
+The SQLite file:
 
 An object is identified by bucket, key and ETag (a rewritten object is a new object). While an
 object is being replayed, every *handled* record (its events acknowledged by HEC, or stored
@@ -39,8 +54,9 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, Literal
+from typing import Final, Literal, Protocol
 
 SCHEMA_VERSION: Final = 1
 #: How long a connection waits for another's lock before "database is locked".
@@ -49,6 +65,14 @@ _SETUP_RETRY_S: Final = 0.05
 #: ``handed-to-firehose``: put into a Firehose stream (``--via-firehose``); Firehose's
 #: at-least-once from there on, not Splunk's acknowledgment.
 Outcome = Literal["delivered", "handed-to-firehose", "replay-failed", "mixed"]
+#: A handled record: ``(record_no, event_id, events, outcome)``.
+Row = tuple[int, str | None, int, Outcome]
+#: A store's handle on an object (the SQLite row id, the DynamoDB partition key).
+ObjectId = int | str
+#: What :meth:`StateStore.claim` got: the lease (``taken``), an expired lease of another
+#: owner (``taken-over``: what that owner sent but did not record is sent again), or nothing
+#: because another owner holds a live lease (``held-elsewhere``).
+LeaseStatus = Literal["taken", "taken-over", "held-elsewhere"]
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS objects (
@@ -117,6 +141,18 @@ class HandledRecords:
         self._starts = starts
         self._ends = ends
 
+    @classmethod
+    def from_ranges(cls, ranges: Iterable[tuple[int, int]]) -> HandledRecords:
+        """From inclusive ranges in any order, overlapping or touching ones merged."""
+        handled = cls()
+        for start, end in sorted(ranges):
+            if handled._ends and start <= handled._ends[-1] + 1:
+                handled._ends[-1] = max(handled._ends[-1], end)
+            else:
+                handled._starts.append(start)
+                handled._ends.append(end)
+        return handled
+
     def __contains__(self, number: object) -> bool:
         if not isinstance(number, int) or not self._starts:
             return False
@@ -132,8 +168,89 @@ class HandledRecords:
         return list(zip(self._starts, self._ends, strict=True))
 
 
+class LeaseLostError(Exception):
+    """Another owner holds the object's lease now: nothing more is recorded for it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """What :meth:`StateStore.claim` found.
+
+    Attributes:
+        object_id: the handle for the other writes (None when ``held-elsewhere``).
+        lease: see :data:`LeaseStatus`.
+        done: the object was finished meanwhile (its lease is released again).
+        previous_owner: the owner whose expired lease was taken over.
+    """
+
+    object_id: ObjectId | None
+    lease: LeaseStatus = "taken"
+    done: bool = False
+    previous_owner: str | None = None
+
+
+class StateStore(Protocol):
+    """What the replay engine needs of its state (one store per worker thread)."""
+
+    @property
+    def lease_s(self) -> float | None:
+        """How long a lease lasts unless renewed; None: the store has no leases."""
+        ...
+
+    def is_done(self, bucket: str, key: str, etag: str) -> bool:
+        """Whether this object (this ETag) was fully replayed."""
+        ...
+
+    def handled(self, bucket: str, key: str, etag: str) -> HandledRecords:
+        """The record numbers of this object already handled."""
+        ...
+
+    def claim(self, bucket: str, key: str, etag: str, size: int, kind: str | None) -> Claim:
+        """Create the object's row on first sight and take its lease."""
+        ...
+
+    def renew_lease(self, object_id: ObjectId) -> bool:
+        """Extend the lease; False when another owner holds it now.
+
+        Raises:
+            Exception: the store could not be reached (try again later).
+        """
+        ...
+
+    def release_lease(self, object_id: ObjectId) -> None:
+        """Give the lease up (an object left partial), if still ours."""
+        ...
+
+    def record_chunk(
+        self, object_id: ObjectId, rows: Sequence[Row], *, delivered: int, failed: int
+    ) -> None:
+        """Mark records handled (after the flush), at once.
+
+        Raises:
+            LeaseLostError: another owner holds the lease; nothing was recorded.
+        """
+        ...
+
+    def finish_object(self, object_id: ObjectId) -> None:
+        """Mark the object done (releasing its lease) and forget its handled records.
+
+        Raises:
+            LeaseLostError: another owner holds the lease; nothing was recorded.
+        """
+        ...
+
+    def set_disposition(self, object_id: ObjectId, disposition: str) -> None:
+        """Record what happened to a done object: ``kept``, ``archived`` or ``deleted``."""
+        ...
+
+    def close(self) -> None:
+        """Release the connection."""
+        ...
+
+
 class ReplayState:
-    """One connection to the state file (open one per thread).
+    """One connection to the state file (open one per thread); a :class:`StateStore`
+    without leases (one machine replays from a file).
 
     Args:
         path: the SQLite file (parent directories are created), or ``:memory:``.
@@ -150,6 +267,7 @@ class ReplayState:
     ) -> None:
         self.path = str(path)
         self.readonly = readonly
+        self.lease_s: float | None = None
         self._clock = clock
         self._conn: sqlite3.Connection | None
         if readonly:
@@ -251,6 +369,19 @@ class ReplayState:
 
     # ------------------------------------------------------------------ writes
 
+    def claim(self, bucket: str, key: str, etag: str, size: int, kind: str | None) -> Claim:
+        """The object's row (created on first sight); no lease to take."""
+        return Claim(self.begin_object(bucket, key, etag, size, kind))
+
+    def renew_lease(self, object_id: ObjectId) -> bool:
+        """No leases here: always ours."""
+        del object_id
+        return True
+
+    def release_lease(self, object_id: ObjectId) -> None:
+        """No leases here: nothing to release."""
+        del object_id
+
     def begin_object(self, bucket: str, key: str, etag: str, size: int, kind: str | None) -> int:
         """The object's row id, creating the row (status ``partial``) on first sight."""
         conn = self._write_conn()
@@ -267,8 +398,8 @@ class ReplayState:
 
     def record_chunk(
         self,
-        object_id: int,
-        rows: Sequence[tuple[int, str | None, int, Outcome]],
+        object_id: ObjectId,
+        rows: Sequence[Row],
         *,
         delivered: int,
         failed: int,
@@ -295,7 +426,7 @@ class ReplayState:
                 (len(rows), delivered, failed, self._clock(), object_id),
             )
 
-    def finish_object(self, object_id: int) -> None:
+    def finish_object(self, object_id: ObjectId) -> None:
         """Mark the object done and forget its per-record rows."""
         conn = self._write_conn()
         now = self._clock()
@@ -306,7 +437,7 @@ class ReplayState:
             )
             conn.execute("DELETE FROM records WHERE object_id=?", (object_id,))
 
-    def set_disposition(self, object_id: int, disposition: str) -> None:
+    def set_disposition(self, object_id: ObjectId, disposition: str) -> None:
         """Record what happened to a done object: ``kept``, ``archived`` or ``deleted``."""
         self._write_conn().execute(
             "UPDATE objects SET disposition=?, updated_at=? WHERE id=?",

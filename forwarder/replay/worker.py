@@ -9,7 +9,6 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from config.settings import Settings
@@ -17,9 +16,10 @@ from forwarder.backsplash.writers import Backsplash, ReplayFailedBacksplash
 from forwarder.delivery.deliverer import Deliverer
 from forwarder.delivery.ledger import Ledger
 from forwarder.errors import DeliveryError
-from forwarder.replay.options import ReplayOptions, Selection
+from forwarder.replay.options import ReplayOptions, Selection, StateSpec
 from forwarder.replay.report import Progress, ReplayReport
-from forwarder.replay.state import ReplayState
+from forwarder.replay.state import StateStore
+from forwarder.replay.state_store import LeaseKeeper, open_state
 from transforms.options import Endpoint
 from transforms.records import EncodedEvent, RawTarget
 
@@ -131,7 +131,7 @@ class Run:
     failed_root: str
     s3: S3Client
     report: ReplayReport
-    state_path: Path
+    state: StateSpec
     deliverer_factory: DelivererFactory
     stop: threading.Event
     limiter: RateLimiter | None
@@ -144,14 +144,16 @@ class Run:
 
 
 class Worker:
-    """One thread's deliverers, state connection and replay-failed writer."""
+    """One thread's deliverers, state store and replay-failed writer; ``lease`` keeps the
+    lease of the object being replayed (stores with leases)."""
 
     def __init__(self, shared: Run) -> None:
         self.shared = shared
         options = shared.options
-        self.state = ReplayState(
-            shared.state_path, readonly=options.dry_run, clock=shared.wall_clock
+        self.state: StateStore = open_state(
+            shared.state, readonly=options.dry_run, clock=shared.wall_clock
         )
+        self.lease: LeaseKeeper | None = None
         self.writer = ReplayFailedBacksplash(
             Backsplash(
                 shared.s3, shared.failed_bucket, shared.failed_root, clock=shared.wall_clock
@@ -169,6 +171,10 @@ class Worker:
             found = self.shared.deliverer_factory(settings, backsplash=self.writer)
             self.deliverers[endpoint] = found
         return found
+
+    def lease_lost(self) -> bool:
+        """Whether another owner took the current object's lease over."""
+        return self.lease is not None and self.lease.lost.is_set()
 
     def fatal(self) -> str | None:
         for deliverer in self.deliverers.values():

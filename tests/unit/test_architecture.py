@@ -56,6 +56,10 @@ LAZY_ALLOWED: dict[tuple[str, str], str] = {
         "config.loader",
         "transforms.vpc_flow",
     ): "flow-format checks load vpc_flow only when one is set",
+    (
+        "forwarder.replay.state_store",
+        "forwarder.replay.dynamo_state",
+    ): "the DynamoDB state loads botocore, needed only for --state dynamodb://TABLE",
 }
 
 #: What the Lambda handlers must not load (prefixes of module names).
