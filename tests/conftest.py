@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -89,6 +90,52 @@ def fixture_aws_endpoint(
     yield moto_server
     with requests.Session() as session:
         session.post(f"{moto_server}/moto-api/reset", timeout=10)
+
+
+@pytest.fixture(name="atomic_dynamodb_server", scope="session")
+def fixture_atomic_dynamodb_server() -> Iterator[str]:
+    """moto in server mode, handling one request at a time; yields its URL.
+
+    DynamoDB makes each request atomic: two conditional writes to one item never both pass
+    their condition. moto checks a condition and then writes, without a lock, so requests
+    racing through the threaded server can both pass (two lease owners at once). Behind
+    this lock each request is atomic again. It shares moto's in-process backends (and the
+    reset) with ``moto_server``.
+    """
+    from moto.moto_server.werkzeug_app import (
+        DomainDispatcherApplication,
+        MotoRequestHandler,
+        create_backend_app,
+    )
+    from werkzeug.serving import make_server
+
+    app = DomainDispatcherApplication(create_backend_app)
+    lock = threading.Lock()
+
+    def one_at_a_time(environ: Any, start_response: Any) -> list[bytes]:
+        with lock:
+            return list(app(environ, start_response))
+
+    server = make_server(
+        "127.0.0.1", free_port(), one_at_a_time, True, request_handler=MotoRequestHandler
+    )
+    thread = threading.Thread(target=server.serve_forever, name="atomic-moto", daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        thread.join()
+
+
+@pytest.fixture(name="dynamodb_endpoint")
+def fixture_dynamodb_endpoint(
+    aws_endpoint: str, atomic_dynamodb_server: str, monkeypatch: pytest.MonkeyPatch
+) -> str:
+    """Every DynamoDB client goes to :func:`fixture_atomic_dynamodb_server` (through
+    ``AWS_ENDPOINT_URL_DYNAMODB``), the other services to ``moto_server``."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL_DYNAMODB", atomic_dynamodb_server)
+    return atomic_dynamodb_server
 
 
 def boto_client(service: str, endpoint: str) -> Any:

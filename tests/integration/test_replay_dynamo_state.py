@@ -34,8 +34,8 @@ class Clock:
 
 
 @pytest.fixture(name="dynamodb")
-def fixture_dynamodb(aws_endpoint: str) -> Any:
-    client = boto_client("dynamodb", aws_endpoint)
+def fixture_dynamodb(dynamodb_endpoint: str) -> Any:
+    client = boto_client("dynamodb", dynamodb_endpoint)
     create_replay_state_table(client, TABLE)
     return client
 
@@ -187,12 +187,12 @@ def test_read_only_store_refuses_writes(dynamodb: Any, clock: Clock) -> None:
         readonly.claim(*OBJECT, 1, None)
 
 
-def test_a_missing_table_is_a_configuration_error(aws_endpoint: str) -> None:
+def test_a_missing_table_is_a_configuration_error(dynamodb_endpoint: str) -> None:
     """GIVEN a table name that does not exist WHEN opened and read THEN a ConfigError naming
     the table and the key schema to create (exit status 2 in a run)."""
     opened = open_state(
         DynamoStateSpec("no-such-table"),
-        client_factory=lambda service: boto_client(service, aws_endpoint),
+        client_factory=lambda service: boto_client(service, dynamodb_endpoint),
     )
     with pytest.raises(ConfigError, match=r"dynamodb://no-such-table.*'pk'.*'sk'"):
         opened.is_done(*OBJECT)
