@@ -53,8 +53,9 @@ RANGE_PREFIX: Final = "r#"
 #: Ranges per range item: at most ~26 bytes each ("123456789012-123456789012,"), so an item
 #: stays under ~210 KB whatever the object.
 MAX_RANGES_PER_ITEM: Final = 8000
-#: Items per transaction (DynamoDB allows 100): the object item and the range items.
-_MAX_TRANSACTION_ITEMS: Final = 100
+#: Range items per transaction, beside the object item: DynamoDB allows 100 items and 4 MB
+#: in all, so 15 items of at most ~210 KB.
+_PIECES_PER_TRANSACTION: Final = 15
 _CONDITION_FAILED: Final = "ConditionalCheckFailedException"
 _OWNED: Final = "lease_owner = :me"
 _CLAIMABLE: Final = "attribute_not_exists(lease_owner) OR lease_expires < :now OR lease_owner = :me"
@@ -307,7 +308,8 @@ class DynamoReplayState:
         self, object_id: ObjectId, rows: Sequence[Row], *, delivered: int, failed: int
     ) -> None:
         """Write the chunk's ranges and add its counts, in one transaction conditional on
-        our lease (which it renews).
+        our lease (which it renews); a chunk of more than ``_PIECES_PER_TRANSACTION`` range
+        items takes several, the counts going with the first.
 
         Raises:
             LeaseLostError: another owner holds the lease; nothing was written.
@@ -322,7 +324,7 @@ class DynamoReplayState:
         ]
         events_by_record = {row[0]: row[2] for row in rows}
         first = True
-        step = _MAX_TRANSACTION_ITEMS - 1
+        step = _PIECES_PER_TRANSACTION
         for at in range(0, max(len(pieces), 1), step):
             now = self._clock()
             counts = (len(rows), delivered, failed) if first else (0, 0, 0)

@@ -22,7 +22,7 @@ import structlog
 
 from forwarder import aws
 from forwarder.replay.options import DynamoStateSpec, SqliteStateSpec, StateSpec
-from forwarder.replay.state import ReplayState, StateStore
+from forwarder.replay.state import ObjectId, ReplayState, StateStore
 
 _log = structlog.get_logger("forwarder.replay.state_store")
 
@@ -92,7 +92,7 @@ class LeaseKeeper:
         self._thread = threading.Thread(target=self._run, name="replay-lease", daemon=True)
 
     @classmethod
-    def for_store(cls, store: StateStore, object_id: int | str, *, key: str) -> LeaseKeeper:
+    def for_store(cls, store: StateStore, object_id: ObjectId, *, key: str) -> LeaseKeeper:
         """A keeper renewing ``object_id``'s lease in ``store`` (a store with leases)."""
         lease_s = store.lease_s
         assert lease_s is not None

@@ -153,6 +153,24 @@ def test_handled_ranges_round_trip_over_several_items(
     )
 
 
+def test_a_chunk_of_many_items_takes_several_transactions_counted_once(
+    dynamodb: Any, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """GIVEN one range per item and two items per transaction WHEN a chunk of five ranges is
+    recorded THEN five items in three transactions, every record handled, counts added once."""
+    monkeypatch.setattr(dynamo_state, "MAX_RANGES_PER_ITEM", 1)
+    monkeypatch.setattr(dynamo_state, "_PIECES_PER_TRANSACTION", 2)
+    a = store(dynamodb, clock, "A")
+    object_id = a.claim(*OBJECT, 100, None).object_id
+    assert object_id is not None
+    a.record_chunk(object_id, rows(0, 2, 4, 6, 8), delivered=10, failed=0)
+    assert a.handled(*OBJECT).ranges == [(0, 0), (2, 2), (4, 4), (6, 6), (8, 8)]
+    assert len(range_items(dynamodb)) == 5
+    item = a.object_item(*OBJECT)
+    assert item is not None
+    assert (item["records_handled"], item["events_delivered"]) == (5, 10)
+
+
 def test_a_done_object_is_skipped_and_its_ranges_forgotten(dynamodb: Any, clock: Clock) -> None:
     """GIVEN A finished an object WHEN anyone asks THEN it is done, its range items are
     gone, its lease is free; a claim says done and leaves no lease behind."""
