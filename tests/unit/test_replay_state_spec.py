@@ -14,7 +14,7 @@ from structlog.testing import capture_logs
 
 from config.errors import ConfigError
 from forwarder.commands.context import CommandContext
-from forwarder.commands.replay import add_arguments, options_from_args, run
+from forwarder.commands.replay import add_arguments, options_from_args, run, why_nothing_sent
 from forwarder.replay.options import (
     DEFAULT_LEASE_S,
     DynamoStateSpec,
@@ -22,6 +22,7 @@ from forwarder.replay.options import (
     SqliteStateSpec,
     parse_state_spec,
 )
+from forwarder.replay.report import ReplayReport, format_summary
 from forwarder.replay.state import HandledRecords, ReplayState
 from forwarder.replay.state_store import LeaseKeeper, open_state
 from forwarder.status import ExitStatus
@@ -172,3 +173,28 @@ def test_a_stopped_keeper_renews_no_more() -> None:
     keeper.stop()  # idempotent
     assert keeper.renewals == count
     assert not keeper.lost.is_set()
+
+
+def test_objects_leased_elsewhere_say_why_nothing_was_sent() -> None:
+    """GIVEN a run whose objects were all leased by another live owner or already done in the
+    table WHEN it sent nothing THEN the reasons name the table; the summary shows the lease
+    counts."""
+    done = ReplayReport(
+        source="s3://bucket/", objects_listed=3, objects_selected=3, objects_already_done=1,
+        objects_leased_elsewhere=2, leases_taken_over=4, leases_lost=5,
+    )  # fmt: skip
+    why = why_nothing_sent(done, ReplayOptions(state=DynamoStateSpec("shared")))
+    assert why == (
+        "1 objects were already replayed (the state table dynamodb://shared records them; "
+        "--state elsewhere to replay them again); 2 objects are being replayed by another "
+        "replay or drainer (their leases in dynamodb://shared are live)"
+    )
+    summary = format_summary(done)
+    assert "leased elsewhere 2  leases taken over 4  leases lost 5" in summary
+    data = done.to_dict()
+    assert (data["objects_leased_elsewhere"], data["leases_taken_over"], data["leases_lost"]) == (
+        2,
+        4,
+        5,
+    )
+    assert "leased elsewhere" not in format_summary(ReplayReport(source="s3://bucket/"))
