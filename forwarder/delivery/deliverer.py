@@ -110,21 +110,27 @@ class Deliverer(BatchSending):
     def pending_acks(self) -> int:
         """Requests sent and not yet acknowledged, over all channels.
 
-        Counts the request on the wire whose answer is not handled yet (pipelining), so it is
-        never more than ``max_pending`` per channel and is 0 after :meth:`flush`.
+        Counts the requests on the wire whose answers are not handled yet, so it is never more
+        than ``max_pending`` per channel (a channel takes a request only with room for its
+        ack) and is 0 after :meth:`flush`.
         """
-        flying = 1 if self._wire.flight is not None else 0
-        return self._routes.pending() + flying
+        return self._routes.pending() + len(self._wire.flights)
 
     @property
     def urls(self) -> tuple[str, ...]:
-        """The HEC URLs, in rotation order."""
+        """The HEC URLs, in rotation order (each once, however many channels it has)."""
         return self._routes.urls
 
     @property
     def deadline(self) -> float | None:
         """The deadline set by :meth:`set_deadline`, or None."""
         return self._deadline
+
+    @property
+    def concurrency(self) -> int:
+        """How many requests may be on the wire now (``SPLUNK_HEC_CONCURRENCY``; with
+        ``adaptive``, the limit as it stands)."""
+        return self._limit()
 
     @property
     def aborted(self) -> bool:
@@ -171,7 +177,7 @@ class Deliverer(BatchSending):
         the call in progress (submit, service, flush), or else at the next call; call
         :meth:`flush` or :meth:`close` to have them done now. A request on the wire is cancelled
         (its socket shut down): its batch is backsplashed as a possible duplicate. A second
-        call changes nothing.
+        call changes nothing. Every request on the wire is cancelled, however many there are.
 
         Args:
             reason_code: the backsplash ``errorCode`` (``Splunk.Shutdown``, ``Splunk.Deadline``).
@@ -231,8 +237,8 @@ class Deliverer(BatchSending):
     def service(self) -> None:
         """Do what is due without waiting: send aged partial batches, poll due acks, re-send.
 
-        The daemon calls this when idle (see :meth:`next_wakeup`). The answer to a request
-        still on the wire (pipelining) is awaited and handled here.
+        The daemon calls this when idle (see :meth:`next_wakeup`). The answers to requests
+        still on the wire are awaited and handled here.
 
         Raises:
             BacksplashError: a backsplash write failed.
@@ -246,8 +252,8 @@ class Deliverer(BatchSending):
 
     def next_wakeup(self) -> float | None:
         """Clock time at which :meth:`service` has something to do, or None."""
-        if self._wire.flight is not None:
-            return self._clock()  # a request is on the wire: its answer is to be handled
+        if self._wire.flights:
+            return self._clock()  # requests are on the wire: their answers are to be handled
         due = [
             t for t in (self._batcher.next_due(), self._routes.next_ack_event()) if t is not None
         ]
@@ -282,7 +288,7 @@ class Deliverer(BatchSending):
             delay = FIRST_BLOCKED_POLL_S
             while True:
                 self._drain_queue()  # backsplashes everything once past a cut-off
-                self._land()  # the answer to the last request sent
+                self._land()  # the answers to the last requests sent
                 if self._queue:
                     continue  # split, bad event cut out, acks turned off: send the rest
                 cut = self._cutoff()
@@ -321,14 +327,13 @@ class Deliverer(BatchSending):
             self._wire.stop()
             if summarize:
                 self.ledger.log_summary(self._log, fatal=self._fatal is not None)
-            if self._own_session:
-                self._session.close()
+            self._close_sessions()
 
     def release(self) -> None:
         """Drop this deliverer without sending or storing anything more, and free its resources.
 
-        For a deliverer whose bookkeeping is in doubt (a backsplash write failed): a request
-        on the wire is cancelled, the I/O thread is stopped and an own session is closed. What
+        For a deliverer whose bookkeeping is in doubt (a backsplash write failed): requests
+        on the wire are cancelled, the I/O threads are stopped and own sessions are closed. What
         it still holds is not backsplashed: it stays counted in flight in the ledger (logged,
         ``deliverer_released``, when anything is) and the caller fails its work so that it
         comes again. Safe to call more than once, and after :meth:`close`.
@@ -340,8 +345,7 @@ class Deliverer(BatchSending):
         try:
             self._wire.stop()
         finally:
-            if self._own_session:
-                self._session.close()
+            self._close_sessions()
             pending = self._routes.pending()
             if self.ledger.in_flight or pending or self._queue:
                 self._log.warning(
@@ -370,13 +374,22 @@ class Deliverer(BatchSending):
     def _drain_queue(self) -> None:
         while True:
             while self._queue:
-                if self._wire.flight is not None:
-                    # Build the next body while the previous request is on the wire, then
-                    # handle that request's answer before sending: it may put work ahead of
-                    # this batch (split, bad event), end delivery, or leave it as it is.
-                    self._build_wire(self._queue[0])
-                    self._land()
-                    continue
+                if self._wire.flights:
+                    # Answers already in are handled before anything more is sent: they may
+                    # put work ahead of this batch (split, bad event), end delivery, or leave
+                    # it as it is.
+                    self._land_ready()
+                    if not self._queue:
+                        continue
+                    at_limit = len(self._wire.flights) >= self._limit()
+                    if at_limit or not self._routes.has_room(self._wire.busy):
+                        # No room on the wire: build the next body while the requests are
+                        # out, then wait for the first answer.
+                        if at_limit and self._limiter is not None:
+                            self._limiter.saturated()  # more requests were ready than allowed
+                        self._build_wire(self._queue[0])
+                        self._land_one()
+                        continue
                 self._deliver(self._queue.popleft())
             cut = self._cutoff()
             if cut is not None:
