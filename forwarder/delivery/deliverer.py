@@ -6,29 +6,41 @@ both and balances after :meth:`Deliverer.flush`. If the backsplash itself fails,
 ``BacksplashError`` propagates and the events stay counted in flight: the caller decides (the
 daemon spools, a Lambda fails its invocation).
 
-Design: one thread keeps all the state; requests go out one at a time; between and during
-sends (backoff sleeps, backpressure waits) that thread polls acks for every channel. That keeps
-the bookkeeping simple and exact, and is fast enough because the per-event work is a length
-and a join (see ``forwarder.delivery.batching``). Pipelining: a batch's first attempt is handed to
-one background I/O thread that only does the POST (body already built and gzipped) and returns the
-answer through a future; :meth:`Deliverer.submit` returns meanwhile, so the caller transforms
-and the deliverer builds and gzips the next batch while the previous request is on the wire.
-The answer is *landed* (handled by the deliverer's thread, exactly as a synchronous send's) before
-the next request goes out, before any other use of the session (ack poll, health probe), at a
-cut-off, and in :meth:`Deliverer.service`, :meth:`Deliverer.flush` and :meth:`Deliverer.close`:
-at most one request is on the wire, the session is never used by two threads at once, and
-retries (synchronous, rare), 413 splits and bad-event isolation see the same order of events as
-before. One :class:`HecClient` (channel) per URL; URLs take
-turns (round-robin); a URL with connection errors or an unhealthy answer (503 codes 18-20)
-leaves the rotation for ``unhealthy_cooldown_s`` and comes back after a passing health probe.
-Acks are always polled on the channel that took the request; a re-send may go to another URL.
+Design: one thread, the deliverer's, keeps all the state; up to ``SPLUNK_HEC_CONCURRENCY``
+requests are on the wire; between and during sends (backoff sleeps, backpressure waits) that
+thread polls acks for every channel. That keeps the bookkeeping simple and exact, and is fast
+enough because the per-event work is a length and a join (see ``forwarder.delivery.batching``).
+
+Requests in flight: the deliverer has one :class:`HecClient` (a channel) per *route*: one per URL
+at concurrency 1, else N routes (the adaptive ceiling for ``adaptive``) spread over the URLs in
+turn, each with a session of its own (a session passed in is shared by all routes, whose
+requests then take turns on it). A batch's first attempt is handed to an I/O thread that only
+does the POST (body already built and gzipped) on a route with no request on the wire and room
+for one more unacknowledged request; :meth:`Deliverer.submit` returns meanwhile, so the caller
+transforms and the deliverer builds and gzips the next batch while requests are on the wire.
+At most N are (with ``adaptive``, the limit of :mod:`~forwarder.delivery.concurrency` as it
+stands: AIMD between 1 and its ceiling, fed every data request's answer and round trip). Each
+answer is *landed* (handled by the deliverer's thread, exactly as a synchronous send's, the
+first in first): answers already in before the next request goes out; the first to end when
+the limit is reached; a route's own before its acks are polled; all of them before a
+synchronous retry (retries, 413 splits and bad-event isolation stay on the deliverer's thread,
+rare as they are), at a cut-off, and in :meth:`Deliverer.service`, :meth:`Deliverer.flush` and
+:meth:`Deliverer.close`. So a session is never used by two threads at once and the ledger comes
+out the same at any N; only the order of requests (and of events at HEC) differs once N > 1.
+Routes take turns (round-robin); a URL with connection errors or an unhealthy answer (503
+codes 18-20) leaves the rotation, all its channels with it, for ``unhealthy_cooldown_s`` and
+comes back after a passing health probe. Acks are always polled on the channel that took the
+request; a re-send may go to another URL. ``max_pending`` bounds the unacknowledged requests
+(those on the wire included) per channel, so memory is bounded by channels x ``max_pending``
+parked bodies.
 
 Where it lives: this module is the public face (submit, service, flush, close, set_deadline,
 abort, release) and the queue pump; :mod:`~forwarder.delivery.sending` makes a batch's attempts
 and acts on HEC's answers (the table below); :mod:`~forwarder.delivery.pending` holds the state
 and ends each batch (ack polling and expiry, cut-offs, the backsplash);
-:mod:`~forwarder.delivery.routes` the URL rotation and health; :mod:`~forwarder.delivery.wire`
-the request on the wire (its bound, the session lock, the I/O thread);
+:mod:`~forwarder.delivery.routes` the channels, their rotation and health;
+:mod:`~forwarder.delivery.wire` the requests on the wire (their bounds, the session locks, the
+I/O threads); :mod:`~forwarder.delivery.concurrency` the adaptive limit;
 :mod:`~forwarder.delivery.work` a batch on its way.
 
 What HEC says, and what happens (DESIGN.md §4):
@@ -53,8 +65,9 @@ same at once and for good, with the caller's reason (``Splunk.Shutdown`` by defa
 
 Every request is bounded as a whole (:class:`~forwarder.hec.transport.RequestGuard`): by
 ``connect_timeout_s + read_timeout_s`` and by the time left to the deadline (a deadline set or a
-flush started while a request is on the wire tightens its bound). :meth:`Deliverer.abort` cancels
-the request on the wire (its socket is shut down, from whichever thread calls it). A request cut
+flush started while requests are on the wire tightens their bounds). :meth:`Deliverer.abort`
+cancels every request on the wire (their sockets are shut down, from whichever thread calls
+it). A request cut
 off this way may have reached HEC: its batch counts as a possible duplicate and is
 backsplashed. No wait for a request's answer is unbounded, so a HEC that never answers or drips
 its answer one byte a second cannot hold a flush, a close, a deadline or an abort.
@@ -95,8 +108,8 @@ class Deliverer(BatchSending):
         gzip_level: zlib level for request bodies.
         log: a structlog logger (bound context welcome).
         pipelined: send a batch's first attempt from a background I/O thread, so that the
-            caller's work overlaps the request on the wire (see the module notes); False:
-            every request is made in the calling thread.
+            caller's work overlaps the requests on the wire (see the module notes); False:
+            every request is made in the calling thread, one at a time.
     """
 
     # ------------------------------------------------------------------ public API
@@ -152,8 +165,8 @@ class Deliverer(BatchSending):
         From then on no attempt, re-send, backoff or ack wait starts or continues: what is
         queued, being retried, in a partial batch or awaiting its ack is backsplashed with
         ``Splunk.Deadline`` (at the deliverer's next step: a backoff sleep wakes at the
-        deadline), and so are events submitted later. A request on the wire ends by the
-        deadline too (its bound is tightened). The deadline stays until set again;
+        deadline), and so are events submitted later. Requests on the wire end by the
+        deadline too (their bounds are tightened). The deadline stays until set again;
         :meth:`flush` with its own deadline uses the earlier of the two. Safe to call from
         another thread or a signal handler.
 
@@ -175,9 +188,9 @@ class Deliverer(BatchSending):
         Safe from any thread and from a signal handler: this only records the abort and wakes
         the deliverer's sleep. The backsplash writes happen in the deliverer's thread, inside
         the call in progress (submit, service, flush), or else at the next call; call
-        :meth:`flush` or :meth:`close` to have them done now. A request on the wire is cancelled
-        (its socket shut down): its batch is backsplashed as a possible duplicate. A second
-        call changes nothing. Every request on the wire is cancelled, however many there are.
+        :meth:`flush` or :meth:`close` to have them done now. Every request on the wire is
+        cancelled (its socket shut down): its batch is backsplashed as a possible duplicate. A
+        second call changes nothing.
 
         Args:
             reason_code: the backsplash ``errorCode`` (``Splunk.Shutdown``, ``Splunk.Deadline``).

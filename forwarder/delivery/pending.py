@@ -2,7 +2,7 @@
 
 :class:`PendingWork` is the deliverer's state: the queue of batches to send, the partial
 batches (the batcher), the acks awaited per URL (:class:`~forwarder.delivery.routes.Routes`)
-and the request on the wire (:class:`~forwarder.delivery.wire.Wire`). Here each batch ends:
+and the requests on the wire (:class:`~forwarder.delivery.wire.Wire`). Here each batch ends:
 acknowledged when its ack turns true (ack polling), re-sent when its ack expires within the
 retry duration, or backsplashed: at a cut-off (deadline, abort, fatal HEC error), when its
 retries or ack waits are spent, or when HEC refuses it. Sending, retrying and handling HEC's
@@ -177,7 +177,7 @@ class PendingWork:
     def _settle(self, cut: tuple[str, str]) -> None:
         """Past a cut-off: backsplash the queue, the partial batches and what awaits its ack."""
         error_code, why = cut
-        self._land()  # a request on the wire finishes; its answer is handled first
+        self._land()  # the requests on the wire finish; their answers are handled first
         while self._queue:
             self._give_up(self._queue.popleft(), None)
         for batch in self._batcher.drain():

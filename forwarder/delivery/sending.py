@@ -79,7 +79,7 @@ class BatchSending(PendingWork):
         return True
 
     def _request(self, route: Route, work: Work) -> Callable[[RequestGuard], SendResult]:
-        """``work``'s data request to ``route``, for this thread or the I/O thread (it reads
+        """``work``'s data request to ``route``, for this thread or an I/O thread (it reads
         nothing of the deliverer's when it runs)."""
         client, endpoint, raw_target, count = (
             route.client,
