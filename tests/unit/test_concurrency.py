@@ -1,4 +1,5 @@
-"""SPLUNK_HEC_CONCURRENCY: the setting, and the adaptive limit (AIMD) on a fake clock."""
+"""SPLUNK_HEC_CONCURRENCY: the setting, the adaptive limit (AIMD) on a fake clock, and what
+feeds it."""
 
 from __future__ import annotations
 
@@ -8,6 +9,10 @@ from structlog.testing import capture_logs
 
 from config.errors import ConfigError
 from forwarder.delivery.concurrency import AdaptiveLimit, AimdPolicy
+from forwarder.delivery.sending import load_signal
+from forwarder.errors import RequestCancelledError, RetryableError
+from forwarder.hec.client import SendResult
+from forwarder.hec.protocol import classify
 from tests.conftest import make_settings
 
 LOG = structlog.get_logger("tests")
@@ -167,3 +172,32 @@ def test_windows_are_one_smoothed_round_trip_long() -> None:
 def test_a_policy_out_of_range_is_refused(policy: dict[str, float]) -> None:
     with pytest.raises(ValueError, match=r"must|need"):
         AimdPolicy(**policy)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------- its input
+
+
+def answered(status: int, body: str) -> SendResult:
+    return SendResult(classify(status, body), status, None, 10)
+
+
+@pytest.mark.parametrize(
+    ("landed", "signal"),
+    [
+        (answered(200, '{"text":"Success","code":0,"ackId":1}'), "ok"),
+        (answered(503, '{"text":"Server is busy","code":9}'), "overload"),
+        (answered(503, '{"text":"HEC is unhealthy, queues are full","code":18}'), "overload"),
+        (answered(429, "too many requests"), "overload"),
+        (answered(504, "gateway timeout"), "overload"),
+        (answered(500, '{"text":"Internal server error","code":8}'), "ignore"),
+        (answered(413, "too large"), "ignore"),
+        (
+            answered(400, '{"text":"Invalid data format","code":6,"invalid-event-number":0}'),
+            "ignore",
+        ),
+        (RetryableError("timed out", error_code="Splunk.ConnectionTimeout"), "overload"),
+        (RequestCancelledError("cancelled", maybe_delivered=True), "ignore"),
+    ],
+)
+def test_what_an_answer_says_about_load(landed: SendResult | Exception, signal: str) -> None:
+    assert load_signal(landed) == signal
