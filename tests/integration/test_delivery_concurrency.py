@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from forwarder.backsplash.codec import Failure
 from forwarder.delivery.deliverer import Deliverer
@@ -456,7 +457,8 @@ def test_four_requests_are_on_the_wire_at_once_and_abort_ends_them_all() -> None
 
 def test_adaptive_grows_past_one_against_a_healthy_hec() -> None:
     """GIVEN adaptive concurrency and a healthy HEC WHEN many batches go THEN the limit grows
-    above 1 (requests ready and latency holding) and stays within its ceiling."""
+    above 1 (requests were ready and latency held), logged as concurrency_limit_changed, and
+    never past its ceiling."""
     events = flow_events(3000)
     with HecEmulator(token=TEST_TOKEN) as emulator:
         backsplash = MemoryBacksplash()
@@ -464,11 +466,10 @@ def test_adaptive_grows_past_one_against_a_healthy_hec() -> None:
             delivery_settings(emulator.url, SPLUNK_HEC_CONCURRENCY="adaptive"),
             backsplash=backsplash,
         )
-        highest = deliverer.concurrency
-        assert highest == 1
-        for start in range(0, len(events), 100):
-            deliverer.submit(events[start : start + 100])
-            highest = max(highest, deliverer.concurrency)
-        deliverer.close()
-    assert 1 < highest <= 16
+        assert deliverer.concurrency == 1
+        with capture_logs() as logs:
+            deliver(deliverer, events)
+    changes = [entry for entry in logs if entry["event"] == "concurrency_limit_changed"]
+    assert changes and changes[0]["reason"] == "latency_held" and changes[0]["limit"] == 2
+    assert all(1 <= entry["limit"] <= 16 for entry in changes)
     assert outcome_of(deliverer, backsplash) == delivered_all(events)
