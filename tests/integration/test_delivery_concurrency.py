@@ -17,10 +17,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+import requests
 from structlog.testing import capture_logs
 
 from forwarder.backsplash.codec import Failure
 from forwarder.delivery.deliverer import Deliverer
+from forwarder.delivery.metrics import DaemonState, MetricsServer
 from forwarder.devtools.emulator import FaultPlan, HecEmulator
 from tests.conftest import TEST_TOKEN, free_port
 from tests.integration.conftest import delivery_settings, flow_events, indexed_ids
@@ -473,3 +475,23 @@ def test_adaptive_grows_past_one_against_a_healthy_hec() -> None:
     assert changes and changes[0]["reason"] == "latency_held" and changes[0]["limit"] == 2
     assert all(1 <= entry["limit"] <= 16 for entry in changes)
     assert outcome_of(deliverer, backsplash) == delivered_all(events)
+
+
+def test_the_metrics_show_the_concurrency_in_force() -> None:
+    """The daemon's /metrics exports the deliverer's current limit as a gauge."""
+    with HecEmulator(token=TEST_TOKEN) as emulator:
+        for mode, expected in (("4", 4.0), ("adaptive", 1.0)):
+            deliverer = Deliverer(
+                delivery_settings(emulator.url, SPLUNK_HEC_CONCURRENCY=mode),
+                backsplash=MemoryBacksplash(),
+            )
+            state = DaemonState(
+                ledger=deliverer.ledger, concurrency=lambda d=deliverer: d.concurrency
+            )
+            server = MetricsServer(state).start()
+            try:
+                text = requests.get(f"{server.url}/metrics", timeout=5).text
+            finally:
+                server.stop()
+                deliverer.close()
+            assert f"forwarder_hec_concurrency {expected}" in text
