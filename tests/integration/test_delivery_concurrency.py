@@ -307,6 +307,25 @@ def standing_deadline(mode: str) -> tuple[Outcome, Outcome]:
     return outcome_of(deliverer, backsplash), stored_all(events, "Splunk.Deadline")
 
 
+def dripping_deadline(mode: str) -> tuple[Outcome, Outcome]:
+    """HEC answers a byte a second (read timeout 30 s): the deadline cuts every request."""
+    events = flow_events(100)
+    faults = FaultPlan(drip_requests=1000, drip_interval_s=1.0)
+    with HecEmulator(token=TEST_TOKEN, faults=faults) as emulator:
+        backsplash = MemoryBacksplash()
+        settings = delivery_settings(
+            emulator.url, SPLUNK_HEC_READ_TIMEOUT="30", SPLUNK_HEC_CONCURRENCY=mode
+        )
+        deliverer = Deliverer(settings, backsplash=backsplash)
+        deliverer.set_deadline(time.monotonic() + 1.5)
+        deliver(deliverer, events, chunk=20)
+    cut = deliverer.ledger.duplicates_possible > 0  # cut off mid-answer: maybe taken
+    expected = stored_all(events, "Splunk.Deadline")
+    return outcome_of(deliverer, backsplash, cut=cut), Outcome(
+        expected.counts, expected.stored, {"cut": True}
+    )
+
+
 def aborted(mode: str) -> tuple[Outcome, Outcome]:
     events = flow_events(100)
     with HecEmulator(token=TEST_TOKEN, faults=FaultPlan(ack_delay_s=30)) as emulator:
@@ -390,6 +409,7 @@ SCENARIOS: dict[str, Scenario] = {
     "retries_run_out": retries_run_out,
     "flush_deadline": flush_deadline,
     "standing_deadline": standing_deadline,
+    "dripping_deadline": dripping_deadline,
     "abort": aborted,
     "shutdown": shutdown,
     "unhealthy_url": unhealthy_url,
