@@ -505,9 +505,11 @@ def test_the_metrics_show_the_concurrency_in_force() -> None:
                 delivery_settings(emulator.url, SPLUNK_HEC_CONCURRENCY=mode),
                 backsplash=MemoryBacksplash(),
             )
-            state = DaemonState(
-                ledger=deliverer.ledger, concurrency=lambda d=deliverer: d.concurrency
-            )
+
+            def limit(watched: Deliverer = deliverer) -> int:
+                return watched.concurrency
+
+            state = DaemonState(ledger=deliverer.ledger, concurrency=limit)
             server = MetricsServer(state).start()
             try:
                 text = requests.get(f"{server.url}/metrics", timeout=5).text
