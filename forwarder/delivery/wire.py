@@ -97,11 +97,17 @@ class Wire:
         self.flights: dict[Route, Flight] = {}
         #: The requests in progress (any thread): what an abort cancels and a deadline bounds.
         self._guards: set[RequestGuard] = set()
+        self._locks: dict[Route, threading.Lock] = {}  # each route's session lock
 
     # ------------------------------------------------------------------ sessions
 
     def _lock(self, route: Route) -> threading.Lock:
-        return self._session_lock if route.session is None else _session_lock(route.session)
+        lock = self._locks.get(route)
+        if lock is None:
+            session = route.session
+            lock = self._session_lock if session is None else _session_lock(session)
+            self._locks[route] = lock
+        return lock
 
     def shares_session(self, one: Route, other: Route) -> bool:
         """Whether two routes' requests go through the same session (they take turns)."""
