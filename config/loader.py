@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
 
+from config.concurrency import parse_concurrency
 from config.errors import ConfigError
 from config.settings import (
     LAMBDA_RESPONSE_LIMIT_BYTES,
@@ -210,6 +211,8 @@ KEYS: tuple[Key, ...] = (
         _number(float, 0.01, 3600), "seconds an unhealthy URL stays out of rotation"),
     Key("SPLUNK_FALLBACK_INDEX", "hec", "fallback_index", parse_index_name,
         "index for events HEC refuses with code 7 (incorrect index), re-sent once"),
+    Key("SPLUNK_HEC_CONCURRENCY", "hec", "concurrency", parse_concurrency,
+        "requests on the wire at once (a number, or adaptive)"),
     Key("SPLUNK_HEC_ACK", "acks", "enabled", parse_bool, "use indexer acknowledgment"),
     Key("SPLUNK_HEC_ACK_TIMEOUT", "acks", "timeout_s", _number(float, 0.01, 86400),
         "seconds to wait for an ack before re-sending (180+ in production)"),

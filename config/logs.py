@@ -34,6 +34,9 @@ Delivery (``forwarder.delivery``, ``forwarder.hec``, ``forwarder.backsplash``):
     hec_url_recovered
     hec_ack_restored                HEC hands out ackIds again on a URL whose acks were off
     hec_request_stuck               a request's thread did not end after its bound (left behind)
+    concurrency_limit_changed       SPLUNK_HEC_CONCURRENCY=adaptive moved its limit (limit,
+                                    previous, reason: pushback, latency_rising, latency_held;
+                                    debug)
     deliverer_released              a dropped deliverer still held events (counted in flight)
     backsplash_written              events stored in S3 (key, events, reason)
     backsplash_failed               S3 refused the write after retries (spooled=True when a

@@ -28,6 +28,8 @@ class HecSettings:
     read_timeout_s: float = 30.0
     unhealthy_cooldown_s: float = 30.0
     fallback_index: str | None = None  # events refused with code 7 are re-sent here, once
+    #: Requests on the wire at once (each on a channel of its own), or ``"adaptive"``.
+    concurrency: int | Literal["adaptive"] = 1
 
 
 @dataclass(frozen=True)

@@ -158,6 +158,7 @@ class Daemon:
         self.state = DaemonState(
             ledger=self.deliverer.ledger,
             pending_acks=self.pending_acks,
+            concurrency=lambda: self.deliverer.concurrency,
             source_lag=self._source_lag,
             source_attached=lambda: self.source.attached,
             hec_probe=self._probe_hec,

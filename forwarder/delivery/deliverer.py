@@ -6,29 +6,41 @@ both and balances after :meth:`Deliverer.flush`. If the backsplash itself fails,
 ``BacksplashError`` propagates and the events stay counted in flight: the caller decides (the
 daemon spools, a Lambda fails its invocation).
 
-Design: one thread keeps all the state; requests go out one at a time; between and during
-sends (backoff sleeps, backpressure waits) that thread polls acks for every channel. That keeps
-the bookkeeping simple and exact, and is fast enough because the per-event work is a length
-and a join (see ``forwarder.delivery.batching``). Pipelining: a batch's first attempt is handed to
-one background I/O thread that only does the POST (body already built and gzipped) and returns the
-answer through a future; :meth:`Deliverer.submit` returns meanwhile, so the caller transforms
-and the deliverer builds and gzips the next batch while the previous request is on the wire.
-The answer is *landed* (handled by the deliverer's thread, exactly as a synchronous send's) before
-the next request goes out, before any other use of the session (ack poll, health probe), at a
-cut-off, and in :meth:`Deliverer.service`, :meth:`Deliverer.flush` and :meth:`Deliverer.close`:
-at most one request is on the wire, the session is never used by two threads at once, and
-retries (synchronous, rare), 413 splits and bad-event isolation see the same order of events as
-before. One :class:`HecClient` (channel) per URL; URLs take
-turns (round-robin); a URL with connection errors or an unhealthy answer (503 codes 18-20)
-leaves the rotation for ``unhealthy_cooldown_s`` and comes back after a passing health probe.
-Acks are always polled on the channel that took the request; a re-send may go to another URL.
+Design: one thread, the deliverer's, keeps all the state; up to ``SPLUNK_HEC_CONCURRENCY``
+requests are on the wire; between and during sends (backoff sleeps, backpressure waits) that
+thread polls acks for every channel. That keeps the bookkeeping simple and exact, and is fast
+enough because the per-event work is a length and a join (see ``forwarder.delivery.batching``).
+
+Requests in flight: the deliverer has one :class:`HecClient` (a channel) per *route*: one per URL
+at concurrency 1, else N routes (the adaptive ceiling for ``adaptive``) spread over the URLs in
+turn, each with a session of its own (a session passed in is shared by all routes, whose
+requests then take turns on it). A batch's first attempt is handed to an I/O thread that only
+does the POST (body already built and gzipped) on a route with no request on the wire and room
+for one more unacknowledged request; :meth:`Deliverer.submit` returns meanwhile, so the caller
+transforms and the deliverer builds and gzips the next batch while requests are on the wire.
+At most N are (with ``adaptive``, the limit of :mod:`~forwarder.delivery.concurrency` as it
+stands: AIMD between 1 and its ceiling, fed every data request's answer and round trip). Each
+answer is *landed* (handled by the deliverer's thread, exactly as a synchronous send's, the
+first in first): answers already in before the next request goes out; the first to end when
+the limit is reached; a route's own before its acks are polled; all of them before a
+synchronous retry (retries stay on the deliverer's thread, rare as they are; the halves of a
+413 and the events around a bad one go back to the queue), at a cut-off, and in
+:meth:`Deliverer.service`, :meth:`Deliverer.flush` and :meth:`Deliverer.close`. So a session is never used by two threads at once and the ledger comes
+out the same at any N; only the order of requests (and of events at HEC) differs once N > 1.
+Routes take turns (round-robin); a URL with connection errors or an unhealthy answer (503
+codes 18-20) leaves the rotation, all its channels with it, for ``unhealthy_cooldown_s`` and
+comes back after a passing health probe. Acks are always polled on the channel that took the
+request; a re-send may go to another URL. ``max_pending`` bounds the unacknowledged requests
+(those on the wire included) per channel, so memory is bounded by channels x ``max_pending``
+parked bodies.
 
 Where it lives: this module is the public face (submit, service, flush, close, set_deadline,
 abort, release) and the queue pump; :mod:`~forwarder.delivery.sending` makes a batch's attempts
 and acts on HEC's answers (the table below); :mod:`~forwarder.delivery.pending` holds the state
 and ends each batch (ack polling and expiry, cut-offs, the backsplash);
-:mod:`~forwarder.delivery.routes` the URL rotation and health; :mod:`~forwarder.delivery.wire`
-the request on the wire (its bound, the session lock, the I/O thread);
+:mod:`~forwarder.delivery.routes` the channels, their rotation and health;
+:mod:`~forwarder.delivery.wire` the requests on the wire (their bounds, the session locks, the
+I/O threads); :mod:`~forwarder.delivery.concurrency` the adaptive limit;
 :mod:`~forwarder.delivery.work` a batch on its way.
 
 What HEC says, and what happens (DESIGN.md §4):
@@ -53,8 +65,9 @@ same at once and for good, with the caller's reason (``Splunk.Shutdown`` by defa
 
 Every request is bounded as a whole (:class:`~forwarder.hec.transport.RequestGuard`): by
 ``connect_timeout_s + read_timeout_s`` and by the time left to the deadline (a deadline set or a
-flush started while a request is on the wire tightens its bound). :meth:`Deliverer.abort` cancels
-the request on the wire (its socket is shut down, from whichever thread calls it). A request cut
+flush started while requests are on the wire tightens their bounds). :meth:`Deliverer.abort`
+cancels every request on the wire (their sockets are shut down, from whichever thread calls
+it). A request cut
 off this way may have reached HEC: its batch counts as a possible duplicate and is
 backsplashed. No wait for a request's answer is unbounded, so a HEC that never answers or drips
 its answer one byte a second cannot hold a flush, a close, a deadline or an abort.
@@ -95,8 +108,8 @@ class Deliverer(BatchSending):
         gzip_level: zlib level for request bodies.
         log: a structlog logger (bound context welcome).
         pipelined: send a batch's first attempt from a background I/O thread, so that the
-            caller's work overlaps the request on the wire (see the module notes); False:
-            every request is made in the calling thread.
+            caller's work overlaps the requests on the wire (see the module notes); False:
+            every request is made in the calling thread, one at a time.
     """
 
     # ------------------------------------------------------------------ public API
@@ -110,21 +123,27 @@ class Deliverer(BatchSending):
     def pending_acks(self) -> int:
         """Requests sent and not yet acknowledged, over all channels.
 
-        Counts the request on the wire whose answer is not handled yet (pipelining), so it is
-        never more than ``max_pending`` per channel and is 0 after :meth:`flush`.
+        Counts the requests on the wire whose answers are not handled yet, so it is never more
+        than ``max_pending`` per channel (a channel takes a request only with room for its
+        ack) and is 0 after :meth:`flush`.
         """
-        flying = 1 if self._wire.flight is not None else 0
-        return self._routes.pending() + flying
+        return self._routes.pending() + len(self._wire.flights)
 
     @property
     def urls(self) -> tuple[str, ...]:
-        """The HEC URLs, in rotation order."""
+        """The HEC URLs, in rotation order (each once, however many channels it has)."""
         return self._routes.urls
 
     @property
     def deadline(self) -> float | None:
         """The deadline set by :meth:`set_deadline`, or None."""
         return self._deadline
+
+    @property
+    def concurrency(self) -> int:
+        """How many requests may be on the wire now (``SPLUNK_HEC_CONCURRENCY``; with
+        ``adaptive``, the limit as it stands)."""
+        return self._limit()
 
     @property
     def aborted(self) -> bool:
@@ -146,8 +165,8 @@ class Deliverer(BatchSending):
         From then on no attempt, re-send, backoff or ack wait starts or continues: what is
         queued, being retried, in a partial batch or awaiting its ack is backsplashed with
         ``Splunk.Deadline`` (at the deliverer's next step: a backoff sleep wakes at the
-        deadline), and so are events submitted later. A request on the wire ends by the
-        deadline too (its bound is tightened). The deadline stays until set again;
+        deadline), and so are events submitted later. Requests on the wire end by the
+        deadline too (their bounds are tightened). The deadline stays until set again;
         :meth:`flush` with its own deadline uses the earlier of the two. Safe to call from
         another thread or a signal handler.
 
@@ -169,9 +188,9 @@ class Deliverer(BatchSending):
         Safe from any thread and from a signal handler: this only records the abort and wakes
         the deliverer's sleep. The backsplash writes happen in the deliverer's thread, inside
         the call in progress (submit, service, flush), or else at the next call; call
-        :meth:`flush` or :meth:`close` to have them done now. A request on the wire is cancelled
-        (its socket shut down): its batch is backsplashed as a possible duplicate. A second
-        call changes nothing.
+        :meth:`flush` or :meth:`close` to have them done now. Every request on the wire is
+        cancelled (its socket shut down): its batch is backsplashed as a possible duplicate. A
+        second call changes nothing.
 
         Args:
             reason_code: the backsplash ``errorCode`` (``Splunk.Shutdown``, ``Splunk.Deadline``).
@@ -231,8 +250,8 @@ class Deliverer(BatchSending):
     def service(self) -> None:
         """Do what is due without waiting: send aged partial batches, poll due acks, re-send.
 
-        The daemon calls this when idle (see :meth:`next_wakeup`). The answer to a request
-        still on the wire (pipelining) is awaited and handled here.
+        The daemon calls this when idle (see :meth:`next_wakeup`). The answers to requests
+        still on the wire are awaited and handled here.
 
         Raises:
             BacksplashError: a backsplash write failed.
@@ -246,8 +265,8 @@ class Deliverer(BatchSending):
 
     def next_wakeup(self) -> float | None:
         """Clock time at which :meth:`service` has something to do, or None."""
-        if self._wire.flight is not None:
-            return self._clock()  # a request is on the wire: its answer is to be handled
+        if self._wire.flights:
+            return self._clock()  # requests are on the wire: their answers are to be handled
         due = [
             t for t in (self._batcher.next_due(), self._routes.next_ack_event()) if t is not None
         ]
@@ -282,7 +301,7 @@ class Deliverer(BatchSending):
             delay = FIRST_BLOCKED_POLL_S
             while True:
                 self._drain_queue()  # backsplashes everything once past a cut-off
-                self._land()  # the answer to the last request sent
+                self._land()  # the answers to the last requests sent
                 if self._queue:
                     continue  # split, bad event cut out, acks turned off: send the rest
                 cut = self._cutoff()
@@ -321,14 +340,13 @@ class Deliverer(BatchSending):
             self._wire.stop()
             if summarize:
                 self.ledger.log_summary(self._log, fatal=self._fatal is not None)
-            if self._own_session:
-                self._session.close()
+            self._close_sessions()
 
     def release(self) -> None:
         """Drop this deliverer without sending or storing anything more, and free its resources.
 
-        For a deliverer whose bookkeeping is in doubt (a backsplash write failed): a request
-        on the wire is cancelled, the I/O thread is stopped and an own session is closed. What
+        For a deliverer whose bookkeeping is in doubt (a backsplash write failed): requests
+        on the wire are cancelled, the I/O threads are stopped and own sessions are closed. What
         it still holds is not backsplashed: it stays counted in flight in the ledger (logged,
         ``deliverer_released``, when anything is) and the caller fails its work so that it
         comes again. Safe to call more than once, and after :meth:`close`.
@@ -340,8 +358,7 @@ class Deliverer(BatchSending):
         try:
             self._wire.stop()
         finally:
-            if self._own_session:
-                self._session.close()
+            self._close_sessions()
             pending = self._routes.pending()
             if self.ledger.in_flight or pending or self._queue:
                 self._log.warning(
@@ -370,13 +387,22 @@ class Deliverer(BatchSending):
     def _drain_queue(self) -> None:
         while True:
             while self._queue:
-                if self._wire.flight is not None:
-                    # Build the next body while the previous request is on the wire, then
-                    # handle that request's answer before sending: it may put work ahead of
-                    # this batch (split, bad event), end delivery, or leave it as it is.
-                    self._build_wire(self._queue[0])
-                    self._land()
-                    continue
+                if self._wire.flights:
+                    # Answers already in are handled before anything more is sent: they may
+                    # put work ahead of this batch (split, bad event), end delivery, or leave
+                    # it as it is.
+                    self._land_ready()
+                    if not self._queue:
+                        continue
+                    at_limit = len(self._wire.flights) >= self._limit()
+                    if at_limit or not self._routes.has_room(self._wire.busy):
+                        # No room on the wire: build the next body while the requests are
+                        # out, then wait for the first answer.
+                        if at_limit and self._limiter is not None:
+                            self._limiter.saturated()  # more requests were ready than allowed
+                        self._build_wire(self._queue[0])
+                        self._land_one()
+                        continue
                 self._deliver(self._queue.popleft())
             cut = self._cutoff()
             if cut is not None:

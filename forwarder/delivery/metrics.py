@@ -15,6 +15,8 @@ Counters are read from the delivery ledger at scrape time, so the metrics *are* 
 ``forwarder_source_errors_total{operation,kind}`` (failed source operations, each retried); gauges
 ``forwarder_pending_acks``, ``forwarder_events_in_flight``, ``forwarder_source_lag_seconds``,
 ``forwarder_spool_objects``, ``forwarder_spool_bytes``, ``forwarder_ready``,
+``forwarder_hec_concurrency`` (requests allowed on the wire: ``SPLUNK_HEC_CONCURRENCY``, or the
+adaptive limit as it stands),
 ``forwarder_checkpoints_total`` (a counter).
 """
 
@@ -47,6 +49,7 @@ class DaemonState:
             one and those re-delivering backsplash objects under ``replay-failed/``).
         pending_acks: unacknowledged requests over every deliverer (a callable, read at
             scrape time).
+        concurrency: requests the main deliverer may have on the wire now (a callable).
         source_lag: the source's lag in seconds, when known.
         source_attached: the source is attached.
         hec_probe: probes HEC's health: (healthy, reason).
@@ -59,6 +62,7 @@ class DaemonState:
 
     ledger: Ledger
     pending_acks: Callable[[], int] = lambda: 0
+    concurrency: Callable[[], int] = lambda: 1
     source_lag: Callable[[], float | None] = lambda: None
     source_attached: Callable[[], bool] = lambda: False
     hec_probe: Callable[[], tuple[bool, str]] = lambda: (True, "not probed")
@@ -178,6 +182,11 @@ class _LedgerCollector(Collector):
         )
         yield GaugeMetricFamily(
             "forwarder_pending_acks", "Requests awaiting an ack.", value=state.pending_acks()
+        )
+        yield GaugeMetricFamily(
+            "forwarder_hec_concurrency",
+            "Requests allowed on the wire at once (SPLUNK_HEC_CONCURRENCY; adaptive: its limit).",
+            value=state.concurrency(),
         )
         lag = state.source_lag()
         yield GaugeMetricFamily(

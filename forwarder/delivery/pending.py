@@ -2,7 +2,7 @@
 
 :class:`PendingWork` is the deliverer's state: the queue of batches to send, the partial
 batches (the batcher), the acks awaited per URL (:class:`~forwarder.delivery.routes.Routes`)
-and the request on the wire (:class:`~forwarder.delivery.wire.Wire`). Here each batch ends:
+and the requests on the wire (:class:`~forwarder.delivery.wire.Wire`). Here each batch ends:
 acknowledged when its ack turns true (ack polling), re-sent when its ack expires within the
 retry duration, or backsplashed: at a cut-off (deadline, abort, fatal HEC error), when its
 retries or ack waits are spent, or when HEC refuses it. Sending, retrying and handling HEC's
@@ -24,11 +24,11 @@ import structlog
 from config.settings import Settings
 from forwarder.backsplash.codec import Failure
 from forwarder.backsplash.writers import BacksplashWriter, NullBacksplash
-from forwarder.delivery.acks import AckTracker
 from forwarder.delivery.batching import Batcher
+from forwarder.delivery.concurrency import AdaptiveLimit
 from forwarder.delivery.ledger import Ledger
 from forwarder.delivery.retry import budget_exhausted
-from forwarder.delivery.routes import Route, Routes
+from forwarder.delivery.routes import Route, Routes, build_routes
 from forwarder.delivery.wire import WAIT_SLICE_S, Wire
 from forwarder.delivery.work import GiveUp, Work
 from forwarder.errors import (
@@ -39,7 +39,7 @@ from forwarder.errors import (
     RejectedBatchError,
     RetryableError,
 )
-from forwarder.hec.client import DEFAULT_GZIP_LEVEL, HecClient
+from forwarder.hec.client import DEFAULT_GZIP_LEVEL
 from transforms.records import EncodedEvent, RawTarget
 
 #: While blocked on acks (backpressure, flush), polls start this soon and double up to the
@@ -82,25 +82,29 @@ class PendingWork:
         self._clock = clock
         self._aborted = threading.Event()
         self._log = log if log is not None else structlog.get_logger("forwarder.delivery.deliverer")
+        # SPLUNK_HEC_CONCURRENCY: a fixed number, or an adaptive limit up to its ceiling.
+        concurrency = hec.concurrency
+        self._limiter: AdaptiveLimit | None = None
+        if isinstance(concurrency, int):
+            self._concurrency = concurrency
+        else:
+            self._limiter = AdaptiveLimit(clock=clock, log=self._log)
+            self._concurrency = self._limiter.ceiling
+        routes = build_routes(
+            settings,
+            self._session,
+            self._concurrency,
+            gzip_level,
+            own_sessions=session is None and self._concurrency > 1,
+        )
         self._wire = Wire(
             self._session,
             deadline=self._effective_deadline,
             clock=clock,
             aborted=self._aborted,
             log=self._log,
+            workers=len(routes),
         )
-        routes = [
-            Route(
-                HecClient(self._session, hec, url, gzip_level=gzip_level),
-                AckTracker(
-                    timeout_s=settings.acks.timeout_s,
-                    poll_interval_s=settings.acks.poll_interval_s,
-                    max_pending=settings.acks.max_pending,
-                ),
-                acks_on=settings.acks.enabled,
-            )
-            for url in hec.urls
-        ]
         self._routes = Routes(
             routes,
             cooldown_s=hec.unhealthy_cooldown_s,
@@ -173,7 +177,7 @@ class PendingWork:
     def _settle(self, cut: tuple[str, str]) -> None:
         """Past a cut-off: backsplash the queue, the partial batches and what awaits its ack."""
         error_code, why = cut
-        self._land()  # a request on the wire finishes; its answer is handled first
+        self._land()  # the requests on the wire finish; their answers are handled first
         while self._queue:
             self._give_up(self._queue.popleft(), None)
         for batch in self._batcher.drain():
@@ -182,24 +186,51 @@ class PendingWork:
             for work in route.acks.drain():
                 self._store_work(work, error_code, f"not acknowledged by {route.url}: {why}")
 
-    def _land(self) -> None:
-        """Handle the answer to the request on the wire, if any (see ``sending``)."""
+    def _land(self, only: Callable[[Route], bool] | None = None) -> None:
+        """Handle the answers to the requests on the wire (those on routes ``only`` accepts),
+        waiting for them (see ``sending``)."""
         raise NotImplementedError
+
+    def _land_one(self) -> None:
+        """Wait for the first request on the wire to end and handle its answer."""
+        raise NotImplementedError
+
+    def _limit(self) -> int:
+        """How many requests may be on the wire now."""
+        return self._limiter.limit if self._limiter is not None else self._concurrency
+
+    def _close_sessions(self) -> None:
+        """Close the sessions this deliverer made (its own, and its routes')."""
+        if self._own_session:
+            self._session.close()
+        for route in self._routes:
+            if route.session is not None:
+                route.session.close()
 
     # ------------------------------------------------------------------ URLs and acks
 
-    def _choose_route(self) -> Route:
-        """The next URL in rotation with room for another unacknowledged request."""
-        self._land()  # (none in practice) a probe or poll must not share the session with it
+    def _choose_route(self, *, launch: bool = False) -> Route:
+        """The next channel in rotation with room for another unacknowledged request.
+
+        Args:
+            launch: for a first attempt in the I/O threads: a channel with no request on the
+                wire (they stay there). Otherwise (a synchronous attempt) every answer is
+                landed first, as a synchronous send always was.
+        """
+        if not launch:
+            self._land()
         delay = FIRST_BLOCKED_POLL_S
         while True:
-            route, candidates = self._routes.next_with_room()
+            route, candidates = self._routes.next_with_room(self._wire.busy)
             if route is not None:
                 return route
-            # Backpressure: every usable channel is full. Poll acks until one has room.
             cut = self._cutoff()
             if cut is not None:
                 raise GiveUp(cut[0], f"{cut[1]} (waiting for room for another request)")
+            if self._wire.flights:
+                self._land_one()  # its channel is free again (and its ack counted)
+                continue
+            # Backpressure: every usable channel is full. Poll acks until one has room.
             self._poll_routes(force=True)
             self._expire(self._clock())
             if any(not r.acks.full for r in candidates):
@@ -228,10 +259,14 @@ class PendingWork:
         self._sleep(max(limit, MIN_SLEEP_S))
 
     def _poll_routes(self, *, force: bool) -> None:
-        if self._wire.flight is not None:
+        if self._wire.flights:
             now = self._clock()
-            if any(self._poll_due(route, force, now) for route in self._routes):
-                self._land()  # its ackId joins this poll, as a synchronous send's would
+            due = [route for route in self._routes if self._poll_due(route, force, now)]
+            if due:
+                # A poll uses its channel's session: the request on the wire there lands
+                # first (its ackId joins this poll, as a synchronous send's would).
+                shares = self._wire.shares_session
+                self._land(lambda flying: any(shares(flying, route) for route in due))
         now = self._clock()
         for route in self._routes:
             if self._poll_due(route, force, now):

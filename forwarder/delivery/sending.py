@@ -3,26 +3,30 @@
 What each of HEC's answers does is the table in :mod:`forwarder.delivery.deliverer`'s notes
 (DESIGN.md §4); an ack timeout's re-send is in :mod:`forwarder.delivery.pending`.
 
-A batch's first attempt may be made in the I/O thread (:meth:`BatchSending._launch`); its
-answer is handled here, in the deliverer's thread, exactly as a synchronous send's
-(:meth:`BatchSending._land`). Retries are synchronous; their backoff sleeps poll acks.
+A batch's first attempt may be made in an I/O thread (:meth:`BatchSending._launch`), on a
+channel with no request on the wire; its answer is handled here, in the deliverer's thread,
+exactly as a synchronous send's (:meth:`BatchSending._land`). Retries are synchronous (every
+answer on the wire is landed first); their backoff sleeps poll acks. Every data request's
+answer feeds the adaptive concurrency limit, when there is one.
 Halves and the events around a bad one go back to the front of the queue with the batch's
 retry budget.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 
 from tenacity import RetryCallState
 
 from forwarder.delivery.batching import Batch, halve, isolate
+from forwarder.delivery.concurrency import Signal
 from forwarder.delivery.fallback import reindex
 from forwarder.delivery.pending import MIN_SLEEP_S, PendingWork
 from forwarder.delivery.retry import build_retrying
 from forwarder.delivery.routes import Route
 from forwarder.delivery.work import GiveUp, Halted, Work
-from forwarder.errors import FatalHecError, RetryableError
+from forwarder.errors import FatalHecError, RequestCancelledError, RetryableError
 from forwarder.hec.client import SendResult
 from forwarder.hec.protocol import CODE_INCORRECT_INDEX, UNHEALTHY_CODES, Outcome
 from forwarder.hec.transport import RequestGuard
@@ -32,27 +36,50 @@ class BatchSending(PendingWork):
     """Sends batches with retries and acts on HEC's answers (see the module notes)."""
 
     def _launch(self, work: Work) -> None:
-        """Make the first attempt in the I/O thread; :meth:`_land` handles its answer."""
+        """Make the first attempt in an I/O thread; :meth:`_land` handles its answer."""
         work.budget.attempts += 1  # as the retry loop's ``before`` does for each attempt
         try:
-            route = self._choose_route()
+            route = self._choose_route(launch=True)
         except GiveUp as exc:
             self._store_work(work, exc.error_code, exc.message)
             return
         self.ledger.add(requests=1)
         self._wire.launch(work, route, self._request(route, work))
 
-    def _land(self) -> None:
-        """Wait for the request on the wire, if any, and handle its answer (retries included)."""
-        landed = self._wire.land()
+    def _land(self, only: Callable[[Route], bool] | None = None) -> None:
+        """Wait for the requests on the wire (those on routes ``only`` accepts), and handle
+        their answers (retries included), the first in first."""
+        while True:
+            if only is None:
+                route = None
+            else:
+                route = next((r for r in self._wire.flights if only(r)), None)
+                if route is None:
+                    return
+            if not self._land_from(route):
+                return
+
+    def _land_one(self) -> None:
+        self._land_from(None)
+
+    def _land_ready(self) -> None:
+        """Handle the answers already in, without waiting."""
+        for route in self._wire.ready():
+            if route in self._wire.flights:  # (handling one may have landed others)
+                self._land_from(route)
+
+    def _land_from(self, route: Route | None) -> bool:
+        """Land ``route``'s request (None: the first to end); False: none on the wire."""
+        landed = self._wire.land(route)
         if landed is None:
-            return
+            return False
         flight, answer = landed
         flight.work.budget.attempts -= 1  # the retry loop counts this attempt again
-        self._run(flight.work, (flight.route, answer))
+        self._run(flight.work, (flight.route, answer, flight.rtt_s))
+        return True
 
     def _request(self, route: Route, work: Work) -> Callable[[RequestGuard], SendResult]:
-        """``work``'s data request to ``route``, for this thread or the I/O thread (it reads
+        """``work``'s data request to ``route``, for this thread or an I/O thread (it reads
         nothing of the deliverer's when it runs)."""
         client, endpoint, raw_target, count = (
             route.client,
@@ -75,8 +102,11 @@ class BatchSending(PendingWork):
 
         return send
 
-    def _run(self, work: Work, first: tuple[Route, SendResult | Exception] | None) -> None:
-        """The retry loop for one batch; ``first``: its first attempt's route and answer."""
+    def _run(
+        self, work: Work, first: tuple[Route, SendResult | Exception, float | None] | None
+    ) -> None:
+        """The retry loop for one batch; ``first``: its first attempt's route, answer and
+        round trip."""
         retrying = build_retrying(
             self._policy,
             self._stop,
@@ -95,9 +125,9 @@ class BatchSending(PendingWork):
                 with attempt:
                     try:
                         if first is not None:
-                            route, landed = first
+                            route, landed, rtt_s = first
                             first = None
-                            result = self._finish(route, work, landed)
+                            result = self._finish(route, work, landed, rtt_s)
                         else:
                             route = self._choose_route()
                             result = self._attempt(route, work)
@@ -122,14 +152,19 @@ class BatchSending(PendingWork):
 
     def _attempt(self, route: Route, work: Work) -> SendResult:
         self.ledger.add(requests=1)
+        started = time.monotonic()
         try:
             result = self._wire.call(route, self._request(route, work))
         except RetryableError as exc:
-            return self._finish(route, work, exc)
-        return self._finish(route, work, result)
+            return self._finish(route, work, exc, None)
+        return self._finish(route, work, result, time.monotonic() - started)
 
-    def _finish(self, route: Route, work: Work, landed: SendResult | Exception) -> SendResult:
+    def _finish(
+        self, route: Route, work: Work, landed: SendResult | Exception, rtt_s: float | None
+    ) -> SendResult:
         """Account for a request's answer (or failure); raise what the retry loop acts on."""
+        if self._limiter is not None:
+            self._limiter.observe(load_signal(landed), rtt_s)
         if isinstance(landed, Exception):
             if isinstance(landed, RetryableError):
                 if landed.unhealthy:  # not a request we cancelled, nor a busy session
@@ -315,3 +350,25 @@ class BatchSending(PendingWork):
         )
         self._queue.appendleft(Work.of(single.derive([moved]), work.budget.copy(), original))
         return True
+
+
+#: HTTP statuses that say HEC (or the balancer in front) has more than it can take.
+_PUSHBACK_STATUSES = frozenset({429, 503, 504})
+
+
+def load_signal(landed: SendResult | Exception) -> Signal:
+    """What a data request's answer says about HEC's load (the adaptive limit's input).
+
+    Pushback (503 busy or unhealthy, 429, 504), timeouts and failed connections are
+    ``overload``; a success is ``ok`` (its round trip counts); anything else (a refused event,
+    a 413, a request we cancelled) says nothing about load.
+    """
+    if isinstance(landed, RequestCancelledError):
+        return "ignore"
+    if isinstance(landed, RetryableError):
+        return "overload"
+    if isinstance(landed, Exception):
+        return "ignore"
+    if landed.outcome.action == "ok":
+        return "ok"
+    return "overload" if landed.status in _PUSHBACK_STATUSES else "ignore"

@@ -1,11 +1,12 @@
-"""The deliverer's request on the wire: its bound, the session's lock and the I/O thread.
+"""The deliverer's requests on the wire: their bounds, the sessions' locks and the I/O threads.
 
-At most one request of a deliverer is in progress at a time. :meth:`Wire.call` makes one in the
-calling thread; :meth:`Wire.launch` hands a batch's first attempt to a background I/O thread
-(pipelining) and :meth:`Wire.land` waits for its answer, never unbounded. Every request gets a
+At most one request per route (channel) is in progress at a time, and one per session: every
+HEC call holds its session's lock. :meth:`Wire.call` makes one in the calling thread;
+:meth:`Wire.launch` hands a batch's first attempt to a background I/O thread (one per route at
+most) and :meth:`Wire.land` waits for an answer, never unbounded. Every request gets a
 :class:`~forwarder.hec.transport.RequestGuard`: the client's own bound, tightened to the
-deliverer's deadline (also when a deadline is set while the request is on the wire), and
-cancelled at once by an abort.
+deliverer's deadline (also when a deadline is set while requests are on the wire), and
+cancelled at once by an abort (all of them).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar
@@ -56,19 +57,22 @@ class Flight:
 
     work: Work
     route: Route
-    future: Future[SendResult]
+    future: Future[tuple[SendResult, float]]  # the answer and its round trip (seconds)
     guard: RequestGuard
+    rtt_s: float | None = None  # the round trip, once landed with an answer
 
 
 class Wire:
-    """One request at a time over a (possibly shared) session, each within its bound.
+    """Requests over (possibly shared) sessions, one per route and session at a time, each
+    within its bound.
 
     Args:
-        session: the session every request goes through.
+        session: the session of routes that bring none of their own.
         deadline: the deliverer's effective deadline on its clock, or None (read at each use).
         clock: the deliverer's clock (``deadline`` is a time on it).
         aborted: set when the deliverer aborts: requests are cancelled.
         log: a structlog logger.
+        workers: I/O threads at most (requests on the wire at once).
     """
 
     def __init__(
@@ -79,6 +83,7 @@ class Wire:
         clock: Callable[[], float],
         aborted: threading.Event,
         log: Any,
+        workers: int = 1,
     ) -> None:
         self.session = session
         self._session_lock = _session_lock(session)
@@ -86,9 +91,36 @@ class Wire:
         self._clock = clock
         self._aborted = aborted
         self._log = log
-        self._executor: ThreadPoolExecutor | None = None  # the I/O thread, made on first use
-        self.flight: Flight | None = None  # the request on the wire, answer not yet handled
-        self._guard: RequestGuard | None = None  # the request in progress (any thread)
+        self._workers = max(1, workers)
+        self._executor: ThreadPoolExecutor | None = None  # the I/O threads, made on first use
+        #: The requests on the wire, answers not yet handled, by route, in launch order.
+        self.flights: dict[Route, Flight] = {}
+        #: The requests in progress (any thread): what an abort cancels and a deadline bounds.
+        self._guards: set[RequestGuard] = set()
+        self._locks: dict[Route, threading.Lock] = {}  # each route's session lock
+
+    # ------------------------------------------------------------------ sessions
+
+    def _lock(self, route: Route) -> threading.Lock:
+        lock = self._locks.get(route)
+        if lock is None:
+            session = route.session
+            lock = self._session_lock if session is None else _session_lock(session)
+            self._locks[route] = lock
+        return lock
+
+    def shares_session(self, one: Route, other: Route) -> bool:
+        """Whether two routes' requests go through the same session (they take turns)."""
+        return self._lock(one) is self._lock(other)
+
+    def busy(self, route: Route) -> bool:
+        """True while a request on the wire holds ``route``'s session (its own, or shared)."""
+        if not self.flights:
+            return False
+        if route in self.flights:
+            return True
+        lock = self._lock(route)
+        return any(self._lock(other) is lock for other in self.flights)
 
     # ------------------------------------------------------------------ bounds
 
@@ -104,45 +136,44 @@ class Wire:
         at once when aborted (an abort between the cut-off check and the request)."""
         guard = RequestGuard(self._guard_deadline())
         guard.tighten(time.monotonic() + route.client.request_bound_s)
-        self._guard = guard
+        self._guards.add(guard)
         if self._aborted.is_set():
             guard.cancel()
         return guard
 
     def _end_guard(self, guard: RequestGuard) -> None:
-        if self._guard is guard:
-            self._guard = None
+        self._guards.discard(guard)
 
     def tighten(self) -> None:
-        """A deadline set (or a flush started) while a request is on the wire bounds it too.
+        """A deadline set (or a flush started) while requests are on the wire bounds them too.
 
         Lock-free: the deliverer's ``set_deadline`` calls this from signal handlers.
         """
-        guard = self._guard
-        if guard is not None:
+        guards = list(self._guards)  # a copy: other threads add and remove
+        if guards:
             deadline = self._guard_deadline()
             if deadline is not None:
-                guard.tighten(deadline)
+                for guard in guards:
+                    guard.tighten(deadline)
 
     def cancel(self) -> None:
-        """Cancel the request in progress, if any (lock-free: shuts its socket down)."""
-        guard = self._guard
-        if guard is not None:
+        """Cancel every request in progress (lock-free: shuts their sockets down)."""
+        for guard in list(self._guards):
             guard.cancel()
 
     @contextmanager
-    def _hold_session(self, guard: RequestGuard) -> Iterator[None]:
+    def _hold_session(self, lock: threading.Lock, guard: RequestGuard) -> Iterator[None]:
         """The session's lock, waited for no longer than the request's bound.
 
         Raises:
             RetryableError: the session stayed busy (a request left behind still holds it).
         """
-        if not self._session_lock.acquire(timeout=guard.remaining()):
+        if not lock.acquire(timeout=guard.remaining()):
             raise RetryableError("the HEC session stayed busy past the request's time bound")
         try:
             yield
         finally:
-            self._session_lock.release()
+            lock.release()
 
     # ------------------------------------------------------------------ requests
 
@@ -154,7 +185,7 @@ class Wire:
         """
         guard = self._new_guard(route)
         try:
-            with self._hold_session(guard):
+            with self._hold_session(self._lock(route), guard):
                 return request(guard)
         finally:
             self._end_guard(guard)
@@ -162,89 +193,128 @@ class Wire:
     def launch(
         self, work: Work, route: Route, request: Callable[[RequestGuard], SendResult]
     ) -> None:
-        """Make ``work``'s request in the I/O thread; :meth:`land` gives its answer."""
-        guard = self._new_guard(route)
-        hold = self._hold_session
+        """Make ``work``'s request in an I/O thread; :meth:`land` gives its answer.
 
-        def post() -> SendResult:
-            with hold(guard):
-                return request(guard)
+        ``route`` must not have a request on the wire already.
+        """
+        assert route not in self.flights
+        guard = self._new_guard(route)
+        hold, lock = self._hold_session, self._lock(route)
+
+        def post() -> tuple[SendResult, float]:
+            with hold(lock, guard):
+                started = time.monotonic()
+                result = request(guard)
+                return result, time.monotonic() - started
 
         if self._executor is None:
-            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hec-send")
-        self.flight = Flight(work, route, self._executor.submit(post), guard)
+            self._executor = ThreadPoolExecutor(
+                max_workers=self._workers, thread_name_prefix="hec-send"
+            )
+        self.flights[route] = Flight(work, route, self._executor.submit(post), guard)
 
-    def land(self) -> tuple[Flight, SendResult | Exception] | None:
-        """Wait for the request on the wire, if any: it and its answer (or what ended it)."""
-        flight = self.flight
-        if flight is None:
+    def ready(self) -> list[Route]:
+        """The routes whose request has its answer (or failure) in, in launch order."""
+        return [route for route, flight in self.flights.items() if flight.future.done()]
+
+    def land(self, route: Route | None = None) -> tuple[Flight, SendResult | Exception] | None:
+        """Wait for a request on the wire: ``route``'s, or (None) the first to end of all.
+
+        Returns:
+            The request and its answer (or what ended it); None: nothing to wait for.
+        """
+        if route is not None:
+            flight = self.flights.get(route)
+            waiting = [flight] if flight is not None else []
+        else:
+            waiting = list(self.flights.values())
+        if not waiting:
             return None
-        landed = self._await(flight)
-        self.flight = None
+        flight, landed = self._await(waiting)
+        del self.flights[flight.route]
         self._end_guard(flight.guard)
+        if isinstance(landed, tuple):
+            result, flight.rtt_s = landed
+            return flight, result
         return flight, landed
 
-    def _await(self, flight: Flight) -> SendResult | Exception:
-        """The answer of the request on the wire, or what ended it; never waits unbounded.
+    def _await(self, waiting: list[Flight]) -> tuple[Flight, tuple[SendResult, float] | Exception]:
+        """The first of ``waiting`` to end, with its answer or what ended it; never waits
+        unbounded.
 
-        Waits in slices: an abort cancels the request and a deadline set meanwhile tightens
-        its bound (the guard's watchdog then ends it). If its thread has not ended
-        ``STUCK_GRACE_S`` after the bound or the cancel, the answer is given up on (a
-        retryable timeout) and the I/O thread left behind; the next request gets a new one.
+        Waits in slices: an abort cancels the requests and a deadline set meanwhile tightens
+        their bounds (the guards' watchdog then ends them). A request whose thread has not
+        ended ``STUCK_GRACE_S`` after its bound or its cancel is given up on (a retryable
+        timeout) and its I/O thread left behind; later requests get new ones.
         """
-        future, guard = flight.future, flight.guard
-        give_up_at = guard.deadline + STUCK_GRACE_S
-        cancelled = False
+        give_up_at = {id(f): f.guard.deadline + STUCK_GRACE_S for f in waiting}
+        noted: set[int] = set()
         while True:
-            if not cancelled and (self._aborted.is_set() or guard.cancelled):
-                cancelled = True
-                guard.cancel()  # (again: abort() cancels the guard it sees)
-                give_up_at = min(give_up_at, time.monotonic() + STUCK_GRACE_S)
+            aborted = self._aborted.is_set()
+            for flight in waiting:
+                if id(flight) not in noted and (aborted or flight.guard.cancelled):
+                    noted.add(id(flight))
+                    flight.guard.cancel()  # (again: abort() cancels the guards it sees)
+                    give_up_at[id(flight)] = min(
+                        give_up_at[id(flight)], time.monotonic() + STUCK_GRACE_S
+                    )
             self.tighten()
-            give_up_at = min(give_up_at, guard.deadline + STUCK_GRACE_S)
-            try:
-                error = future.exception(timeout=WAIT_SLICE_S)
-            except TimeoutError:
-                if time.monotonic() < give_up_at:
-                    continue
-                guard.cancel()
-                self._abandon_io()
-                self._log.error("hec_request_stuck", url=flight.route.url, events=flight.work.count)
-                return RetryableError(
-                    f"{flight.route.url}: the request did not end within its time bound",
-                    error_code="Splunk.ConnectionTimeout",
-                    url=flight.route.url,
-                    unhealthy=True,
-                    maybe_delivered=True,
+            for flight in waiting:
+                give_up_at[id(flight)] = min(
+                    give_up_at[id(flight)], flight.guard.deadline + STUCK_GRACE_S
                 )
-            if error is not None and not isinstance(error, Exception):
-                raise error
-            # What ``send`` raised is dealt with as if raised here.
-            return error if error is not None else future.result()
+            wait([f.future for f in waiting], timeout=WAIT_SLICE_S, return_when=FIRST_COMPLETED)
+            for flight in waiting:  # launch order: the oldest answer in is handled first
+                if flight.future.done():
+                    error = flight.future.exception()
+                    if error is not None and not isinstance(error, Exception):
+                        raise error
+                    # What ``send`` raised is dealt with as if raised here.
+                    return flight, error if error is not None else flight.future.result()
+            now = time.monotonic()
+            for flight in waiting:
+                if now >= give_up_at[id(flight)]:
+                    return flight, self._stuck(flight)
+
+    def _stuck(self, flight: Flight) -> RetryableError:
+        flight.guard.cancel()
+        self._abandon_io()
+        self._log.error("hec_request_stuck", url=flight.route.url, events=flight.work.count)
+        return RetryableError(
+            f"{flight.route.url}: the request did not end within its time bound",
+            error_code="Splunk.ConnectionTimeout",
+            url=flight.route.url,
+            unhealthy=True,
+            maybe_delivered=True,
+        )
 
     def _abandon_io(self) -> None:
-        """Leave a stuck I/O thread behind (it ends when its request does)."""
+        """Leave a stuck I/O thread behind (it ends when its request does); requests still
+        on the wire in the others end as they would."""
         if self._executor is not None:
             self._executor.shutdown(wait=False)
             self._executor = None
 
     def stop(self) -> None:
-        """Cancel a request still on the wire (its answer unhandled) and end the I/O thread.
+        """Cancel the requests still on the wire (answers unhandled) and end the I/O threads.
 
-        Bounded: the request's thread gets ``STUCK_GRACE_S`` to end once its socket is shut
-        down; the events stay counted in flight.
+        Bounded: the requests' threads get ``STUCK_GRACE_S`` to end once their sockets are
+        shut down; the events stay counted in flight.
         """
-        flight, self.flight = self.flight, None
-        stuck = False
-        if flight is not None:
+        flights = list(self.flights.values())
+        self.flights.clear()
+        for flight in flights:
             flight.guard.cancel()
+        stuck = False
+        give_up_at = time.monotonic() + STUCK_GRACE_S
+        for flight in flights:
             try:
-                flight.future.exception(timeout=STUCK_GRACE_S)
+                flight.future.exception(timeout=max(0.0, give_up_at - time.monotonic()))
             except TimeoutError:
                 stuck = True
                 self._log.error("hec_request_stuck", url=flight.route.url, events=flight.work.count)
             self._end_guard(flight.guard)
         if self._executor is not None:
-            # Idle now (or stuck): joining an idle worker takes no time; a stuck one is left.
+            # Idle now (or stuck): joining idle workers takes no time; a stuck one is left.
             self._executor.shutdown(wait=not stuck)
             self._executor = None

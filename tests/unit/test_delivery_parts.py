@@ -15,14 +15,14 @@ import structlog
 from config.settings import HecSettings
 from forwarder.delivery.acks import AckTracker
 from forwarder.delivery.batching import Batch, body_size
-from forwarder.delivery.routes import Route, Routes
+from forwarder.delivery.routes import Route, Routes, build_routes
 from forwarder.delivery.wire import Wire
 from forwarder.delivery.work import Work
 from forwarder.errors import RequestCancelledError
 from forwarder.hec.client import HecClient, SendResult, gzip_body
 from forwarder.hec.protocol import Outcome
 from forwarder.hec.transport import RequestGuard
-from tests.conftest import TEST_TOKEN
+from tests.conftest import TEST_TOKEN, make_settings
 from transforms.records import EncodedEvent, RawTarget
 
 URLS = ("https://a.example:8088", "https://b.example:8088", "https://c.example:8088")
@@ -181,7 +181,7 @@ def test_launch_then_land_gives_the_answer(session: requests.Session) -> None:
     wire, _aborted = make_wire(session)
     work = Work.of(Batch([EncodedEvent(b"x", None)], 1))
     wire.launch(work, r, lambda guard: answer())
-    assert wire.flight is not None
+    assert r in wire.flights
     landed = wire.land()
     assert landed is not None
     flight, result = landed
@@ -223,4 +223,121 @@ def test_stop_cancels_an_unlanded_request(session: requests.Session) -> None:
 
     wire.launch(Work.of(Batch([EncodedEvent(b"x", None)], 1)), r, request)
     wire.stop()
-    assert wire.flight is None and seen and seen[0].cancelled
+    assert not wire.flights and seen and seen[0].cancelled
+
+
+# ------------------------------------------------------------------ several requests at once
+
+
+def own_route(url: str, **kw: int) -> Route:
+    """A route with a session of its own (as SPLUNK_HEC_CONCURRENCY > 1 makes them)."""
+    own = requests.Session()
+    made = route(own, url, **kw)
+    made.session = own
+    return made
+
+
+def test_build_routes_spreads_channels_over_the_urls_in_turn(session: requests.Session) -> None:
+    settings = make_settings(SPLUNK_HEC_URL=",".join(URLS[:2]), SPLUNK_HEC_TOKEN=TEST_TOKEN)
+    one = build_routes(settings, session, 1, 1, own_sessions=False)
+    assert [r.url for r in one] == list(URLS[:2])  # one channel per URL, at least
+    assert all(r.session is None for r in one)
+    five = build_routes(settings, session, 5, 1, own_sessions=True)
+    assert [r.url for r in five] == [URLS[0], URLS[1], URLS[0], URLS[1], URLS[0]]
+    assert len({r.client.channel for r in five}) == 5
+    assert len({id(r.session) for r in five}) == 5 and session not in {r.session for r in five}
+    for r in five:
+        assert r.session is not None
+        r.session.close()
+
+
+def test_a_busy_channel_is_skipped_and_its_url_not_probed() -> None:
+    routes = [own_route(URLS[0]), own_route(URLS[1]), own_route(URLS[0])]
+    probed: list[Route] = []
+
+    def probe(r: Route) -> tuple[bool, int | None, str]:
+        probed.append(r)
+        return True, 17, "probe"
+
+    clock = Clock()
+    rotation_ = Routes(routes, cooldown_s=5, clock=clock, probe=probe, log=LOG)
+    busy = {routes[0], routes[1]}
+    assert rotation_.next_with_room(lambda r: r in busy)[0] is routes[2]
+    assert rotation_.has_room(lambda r: r in busy)
+    busy.add(routes[2])
+    picked, _candidates = rotation_.next_with_room(lambda r: r in busy)
+    assert picked is None and not rotation_.has_room(lambda r: r in busy)
+    # An unwell URL rests with all its channels; after the rest, a free channel probes it.
+    rotation_.mark_unhealthy(routes[2], "HEC 503 code 18")
+    assert routes[0].unhealthy_until == routes[2].unhealthy_until is not None
+    assert routes[1].unhealthy_until is None
+    clock.now += 5
+    busy = {routes[0]}
+    assert rotation_.next_with_room(lambda r: r in busy)[0] is routes[1]
+    # The rested URL is probed once, through its free channel (routes[0]'s session is taken),
+    # and comes back with all its channels.
+    assert probed == [routes[2]] and routes[0].unhealthy_until is None
+    assert rotation_.next_with_room(lambda r: r in busy)[0] is routes[2]
+    assert probed == [routes[2]]
+    for r in routes:
+        assert r.session is not None
+        r.session.close()
+
+
+def test_requests_on_two_channels_are_on_the_wire_together(session: requests.Session) -> None:
+    """GIVEN two channels with sessions of their own WHEN both launch THEN both requests run
+    at once; the first to end lands first; an abort cancels every one still on the wire."""
+    first, second = own_route(URLS[0]), own_route(URLS[1])
+    aborted = threading.Event()
+    wire = Wire(
+        session, deadline=lambda: None, clock=time.monotonic, aborted=aborted, log=LOG, workers=2
+    )
+    both_in = threading.Barrier(3, timeout=30)
+    release_second = threading.Event()
+
+    def slow(guard: RequestGuard) -> SendResult:
+        both_in.wait()
+        while not guard.cancelled:
+            time.sleep(0.01)
+        raise RequestCancelledError("cancelled", url=URLS[0], maybe_delivered=True)
+
+    def quick(guard: RequestGuard) -> SendResult:
+        both_in.wait()
+        assert release_second.wait(30)
+        return answer()
+
+    wire.launch(Work.of(Batch([EncodedEvent(b"a", None)], 1)), first, slow)
+    wire.launch(Work.of(Batch([EncodedEvent(b"b", None)], 1)), second, quick)
+    both_in.wait()  # both requests are in their threads at the same time
+    assert wire.busy(first) and wire.busy(second) and not wire.shares_session(first, second)
+    release_second.set()
+    landed = wire.land()
+    assert landed is not None and landed[0].route is second and landed[1] == answer()
+    assert landed[0].rtt_s is not None and landed[0].rtt_s >= 0
+    assert list(wire.flights) == [first]
+    aborted.set()
+    wire.cancel()
+    landed = wire.land()
+    assert landed is not None and isinstance(landed[1], RequestCancelledError)
+    assert not wire.flights and wire.land() is None
+    wire.stop()
+    for r in (first, second):
+        assert r.session is not None
+        r.session.close()
+
+
+def test_routes_sharing_a_session_are_busy_together(session: requests.Session) -> None:
+    """A caller's session shared by every channel: its requests take turns."""
+    one, two = route(session, URLS[0]), route(session, URLS[1])
+    wire, _aborted = make_wire(session)
+    gate = threading.Event()
+
+    def held(guard: RequestGuard) -> SendResult:
+        assert gate.wait(30)
+        return answer()
+
+    wire.launch(Work.of(Batch([EncodedEvent(b"a", None)], 1)), one, held)
+    assert wire.busy(two) and wire.shares_session(one, two)
+    gate.set()
+    assert wire.land(one) is not None and not wire.busy(two)
+    wire.stop()
