@@ -25,8 +25,9 @@ first in first): answers already in before the next request goes out; the first 
 the limit is reached; a route's own before its acks are polled; all of them before a
 synchronous retry (retries stay on the deliverer's thread, rare as they are; the halves of a
 413 and the events around a bad one go back to the queue), at a cut-off, and in
-:meth:`Deliverer.service`, :meth:`Deliverer.flush` and :meth:`Deliverer.close`. So a session is never used by two threads at once and the ledger comes
-out the same at any N; only the order of requests (and of events at HEC) differs once N > 1.
+:meth:`Deliverer.service`, :meth:`Deliverer.flush` and :meth:`Deliverer.close`. So a session
+is never used by two threads at once and the ledger comes out the same at any N; only the
+order of requests (and of events at HEC) differs once N > 1.
 Routes take turns (round-robin); a URL with connection errors or an unhealthy answer (503
 codes 18-20) leaves the rotation, all its channels with it, for ``unhealthy_cooldown_s`` and
 comes back after a passing health probe. Acks are always polled on the channel that took the
