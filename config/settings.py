@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from transforms.options import Endpoint, TransformOptions
@@ -84,6 +84,22 @@ class FirehoseSettings:
     response_limit_bytes: int = LAMBDA_RESPONSE_LIMIT_BYTES
 
 
+#: ``concurrency`` of a destination: requests in flight, or ``adaptive``.
+Concurrency = int | Literal["adaptive"]
+
+
+@dataclass(frozen=True)
+class DestinationSettings:
+    """One ``[destinations.NAME]`` table: the top-level HEC and ack settings with the
+    table's keys replaced (``config.destinations``); the token never appears in repr."""
+
+    name: str
+    hec: HecSettings
+    acks: AckSettings
+    backsplash_prefix: str | None = None  # None: BACKSPLASH_PREFIX
+    concurrency: Concurrency | None = None  # None: as the top-level settings
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the forwarder needs, validated; build with ``config.loader.load_settings``."""
@@ -96,3 +112,29 @@ class Settings:
     transform: TransformOptions = field(default_factory=TransformOptions)
     firehose: FirehoseSettings = field(default_factory=FirehoseSettings)
     log: LogSettings = field(default_factory=LogSettings)
+    #: The named destinations; the top-level HEC settings are ``default`` and not listed.
+    destinations: tuple[DestinationSettings, ...] = ()
+
+    @property
+    def destination_names(self) -> tuple[str, ...]:
+        """``default`` and every named destination, in the file's order."""
+        return ("default", *(dest.name for dest in self.destinations))
+
+    def for_destination(self, name: str) -> Settings:
+        """The full settings of one destination: these, with its HEC and ack settings and
+        backsplash prefix; ``default`` gives these settings unchanged.
+
+        Raises:
+            KeyError: no destination has that name.
+        """
+        if name == "default":
+            return self
+        for dest in self.destinations:
+            if dest.name == name:
+                backsplash = self.backsplash
+                if dest.backsplash_prefix is not None:
+                    backsplash = replace(backsplash, prefix=dest.backsplash_prefix)
+                return replace(
+                    self, hec=dest.hec, acks=dest.acks, backsplash=backsplash, destinations=()
+                )
+        raise KeyError(name)
