@@ -8,16 +8,19 @@
 - :class:`NullBacksplash`: nothing configured: every write fails loudly;
 - :class:`ReplayFailedBacksplash`: for re-delivered backsplash records (push, daemon,
   ``forwarder replay``): what fails again goes under ``replay-failed/``, never back where a
-  notification or the replay would read it again, with ``replayAttempts`` counted.
+  notification or the replay would read it again, with ``replayAttempts`` counted;
+- :class:`DestinationBacksplash`: a ``[destinations.NAME]``'s: any of the above, naming the
+  destination in each record (and under its ``backsplash_prefix``).
 """
 
 from __future__ import annotations
 
+import copy
 import os
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -420,6 +423,50 @@ class ReplayFailedBacksplash:
             self.keys.append(key)
         self.events_written += len(events)
         return key
+
+
+class DestinationBacksplash:
+    """The backsplash of one ``[destinations.NAME]``: each record names the destination
+    (``destination``), so replay sends it back there; objects go under the destination's
+    ``backsplash_prefix`` when it has one (:func:`with_prefix`).
+
+    Args:
+        writer: the backsplash to write through.
+        destination: the destination's name.
+        prefix: its ``backsplash_prefix``; None: the writer's own.
+    """
+
+    def __init__(self, writer: BacksplashWriter, destination: str, prefix: str | None) -> None:
+        self.writer = writer if prefix is None else with_prefix(writer, prefix)
+        self.destination = destination
+
+    def __repr__(self) -> str:
+        return f"DestinationBacksplash({self.writer!r}, destination={self.destination!r})"
+
+    def write(self, events: Sequence[EncodedEvent], failure: Failure) -> str:
+        """Write the events with the destination named in each record.
+
+        Raises:
+            BacksplashError: the object could not be stored.
+        """
+        return self.writer.write(events, replace(failure, destination=self.destination))
+
+
+def with_prefix(writer: BacksplashWriter, prefix: str) -> BacksplashWriter:
+    """``writer`` writing under ``prefix`` (a destination's ``backsplash_prefix``): a copy of
+    an S3 bucket, spool or S3-with-spool writer with that prefix; any other writer (nothing
+    configured, replay-failed) as it is, since its keys follow its own rules."""
+    if isinstance(writer, Backsplash | LocalSpool):
+        moved = copy.copy(writer)
+        moved.prefix = prefix
+        return moved
+    if isinstance(writer, FallbackBacksplash):
+        primary = copy.copy(writer.primary)
+        primary.prefix = prefix
+        spool = copy.copy(writer.spool)
+        spool.prefix = prefix
+        return FallbackBacksplash(primary, spool)
+    return writer
 
 
 def put_under(
