@@ -34,6 +34,7 @@ from forwarder import aws
 from forwarder.backsplash.codec import Failure, decode_records, encode_records
 from forwarder.backsplash.layout import REPLAY_FAILED, SPLUNK_FAILED, object_key
 from forwarder.errors import BacksplashError
+from transforms.options import DEFAULT_DESTINATION
 from transforms.records import EncodedEvent
 
 if TYPE_CHECKING:
@@ -340,12 +341,14 @@ class FallbackBacksplash:
 @dataclass(frozen=True, slots=True)
 class EventOrigin:
     """Where a re-delivered event came from: its record, that record's ``arrivalTimestamp``
-    and ``replayAttempts``, and the object (``s3://bucket/key``)."""
+    and ``replayAttempts``, the object (``s3://bucket/key``), and the ``[destinations.NAME]``
+    it was for (None or ``default``: not written)."""
 
     record_no: int
     arrival_ms: int | None
     replay_attempts: int
     source: str
+    destination: str | None = None
 
 
 class ReplayFailedBacksplash:
@@ -413,6 +416,8 @@ class ReplayFailedBacksplash:
                 extra["replaySource"] = origin.source
                 if origin.arrival_ms is not None:
                     extra["arrivalTimestamp"] = origin.arrival_ms
+                if origin.destination not in (None, DEFAULT_DESTINATION):
+                    extra["destination"] = origin.destination
                 self.failed_records[origin.record_no] = (
                     self.failed_records.get(origin.record_no, 0) + 1
                 )

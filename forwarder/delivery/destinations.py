@@ -263,14 +263,14 @@ def member(delivery: Delivery, destination: str) -> Deliverer:
     Raises:
         KeyError: a facade has no destination of that name.
     """
-    if isinstance(delivery, Deliverer):
-        return delivery
-    return delivery.member(destination)
+    if isinstance(delivery, Destinations):
+        return delivery.member(destination)
+    return delivery
 
 
 def keeps_delivering(delivery: Delivery) -> bool:
     """Whether some destination still delivers although another hit a fatal error: a caller
     that stops on ``fatal`` goes on while this holds (False for a single deliverer)."""
-    if isinstance(delivery, Deliverer):
-        return False
-    return any(deliverer.fatal is None for deliverer in delivery.members.values())
+    if isinstance(delivery, Destinations):
+        return any(deliverer.fatal is None for deliverer in delivery.members.values())
+    return False

@@ -19,6 +19,8 @@ from forwarder.backsplash.codec import (
     READ_CHUNK_BYTES,
     CorruptLine,
     CorruptRecordError,
+    DecodedRecord,
+    Failure,
     RawRecord,
     decode_record,
     iter_records,
@@ -43,7 +45,8 @@ _Row = tuple[int, str | None, int, Outcome]
 
 @dataclass(slots=True)
 class _Chunk:
-    """Records between two commits. Events are buffered per endpoint and raw target and
+    """Records between two commits. Events are buffered per destination, endpoint and raw
+    target and
     handed to the deliverers a batch's worth at a time (one ``submit`` per record would cost
     more than the send); ``rows`` are the records whose events were all submitted."""
 
@@ -53,7 +56,7 @@ class _Chunk:
     pending_rows: list[_Row] = field(default_factory=list)
     pending_events: int = 0
     pending_bytes: int = 0
-    groups: dict[tuple[Endpoint, RawTarget | None], list[EncodedEvent]] = field(
+    groups: dict[tuple[str, Endpoint, RawTarget | None], list[EncodedEvent]] = field(
         default_factory=dict
     )
 
@@ -157,6 +160,11 @@ def replay_object(worker: Worker, obj: ListedObject) -> None:
         complete = False
         refused = "HEC refused delivery" if options.via_firehose is None else "Firehose refused"
         log.error("replay_stopped", reason=refused, error=fatal)
+    else:
+        refused_one = worker.refused()  # one destination refused, the others deliver
+        if refused_one is not None:
+            with shared.lock:
+                report.fatal = report.fatal or refused_one
     if read_error is not None:
         with shared.lock:
             report.objects_failed += 1
@@ -266,9 +274,19 @@ def _replay_record(
             shared.limiter.acquire(count)
         worker.writer.expect(
             decoded.events,
-            EventOrigin(item.record_no, decoded.arrival_ms, decoded.replay_attempts, source),
+            EventOrigin(
+                item.record_no,
+                decoded.arrival_ms,
+                decoded.replay_attempts,
+                source,
+                decoded.destination,
+            ),
         )
-        chunk.groups.setdefault((decoded.endpoint, decoded.raw_target), []).extend(decoded.events)
+        if decoded.destination in shared.settings.destination_names:
+            key = (decoded.destination, decoded.endpoint, decoded.raw_target)
+            chunk.groups.setdefault(key, []).extend(decoded.events)
+        else:
+            _unrouted(worker, decoded)
     outcome: Outcome = "delivered" if options.via_firehose is None else "handed-to-firehose"
     chunk.pending_rows.append((item.record_no, decoded.event_id, count, outcome))
     chunk.pending_events += count
@@ -279,13 +297,36 @@ def _replay_record(
     return "sent"
 
 
+def _unrouted(worker: Worker, decoded: DecodedRecord) -> None:
+    """A record for a destination the settings lack: its events are stored under
+    ``replay-failed/`` at once (``Splunk.UnknownDestination``), counted backsplashed.
+
+    Raises:
+        BacksplashError: the object could not be stored.
+    """
+    count = len(decoded.events)
+    message = f"no [destinations.{decoded.destination}] in the settings"
+    failure = Failure(
+        "Splunk.UnknownDestination",
+        message,
+        0,
+        decoded.endpoint,
+        decoded.raw_target,
+        decoded.arrival_ms,
+        decoded.destination,
+    )
+    worker.writer.write(decoded.events, failure)
+    worker.shared.ledger.add(events_in=count, backsplashed=count, backsplash_objects=1)
+    _log.error("replay_record_unrouted", destination=decoded.destination, events=count)
+
+
 def _submit(worker: Worker, chunk: _Chunk) -> None:
     """Hand the buffered events to the deliverers (full batches go out now)."""
     groups, rows, count = chunk.groups, chunk.pending_rows, chunk.pending_events
     chunk.groups, chunk.pending_rows = {}, []
     chunk.pending_events = chunk.pending_bytes = 0
-    for (endpoint, raw_target), events in groups.items():
-        worker.deliverer(endpoint).submit(events, raw_target)
+    for (destination, endpoint, raw_target), events in groups.items():
+        worker.deliverer(endpoint, destination).submit(events, raw_target)
     chunk.rows.extend(rows)
     chunk.events += count
     with worker.shared.lock:

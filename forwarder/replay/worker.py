@@ -20,7 +20,7 @@ from forwarder.errors import DeliveryError
 from forwarder.replay.options import ReplayOptions, Selection
 from forwarder.replay.report import Progress, ReplayReport
 from forwarder.replay.state import ReplayState
-from transforms.options import Endpoint
+from transforms.options import DEFAULT_DESTINATION, Endpoint
 from transforms.records import EncodedEvent, RawTarget
 
 if TYPE_CHECKING:
@@ -159,18 +159,36 @@ class Worker:
             clock=shared.wall_clock,
             tracked=True,
         )
-        self.deliverers: dict[str, Sink] = {}
+        self.deliverers: dict[tuple[str, Endpoint], Sink] = {}
 
-    def deliverer(self, endpoint: Endpoint) -> Sink:
-        found = self.deliverers.get(endpoint)
+    def deliverer(self, endpoint: Endpoint, destination: str = DEFAULT_DESTINATION) -> Sink:
+        """The sink for ``endpoint`` of ``destination`` (its settings: ``for_destination``).
+
+        Raises:
+            KeyError: the settings have no such destination.
+        """
+        found = self.deliverers.get((destination, endpoint))
         if found is None:
-            settings = self.shared.settings
+            settings = self.shared.settings.for_destination(destination)
             settings = replace(settings, hec=replace(settings.hec, endpoint=endpoint))
             found = self.shared.deliverer_factory(settings, backsplash=self.writer)
-            self.deliverers[endpoint] = found
+            self.deliverers[(destination, endpoint)] = found
         return found
 
     def fatal(self) -> str | None:
+        """A fatal error that stops this worker: every destination it sends to has one (a
+        destination refused alone gets its events stored under replay-failed/, see
+        :meth:`refused`)."""
+        by_destination: dict[str, str | None] = {}
+        for (destination, _), deliverer in self.deliverers.items():
+            error = deliverer.fatal.message if deliverer.fatal is not None else None
+            if by_destination.get(destination) is None:
+                by_destination[destination] = error
+        errors = list(by_destination.values())
+        return errors[0] if errors and all(errors) else None
+
+    def refused(self) -> str | None:
+        """The first fatal error of any destination (for the report and exit status)."""
         for deliverer in self.deliverers.values():
             if deliverer.fatal is not None:
                 return deliverer.fatal.message
