@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
+from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 
 from config.loader import load_settings
@@ -23,6 +25,7 @@ from forwarder.backsplash.codec import Failure
 from forwarder.backsplash.layout import REPLAY_FAILED, SPLUNK_FAILED
 from forwarder.backsplash.writers import Backsplash
 from forwarder.cli import main
+from forwarder.daemon import Daemon
 from forwarder.devtools.emulator import HecEmulator
 from forwarder.devtools.synthetic import cloudwatch_payload
 from forwarder.replay.engine import replay
@@ -30,6 +33,7 @@ from forwarder.replay.options import ReplayOptions
 from forwarder.status import ExitStatus
 from tests.conftest import TEST_TOKEN, boto_client
 from tests.integration.conftest import BUCKET, FAST, PREFIX
+from tests.integration.test_daemon import STREAM, daemon_settings, running, wait_for
 from transforms.records import EncodedEvent
 
 pytestmark = pytest.mark.integration
@@ -251,3 +255,41 @@ def test_replay_sends_each_record_back_to_its_destination(
     assert [(r["errorCode"], r["destination"], r["replayAttempts"]) for r in parked] == [
         ("Splunk.UnknownDestination", "gone", 1)
     ]
+
+
+def test_the_daemon_keeps_running_for_the_good_destination_and_exports_a_row_each(
+    main_hec: HecEmulator, security_hec: HecEmulator, s3: Any, aws_endpoint: str, tmp_path: Path
+) -> None:
+    kinesis = boto_client("kinesis", aws_endpoint)
+    kinesis.create_stream(StreamName=STREAM, ShardCount=1)
+    for number, payload in enumerate(payloads()):
+        kinesis.put_record(StreamName=STREAM, Data=payload, PartitionKey=str(number))
+    config = config_file(tmp_path, security_hec.url, REVOKED_TOKEN)
+    settings = load_settings(environ_for(main_hec.url, aws_endpoint, config))
+    daemon = Daemon(
+        settings, daemon_settings(tmp_path), client_factory=lambda s: boto_client(s, aws_endpoint)
+    )
+    with running(daemon) as status:
+        wait_for(lambda: daemon.deliverer.ledger.summary()["acknowledged"] == 30, what="acks")
+        wait_for(lambda: daemon.deliverer.ledger.summary()["backsplashed"] == 20, what="stored")
+        wait_for(lambda: daemon.state.checkpoints >= 1 and daemon.pending_acks() == 0)
+        # A fatal error on one destination does not stop the daemon: more events still go.
+        more = cloudwatch_payload(["after 1", "after 2"], log_group="/app/web", first_id=5000)
+        kinesis.put_record(StreamName=STREAM, Data=more, PartitionKey="x")
+        wait_for(lambda: daemon.deliverer.ledger.summary()["acknowledged"] == 32, what="more")
+        assert daemon.metrics is not None
+        text = requests.get(f"{daemon.metrics.url}/metrics", timeout=5).text
+    assert status == [ExitStatus.HEC_FATAL]
+    samples = {
+        (sample.name, sample.labels.get("destination"), sample.labels.get("outcome")): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+    assert samples[("forwarder_events_acknowledged_total", None, None)] == 32
+    assert samples[("forwarder_destination_events_total", "default", "acknowledged")] == 32
+    assert samples[("forwarder_destination_events_total", "security", "backsplashed")] == 20
+    assert samples[("forwarder_destination_events_total", "security", "acknowledged")] == 0
+    assert len(main_hec.indexed_events()) == 32
+    assert security_hec.stats().events_indexed == 0
+    stored = records_under(s3, SECURITY_PREFIX)
+    assert len(stored) == 20 and {r["destination"] for r in stored} == {"security"}
