@@ -97,7 +97,9 @@ class DestinationSettings:
     hec: HecSettings
     acks: AckSettings
     backsplash_prefix: str | None = None  # None: BACKSPLASH_PREFIX
-    concurrency: Concurrency | None = None  # None: as the top-level settings
+    #: Requests in flight for this destination; None: as the top-level settings. Validated
+    #: here; the deliverer applies it with ``SPLUNK_HEC_CONCURRENCY`` (issue 11's setting).
+    concurrency: Concurrency | None = None
 
 
 @dataclass(frozen=True)
