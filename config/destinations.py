@@ -191,6 +191,22 @@ def require_tokens(destinations: tuple[DestinationSettings, ...]) -> None:
             )
 
 
+def destination_warnings(destinations: tuple[DestinationSettings, ...]) -> list[str]:
+    """What ``warnings_for`` says of the destinations: acknowledgment or TLS checks off."""
+    found = []
+    for dest in destinations:
+        if not dest.acks.enabled:
+            found.append(
+                f"destinations.{dest.name}.ack=false: HEC's 200 counts as delivered; events "
+                "an indexer loses after that go unnoticed and are never re-sent"
+            )
+        if not dest.hec.verify_tls:
+            found.append(
+                f"destinations.{dest.name}.verify_tls=false: HEC's certificate is not checked"
+            )
+    return found
+
+
 def require_single_destination(routes: tuple[Route, ...]) -> None:
     """The Firehose transform's check: Firehose delivers to one Splunk, so a route naming a
     destination other than ``default`` is a start-up error.

@@ -18,7 +18,12 @@ from pathlib import Path
 from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
 
-from config.destinations import destination_endpoints, parse_destinations, require_tokens
+from config.destinations import (
+    destination_endpoints,
+    destination_warnings,
+    parse_destinations,
+    require_tokens,
+)
 from config.errors import ConfigError
 from config.settings import (
     LAMBDA_RESPONSE_LIMIT_BYTES,
@@ -475,6 +480,8 @@ def warnings_for(
         found.append("SPLUNK_HEC_VERIFY_TLS=false: HEC's certificate is not checked")
     if settings.batching.max_bytes > 1_000_000:
         found.append("SPLUNK_HEC_BATCH_MAX_BYTES above 1 MB is refused by Splunk Cloud")
+    if delivering:
+        found.extend(destination_warnings(settings.destinations))
     insecure = [url for url in settings.hec.urls if _plain_http_off_host(url)]
     if insecure:
         found.append(

@@ -293,3 +293,25 @@ def test_the_daemon_keeps_running_for_the_good_destination_and_exports_a_row_eac
     assert security_hec.stats().events_indexed == 0
     stored = records_under(s3, SECURITY_PREFIX)
     assert len(stored) == 20 and {r["destination"] for r in stored} == {"security"}
+
+
+def test_check_probes_each_destination_with_its_own_token(
+    main_hec: HecEmulator, security_hec: HecEmulator, aws_endpoint: str, tmp_path: Path
+) -> None:
+    environ = environ_for(
+        main_hec.url, aws_endpoint, config_file(tmp_path, security_hec.url, REVOKED_TOKEN)
+    )
+    out = io.StringIO()
+    assert main(["check"], environ=environ, out=out) == ExitStatus.HEC_FATAL
+    lines = out.getvalue().splitlines()
+    assert f"{main_hec.url}: token accepted" in lines
+    after = lines[lines.index("destination security:") + 1 :]
+    assert any(line.startswith(f"{security_hec.url}: token refused") for line in after)
+    assert REVOKED_TOKEN not in out.getvalue()
+
+    fixed = environ_for(
+        main_hec.url, aws_endpoint, config_file(tmp_path, security_hec.url, SECURITY_TOKEN)
+    )
+    out = io.StringIO()
+    assert main(["check"], environ=fixed, out=out) == ExitStatus.OK, out.getvalue()
+    assert f"{security_hec.url}: token accepted" in out.getvalue().splitlines()

@@ -10,7 +10,7 @@ import pytest
 
 from config.destinations import require_single_destination
 from config.errors import ConfigError
-from config.loader import load_settings, require_hec
+from config.loader import load_settings, require_hec, warnings_for
 from config.logs import redact_text as redact
 from config.settings import Settings
 from forwarder.secrets import clear_cache, resolve_token
@@ -247,3 +247,14 @@ def test_the_firehose_transform_refuses_a_named_destination(
             firehose.current_settings()
     finally:
         firehose.use_settings(None)
+
+
+def test_risky_destination_settings_are_warned_about(tmp_path: Path) -> None:
+    settings = settings_of(tmp_path, TWO)
+    found = [w for w in warnings_for(settings) if w.startswith("destinations.")]
+    assert found == [
+        "destinations.security.ack=false: HEC's 200 counts as delivered; events an indexer "
+        "loses after that go unnoticed and are never re-sent",
+        "destinations.security.verify_tls=false: HEC's certificate is not checked",
+    ]
+    assert "sec-token" not in " ".join(found)
