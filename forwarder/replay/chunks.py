@@ -15,6 +15,7 @@ from typing import Literal
 import structlog
 from botocore.exceptions import BotoCoreError, ClientError
 
+from config.settings import Settings
 from forwarder.backsplash.codec import (
     READ_CHUNK_BYTES,
     CorruptLine,
@@ -32,10 +33,11 @@ from forwarder.backsplash.writers import EventOrigin
 from forwarder.errors import BacksplashError
 from forwarder.replay.dispose import dispose
 from forwarder.replay.firehose import firehose_record
+from forwarder.replay.options import ReplayOptions
 from forwarder.replay.state import HandledRecords, Outcome
 from forwarder.replay.worker import ByteCounter, ListedObject, Run, Worker
 from forwarder.status import describe, is_user_mistake
-from transforms.options import Endpoint
+from transforms.options import DEFAULT_DESTINATION, Endpoint
 from transforms.records import EncodedEvent, RawTarget
 
 _log = structlog.get_logger("forwarder.replay.chunks")
@@ -282,11 +284,12 @@ def _replay_record(
                 decoded.destination,
             ),
         )
-        if decoded.destination in shared.settings.destination_names:
+        unrouted = _why_unrouted(decoded.destination, shared.settings, options)
+        if unrouted is None:
             key = (decoded.destination, decoded.endpoint, decoded.raw_target)
             chunk.groups.setdefault(key, []).extend(decoded.events)
         else:
-            _unrouted(worker, decoded)
+            _unrouted(worker, decoded, unrouted)
     outcome: Outcome = "delivered" if options.via_firehose is None else "handed-to-firehose"
     chunk.pending_rows.append((item.record_no, decoded.event_id, count, outcome))
     chunk.pending_events += count
@@ -297,15 +300,25 @@ def _replay_record(
     return "sent"
 
 
-def _unrouted(worker: Worker, decoded: DecodedRecord) -> None:
-    """A record for a destination the settings lack: its events are stored under
-    ``replay-failed/`` at once (``Splunk.UnknownDestination``), counted backsplashed.
+def _why_unrouted(destination: str, settings: Settings, options: ReplayOptions) -> str | None:
+    """Why a record's events cannot go to the destination it names, or None."""
+    if destination not in settings.destination_names:
+        return f"no [destinations.{destination}] in the settings"
+    if options.via_firehose is not None and destination != DEFAULT_DESTINATION:
+        # Firehose delivers to its one Splunk: another estate's events must not go there.
+        return f"--via-firehose reaches the default destination only, not {destination}"
+    return None
+
+
+def _unrouted(worker: Worker, decoded: DecodedRecord, message: str) -> None:
+    """A record whose destination cannot be reached (:func:`_why_unrouted`): its events are
+    stored under ``replay-failed/`` at once (``Splunk.UnknownDestination``), counted
+    backsplashed.
 
     Raises:
         BacksplashError: the object could not be stored.
     """
     count = len(decoded.events)
-    message = f"no [destinations.{decoded.destination}] in the settings"
     failure = Failure(
         "Splunk.UnknownDestination",
         message,
@@ -317,7 +330,9 @@ def _unrouted(worker: Worker, decoded: DecodedRecord) -> None:
     )
     worker.writer.write(decoded.events, failure)
     worker.shared.ledger.add(events_in=count, backsplashed=count, backsplash_objects=1)
-    _log.error("replay_record_unrouted", destination=decoded.destination, events=count)
+    _log.error(
+        "replay_record_unrouted", destination=decoded.destination, events=count, reason=message
+    )
 
 
 def _submit(worker: Worker, chunk: _Chunk) -> None:

@@ -32,6 +32,8 @@ from forwarder.delivery.destinations import (
     member,
 )
 from forwarder.delivery.ledger import Ledger
+from forwarder.replay.chunks import _why_unrouted
+from forwarder.replay.options import ReplayOptions
 from tests.conftest import TEST_TOKEN, make_settings
 from transforms.records import EncodedEvent
 
@@ -204,3 +206,17 @@ def test_with_prefix_copies_bucket_and_spool_writers(tmp_path: Path) -> None:
     assert spool.prefix == "main/"
     null = NullBacksplash()
     assert with_prefix(null, "sec/") is null
+
+
+def test_replay_parks_what_it_cannot_route(tmp_path: Path) -> None:
+    settings = two_destinations()
+    plain = ReplayOptions(state_path=tmp_path / "state.sqlite")
+    assert _why_unrouted("default", settings, plain) is None
+    assert _why_unrouted("security", settings, plain) is None
+    assert _why_unrouted("gone", settings, plain) == "no [destinations.gone] in the settings"
+    via = replace(plain, via_firehose="splunk-delivery")
+    assert _why_unrouted("default", settings, via) is None
+    # Firehose delivers to its one Splunk: another estate's events are parked, not sent there.
+    assert _why_unrouted("security", settings, via) == (
+        "--via-firehose reaches the default destination only, not security"
+    )
