@@ -142,7 +142,7 @@ class Intake:
             the one every outcome is counted on.
         backsplash: where unprocessable input is stored.
         redeliverer: the deliverer for backsplash records meant for an endpoint of a
-            destination (it must count on the same ledger; KeyError: no such destination).
+            destination the settings have (it must count on the same ledger).
         log: a structlog logger (the entry point's).
     """
 
@@ -215,12 +215,10 @@ class Intake:
         self.ledger.shaped(decoded.filtered, decoded.sampled, 0)
         if decoded.control:
             self.ledger.drop("control_message")
+        elif decoded.destination not in self.settings.destination_names:
+            self.unknown_destination(decoded)
         elif decoded.events:
-            try:
-                found = self.redeliverer(decoded.endpoint, decoded.destination)
-            except KeyError:
-                self.unknown_destination(decoded)
-                return
+            found = self.redeliverer(decoded.endpoint, decoded.destination)
             found.submit(decoded.events, decoded.raw_target)
 
     def unknown_destination(self, decoded: DecodedRecord) -> None:
@@ -231,6 +229,8 @@ class Intake:
             BacksplashError: nowhere to store it.
         """
         count = len(decoded.events)
+        if not count:
+            return
         message = f"no [destinations.{decoded.destination}] in the settings"
         failure = Failure(
             "Splunk.UnknownDestination",

@@ -244,7 +244,7 @@ def make_intake(
     others: dict[Endpoint, FakeDeliverer] = {}
 
     def redeliverer(endpoint: Endpoint, destination: str) -> Deliverer:
-        settings.for_destination(destination)  # KeyError: no such destination
+        assert destination in settings.destination_names
         return cast(Deliverer, others.setdefault(endpoint, FakeDeliverer(main.ledger)))
 
     intake = Intake(
