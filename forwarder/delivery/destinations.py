@@ -189,16 +189,20 @@ class Destinations:
         """
         if self._closed:
             return
+        self._closed = True
         try:
             self.flush(deadline)
+            for deliverer in self._members.values():
+                deliverer.close(deadline, summarize=False)
+        except BaseException:
+            # As a deliverer's close after a failed flush: nothing more is sent or stored,
+            # what is left stays counted in flight, and the I/O threads stop.
+            for deliverer in self._members.values():
+                deliverer.release()
+            raise
         finally:
-            self._closed = True
-            try:
-                for deliverer in self._members.values():
-                    deliverer.close(deadline, summarize=False)
-            finally:
-                if summarize:
-                    self._ledger.log_summary(self._log, fatal=self.fatal is not None)
+            if summarize:
+                self._ledger.log_summary(self._log, fatal=self.fatal is not None)
 
     def release(self) -> None:
         """Release every destination (see ``Deliverer.release``)."""

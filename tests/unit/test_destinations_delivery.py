@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import requests
 import responses
+from structlog.testing import capture_logs
 
 from config.settings import DestinationSettings, Settings
 from forwarder.backsplash.codec import Failure, decode_records, encode_records
@@ -32,6 +33,7 @@ from forwarder.delivery.destinations import (
     member,
 )
 from forwarder.delivery.ledger import Ledger
+from forwarder.errors import BacksplashError
 from forwarder.replay.chunks import _why_unrouted
 from forwarder.replay.options import ReplayOptions
 from tests.conftest import TEST_TOKEN, make_settings
@@ -220,3 +222,27 @@ def test_replay_parks_what_it_cannot_route(tmp_path: Path) -> None:
     assert _why_unrouted("security", settings, via) == (
         "--via-firehose reaches the default destination only, not security"
     )
+
+
+class FailingBacksplash:
+    def write(self, events: Sequence[EncodedEvent], failure: Failure) -> str:
+        raise BacksplashError("bucket unreachable")
+
+
+@responses.activate
+def test_a_failed_backsplash_on_close_releases_every_destination_and_still_summarizes() -> None:
+    responses.add(responses.POST, f"{MAIN}/services/collector/event", status=200, body=SUCCESS)
+    responses.add(responses.POST, f"{SEC}/services/collector/event", status=403, body=REVOKED)
+    delivery = build_delivery(two_destinations(), backsplash=FailingBacksplash(), pipelined=False)
+    assert isinstance(delivery, Destinations)
+    delivery.submit(events("s", 2), destination="security")  # partial batches, sent on flush
+    delivery.member("default").submit(events("m", 1))
+    with capture_logs() as logs, pytest.raises(BacksplashError):
+        delivery.close()
+    (summary,) = [e for e in logs if e["event"] == "delivery_summarized"]
+    assert summary["backsplash_failed"] == 2 and summary["in_flight"] == 2
+    assert summary["destinations"]["default"]["acknowledged"] == 1
+    assert set(summary["destinations"]) == {"default", "security"}
+    delivery.close()  # closed: a second call does nothing
+    with pytest.raises(RuntimeError):
+        delivery.member("default").submit(events("n", 1))
