@@ -198,13 +198,16 @@ class Worker:
         """Close the deliverers (``flush=False`` after a failed chunk: nothing more is sent,
         so nothing is delivered that the state does not record) and the state."""
         try:
-            for deliverer in self.deliverers.values():
+            for (destination, _), deliverer in self.deliverers.items():
                 if flush:
                     deliverer.close(summarize=False)
                 else:
                     deliverer.release()  # stop its I/O thread; the chunk is retried next run
                 summary = deliverer.ledger.summary()
-                self.shared.ledger.add(
+                ledger = self.shared.ledger
+                if self.shared.settings.destinations:  # a row per destination (adds up)
+                    ledger = ledger.destination(destination)
+                ledger.add(
                     **{
                         name: value
                         for name, value in summary.items()

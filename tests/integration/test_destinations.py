@@ -249,6 +249,8 @@ def test_replay_sends_each_record_back_to_its_destination(
     (summary,) = [e for e in logs if e["event"] == "delivery_summarized"]
     assert summary["balanced"]
     assert (summary["acknowledged"], summary["backsplashed"]) == (20, 1)
+    assert summary["destinations"]["security"]["acknowledged"] == 20
+    assert summary["destinations"]["security"]["balanced"]
     unrouted = [e for e in logs if e["event"] == "replay_record_unrouted"]
     assert [(e["destination"], e["events"]) for e in unrouted] == [("gone", 1)]
     parked = records_under(s3, SECURITY_PREFIX, REPLAY_FAILED)
