@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Final, Literal
+from typing import Final
 
 from config.errors import ConfigError
+from config.settings import Concurrency
 
 #: The value that asks for an adaptive limit (``forwarder.delivery.concurrency``).
 ADAPTIVE: Final = "adaptive"
 #: A fixed concurrency above this is a typo, not a plan: each request in flight is a channel
 #: and a connection of its own.
 MAX_CONCURRENCY: Final = 256
-
-Concurrency = int | Literal["adaptive"]
 
 
 def parse_concurrency(key: str, raw: str) -> Concurrency:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Literal, cast
 
 from config.errors import ConfigError
-from config.loader import parse_bool
+from config.values import parse_bool
 
 SourceType = Literal["kinesis", "sqs-s3", "files", "stdin", "firehose-http"]
 StartPosition = Literal["TRIM_HORIZON", "LATEST"]

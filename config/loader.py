@@ -19,6 +19,12 @@ from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
 
 from config.concurrency import parse_concurrency
+from config.destinations import (
+    destination_endpoints,
+    destination_warnings,
+    parse_destinations,
+    require_tokens,
+)
 from config.errors import ConfigError
 from config.settings import (
     LAMBDA_RESPONSE_LIMIT_BYTES,
@@ -32,6 +38,14 @@ from config.settings import (
     Settings,
 )
 from config.shaping import SHAPING_KEYS, parse_dedup_field, parse_index_name, route_shaping
+from config.values import (
+    parse_bool,
+    parse_existing_file,
+    parse_hec_urls,
+    parse_prefix,
+    parse_token,
+    shown,
+)
 from transforms.options import Route, TransformOptions
 
 T = TypeVar("T")
@@ -40,28 +54,11 @@ T = TypeVar("T")
 #: two minutes, so a shorter timeout re-sends data that is merely slow to index.
 RECOMMENDED_MIN_ACK_TIMEOUT_S = 180.0
 
-_COLLECTOR_PATH = re.compile(r"/services/collector(/(event|raw|ack|health)(/1\.0)?)?/?$")
 _BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-_TRUE = frozenset({"1", "true", "yes", "on"})
-_FALSE = frozenset({"0", "false", "no", "off"})
 
 
 # --- value parsers: (key, raw) -> value, raising ConfigError --------------------------------
-
-
-def _show(raw: str) -> str:
-    return repr(raw if len(raw) <= 80 else raw[:77] + "...")
-
-
-def parse_bool(key: str, raw: str) -> bool:
-    """Parse true/false, 1/0, yes/no, on/off (any case)."""
-    value = raw.strip().lower()
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
-    raise ConfigError(key, f"expected true or false, got {_show(raw)}")
 
 
 def _number(
@@ -71,13 +68,13 @@ def _number(
         try:
             value = kind(raw.strip())
         except ValueError:
-            raise ConfigError(key, f"expected a number, got {_show(raw)}") from None
+            raise ConfigError(key, f"expected a number, got {shown(raw)}") from None
         number = cast(float, value)
         if isinstance(number, float) and not math.isfinite(number):
-            raise ConfigError(key, f"expected a finite number, got {_show(raw)}")
+            raise ConfigError(key, f"expected a finite number, got {shown(raw)}")
         if (low is not None and number < low) or (high is not None and number > high):
             bounds = f"between {low:g} and {high:g}" if high is not None else f"at least {low:g}"
-            raise ConfigError(key, f"must be {bounds}, got {_show(raw)}")
+            raise ConfigError(key, f"must be {bounds}, got {shown(raw)}")
         return value
 
     return parse
@@ -87,7 +84,7 @@ def _choice(*allowed: str) -> Callable[[str, str], str]:
     def parse(key: str, raw: str) -> str:
         value = raw.strip().lower()
         if value not in allowed:
-            raise ConfigError(key, f"must be one of {', '.join(allowed)}; got {_show(raw)}")
+            raise ConfigError(key, f"must be one of {', '.join(allowed)}; got {shown(raw)}")
         return value
 
     return parse
@@ -100,67 +97,17 @@ def _text(key: str, raw: str) -> str:
     return value
 
 
-def parse_hec_urls(key: str, raw: str) -> tuple[str, ...]:
-    """Split a comma-separated list of HEC base URLs, dropping any collector path."""
-    urls = []
-    for part in raw.split(","):
-        url = part.strip()
-        if not url:
-            continue
-        pieces = urlsplit(url)
-        if pieces.scheme not in ("http", "https") or not pieces.hostname:
-            raise ConfigError(
-                key, f"each URL must look like https://splunk.example.com:8088, got {_show(url)}"
-            )
-        if pieces.username or pieces.password:
-            raise ConfigError(key, "credentials do not belong in the URL; use SPLUNK_HEC_TOKEN")
-        path = _COLLECTOR_PATH.sub("", pieces.path).rstrip("/")
-        urls.append(f"{pieces.scheme}://{pieces.netloc}{path}")
-    if not urls:
-        raise ConfigError(key, "must name at least one URL")
-    return tuple(dict.fromkeys(urls))
-
-
-def parse_token(key: str, raw: str) -> str:
-    """Accept a HEC token without ever echoing it back in an error."""
-    token = raw.strip()
-    if not token:
-        raise ConfigError(key, "must not be empty")
-    if any(ch.isspace() for ch in token) or not token.isprintable():
-        raise ConfigError(key, "must not contain spaces or control characters (value hidden)")
-    return token
-
-
 def parse_bucket(key: str, raw: str) -> str:
     """Check an S3 bucket name against S3's naming rules."""
     name = raw.strip()
     if name.startswith("s3://"):
-        raise ConfigError(key, f"give the bucket name only, without s3://, got {_show(raw)}")
+        raise ConfigError(key, f"give the bucket name only, without s3://, got {shown(raw)}")
     if not _BUCKET_NAME.match(name) or ".." in name:
         raise ConfigError(
             key,
-            f"not a valid S3 bucket name (3-63 lowercase letters, digits, '.', '-'): {_show(raw)}",
+            f"not a valid S3 bucket name (3-63 lowercase letters, digits, '.', '-'): {shown(raw)}",
         )
     return name
-
-
-def parse_prefix(key: str, raw: str) -> str:
-    """Normalise an S3 key prefix so that it is empty or ends with '/'."""
-    prefix = raw.strip().lstrip("/")
-    return prefix if not prefix or prefix.endswith("/") else prefix + "/"
-
-
-def parse_existing_file(key: str, raw: str) -> str:
-    """A path that must name a readable file (CA bundles)."""
-    try:
-        path = Path(raw.strip()).expanduser()
-        found = path.is_file()
-    except (OSError, ValueError, RuntimeError) as exc:  # a name too long, a NUL, ~nobody
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise ConfigError(key, f"cannot use {_show(raw)}: {reason}") from None
-    if not found:
-        raise ConfigError(key, f"no such file: {_show(raw)}")
-    return str(path)
 
 
 def parse_flow_format(key: str, raw: str) -> tuple[str, ...]:
@@ -177,7 +124,7 @@ def parse_flow_format(key: str, raw: str) -> tuple[str, ...]:
 def _log_level(key: str, raw: str) -> str:
     level = raw.strip().upper()
     if level not in _LOG_LEVELS:
-        raise ConfigError(key, f"must be one of {', '.join(_LOG_LEVELS)}; got {_show(raw)}")
+        raise ConfigError(key, f"must be one of {', '.join(_LOG_LEVELS)}; got {shown(raw)}")
     return level
 
 
@@ -263,9 +210,9 @@ KEYS: tuple[Key, ...] = (
 
 KEYS_BY_ENV = {key.env: key for key in KEYS}
 #: Tables read elsewhere: [[routes]] here, [daemon] and [source] by config.daemon.
-_TABLES = ("routes", "daemon", "source")
+_TABLES = ("routes", "daemon", "source", "destinations")
 _ROUTE_PATTERN_KEYS = ("log_group", "log_stream", "account", "origin")
-_ROUTE_VALUE_KEYS = ("sourcetype", "index", "source", "host")
+_ROUTE_VALUE_KEYS = ("sourcetype", "index", "source", "host", "destination")
 _ROUTE_KEYS = (
     frozenset(
         (*_ROUTE_PATTERN_KEYS, *_ROUTE_VALUE_KEYS, "fields", "flow_log_format", "event_format")
@@ -466,17 +413,24 @@ def load_settings(
         raise ConfigError("routes", "use [[routes]] tables")
     routes = tuple(_route(n, table) for n, table in enumerate(routes_table, start=1))
 
-    hec = HecSettings(**sections["hec"])
-    transform = TransformOptions(routes=routes, endpoint=hec.endpoint, **sections["transform"])
+    hec, acks = HecSettings(**sections["hec"]), AckSettings(**sections["acks"])
+    destinations = parse_destinations(document.get("destinations", {}), hec, acks, routes)
+    transform = TransformOptions(
+        routes=routes,
+        endpoint=hec.endpoint,
+        destination_endpoints=destination_endpoints(destinations, hec.endpoint),
+        **sections["transform"],
+    )
     settings = Settings(
         hec=hec,
-        acks=AckSettings(**sections["acks"]),
+        acks=acks,
         retry=RetrySettings(**sections["retry"]),
         batching=BatchSettings(**sections["batching"]),
         backsplash=BacksplashSettings(**sections["backsplash"]),
         transform=transform,
         firehose=FirehoseSettings(**sections["firehose"]),
         log=LogSettings(**sections["log"]),
+        destinations=destinations,
     )
     if settings.retry.backoff_max_s < settings.retry.backoff_base_s:
         raise ConfigError(
@@ -529,6 +483,8 @@ def warnings_for(
         found.append("SPLUNK_HEC_VERIFY_TLS=false: HEC's certificate is not checked")
     if settings.batching.max_bytes > 1_000_000:
         found.append("SPLUNK_HEC_BATCH_MAX_BYTES above 1 MB is refused by Splunk Cloud")
+    if delivering:
+        found.extend(destination_warnings(settings.destinations))
     insecure = [url for url in settings.hec.urls if _plain_http_off_host(url)]
     if insecure:
         found.append(
@@ -586,6 +542,7 @@ def require_hec(settings: Settings) -> Settings:
         raise ConfigError("SPLUNK_HEC_URL", "is required to deliver to Splunk")
     if not settings.hec.token:
         raise ConfigError("SPLUNK_HEC_TOKEN", "is required to deliver to Splunk")
+    require_tokens(settings.destinations)
     return settings
 
 

@@ -44,6 +44,10 @@ Delivery (``forwarder.delivery``, ``forwarder.hec``, ``forwarder.backsplash``):
     hec_url_probe_failed            an unhealthy URL's health probe failed (debug)
     ack_poll_failed                 an ack poll request failed; it is retried (debug)
     delivery_summarized             the ledger: in = acknowledged + backsplashed + dropped
+                                    (with [destinations.NAME]: destinations, a row each;
+                                    each destination's own lines carry destination=NAME)
+    backsplash_record_unrouted      push/daemon: a backsplash record names a destination the
+                                    settings lack; stored under replay-failed/
     input_unreadable                forward: the input broke midway (corrupt or truncated gzip);
                                     what was read is delivered, the rest counted as dropped
 
@@ -108,6 +112,8 @@ Replay (``forwarder.replay.engine``):
     replay_object_skipped           already done or outside the selection (debug)
     replay_object_failed            an object could not be read
     replay_record_corrupt           a line that is not a backsplash record (key, line number)
+    replay_record_unrouted          a record names a destination the settings lack; stored
+                                    under replay-failed/ (Splunk.UnknownDestination)
     replay_records_exhausted        records past --max-attempts, left in place
     replay_object_archived          moved under replayed/ (--archive)
     replay_object_deleted           deleted after success (--delete)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from transforms.options import Endpoint, TransformOptions
@@ -11,6 +11,11 @@ LogFormat = Literal["auto", "json", "console"]
 
 #: Lambda's synchronous response limit; Firehose's transform answer must fit inside it.
 LAMBDA_RESPONSE_LIMIT_BYTES = 6_291_456
+
+
+#: Requests in flight (``SPLUNK_HEC_CONCURRENCY``, a destination's ``concurrency``): a
+#: number, or ``"adaptive"``.
+Concurrency = int | Literal["adaptive"]
 
 
 @dataclass(frozen=True)
@@ -29,7 +34,7 @@ class HecSettings:
     unhealthy_cooldown_s: float = 30.0
     fallback_index: str | None = None  # events refused with code 7 are re-sent here, once
     #: Requests on the wire at once (each on a channel of its own), or ``"adaptive"``.
-    concurrency: int | Literal["adaptive"] = 1
+    concurrency: Concurrency = 1
 
 
 @dataclass(frozen=True)
@@ -87,6 +92,17 @@ class FirehoseSettings:
 
 
 @dataclass(frozen=True)
+class DestinationSettings:
+    """One ``[destinations.NAME]`` table: the top-level HEC and ack settings with the
+    table's keys replaced (``config.destinations``); the token never appears in repr."""
+
+    name: str
+    hec: HecSettings
+    acks: AckSettings
+    backsplash_prefix: str | None = None  # None: BACKSPLASH_PREFIX
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything the forwarder needs, validated; build with ``config.loader.load_settings``."""
 
@@ -98,3 +114,29 @@ class Settings:
     transform: TransformOptions = field(default_factory=TransformOptions)
     firehose: FirehoseSettings = field(default_factory=FirehoseSettings)
     log: LogSettings = field(default_factory=LogSettings)
+    #: The named destinations; the top-level HEC settings are ``default`` and not listed.
+    destinations: tuple[DestinationSettings, ...] = ()
+
+    @property
+    def destination_names(self) -> tuple[str, ...]:
+        """``default`` and every named destination, in the file's order."""
+        return ("default", *(dest.name for dest in self.destinations))
+
+    def for_destination(self, name: str) -> Settings:
+        """The full settings of one destination: these, with its HEC and ack settings and
+        backsplash prefix; ``default`` gives these settings unchanged.
+
+        Raises:
+            KeyError: no destination has that name.
+        """
+        if name == "default":
+            return self
+        for dest in self.destinations:
+            if dest.name == name:
+                backsplash = self.backsplash
+                if dest.backsplash_prefix is not None:
+                    backsplash = replace(backsplash, prefix=dest.backsplash_prefix)
+                return replace(
+                    self, hec=dest.hec, acks=dest.acks, backsplash=backsplash, destinations=()
+                )
+        raise KeyError(name)

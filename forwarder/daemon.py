@@ -71,6 +71,7 @@ from forwarder.backsplash.writers import (
     backsplash_from_settings,
 )
 from forwarder.delivery.deliverer import Deliverer
+from forwarder.delivery.destinations import Delivery, build_delivery, keeps_delivering
 from forwarder.delivery.ledger import Ledger
 from forwarder.delivery.metrics import DaemonState, MetricsServer
 from forwarder.errors import BacksplashError, FatalHecError
@@ -130,7 +131,7 @@ class Daemon:
                 use_spool=True,
             )
         )
-        self.deliverer = Deliverer(
+        self.deliverer = build_delivery(  # one Deliverer per [destinations.NAME]
             settings,
             backsplash=self.backsplash,
             clock=self._clock,
@@ -184,7 +185,7 @@ class Daemon:
 
     # ------------------------------------------------------------------ deliverers
 
-    def deliverers(self) -> list[Deliverer]:
+    def deliverers(self) -> list[Delivery]:
         """Every deliverer (the main one first, then the re-delivery ones)."""
         return [self.deliverer, *self.redeliverers.all()]
 
@@ -380,7 +381,7 @@ class Daemon:
                     cycle_records = 0
                     cycle_start = self._clock()
                     fatal = self.fatal
-                    if fatal is not None:
+                    if fatal is not None and not keeps_delivering(self.deliverer):
                         _log.critical("daemon_stopped", reason=fatal.message)
                         break
                 else:

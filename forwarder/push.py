@@ -79,6 +79,7 @@ from forwarder import aws
 from forwarder.backsplash.codec import CorruptLine
 from forwarder.backsplash.writers import BacksplashWriter, backsplash_from_settings
 from forwarder.delivery.deliverer import Deliverer
+from forwarder.delivery.destinations import Delivery, build_delivery
 from forwarder.delivery.ledger import Ledger
 from forwarder.errors import BacksplashError
 from forwarder.intake.dispatch import Intake, Redeliverers
@@ -133,8 +134,9 @@ class _Container:
     settings: Settings
     backsplash: BacksplashWriter
     client_factory: aws.ClientFactory
-    deliverer: Deliverer | None = None
-    #: Deliverers for re-delivered backsplash records, by endpoint (failures: replay-failed/).
+    deliverer: Delivery | None = None
+    #: Deliverers for re-delivered backsplash records, by endpoint and destination (failures:
+    #: replay-failed/).
     redeliverers: Redeliverers = field(init=False)
     clients: dict[str, Any] = field(default_factory=dict)
 
@@ -146,9 +148,9 @@ class _Container:
             self.clients[service] = self.client_factory(service)
         return self.clients[service]
 
-    def get_deliverer(self) -> Deliverer:
+    def get_deliverer(self) -> Delivery:
         if self.deliverer is None:
-            self.deliverer = Deliverer(self.settings, backsplash=self.backsplash, log=_log)
+            self.deliverer = build_delivery(self.settings, backsplash=self.backsplash, log=_log)
         return self.deliverer
 
     def forget_deliverers(self) -> None:
@@ -236,25 +238,29 @@ class _Invocation:
         self.objects_failed = 0
         self.objects_redelivered = 0
         self.messages_ignored = 0
-        self._redeliverers: dict[str, Deliverer] = {}
+        self._redeliverers: dict[tuple[Endpoint, str], Deliverer] = {}
         self.deadline = self._deadline()
         self.deliverer.set_deadline(self.deadline)  # every submit and the flush stop there
         self.intake = Intake(
             self.settings, self.deliverer, container.backsplash, self.redeliverer, log=_log
         )
 
-    def redeliverer(self, endpoint: Endpoint) -> Deliverer:
-        """The container's deliverer for ``endpoint``'s backsplash records, on this
-        invocation's ledger and deadline."""
-        found = self._redeliverers.get(endpoint)
+    def redeliverer(self, endpoint: Endpoint, destination: str) -> Deliverer:
+        """The container's deliverer for backsplash records for ``endpoint`` of
+        ``destination``, on this invocation's ledger and deadline.
+
+        Raises:
+            KeyError: no such destination.
+        """
+        found = self._redeliverers.get((endpoint, destination))
         if found is None:
-            found = self.container.redeliverers.get(endpoint)
+            found = self.container.redeliverers.get(endpoint, destination)
             found.use_ledger(self.deliverer.ledger)  # one ledger per invocation (thread-safe)
             found.set_deadline(self.deadline)
-            self._redeliverers[endpoint] = found
+            self._redeliverers[(endpoint, destination)] = found
         return found
 
-    def deliverers(self) -> list[Deliverer]:
+    def deliverers(self) -> list[Delivery]:
         """Every deliverer this invocation used (the main one first)."""
         return [self.deliverer, *self._redeliverers.values()]
 
@@ -442,7 +448,7 @@ def handler(event: Any, context: Any) -> dict[str, Any]:
         structlog.contextvars.unbind_contextvars("aws_request_id")
 
 
-def _check_settled(deliverers: list[Deliverer]) -> None:
+def _check_settled(deliverers: list[Delivery]) -> None:
     """After the flush: nothing pending and the (shared) ledger balanced, or
     ``LedgerUnbalancedError``."""
     pending = sum(deliverer.pending_acks for deliverer in deliverers)
@@ -460,7 +466,7 @@ def _check_settled(deliverers: list[Deliverer]) -> None:
         )
 
 
-def _discard(container: _Container, deliverer: Deliverer, exc: Exception) -> None:
+def _discard(container: _Container, deliverer: Delivery, exc: Exception) -> None:
     """Abort ``deliverer`` (backsplash what it holds) and drop it from the container."""
     if container.deliverer is deliverer:
         container.deliverer = None

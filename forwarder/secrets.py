@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import json
 import threading
+from dataclasses import replace
 from typing import Any, Final
 
 from config.errors import ConfigError
 from config.loader import with_token
 from config.logs import register_secret
-from config.settings import Settings
+from config.settings import DestinationSettings, Settings
 from forwarder import aws
 
 TOKEN_KEY: Final = "hec_token"
@@ -86,7 +87,8 @@ def get_hec_token(arn: str, client: Any = None) -> str:
 
 def resolve_token(settings: Settings, client_factory: aws.ClientFactory = aws.client) -> Settings:
     """``settings`` with the token filled in from ``SPLUNK_HEC_TOKEN_SECRET_ARN`` when they
-    name a secret and hold no token (a token given directly wins); otherwise unchanged.
+    name a secret and hold no token (a token given directly wins); otherwise unchanged. Each
+    ``[destinations.NAME]`` with a ``token_secret_arn`` gets its token likewise.
 
     Args:
         settings: loaded settings.
@@ -97,12 +99,33 @@ def resolve_token(settings: Settings, client_factory: aws.ClientFactory = aws.cl
         ConfigError: the secret cannot be read or holds no token.
     """
     arn = settings.hec.token_secret_arn
-    if settings.hec.token or not arn:
-        return settings
+    if not settings.hec.token and arn:
+        settings = with_token(settings, _token(arn, client_factory))
+    if any(not dest.hec.token for dest in settings.destinations):
+        settings = replace(
+            settings,
+            destinations=tuple(_resolved(dest, client_factory) for dest in settings.destinations),
+        )
+    return settings
+
+
+def _token(arn: str, client_factory: aws.ClientFactory) -> str:
     with _lock:
         cached = _cache.get(arn)
     client = None if cached is not None else client_factory("secretsmanager")
-    return with_token(settings, get_hec_token(arn, client))
+    return get_hec_token(arn, client)
+
+
+def _resolved(dest: DestinationSettings, client_factory: aws.ClientFactory) -> DestinationSettings:
+    """A ``[destinations.NAME]`` with its ``token_secret_arn`` read (errors name its key)."""
+    arn = dest.hec.token_secret_arn
+    if dest.hec.token or not arn:
+        return dest
+    try:
+        token = _token(arn, client_factory)
+    except ConfigError as exc:
+        raise ConfigError(f"destinations.{dest.name}.token_secret_arn", exc.problem) from None
+    return replace(dest, hec=replace(dest.hec, token=token))
 
 
 def clear_cache() -> None:

@@ -87,10 +87,12 @@ def current_settings() -> Settings:
         config.loader.ConfigError: a setting is invalid; the invocation fails loudly.
     """
     if _Loaded.settings is None:
+        from config.destinations import require_single_destination  # noqa: PLC0415
         from config.loader import load_settings  # noqa: PLC0415 - lazily, once per container
         from config.logs import configure_logging  # noqa: PLC0415
 
         settings = load_settings(os.environ)
+        require_single_destination(settings.transform.routes)  # Firehose has one destination
         configure_logging(settings.log)
         _Loaded.settings = settings
     return _Loaded.settings

@@ -19,6 +19,9 @@ DEFAULT_MAX_DECOMPRESSED_BYTES = 64 * 1024 * 1024
 #: Scalar values a ``drop`` rule's ``equals`` compares a JSON field with.
 FieldValue = str | int | float | bool
 
+#: The destination of routes that name none: the top-level HEC settings.
+DEFAULT_DESTINATION = "default"
+
 #: ``time_format`` names; anything else is an ``strptime`` pattern.
 TIME_FORMATS = ("iso8601", "epoch", "epoch_ms", "epoch_us")
 
@@ -94,6 +97,8 @@ class Route:
     flow_log_format: tuple[str, ...] | None = None
     event_format: EventFormat | None = None
     shaping: Shaping = field(default=_NO_SHAPING)
+    #: a ``[destinations.NAME]`` table's name; None: the next matching rule's, or ``default``.
+    destination: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,3 +115,13 @@ class TransformOptions:
     extra_fields: tuple[tuple[str, str], ...] = field(default=())
     #: SPLUNK_DEDUP_FIELD: the indexed field that carries each event's dedup key (None: off).
     dedup_field: str | None = None
+    #: The HEC endpoint of each named destination whose endpoint is not ``endpoint`` (its
+    #: events are shaped for it); destinations not listed use ``endpoint``.
+    destination_endpoints: tuple[tuple[str, Endpoint], ...] = ()
+
+    def endpoint_of(self, destination: str) -> Endpoint:
+        """The HEC endpoint events for ``destination`` are shaped for."""
+        for name, endpoint in self.destination_endpoints:
+            if name == destination:
+                return endpoint
+        return self.endpoint

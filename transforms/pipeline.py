@@ -19,7 +19,7 @@ from typing import NamedTuple, Protocol
 from transforms.cloudwatch import GZIP_MAGIC, decode_record, read_subscription
 from transforms.hec_event import envelope
 from transforms.hec_event import envelope as envelope_of
-from transforms.options import Endpoint, TransformOptions
+from transforms.options import DEFAULT_DESTINATION, Endpoint, TransformOptions
 from transforms.records import (
     EncodedBatch,
     EncodedEvents,
@@ -187,6 +187,8 @@ def _encode(
     unparsed = 0
     counts: dict[str, int] = {}
     texts: Sequence[str] = []
+    endpoint = options.endpoint
+    destination = DEFAULT_DESTINATION
     if envelope.is_control:
         ids = None
     else:
@@ -199,11 +201,14 @@ def _encode(
             flow_fields=flow_fields,
         )
         _, env, fmt = _plan(dest)
+        destination = dest.delivery
+        if options.destination_endpoints:  # per batch, one lookup: events match their HEC
+            endpoint = options.endpoint_of(destination)
         times: Sequence[str | None] | None = None
         bodies: list[str] | None = None
         if not dest.shaping.is_empty or dest.json_mode is not None:
             shaped = compile_shaper(dest.shaping, dest.json_mode).apply(
-                messages, ids, timestamps, flow=fmt is not None, raw=options.endpoint == "raw"
+                messages, ids, timestamps, flow=fmt is not None, raw=endpoint == "raw"
             )
             messages, ids, timestamps = shaped.messages, shaped.ids, shaped.timestamps
             times, bodies = shaped.times, shaped.bodies
@@ -212,10 +217,10 @@ def _encode(
                 "sampled": shaped.sampled,
                 "time_unparsed": shaped.time_unparsed,
             }
-        dedup = options.dedup_field if options.endpoint == "event" else None
+        dedup = options.dedup_field if endpoint == "event" else None
         if dedup is not None:
             env = envelope_of(_with_field(dest, dedup, DEDUP_MARKER))
-        if options.endpoint == "raw":
+        if endpoint == "raw":
             # Lines go untouched and the metadata rides in the query string: nothing is parsed,
             # so nothing is counted as unparsed (Splunk's sourcetype does the extraction).
             texts = raw_lines(messages)
@@ -240,7 +245,7 @@ def _encode(
             texts = with_dedup_keys(texts, ids, dest.source, key_times, messages)
     return EncodedBatch(
         origin=envelope.origin,
-        endpoint=options.endpoint,
+        endpoint=endpoint,
         events=EncodedEvents(texts, ids),
         raw_target=raw_target,
         is_control=envelope.is_control,
@@ -248,6 +253,7 @@ def _encode(
         log_group=envelope.log_group,
         log_stream=envelope.log_stream,
         owner=envelope.owner,
+        destination=destination,
         **counts,
     )
 

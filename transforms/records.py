@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from itertools import chain
 from typing import Literal, NamedTuple, TypedDict, cast, overload
 
+from transforms.options import DEFAULT_DESTINATION
+
 #: Where a record came from, which decides how it is decoded and routed.
 #: ``cloudwatch``: gzip CloudWatch Logs subscription payload;
 #: ``direct``: a flow log sent straight to Firehose as ``{"message": "<line>"}``;
@@ -265,7 +267,8 @@ class EncodedBatch:
     A control message has ``is_control`` and no events. ``filtered`` and ``sampled`` count
     the events a route's ``drop`` and ``sample`` rules removed (not in ``events``);
     ``time_unparsed`` the events whose time could not be read from the message (sent with
-    the CloudWatch time).
+    the CloudWatch time). ``destination`` names the ``[destinations.NAME]`` its route chose
+    (``default``: the top-level HEC settings); ``endpoint`` is that destination's.
     """
 
     origin: Origin
@@ -280,6 +283,7 @@ class EncodedBatch:
     filtered: int = 0
     sampled: int = 0
     time_unparsed: int = 0
+    destination: str = DEFAULT_DESTINATION
 
     @property
     def event_count(self) -> int:

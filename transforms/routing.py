@@ -37,7 +37,14 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from transforms.errors import RoutePatternError
-from transforms.options import NO_SHAPING, EventFormat, Route, Shaping, TransformOptions
+from transforms.options import (
+    DEFAULT_DESTINATION,
+    NO_SHAPING,
+    EventFormat,
+    Route,
+    Shaping,
+    TransformOptions,
+)
 from transforms.records import Origin
 from transforms.rules import JsonMode, compile_shaper
 from transforms.vpc_flow import DEFAULT_FIELDS, addon_understands
@@ -72,6 +79,8 @@ class Destination:
     ``raw`` or ``json`` for flow logs (``auto`` already decided), ``raw`` (the message as a
     string) for everything else unless a route sets ``json`` or ``auto`` (``json_mode``).
     ``shaping`` merges the matching routes' shaping rules (``transforms.rules``).
+    ``delivery`` names the ``[destinations.NAME]`` the events go to (the first matching rule
+    that names one, else ``default``: the top-level HEC settings).
     """
 
     sourcetype: str
@@ -83,6 +92,7 @@ class Destination:
     event_format: EventFormat = "raw"
     shaping: Shaping = NO_SHAPING
     json_mode: JsonMode = None
+    delivery: str = DEFAULT_DESTINATION
 
     @property
     def is_flow(self) -> bool:
@@ -199,6 +209,7 @@ class Router:
         chosen: EventFormat | None = None
         route_fields: tuple[tuple[str, str], ...] = ()
         shapings: list[Shaping] = []
+        delivery: str | None = None
         for rule in rules:
             if not rule.matches(key):
                 continue
@@ -210,6 +221,7 @@ class Router:
             configured_fields = configured_fields or route.flow_log_format
             chosen = chosen or route.event_format
             route_fields = route_fields or route.fields
+            delivery = delivery or route.destination
             if not route.shaping.is_empty:
                 shapings.append(route.shaping)
 
@@ -247,6 +259,7 @@ class Router:
             event_format=event_format,
             shaping=merge_shaping(shapings),
             json_mode=json_mode,
+            delivery=delivery or DEFAULT_DESTINATION,
         )
 
 

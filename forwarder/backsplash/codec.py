@@ -6,7 +6,9 @@ Records (DESIGN.md §6) are JSON objects, newline-separated or concatenated (Fir
 ``errorCode``, ``errorMessage``, ``attemptEndingTimestamp``, ``rawData`` (base64) and
 ``EventId`` (``lambdaArn`` instead in Firehose's ``processing-failed`` records). We add
 ``endpoint`` and, for the raw endpoint, ``source``, ``sourcetype``, ``index`` and ``host``, so
-each event goes back exactly as it was meant to go; replay adds ``replayAttempts`` and
+each event goes back exactly as it was meant to go; ``destination`` names the
+``[destinations.NAME]`` the events were meant for (absent: ``default``, the top-level HEC
+settings), so replay sends them back there; replay adds ``replayAttempts`` and
 ``replaySource``.
 
 Reading streams: memory is one read chunk plus the longest record
@@ -39,7 +41,7 @@ from forwarder.backsplash.layout import (
 from transforms.cloudwatch import GZIP_MAGIC
 from transforms.errors import TransformError
 from transforms.firehose_passthrough import unwrap
-from transforms.options import Endpoint, TransformOptions
+from transforms.options import DEFAULT_DESTINATION, Endpoint, TransformOptions
 from transforms.pipeline import transform_payload
 from transforms.records import EncodedEvent, RawTarget
 
@@ -80,6 +82,8 @@ class Failure:
         raw_target: raw-endpoint metadata, stored with each record.
         arrival_ms: when the events arrived (epoch ms, ``arrivalTimestamp``); the time of
             the write when None.
+        destination: the ``[destinations.NAME]`` the events were for (``destination``);
+            None or ``default``: not written, as before destinations existed.
     """
 
     error_code: str
@@ -88,6 +92,7 @@ class Failure:
     endpoint: Endpoint
     raw_target: RawTarget | None = None
     arrival_ms: int | None = None
+    destination: str | None = None
 
 
 def encode_records(
@@ -114,6 +119,8 @@ def encode_records(
     extra: dict[str, Any] = {"endpoint": failure.endpoint}
     if failure.endpoint == "raw" and failure.raw_target is not None:
         extra.update({k: v for k, v in failure.raw_target._asdict().items() if v is not None})
+    if failure.destination not in (None, DEFAULT_DESTINATION):
+        extra["destination"] = failure.destination
     if per_record is not None and len(per_record) != len(events):
         raise ValueError(f"{len(events)} events but {len(per_record)} per_record mappings")
     lines = [
@@ -350,6 +357,9 @@ class DecodedRecord:
     #: Events of a re-transformed payload a route's ``drop`` / ``sample`` rules removed.
     filtered: int = 0
     sampled: int = 0
+    #: The destination the events go back to: the record's ``destination`` (a re-transformed
+    #: payload: its route's), ``default`` when it names none.
+    destination: str = DEFAULT_DESTINATION
 
 
 #: ``rawData`` that starts with this is base64 of gzip (``1f 8b 08``): an original CloudWatch
@@ -543,6 +553,7 @@ def _decode_record(
             control=batch.is_control,
             filtered=batch.filtered,
             sampled=batch.sampled,
+            destination=batch.destination,
         )
     endpoint, payloads = split_hec_payload(payload, stated if isinstance(stated, str) else None)
     raw_target = None
@@ -567,4 +578,14 @@ def _decode_record(
         raw_target=raw_target,
         payload_bytes=sum(map(len, payloads)),
         event_id=event_id,
+        destination=_destination(record),
     )
+
+
+def _destination(record: Mapping[str, Any]) -> str:
+    """A record's ``destination``: a non-empty string of at most 64 characters, else
+    ``default`` (what the record names is checked against the settings by the caller)."""
+    stated = record.get("destination")
+    if isinstance(stated, str) and 0 < len(stated) <= 64:
+        return stated
+    return DEFAULT_DESTINATION

@@ -8,16 +8,19 @@
 - :class:`NullBacksplash`: nothing configured: every write fails loudly;
 - :class:`ReplayFailedBacksplash`: for re-delivered backsplash records (push, daemon,
   ``forwarder replay``): what fails again goes under ``replay-failed/``, never back where a
-  notification or the replay would read it again, with ``replayAttempts`` counted.
+  notification or the replay would read it again, with ``replayAttempts`` counted;
+- :class:`DestinationBacksplash`: a ``[destinations.NAME]``'s: any of the above, naming the
+  destination in each record (and under its ``backsplash_prefix``).
 """
 
 from __future__ import annotations
 
+import copy
 import os
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -31,6 +34,7 @@ from forwarder import aws
 from forwarder.backsplash.codec import Failure, decode_records, encode_records
 from forwarder.backsplash.layout import REPLAY_FAILED, SPLUNK_FAILED, object_key
 from forwarder.errors import BacksplashError
+from transforms.options import DEFAULT_DESTINATION
 from transforms.records import EncodedEvent
 
 if TYPE_CHECKING:
@@ -337,12 +341,14 @@ class FallbackBacksplash:
 @dataclass(frozen=True, slots=True)
 class EventOrigin:
     """Where a re-delivered event came from: its record, that record's ``arrivalTimestamp``
-    and ``replayAttempts``, and the object (``s3://bucket/key``)."""
+    and ``replayAttempts``, the object (``s3://bucket/key``), and the ``[destinations.NAME]``
+    it was for (None or ``default``: not written)."""
 
     record_no: int
     arrival_ms: int | None
     replay_attempts: int
     source: str
+    destination: str | None = None
 
 
 class ReplayFailedBacksplash:
@@ -410,6 +416,8 @@ class ReplayFailedBacksplash:
                 extra["replaySource"] = origin.source
                 if origin.arrival_ms is not None:
                     extra["arrivalTimestamp"] = origin.arrival_ms
+                if origin.destination not in (None, DEFAULT_DESTINATION):
+                    extra["destination"] = origin.destination
                 self.failed_records[origin.record_no] = (
                     self.failed_records.get(origin.record_no, 0) + 1
                 )
@@ -420,6 +428,50 @@ class ReplayFailedBacksplash:
             self.keys.append(key)
         self.events_written += len(events)
         return key
+
+
+class DestinationBacksplash:
+    """The backsplash of one ``[destinations.NAME]``: each record names the destination
+    (``destination``), so replay sends it back there; objects go under the destination's
+    ``backsplash_prefix`` when it has one (:func:`with_prefix`).
+
+    Args:
+        writer: the backsplash to write through.
+        destination: the destination's name.
+        prefix: its ``backsplash_prefix``; None: the writer's own.
+    """
+
+    def __init__(self, writer: BacksplashWriter, destination: str, prefix: str | None) -> None:
+        self.writer = writer if prefix is None else with_prefix(writer, prefix)
+        self.destination = destination
+
+    def __repr__(self) -> str:
+        return f"DestinationBacksplash({self.writer!r}, destination={self.destination!r})"
+
+    def write(self, events: Sequence[EncodedEvent], failure: Failure) -> str:
+        """Write the events with the destination named in each record.
+
+        Raises:
+            BacksplashError: the object could not be stored.
+        """
+        return self.writer.write(events, replace(failure, destination=self.destination))
+
+
+def with_prefix(writer: BacksplashWriter, prefix: str) -> BacksplashWriter:
+    """``writer`` writing under ``prefix`` (a destination's ``backsplash_prefix``): a copy of
+    an S3 bucket, spool or S3-with-spool writer with that prefix; any other writer (nothing
+    configured, replay-failed) as it is, since its keys follow its own rules."""
+    if isinstance(writer, Backsplash | LocalSpool):
+        moved = copy.copy(writer)
+        moved.prefix = prefix
+        return moved
+    if isinstance(writer, FallbackBacksplash):
+        primary = copy.copy(writer.primary)
+        primary.prefix = prefix
+        spool = copy.copy(writer.spool)
+        spool.prefix = prefix
+        return FallbackBacksplash(primary, spool)
+    return writer
 
 
 def put_under(

@@ -15,6 +15,7 @@ from forwarder.errors import AckUnavailableError, DeliveryError
 from forwarder.hec.client import HecClient
 from forwarder.hec.diagnosis import explain_failure
 from forwarder.status import ExitStatus, RunOutcome, status_for
+from transforms.options import DEFAULT_DESTINATION
 
 #: What acknowledgment on or off means for delivery, as ``check`` prints it.
 ACKS_ON: Final = (
@@ -70,7 +71,8 @@ def check(settings: Settings, out: IO[str]) -> ExitStatus:
 
     One line per finding, prefixed with the URL. A URL that cannot be reached gets one line
     saying why in plain words (connection refused, name not found, TLS certificate not
-    trusted, timed out) and no further probes.
+    trusted, timed out) and no further probes. Each ``[destinations.NAME]`` is checked after
+    the top-level HEC, under a ``destination NAME:`` line, with its own token.
 
     Returns:
         0 when all is well (acknowledgment off is reported, not an error), 4 when a URL
@@ -81,27 +83,38 @@ def check(settings: Settings, out: IO[str]) -> ExitStatus:
     out.write("settings: valid\n")
     refused = failed = False
     with requests.Session() as session:
-        for url in settings.hec.urls:
-            client = HecClient(session, settings.hec, url)
-            try:
-                outcome = client.probe_token()
-            except DeliveryError as exc:
-                reason = explain_failure(exc, url, ca_bundle=settings.hec.ca_bundle)
-                out.write(f"{url}: NOT OK: {reason}\n")
-                failed = True
-                continue
-            healthy, _code, text = client.health()
-            out.write(f"{url}: health {'OK' if healthy else 'NOT OK'} ({text})\n")
-            if not healthy:
-                failed = True
-            if outcome.action == "fatal":
-                out.write(f"{url}: token refused: {outcome.reason}\n")
-                refused = True
-                continue
-            if outcome.action != "ok":
-                out.write(f"{url}: cannot check the token: {outcome.reason}\n")
-                failed = True
-                continue
-            out.write(f"{url}: token accepted\n")
-            out.write(f"{url}: {_ack_line(settings, *_ack_state(client))}\n")
+        for name in settings.destination_names:
+            if name != DEFAULT_DESTINATION:
+                out.write(f"destination {name}:\n")
+            one_refused, one_failed = _check_urls(settings.for_destination(name), session, out)
+            refused, failed = refused or one_refused, failed or one_failed
     return status_for(RunOutcome(hec_fatal=refused, error=failed))
+
+
+def _check_urls(settings: Settings, session: requests.Session, out: IO[str]) -> tuple[bool, bool]:
+    """Probe one destination's URLs; (a token was refused, something else failed)."""
+    refused = failed = False
+    for url in settings.hec.urls:
+        client = HecClient(session, settings.hec, url)
+        try:
+            outcome = client.probe_token()
+        except DeliveryError as exc:
+            reason = explain_failure(exc, url, ca_bundle=settings.hec.ca_bundle)
+            out.write(f"{url}: NOT OK: {reason}\n")
+            failed = True
+            continue
+        healthy, _code, text = client.health()
+        out.write(f"{url}: health {'OK' if healthy else 'NOT OK'} ({text})\n")
+        if not healthy:
+            failed = True
+        if outcome.action == "fatal":
+            out.write(f"{url}: token refused: {outcome.reason}\n")
+            refused = True
+            continue
+        if outcome.action != "ok":
+            out.write(f"{url}: cannot check the token: {outcome.reason}\n")
+            failed = True
+            continue
+        out.write(f"{url}: token accepted\n")
+        out.write(f"{url}: {_ack_line(settings, *_ack_state(client))}\n")
+    return refused, failed

@@ -28,7 +28,7 @@ from config.loader import require_hec
 from config.settings import Settings
 from forwarder.backsplash.writers import backsplash_from_settings
 from forwarder.commands.context import CommandContext, add_common_arguments, add_input_arguments
-from forwarder.delivery.deliverer import Deliverer
+from forwarder.delivery.destinations import Delivery, build_delivery, member
 from forwarder.delivery.ledger import Ledger
 from forwarder.errors import BacksplashError
 from forwarder.intake.inputs import INPUT_ERRORS, Failure, input_names, read_units
@@ -53,7 +53,7 @@ def forward_stream(
     log_group: str | None = None,
     log_stream: str | None = None,
     stop: threading.Event | None = None,
-    deliverer: Deliverer | None = None,
+    deliverer: Delivery | None = None,
     grace_s: float = 30.0,
 ) -> ForwardReport:
     """Transform and deliver everything in ``stream``; the ledger balances on return.
@@ -64,13 +64,14 @@ def forward_stream(
         log_group: routing name for text inputs.
         log_stream: routing name for text inputs.
         stop: set on shutdown: stop reading, flush within ``grace_s``, backsplash the rest.
-        deliverer: an engine to use (tests, benchmarks); built from settings when None.
+        deliverer: an engine to use (tests, benchmarks); built from settings when None (one
+            deliverer per ``[destinations.NAME]``, each batch to its route's).
         grace_s: how long acknowledgments may take after a stop request.
     """
     stop = stop or threading.Event()
     log = structlog.get_logger("forwarder.commands.forward")
     if deliverer is None:
-        deliverer = Deliverer(
+        deliverer = build_delivery(
             settings,
             backsplash=backsplash_from_settings(settings.backsplash, use_spool=True),
             stop_event=stop,
@@ -92,7 +93,7 @@ def forward_stream(
                     continue
                 unparsed += unit.unparsed
                 ledger.shaped(unit.filtered, unit.sampled, unit.time_unparsed)
-                deliverer.submit(unit.events, unit.raw_target)
+                member(deliverer, unit.destination).submit(unit.events, unit.raw_target)
                 if stop.is_set():
                     break
         except INPUT_ERRORS as exc:
@@ -181,6 +182,9 @@ def print_report(report: ForwardReport, out: IO[str], *, as_json: bool) -> None:
         ("ack polls", summary["ack_polls"]),
         ("balanced", "yes" if summary["balanced"] else "NO"),
     ]  # fmt: skip
+    for name, row in summary.get("destinations", {}).items():
+        rows.append((f"destination {name}", f"{row['events_in']} in, {row['acknowledged']} "
+                     f"acknowledged, {row['backsplashed']} backsplashed"))  # fmt: skip
     if report.fatal:
         rows.append(("HEC refused the token or channel", "see the hec_fatal log line"))
     if report.backsplash_error:

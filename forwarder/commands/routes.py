@@ -82,6 +82,13 @@ def describe_settings(settings: Settings) -> list[str]:
         f"dedup field: {options.dedup_field or 'off'}; "
         f"fallback index for code 7: {settings.hec.fallback_index or 'off'}"
     )
+    for dest in settings.destinations:  # tokens are never shown
+        hec = dest.hec
+        lines.append(
+            f"destination {dest.name}: {', '.join(hec.urls)}; endpoint {hec.endpoint}; "
+            f"acks {'on' if dest.acks.enabled else 'off'}; "
+            f"backsplash prefix {dest.backsplash_prefix or settings.backsplash.prefix or '(none)'}"
+        )
     return lines
 
 
@@ -105,6 +112,8 @@ def describe_route(route: Route) -> str:
     if route.event_format is not None:
         actions.append(f"event format {route.event_format}")
     actions.extend(_shaping(route.shaping))
+    if route.destination is not None:
+        actions.append(f"deliver to destination {route.destination}")
     return f"{when}: {'; '.join(actions)}"
 
 

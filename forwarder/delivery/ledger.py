@@ -4,6 +4,11 @@
 is 0 and the ledger *balances*. Events whose backsplash write failed stay in flight (they are
 neither delivered nor stored: the caller must fail loudly). Counts are per event unless named
 otherwise (requests, polls and resends count HTTP requests and batches). Thread-safe.
+
+With ``[destinations.NAME]`` tables each destination's deliverer counts on its own row,
+:meth:`Ledger.destination`, whose counts add up into the ledger it came from: the totals
+stay what they always were, and the summary gains ``destinations`` (one row per name, each
+balancing by itself). A ledger no destination row was taken from has no ``destinations``.
 """
 
 from __future__ import annotations
@@ -78,11 +83,28 @@ class Ledger:
     time_unparsed: int
     fallback_index_resent: int
 
-    def __init__(self) -> None:
+    def __init__(self, *, parent: Ledger | None = None) -> None:
         self._lock = threading.Lock()
         for name in _COUNTERS:
             setattr(self, name, 0)
         self.dropped: dict[str, int] = {}
+        self._parent = parent
+        self._rows: dict[str, Ledger] = {}
+
+    def destination(self, name: str) -> Ledger:
+        """The row of destination ``name`` (made on first use): what is counted on it is
+        counted on this ledger too."""
+        with self._lock:
+            row = self._rows.get(name)
+            if row is None:
+                row = self._rows[name] = Ledger(parent=self)
+            return row
+
+    @property
+    def destinations(self) -> dict[str, Ledger]:
+        """The destination rows taken so far, by name."""
+        with self._lock:
+            return dict(self._rows)
 
     def add(self, **counts: int) -> None:
         """Add to counters atomically: ``ledger.add(requests=1, bytes_sent=n)``.
@@ -95,12 +117,16 @@ class Ledger:
                 if name not in _COUNTERS:
                     raise AttributeError(f"unknown ledger counter {name!r}")
                 setattr(self, name, getattr(self, name) + n)
+        if self._parent is not None:
+            self._parent.add(**counts)
 
     def drop(self, reason: str, count: int = 1) -> None:
         """Record events that came in and were dropped on purpose (counts them in, too)."""
         with self._lock:
             self.events_in += count
             self.dropped[reason] = self.dropped.get(reason, 0) + count
+        if self._parent is not None:
+            self._parent.drop(reason, count)
 
     def shaped(self, filtered: int, sampled: int, time_unparsed: int) -> None:
         """Count what a batch's shaping rules did: events dropped by ``drop`` (``filtered``)
@@ -111,6 +137,8 @@ class Ledger:
                     self.events_in += count
                     self.dropped[reason] = self.dropped.get(reason, 0) + count
             self.time_unparsed += time_unparsed
+        if self._parent is not None:
+            self._parent.shaped(filtered, sampled, time_unparsed)
 
     @property
     def dropped_total(self) -> int:
@@ -127,10 +155,14 @@ class Ledger:
         return self.in_flight == 0
 
     def summary(self) -> dict[str, Any]:
-        """All counters as a dict (``dropped`` by reason), plus ``in_flight`` and ``balanced``."""
+        """All counters as a dict (``dropped`` by reason), plus ``in_flight`` and ``balanced``;
+        and ``destinations`` (name: that row's summary) once a destination row was taken."""
         with self._lock:
             data: dict[str, Any] = {name: getattr(self, name) for name in _COUNTERS}
             data["dropped"] = dict(self.dropped)
+            rows = dict(self._rows)
+        if rows:
+            data["destinations"] = {name: row.summary() for name, row in rows.items()}
         data["in_flight"] = (
             data["events_in"]
             - data["acknowledged"]

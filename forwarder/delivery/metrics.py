@@ -12,7 +12,9 @@ Counters are read from the delivery ledger at scrape time, so the metrics *are* 
 ``forwarder_retries_total``, ``forwarder_resends_total``, ``forwarder_duplicates_possible_total``,
 ``forwarder_requests_total``, ``forwarder_backsplash_failed_total``,
 ``forwarder_fallback_index_resent_total`` (events re-sent to ``SPLUNK_FALLBACK_INDEX``),
-``forwarder_source_errors_total{operation,kind}`` (failed source operations, each retried); gauges
+``forwarder_source_errors_total{operation,kind}`` (failed source operations, each retried),
+``forwarder_destination_events_total{destination,outcome}`` (only with ``[destinations.NAME]``
+tables: ``in``, ``acknowledged``, ``backsplashed`` per destination, ``default`` included); gauges
 ``forwarder_pending_acks``, ``forwarder_events_in_flight``, ``forwarder_source_lag_seconds``,
 ``forwarder_spool_objects``, ``forwarder_spool_bytes``, ``forwarder_ready``,
 ``forwarder_hec_concurrency`` (requests allowed on the wire: ``SPLUNK_HEC_CONCURRENCY``, or the
@@ -35,6 +37,13 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from forwarder.delivery.ledger import Ledger
+
+#: The ``outcome`` label of ``forwarder_destination_events_total`` and its ledger counter.
+_DESTINATION_OUTCOMES: Final = (
+    ("in", "events_in"),
+    ("acknowledged", "acknowledged"),
+    ("backsplashed", "backsplashed"),
+)
 
 #: How often the server loop checks for a shutdown request: bounds :meth:`MetricsServer.stop`.
 _POLL_INTERVAL_S: Final = 0.05
@@ -166,6 +175,17 @@ class _LedgerCollector(Collector):
         for reason, count in sorted(data["dropped"].items()):
             dropped.add_metric([reason], count)
         yield dropped
+        rows = data.get("destinations")
+        if rows:  # only with [destinations.NAME] tables: one deliverer per destination
+            by_destination = CounterMetricFamily(
+                "forwarder_destination_events",
+                "Events per destination: in, acknowledged, backsplashed.",
+                labels=["destination", "outcome"],
+            )
+            for destination, row in sorted(rows.items()):
+                for outcome, key in _DESTINATION_OUTCOMES:
+                    by_destination.add_metric([destination, outcome], row[key])
+            yield by_destination
         yield CounterMetricFamily(
             "forwarder_checkpoints", "Checkpoints committed.", value=state.checkpoints
         )

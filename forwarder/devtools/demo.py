@@ -29,7 +29,7 @@ from forwarder import aws
 from forwarder.backsplash.writers import Backsplash
 from forwarder.commands.context import CommandContext
 from forwarder.daemon import run_daemon_demo
-from forwarder.delivery.deliverer import Deliverer
+from forwarder.delivery.destinations import build_delivery, member
 from forwarder.devtools.emulator import FaultPlan, HecEmulator
 from forwarder.devtools.synthetic import control_payload, firehose_event, flow_log_payloads
 from forwarder.replay.engine import replay
@@ -197,11 +197,11 @@ def stage_firehose(printer: Printer, payloads: list[bytes], hec_url: str) -> Non
 
 def _deliver(settings: Settings, s3: Any, payloads: list[bytes]) -> dict[str, Any]:
     backsplash = Backsplash(s3, DEMO_BUCKET, settings.backsplash.prefix)
-    with Deliverer(settings, backsplash=backsplash) as deliverer:
+    with build_delivery(settings, backsplash=backsplash) as deliverer:
         for payload in payloads:
             batch = transform_payload(payload, settings.transform)
             deliverer.ledger.shaped(batch.filtered, batch.sampled, batch.time_unparsed)
-            deliverer.submit(batch.events, batch.raw_target)
+            member(deliverer, batch.destination).submit(batch.events, batch.raw_target)
     summary: dict[str, Any] = deliverer.ledger.summary()
     return summary
 

@@ -5,9 +5,11 @@ what cannot be delivered stored or counted (the push Lambda and the daemon share
 - A payload or lines the transform refuses are stored under ``processing-failed/``
   (:func:`store_unprocessable`), counted backsplashed and logged ``record_unprocessable``.
 - A CloudWatch Logs control message is counted dropped (``control_message``).
-- A backsplash record goes to the deliverer of the endpoint it names, built by
-  :class:`Redeliverers`: the configured HEC with that endpoint, whose backsplash writes under
-  ``replay-failed/`` (``replayAttempts: 1``), never ``splunk-failed/``, on the same ledger.
+- A backsplash record goes to the deliverer of the destination and endpoint it names, built
+  by :class:`Redeliverers`: that destination's HEC with that endpoint, whose backsplash writes
+  under ``replay-failed/`` (``replayAttempts: 1``), never ``splunk-failed/``, on the same
+  ledger. A record naming a destination the settings do not have is stored under
+  ``replay-failed/`` at once (``Splunk.UnknownDestination``), counted backsplashed.
 - A corrupt backsplash record is dropped (``backsplash_record_corrupt``) and logged with its
   key and line; a line too long to read is dropped (``line_too_long``, logged ``line_dropped``).
 """
@@ -22,12 +24,18 @@ from typing import Any
 from config.settings import Settings
 from forwarder.backsplash.codec import DecodedRecord, Failure, encode_records
 from forwarder.backsplash.objects import CORRUPT_RECORD
-from forwarder.backsplash.writers import BacksplashWriter, ReplayFailedBacksplash, put_under
+from forwarder.backsplash.writers import (
+    BacksplashWriter,
+    DestinationBacksplash,
+    ReplayFailedBacksplash,
+    put_under,
+)
 from forwarder.delivery.deliverer import Deliverer
+from forwarder.delivery.destinations import Delivery, member
 from forwarder.delivery.ledger import Ledger
 from forwarder.intake.lines import LINE_TOO_LONG
 from transforms.errors import TransformError
-from transforms.options import Endpoint
+from transforms.options import DEFAULT_DESTINATION, Endpoint
 from transforms.pipeline import EncodedBatch, transform_lines, transform_payload
 from transforms.records import EncodedEvent, Origin
 
@@ -83,31 +91,35 @@ class Redeliverers:
     log: Any
     clock: Callable[[], float] = time.monotonic
     prepare: Callable[[Deliverer], None] | None = None
-    _by_endpoint: dict[Endpoint, Deliverer] = field(default_factory=dict, init=False)
+    _by_endpoint: dict[tuple[Endpoint, str], Deliverer] = field(default_factory=dict, init=False)
 
-    def get(self, endpoint: Endpoint) -> Deliverer:
-        """The deliverer for records meant for ``endpoint``."""
-        found = self._by_endpoint.get(endpoint)
+    def get(self, endpoint: Endpoint, destination: str = DEFAULT_DESTINATION) -> Deliverer:
+        """The deliverer for records meant for ``endpoint`` of ``destination``.
+
+        Raises:
+            KeyError: the settings have no such destination.
+        """
+        found = self._by_endpoint.get((endpoint, destination))
         if found is None:
-            settings = self.settings
+            settings = self.settings.for_destination(destination)
             if settings.hec.endpoint != endpoint:
                 settings = replace(settings, hec=replace(settings.hec, endpoint=endpoint))
-            found = Deliverer(
-                settings,
-                backsplash=ReplayFailedBacksplash(self.backsplash),
-                clock=self.clock,
-                log=self.log.bind(redelivery=endpoint),
-            )
+            log = self.log.bind(redelivery=endpoint)
+            writer: BacksplashWriter = ReplayFailedBacksplash(self.backsplash)
+            if destination != DEFAULT_DESTINATION:
+                writer = DestinationBacksplash(writer, destination, None)
+                log = log.bind(destination=destination)
+            found = Deliverer(settings, backsplash=writer, clock=self.clock, log=log)
             if self.prepare is not None:
                 self.prepare(found)
-            self._by_endpoint[endpoint] = found
+            self._by_endpoint[(endpoint, destination)] = found
         return found
 
     def all(self) -> list[Deliverer]:
         """Every deliverer built so far."""
         return list(self._by_endpoint.values())
 
-    def remove(self, deliverer: Deliverer) -> None:
+    def remove(self, deliverer: Delivery) -> None:
         """Forget ``deliverer`` (the next record for its endpoint builds a new one)."""
         for endpoint, found in list(self._by_endpoint.items()):
             if found is deliverer:
@@ -126,17 +138,18 @@ class Intake:
 
     Args:
         settings: transform options and the HEC endpoint (stored with unprocessable input).
-        deliverer: the main deliverer; its ledger is the one every outcome is counted on.
+        deliverer: the main delivery (one deliverer, or one per destination); its ledger is
+            the one every outcome is counted on.
         backsplash: where unprocessable input is stored.
-        redeliverer: the deliverer for backsplash records meant for an endpoint (it must
-            count on the same ledger).
+        redeliverer: the deliverer for backsplash records meant for an endpoint of a
+            destination the settings have (it must count on the same ledger).
         log: a structlog logger (the entry point's).
     """
 
     settings: Settings
-    deliverer: Deliverer
+    deliverer: Delivery
     backsplash: BacksplashWriter
-    redeliverer: Callable[[Endpoint], Deliverer]
+    redeliverer: Callable[[Endpoint, str], Deliverer]
     _: KW_ONLY
     log: Any
     #: Corrupt backsplash records dropped.
@@ -154,7 +167,7 @@ class Intake:
             return
         self.ledger.shaped(batch.filtered, batch.sampled, batch.time_unparsed)
         if batch.events:
-            self.deliverer.submit(batch.events, batch.raw_target)
+            member(self.deliverer, batch.destination).submit(batch.events, batch.raw_target)
 
     def payload(self, data: bytes) -> None:
         """A CloudWatch Logs payload (awslogs, a Kinesis record).
@@ -202,8 +215,35 @@ class Intake:
         self.ledger.shaped(decoded.filtered, decoded.sampled, 0)
         if decoded.control:
             self.ledger.drop("control_message")
+        elif decoded.destination not in self.settings.destination_names:
+            self.unknown_destination(decoded)
         elif decoded.events:
-            self.redeliverer(decoded.endpoint).submit(decoded.events, decoded.raw_target)
+            found = self.redeliverer(decoded.endpoint, decoded.destination)
+            found.submit(decoded.events, decoded.raw_target)
+
+    def unknown_destination(self, decoded: DecodedRecord) -> None:
+        """A backsplash record naming a destination the settings lack: stored under
+        ``replay-failed/`` as it is (``Splunk.UnknownDestination``), counted backsplashed.
+
+        Raises:
+            BacksplashError: nowhere to store it.
+        """
+        count = len(decoded.events)
+        if not count:
+            return
+        message = f"no [destinations.{decoded.destination}] in the settings"
+        failure = Failure(
+            "Splunk.UnknownDestination",
+            message,
+            0,
+            decoded.endpoint,
+            decoded.raw_target,
+            decoded.arrival_ms,
+            decoded.destination,
+        )
+        ReplayFailedBacksplash(self.backsplash).write(decoded.events, failure)
+        self.ledger.add(events_in=count, backsplashed=count, backsplash_objects=1)
+        self.log.error("backsplash_record_unrouted", destination=decoded.destination, events=count)
 
     def corrupt_record(
         self, bucket: str | None, key: str | None, line: int | None, reason: str | None

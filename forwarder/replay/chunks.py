@@ -15,10 +15,13 @@ from typing import Any, Literal
 import structlog
 from botocore.exceptions import BotoCoreError, ClientError
 
+from config.settings import Settings
 from forwarder.backsplash.codec import (
     READ_CHUNK_BYTES,
     CorruptLine,
     CorruptRecordError,
+    DecodedRecord,
+    Failure,
     RawRecord,
     decode_record,
     iter_records,
@@ -30,11 +33,12 @@ from forwarder.backsplash.writers import EventOrigin
 from forwarder.errors import BacksplashError
 from forwarder.replay.dispose import dispose
 from forwarder.replay.firehose import firehose_record
+from forwarder.replay.options import ReplayOptions
 from forwarder.replay.state import HandledRecords, LeaseLostError, ObjectId, Outcome, Row
 from forwarder.replay.state_store import LeaseKeeper
 from forwarder.replay.worker import ByteCounter, ListedObject, Run, Worker
 from forwarder.status import describe, is_user_mistake
-from transforms.options import Endpoint
+from transforms.options import DEFAULT_DESTINATION, Endpoint
 from transforms.records import EncodedEvent, RawTarget
 
 _log = structlog.get_logger("forwarder.replay.chunks")
@@ -42,7 +46,8 @@ _log = structlog.get_logger("forwarder.replay.chunks")
 
 @dataclass(slots=True)
 class _Chunk:
-    """Records between two commits. Events are buffered per endpoint and raw target and
+    """Records between two commits. Events are buffered per destination, endpoint and raw
+    target and
     handed to the deliverers a batch's worth at a time (one ``submit`` per record would cost
     more than the send); ``rows`` are the records whose events were all submitted."""
 
@@ -52,7 +57,7 @@ class _Chunk:
     pending_rows: list[Row] = field(default_factory=list)
     pending_events: int = 0
     pending_bytes: int = 0
-    groups: dict[tuple[Endpoint, RawTarget | None], list[EncodedEvent]] = field(
+    groups: dict[tuple[str, Endpoint, RawTarget | None], list[EncodedEvent]] = field(
         default_factory=dict
     )
 
@@ -219,6 +224,11 @@ def _replay_claimed(
         complete = False
         refused = "HEC refused delivery" if options.via_firehose is None else "Firehose refused"
         log.error("replay_stopped", reason=refused, error=fatal)
+    else:
+        refused_one = worker.refused()  # one destination refused, the others deliver
+        if refused_one is not None:
+            with shared.lock:
+                report.fatal = report.fatal or refused_one
     if read_error is not None:
         with shared.lock:
             report.objects_failed += 1
@@ -337,9 +347,20 @@ def _replay_record(
             shared.limiter.acquire(count)
         worker.writer.expect(
             decoded.events,
-            EventOrigin(item.record_no, decoded.arrival_ms, decoded.replay_attempts, source),
+            EventOrigin(
+                item.record_no,
+                decoded.arrival_ms,
+                decoded.replay_attempts,
+                source,
+                decoded.destination,
+            ),
         )
-        chunk.groups.setdefault((decoded.endpoint, decoded.raw_target), []).extend(decoded.events)
+        unrouted = _why_unrouted(decoded.destination, shared.settings, options)
+        if unrouted is None:
+            key = (decoded.destination, decoded.endpoint, decoded.raw_target)
+            chunk.groups.setdefault(key, []).extend(decoded.events)
+        else:
+            _unrouted(worker, decoded, unrouted)
     outcome: Outcome = "delivered" if options.via_firehose is None else "handed-to-firehose"
     chunk.pending_rows.append((item.record_no, decoded.event_id, count, outcome))
     chunk.pending_events += count
@@ -350,13 +371,48 @@ def _replay_record(
     return "sent"
 
 
+def _why_unrouted(destination: str, settings: Settings, options: ReplayOptions) -> str | None:
+    """Why a record's events cannot go to the destination it names, or None."""
+    if destination not in settings.destination_names:
+        return f"no [destinations.{destination}] in the settings"
+    if options.via_firehose is not None and destination != DEFAULT_DESTINATION:
+        # Firehose delivers to its one Splunk: another estate's events must not go there.
+        return f"--via-firehose reaches the default destination only, not {destination}"
+    return None
+
+
+def _unrouted(worker: Worker, decoded: DecodedRecord, message: str) -> None:
+    """A record whose destination cannot be reached (:func:`_why_unrouted`): its events are
+    stored under ``replay-failed/`` at once (``Splunk.UnknownDestination``), counted
+    backsplashed.
+
+    Raises:
+        BacksplashError: the object could not be stored.
+    """
+    count = len(decoded.events)
+    failure = Failure(
+        "Splunk.UnknownDestination",
+        message,
+        0,
+        decoded.endpoint,
+        decoded.raw_target,
+        decoded.arrival_ms,
+        decoded.destination,
+    )
+    worker.writer.write(decoded.events, failure)
+    worker.shared.ledger.add(events_in=count, backsplashed=count, backsplash_objects=1)
+    _log.error(
+        "replay_record_unrouted", destination=decoded.destination, events=count, reason=message
+    )
+
+
 def _submit(worker: Worker, chunk: _Chunk) -> None:
     """Hand the buffered events to the deliverers (full batches go out now)."""
     groups, rows, count = chunk.groups, chunk.pending_rows, chunk.pending_events
     chunk.groups, chunk.pending_rows = {}, []
     chunk.pending_events = chunk.pending_bytes = 0
-    for (endpoint, raw_target), events in groups.items():
-        worker.deliverer(endpoint).submit(events, raw_target)
+    for (destination, endpoint, raw_target), events in groups.items():
+        worker.deliverer(endpoint, destination).submit(events, raw_target)
     chunk.rows.extend(rows)
     chunk.events += count
     with worker.shared.lock:

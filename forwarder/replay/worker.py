@@ -20,7 +20,7 @@ from forwarder.replay.options import ReplayOptions, Selection, StateSpec
 from forwarder.replay.report import Progress, ReplayReport
 from forwarder.replay.state import StateStore
 from forwarder.replay.state_store import LeaseKeeper, open_state
-from transforms.options import Endpoint
+from transforms.options import DEFAULT_DESTINATION, Endpoint
 from transforms.records import EncodedEvent, RawTarget
 
 if TYPE_CHECKING:
@@ -161,15 +161,20 @@ class Worker:
             clock=shared.wall_clock,
             tracked=True,
         )
-        self.deliverers: dict[str, Sink] = {}
+        self.deliverers: dict[tuple[str, Endpoint], Sink] = {}
 
-    def deliverer(self, endpoint: Endpoint) -> Sink:
-        found = self.deliverers.get(endpoint)
+    def deliverer(self, endpoint: Endpoint, destination: str = DEFAULT_DESTINATION) -> Sink:
+        """The sink for ``endpoint`` of ``destination`` (its settings: ``for_destination``).
+
+        Raises:
+            KeyError: the settings have no such destination.
+        """
+        found = self.deliverers.get((destination, endpoint))
         if found is None:
-            settings = self.shared.settings
+            settings = self.shared.settings.for_destination(destination)
             settings = replace(settings, hec=replace(settings.hec, endpoint=endpoint))
             found = self.shared.deliverer_factory(settings, backsplash=self.writer)
-            self.deliverers[endpoint] = found
+            self.deliverers[(destination, endpoint)] = found
         return found
 
     def lease_lost(self) -> bool:
@@ -177,6 +182,19 @@ class Worker:
         return self.lease is not None and self.lease.lost.is_set()
 
     def fatal(self) -> str | None:
+        """A fatal error that stops this worker: every destination it sends to has one (a
+        destination refused alone gets its events stored under replay-failed/, see
+        :meth:`refused`)."""
+        by_destination: dict[str, str | None] = {}
+        for (destination, _), deliverer in self.deliverers.items():
+            error = deliverer.fatal.message if deliverer.fatal is not None else None
+            if by_destination.get(destination) is None:
+                by_destination[destination] = error
+        errors = list(by_destination.values())
+        return errors[0] if errors and all(errors) else None
+
+    def refused(self) -> str | None:
+        """The first fatal error of any destination (for the report and exit status)."""
         for deliverer in self.deliverers.values():
             if deliverer.fatal is not None:
                 return deliverer.fatal.message
@@ -186,13 +204,16 @@ class Worker:
         """Close the deliverers (``flush=False`` after a failed chunk: nothing more is sent,
         so nothing is delivered that the state does not record) and the state."""
         try:
-            for deliverer in self.deliverers.values():
+            for (destination, _), deliverer in self.deliverers.items():
                 if flush:
                     deliverer.close(summarize=False)
                 else:
                     deliverer.release()  # stop its I/O thread; the chunk is retried next run
                 summary = deliverer.ledger.summary()
-                self.shared.ledger.add(
+                ledger = self.shared.ledger
+                if self.shared.settings.destinations:  # a row per destination (adds up)
+                    ledger = ledger.destination(destination)
+                ledger.add(
                     **{
                         name: value
                         for name, value in summary.items()

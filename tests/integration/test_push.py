@@ -14,6 +14,7 @@ from forwarder import push
 from forwarder.backsplash.codec import Failure
 from forwarder.backsplash.objects import CORRUPT_RECORD
 from forwarder.backsplash.writers import Backsplash, ReplayFailedBacksplash
+from forwarder.delivery.deliverer import Deliverer
 from forwarder.delivery.work import Work
 from forwarder.devtools.emulator import FaultPlan, HecEmulator
 from forwarder.devtools.synthetic import FlowLogGenerator, cloudwatch_payload, control_payload
@@ -375,6 +376,7 @@ def test_unbalanced_ledger_after_flush_fails_the_invocation(
     emulator.set_faults(FaultPlan(ack_delay_s=3600))
     container = push._get_container()
     deliverer = container.get_deliverer()
+    assert isinstance(deliverer, Deliverer)  # one destination: the one deliverer
 
     def flush(deadline: float | None = None) -> None:
         # A broken flush: sends the partial batch, does not wait for its ack.

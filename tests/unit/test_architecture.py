@@ -51,6 +51,7 @@ LAZY_ALLOWED: dict[tuple[str, str], str] = {
     ("transforms.firehose", "transforms.reingest"): "reingest loads boto3, needed only on reingest",
     ("transforms.firehose", "config.loader"): "the handler loads settings once per container",
     ("transforms.firehose", "config.logs"): "the handler configures logging once per container",
+    ("transforms.firehose", "config.destinations"): "the handler checks its routes at start-up",
     ("config.loader", "transforms.errors"): "loaded only when a flow format is set",
     (
         "config.loader",

@@ -243,7 +243,8 @@ def make_intake(
     main = FakeDeliverer()
     others: dict[Endpoint, FakeDeliverer] = {}
 
-    def redeliverer(endpoint: Endpoint) -> Deliverer:
+    def redeliverer(endpoint: Endpoint, destination: str) -> Deliverer:
+        assert destination in settings.destination_names
         return cast(Deliverer, others.setdefault(endpoint, FakeDeliverer(main.ledger)))
 
     intake = Intake(
@@ -320,6 +321,24 @@ def test_backsplash_records_go_to_the_deliverer_of_their_endpoint_on_one_ledger(
     summary = main.ledger.summary()
     # 4 submitted to the re-delivery deliverers, 1 control message counted in and dropped
     assert summary["events_in"] == 5 and summary["dropped"] == {"control_message": 1}
+
+
+def test_a_record_for_an_unknown_destination_is_stored_under_replay_failed(
+    settings: Settings, spool: LocalSpool
+) -> None:
+    intake, main, others = make_intake(settings, spool)
+    record = replace(decoded("event", 2), destination="gone")
+    with capture_logs() as logs:
+        intake.backsplash_record(record)
+    assert others == {}
+    stored = spooled(spool, "replay-failed")
+    assert len(stored) == 2
+    assert {r["errorCode"] for r in stored} == {"Splunk.UnknownDestination"}
+    assert {r["destination"] for r in stored} == {"gone"}
+    assert {r["replayAttempts"] for r in stored} == {1}
+    summary = main.ledger.summary()
+    assert (summary["events_in"], summary["backsplashed"], summary["balanced"]) == (2, 2, True)
+    assert [e["event"] for e in logs if e["log_level"] == "error"] == ["backsplash_record_unrouted"]
 
 
 def test_corrupt_records_and_long_lines_are_counted_dropped_and_logged(

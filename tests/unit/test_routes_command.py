@@ -117,3 +117,36 @@ def test_the_file_comes_from_forwarder_config_too(tmp_path: Path) -> None:
     out = io.StringIO()
     assert cli.main(["routes", "check"], {"FORWARDER_CONFIG": str(config)}, out) == 0
     assert "1. origin s3: host {log_group}" in out.getvalue()
+
+
+def test_destinations_are_listed_without_their_tokens(tmp_path: Path) -> None:
+    text = (
+        'backsplash_prefix = "failed/"\n'
+        "[destinations.security]\n"
+        'hec_url = ["https://sec-1.example.com:8088", "https://sec-2.example.com:8088"]\n'
+        'token = "s3cr3t-security-token"\n'
+        'endpoint = "raw"\n'
+        "ack = false\n"
+        "[[routes]]\n"
+        'log_group = "/aws/cloudtrail*"\n'
+        'destination = "security"\n'
+    )
+    status, out = check(tmp_path, text)
+    assert status == 0, out
+    lines = out.splitlines()
+    assert "  1. log group /aws/cloudtrail* (glob): deliver to destination security" in lines
+    assert lines[-1] == (
+        "destination security: https://sec-1.example.com:8088, https://sec-2.example.com:8088; "
+        "endpoint raw; acks off; backsplash prefix failed/"
+    )
+    assert "s3cr3t" not in out
+
+
+def test_a_route_naming_an_unknown_destination_exits_2_naming_the_rule(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = '[[routes]]\nindex = "a"\n[[routes]]\nlog_group = "/x"\ndestination = "secops"\n'
+    status, out = check(tmp_path, text)
+    assert (status, out) == (2, "")
+    (line,) = capsys.readouterr().err.splitlines()
+    assert "routes[2].destination: no [destinations.secops] table; known: default" in line

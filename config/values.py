@@ -1,0 +1,79 @@
+"""Value parsers shared by the settings loader and the ``[destinations.NAME]`` tables:
+``(key, raw) -> value``, each raising ``ConfigError`` naming the key (never echoing a token)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from config.errors import ConfigError
+
+_COLLECTOR_PATH = re.compile(r"/services/collector(/(event|raw|ack|health)(/1\.0)?)?/?$")
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+
+def shown(raw: str) -> str:
+    """``raw`` for an error message, cut to 80 characters."""
+    return repr(raw if len(raw) <= 80 else raw[:77] + "...")
+
+
+def parse_bool(key: str, raw: str) -> bool:
+    """Parse true/false, 1/0, yes/no, on/off (any case)."""
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ConfigError(key, f"expected true or false, got {shown(raw)}")
+
+
+def parse_hec_urls(key: str, raw: str) -> tuple[str, ...]:
+    """Split a comma-separated list of HEC base URLs, dropping any collector path."""
+    urls = []
+    for part in raw.split(","):
+        url = part.strip()
+        if not url:
+            continue
+        pieces = urlsplit(url)
+        if pieces.scheme not in ("http", "https") or not pieces.hostname:
+            raise ConfigError(
+                key, f"each URL must look like https://splunk.example.com:8088, got {shown(url)}"
+            )
+        if pieces.username or pieces.password:
+            raise ConfigError(key, "credentials do not belong in the URL; use SPLUNK_HEC_TOKEN")
+        path = _COLLECTOR_PATH.sub("", pieces.path).rstrip("/")
+        urls.append(f"{pieces.scheme}://{pieces.netloc}{path}")
+    if not urls:
+        raise ConfigError(key, "must name at least one URL")
+    return tuple(dict.fromkeys(urls))
+
+
+def parse_token(key: str, raw: str) -> str:
+    """Accept a HEC token without ever echoing it back in an error."""
+    token = raw.strip()
+    if not token:
+        raise ConfigError(key, "must not be empty")
+    if any(ch.isspace() for ch in token) or not token.isprintable():
+        raise ConfigError(key, "must not contain spaces or control characters (value hidden)")
+    return token
+
+
+def parse_prefix(key: str, raw: str) -> str:
+    """Normalise an S3 key prefix so that it is empty or ends with '/'."""
+    prefix = raw.strip().lstrip("/")
+    return prefix if not prefix or prefix.endswith("/") else prefix + "/"
+
+
+def parse_existing_file(key: str, raw: str) -> str:
+    """A path that must name a readable file (CA bundles)."""
+    try:
+        path = Path(raw.strip()).expanduser()
+        found = path.is_file()
+    except (OSError, ValueError, RuntimeError) as exc:  # a name too long, a NUL, ~nobody
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError(key, f"cannot use {shown(raw)}: {reason}") from None
+    if not found:
+        raise ConfigError(key, f"no such file: {shown(raw)}")
+    return str(path)
