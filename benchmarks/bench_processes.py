@@ -18,7 +18,9 @@ Figures (targets of issue 11):
    bottleneck: the wire floor (pre-built gzip batches, no per-event work) posted by one
    client to one emulator, by two concurrent clients to one emulator, and by two clients to
    two emulators. If two clients get no more from one emulator than one client does, but
-   more from two, one emulator process is saturated.
+   more from two, one emulator process is saturated. Every row also gives the events per
+   emulator CPU second (the emulators' own CPU time from ``/proc``): what one emulator process
+   takes with a core to itself, which a loaded machine moves much less than events/s.
 3. daemon: ``python -m forwarder daemon`` with a ``files`` source over the text file (it
    exits when the input ends) against ``forward`` of the same text file: target >= 0.9.
    The daemon runs with ``SPLUNK_HEC_CONCURRENCY=--daemon-concurrency`` (adaptive).
@@ -128,14 +130,23 @@ def daemon_config(tmp: Path, text: Path) -> Path:
     return config
 
 
+#: Each case's emulator CPU seconds per run (all its emulators together), in run order.
+EMULATOR_CPU: dict[str, list[float]] = {}
+
+
 def checked(
     emulators: list[Emulator], events: int, name: str, fn: Callable[[], object]
 ) -> Callable[[], None]:
-    """``fn`` wrapped so that the emulators must have indexed exactly ``events`` more."""
+    """``fn`` wrapped so that the emulators must have indexed exactly ``events`` more; the
+    emulators' CPU time goes to :data:`EMULATOR_CPU`."""
 
     def run() -> None:
         before = sum(emulator.indexed() for emulator in emulators)
+        cpu = sum(emulator.cpu_seconds() for emulator in emulators)
         fn()
+        EMULATOR_CPU.setdefault(name, []).append(
+            sum(emulator.cpu_seconds() for emulator in emulators) - cpu
+        )
         indexed = sum(emulator.indexed() for emulator in emulators) - before
         if indexed != events:
             raise RuntimeError(f"{name}: the emulators indexed {indexed} of {events}")
@@ -196,29 +207,16 @@ def emulator_check(
         "2 clients, 1 emulator": ([one.url], 2),
         "2 clients, 2 emulators": ([one.url, two.url], 2),
     }
-    cpu: dict[str, list[float]] = {name: [] for name in cases}
 
     def case(name: str, urls: list[str], clients: int) -> Callable[[], None]:
-        def run() -> None:
-            before = [emulator.cpu_seconds() for emulator in both]
-            started = time.perf_counter()
-            wire_floor(bodies, urls, clients)
-            seconds = time.perf_counter() - started
-            used = [e.cpu_seconds() - b for e, b in zip(both, before, strict=True)]
-            cpu[name].append(max(used) / seconds)
-            del cpu[name][:-repeats]  # the timed rounds' only
-
-        return checked(both, events, name, run)
+        return checked(both, events, name, lambda: wire_floor(bodies, urls, clients))
 
     samples = interleaved(
         {name: case(name, urls, clients) for name, (urls, clients) in cases.items()},
         repeats,
         warmup,
     )
-    return {
-        name: {**_rates(events, samples[name]), "busiest_emulator_cpu": _median(cpu[name])}
-        for name in cases
-    }
+    return {name: _rates(events, samples[name], name) for name in cases}
 
 
 # --------------------------------------------------------------------- memory
@@ -265,12 +263,18 @@ def _median(values: list[float]) -> float:
     return round(statistics.median(values), 2) if values else 0.0
 
 
-def _rates(events: int, seconds: list[float]) -> dict[str, Any]:
+def _rates(events: int, seconds: list[float], name: str) -> dict[str, Any]:
+    """Events/s (median, range) and the emulators' share of the work: their CPU seconds, and
+    the events per emulator CPU second (what one emulator process could take with a core to
+    itself; a sender near that rate is limited by the emulator, whatever the load)."""
     rates = sorted(events / s for s in seconds)
+    cpu = statistics.median(EMULATOR_CPU[name][-len(seconds) :])
     return {
         "seconds": [round(s, 3) for s in seconds],
         "events_s": round(statistics.median(rates)),
         "events_s_range": [round(rates[0]), round(rates[-1])],
+        "emulator_cpu_s": round(cpu, 3),
+        "events_per_emulator_cpu_s": round(events / cpu) if cpu else None,
     }
 
 
@@ -324,7 +328,7 @@ def throughput(
                 emulators, events, name, functools.partial(run_child, argv, env)
             )
     samples = interleaved(candidates, repeats, warmup)
-    results: dict[str, Any] = {name: _rates(events, s) for name, s in samples.items()}
+    results: dict[str, Any] = {name: _rates(events, s, name) for name, s in samples.items()}
     results["ratios"] = {
         n: {
             "forward_over_minimal": _ratios(samples, f"forward[{n}]", "minimal"),
@@ -407,12 +411,12 @@ def _print_check(results: dict[str, Any]) -> None:
         f"Wire floor ({results['events']:,} events in pre-built gzip batches; median and range "
         f"of {results['repeats']} rounds): is one emulator process the bottleneck?"
     )
-    print(f"{'case':<26}{'events/s':>12}{'range':>22}{'busiest emulator CPU':>22}")
+    print(f"{'case':<26}{'events/s':>12}{'range':>22}{'per emulator CPU s':>20}")
     for name, row in results["emulator_check"].items():
         low, high = row["events_s_range"]
         print(
             f"{name:<26}{row['events_s']:>12,}{f'{low:,}-{high:,}':>22}"
-            f"{row['busiest_emulator_cpu']:>21.0%}"
+            f"{row['events_per_emulator_cpu_s']:>20,}"
         )
 
 
@@ -424,12 +428,18 @@ def _print_throughput(results: dict[str, Any]) -> None:
         f"{results['repeats']} interleaved rounds; daemon at SPLUNK_HEC_CONCURRENCY="
         f"{results['daemon_concurrency']}"
     )
-    print(f"{'process [SPLUNK_HEC_CONCURRENCY]':<34}{'events/s':>12}{'range':>22}")
+    print(
+        f"{'process [SPLUNK_HEC_CONCURRENCY]':<34}{'events/s':>12}{'range':>22}"
+        f"{'per emulator CPU s':>20}"
+    )
     for name, row in rows.items():
         if name == "ratios":
             continue
         low, high = row["events_s_range"]
-        print(f"{name:<34}{row['events_s']:>12,}{f'{low:,}-{high:,}':>22}")
+        print(
+            f"{name:<34}{row['events_s']:>12,}{f'{low:,}-{high:,}':>22}"
+            f"{row['events_per_emulator_cpu_s']:>20,}"
+        )
     for n, ratios in rows["ratios"].items():
         for key, values in ratios.items():
             target = TARGETS[key]
