@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_STAMP := $(VENV)/.demo-installed
 
-.PHONY: test lint typecheck checkov unit demo bench package clean fuzz crash chaos mutation
+.PHONY: test lint typecheck checkov unit demo bench bench-delivery package clean fuzz crash chaos mutation
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,18 @@ demo: $(DEMO_STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
+
+# Delivery only (a few minutes): bench_processes (forward, the minimal sender, two URLs and the
+# daemon as processes; memory), then bench_delivery (in-process, against the wire floor) once per
+# value of CONCURRENCY. QUICK=1: a smoke run (seconds). CONCURRENCY=1,4,adaptive: the figures
+# for each SPLUNK_HEC_CONCURRENCY (empty: not set).
+comma := ,
+bench-delivery: $(STAMP)
+	$(BIN)/python benchmarks/bench_processes.py $(if $(QUICK),--quick) \
+		$(if $(CONCURRENCY),--concurrency $(CONCURRENCY))
+	$(if $(CONCURRENCY),for n in $(subst $(comma), ,$(CONCURRENCY)); do \
+		$(BIN)/python benchmarks/bench_delivery.py --concurrency $$n $(if $(QUICK),--quick) \
+		|| exit 1; done,$(BIN)/python benchmarks/bench_delivery.py $(if $(QUICK),--quick))
 
 # The fuzz tests also run in `make test`, quickly; this is the deep run (minutes).
 fuzz: $(STAMP)

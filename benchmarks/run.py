@@ -20,6 +20,7 @@ SCRIPTS = (
     "bench_transform",
     "bench_shaping",
     "bench_delivery",
+    "bench_processes",
     "bench_daemon",
     "bench_replay",
     "bench_startup",

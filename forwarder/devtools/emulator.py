@@ -59,6 +59,7 @@ from dataclasses import asdict, dataclass, field, replace
 from email.message import Message
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from itertools import repeat
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple, TextIO, cast, overload
@@ -134,6 +135,8 @@ _CHANNEL_RE: Final = re.compile(
 )
 _WHITESPACE_RE: Final = re.compile(r"[ \t\n\r]*")
 _DECODER: Final = json.JSONDecoder()
+# Two objects side by side within one line: "}", ",", "{", spaces or tabs between.
+_OBJECT_SEPARATOR_RE: Final = re.compile(r"\}[ \t]*,[ \t]*\{")
 # The C string encoder behind json.dumps, called directly: the raw endpoint encodes every line.
 _encode_str: Final[Callable[[str], str]] = json.encoder.encode_basestring
 _MAX_LINE: Final = 65_537
@@ -516,6 +519,56 @@ def _scan_events(
     Returns the parsed objects and, for each, its JSON text as one output line (the client's own
     bytes when they hold no line break, else a compact re-encoding).
     """
+    fast = _scan_lines(text, allowed_indexes)
+    return fast if fast is not None else _scan_stream(text, allowed_indexes)
+
+
+def _scan_lines(
+    text: str, allowed_indexes: Collection[str] | None
+) -> tuple[list[dict[str, Any]], list[str]] | None:
+    """:func:`_scan_stream`'s answer for the common body, one valid event per line, parsed by
+    one C call; None when the body may be anything else (the caller then scans it).
+
+    Exact. The lines (split at ``\n``; no ``\r`` anywhere) each start with ``{`` and end with
+    ``}``; they are parsed as one array with ``,\n`` between them. A JSON string cannot hold a
+    raw line break, so every one of those commas separates tokens. When the array has as many
+    elements as lines, all objects, either each comma sits between two elements (each line is
+    one value, the stream scan meets the same ones) or some comma inside a line separates two
+    elements, and then that line holds ``}``, ``,`` and ``{`` with at most spaces and tabs
+    between them, which :data:`_OBJECT_SEPARATOR_RE` finds, so nothing is decided here.
+    """
+    if "\r" in text or _OBJECT_SEPARATOR_RE.search(text):
+        return None
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    if (
+        not lines
+        or not all(map(str.startswith, lines, repeat("{")))
+        or not all(map(str.endswith, lines, repeat("}")))
+    ):
+        return None
+    try:
+        objects = json.loads("[" + ",\n".join(lines) + "]")
+    except ValueError:  # json.JSONDecodeError: the stream scan finds where, and answers
+        return None
+    if len(objects) != len(lines):
+        return None
+    for obj in objects:
+        if type(obj) is not dict or "event" not in obj:
+            return None
+        event = obj["event"]
+        if event is None or event == "":
+            return None
+        if "fields" in obj or (allowed_indexes is not None and "index" in obj):
+            return None  # not in the hot path: the stream scan checks them
+    return objects, lines
+
+
+def _scan_stream(
+    text: str, allowed_indexes: Collection[str] | None
+) -> tuple[list[dict[str, Any]], list[str]] | _Rejection:
+    """:func:`_scan_events` for any body: concatenated JSON objects, any whitespace between."""
     objects: list[dict[str, Any]] = []
     lines: list[str] = []
     raw_decode = _DECODER.raw_decode
