@@ -11,15 +11,32 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Final, Literal, cast
 
 from config.errors import ConfigError
-from config.loader import parse_bool
+from config.loader import parse_bool, replay_state_path
 
 DrainAfterSuccess = Literal["delete", "archive"]
 
 #: Attempts before the drain gives up on an event (``replay-failed/``), as ``replay``'s.
 DEFAULT_MAX_ATTEMPTS: Final = 3
+#: Where the drain Lambda keeps a state file when ``DRAIN_STATE`` names none: Lambda's only
+#: writable directory.
+LAMBDA_STATE_HOME: Final = "/tmp"
+
+
+def state_option(
+    spec: str | None, environ: Mapping[str, str], *, scratch: str | None = None
+) -> Path:
+    """The replay engine's state for a ``--state`` / ``DRAIN_STATE`` value, built as ``forwarder
+    replay`` builds it from its ``--state``; None: replay's default file (under ``scratch``,
+    Lambda's ``/tmp``, when ``XDG_STATE_HOME`` is unset and ``scratch`` is given)."""
+    if spec:
+        return Path(spec).expanduser()
+    if scratch is not None and not environ.get("XDG_STATE_HOME"):
+        environ = {**environ, "XDG_STATE_HOME": scratch}
+    return replay_state_path(environ)
 
 
 @dataclass(frozen=True)

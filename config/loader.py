@@ -259,8 +259,9 @@ KEYS: tuple[Key, ...] = (
 )  # fmt: skip
 
 KEYS_BY_ENV = {key.env: key for key in KEYS}
-#: Tables read elsewhere: [[routes]] here, [daemon] and [source] by config.daemon.
-_TABLES = ("routes", "daemon", "source")
+#: Tables read elsewhere: [[routes]] here, [daemon] and [source] by config.daemon, [drain] by
+#: config.drain.
+_TABLES = ("routes", "daemon", "source", "drain")
 _ROUTE_PATTERN_KEYS = ("log_group", "log_stream", "account", "origin")
 _ROUTE_VALUE_KEYS = ("sourcetype", "index", "source", "host")
 _ROUTE_KEYS = (

@@ -35,8 +35,8 @@ from typing import Any, Final
 
 import structlog
 
-from config.drain import DrainSettings, load_drain_settings
-from config.loader import load_settings, replay_state_path, require_hec, warnings_for
+from config.drain import LAMBDA_STATE_HOME, DrainSettings, load_drain_settings, state_option
+from config.loader import load_settings, require_hec, warnings_for
 from config.logs import configure_logging, register_secret
 from config.settings import Settings
 from forwarder import aws
@@ -49,16 +49,8 @@ from forwarder.secrets import resolve_token
 MARGIN_MIN_S: Final = 2.0
 MARGIN_MAX_S: Final = 30.0
 MARGIN_FRACTION: Final = 0.1
-#: The state file when ``DRAIN_STATE`` is unset (Lambda's only writable place is /tmp).
-LAMBDA_STATE_HOME: Final = "/tmp"
 
 _log = structlog.get_logger("forwarder.drain")
-
-
-def state_option(spec: str | None, environ: Mapping[str, str]) -> Path:
-    """The engine's state for a ``--state`` / ``DRAIN_STATE`` value, built as ``forwarder
-    replay`` builds it from its ``--state`` (its default when None)."""
-    return Path(spec).expanduser() if spec else replay_state_path(environ)
 
 
 def margin_s(remaining_s: float) -> float:
@@ -71,7 +63,7 @@ class _Container:
     settings: Settings
     drain: DrainSettings
     client_factory: aws.ClientFactory
-    environ: Mapping[str, str]
+    state: Path
 
 
 _container: _Container | None = None
@@ -96,9 +88,8 @@ def configure(
     for warning in warnings_for(settings):
         _log.warning("settings_warning", problem=warning)
     drain = load_drain_settings(None, env)
-    if "XDG_STATE_HOME" not in env:
-        env = {**env, "XDG_STATE_HOME": LAMBDA_STATE_HOME}
-    _container = _Container(settings, drain, client_factory, env)
+    state = state_option(drain.state, env, scratch=LAMBDA_STATE_HOME)
+    _container = _Container(settings, drain, client_factory, state)
 
 
 def reset() -> None:
@@ -139,7 +130,7 @@ def handler(event: Any, context: Any) -> dict[str, Any]:
         container.settings,
         container.drain,
         s3_client=s3,
-        state_path=state_option(container.drain.state, container.environ),
+        state_path=container.state,
         clock=clock,
     )
     result = drainer.run(deadline=deadline)
