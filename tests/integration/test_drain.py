@@ -9,7 +9,7 @@ import json
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -164,26 +164,36 @@ def test_flapping_hec_pauses_and_resumes_without_loss_or_loop(
     assert counters["events_abandoned"] == 0
 
 
+@pytest.fixture(name="drain_lambda")
+def fixture_drain_lambda(
+    outage: Settings, aws_endpoint: str, tmp_path: Path
+) -> Iterator[Callable[..., None]]:
+    """Configure the drain Lambda's container (the outage's settings, moto, a state file in
+    ``tmp_path``, ``DRAIN_*`` as given); reset afterwards."""
+    from forwarder import drain
+
+    def configure(**environ: str) -> None:
+        drain.configure(
+            outage,
+            environ={"DRAIN_STATE": str(tmp_path / "state"), **environ},
+            client_factory=lambda service: boto_client(service, aws_endpoint),
+        )
+
+    yield configure
+    drain.reset()
+
+
 def test_drain_lambda_drains_within_its_deadline_and_logs_the_backlog(
-    outage: Settings,
+    drain_lambda: Callable[..., None],
     emulator: HecEmulator,
     s3: Any,
-    aws_endpoint: str,
-    tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     from forwarder import drain
 
     emulator.set_faults(FaultPlan())  # HEC is back
-    drain.configure(
-        outage,
-        environ={"DRAIN_STATE": str(tmp_path / "state"), "DRAIN_SETTLE_S": "2"},
-        client_factory=lambda service: boto_client(service, aws_endpoint),
-    )
-    try:
-        answer = drain.handler({}, FakeContext(remaining_ms=60_000))
-    finally:
-        drain.reset()
+    drain_lambda(DRAIN_SETTLE_S="2")
+    answer = drain.handler({}, FakeContext(remaining_ms=60_000))
     assert answer["outcome"] == "empty"
     assert keys(s3) == []
     assert set(indexed(emulator)) == expected_ids()
@@ -198,29 +208,20 @@ def test_drain_lambda_drains_within_its_deadline_and_logs_the_backlog(
 
 
 def test_drain_lambda_stops_before_its_deadline(
-    outage: Settings,
+    drain_lambda: Callable[..., None],
     emulator: HecEmulator,
     s3: Any,
-    aws_endpoint: str,
-    tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """GIVEN less time left than the drain needs to settle THEN the handler replays nothing,
     answers at once, and its EMF line shows the backlog waiting for the next schedule."""
     from forwarder import drain
 
-    drain.configure(
-        outage,
-        environ={"DRAIN_STATE": str(tmp_path / "state"), "DRAIN_SETTLE_S": "30"},
-        client_factory=lambda service: boto_client(service, aws_endpoint),
-    )
+    drain_lambda(DRAIN_SETTLE_S="30")
     waiting = len(keys(s3))
-    try:
-        started = time.monotonic()
-        answer = drain.handler({}, FakeContext(remaining_ms=10_000))
-        assert time.monotonic() - started < 10  # within the Lambda's time
-    finally:
-        drain.reset()
+    started = time.monotonic()
+    answer = drain.handler({}, FakeContext(remaining_ms=10_000))
+    assert time.monotonic() - started < 10  # within the Lambda's time
     assert answer["outcome"] == "stopped" and answer["reason"] == "deadline"
     assert emulator.indexed_events() == []
     assert answer["backlog"]["objects"] == waiting
