@@ -73,6 +73,7 @@ from forwarder.backsplash.writers import (
 from forwarder.delivery.deliverer import Deliverer
 from forwarder.delivery.ledger import Ledger
 from forwarder.delivery.metrics import DaemonState, MetricsServer
+from forwarder.drain.service import DrainService
 from forwarder.errors import BacksplashError, FatalHecError
 from forwarder.hec.client import HecClient
 from forwarder.intake.dispatch import Intake, Redeliverers
@@ -166,6 +167,9 @@ class Daemon:
             probe_ttl_s=daemon_settings.health_check_interval_s,
         )
         self.metrics: MetricsServer | None = None
+        self.drain = DrainService(
+            settings, daemon_settings.drain, client_factory=client_factory, stop=self.stop_event
+        )
         self._probe_session = requests.Session()
         self._next_drain = 0.0
         self.supervisor = SourceSupervisor(
@@ -267,9 +271,11 @@ class Daemon:
             self.metrics = MetricsServer(self.state, daemon.metrics_host, daemon.metrics_port)
             self.metrics.start()
             _log.info("metrics_started", url=self.metrics.url)
+        self.drain.start(self.metrics)  # [drain] enabled: drain the backsplash beside the source
         try:
             return self._run()
         finally:
+            self.drain.close()
             self.state.stopped = True
             self.source.close()
             if self.metrics is not None:
