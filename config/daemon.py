@@ -65,7 +65,7 @@ class DaemonSettings:
     """How the daemon runs (``[daemon]``) and what it reads (``[source]``)."""
 
     source: SourceSettings = SourceSettings()
-    #: The ``[drain]`` table (config.drain); its ``state`` resolved to replay's default file.
+    #: The ``[drain]`` table (config.drain); enabled, its ``state`` defaults to replay's file.
     drain: DrainSettings = field(default_factory=DrainSettings)
     checkpoint_store: CheckpointStore = "file"
     checkpoint_path: str = "forwarder-checkpoints.json"
@@ -235,7 +235,8 @@ def load_daemon_settings(
     daemon_values = _table(document, "daemon", _DAEMON_KEYS, env)
     source = SourceSettings(**cast(Any, source_values))
     drain = load_drain_settings(document, env)
-    drain = replace(drain, state=drain.state or str(replay_state_path(env)))
+    if drain.enabled and drain.state is None:  # the drainer's state: replay's default file
+        drain = replace(drain, state=str(replay_state_path(env)))
     settings = DaemonSettings(source=source, drain=drain, **cast(Any, daemon_values))
     if source.type == "kinesis" and not source.stream_name:
         raise ConfigError("source.stream_name", "is required for a kinesis source")
