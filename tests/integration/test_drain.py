@@ -229,3 +229,38 @@ def test_drain_lambda_stops_before_its_deadline(
     document = json.loads(line)
     assert document["BacklogObjects"] == waiting
     assert document["BacklogOldestAgeSeconds"] >= 0
+
+
+def test_forwarder_drain_once_prints_its_cycle_and_exits_with_its_status(
+    outage: Settings, emulator: HecEmulator, s3: Any, tmp_path: Path
+) -> None:
+    """``forwarder drain --once --json``: one cycle from the command line; HEC down, the gate
+    is shut (exit 1, nothing replayed); HEC back, the bucket is drained (exit 0)."""
+    import io
+
+    from forwarder.cli import main
+    from tests.conftest import TEST_TOKEN
+
+    environ = {
+        "SPLUNK_HEC_URL": emulator.url,
+        "SPLUNK_HEC_TOKEN": TEST_TOKEN,
+        "SPLUNK_HEC_ACK_POLL_INTERVAL": "0.05",
+        "BACKSPLASH_BUCKET": BUCKET,
+        "BACKSPLASH_PREFIX": PREFIX,
+        "LOG_LEVEL": "ERROR",
+    }
+    words = ["drain", "--once", "--json", "--state", str(tmp_path / "state")]
+    out = io.StringIO()
+    assert main(words, environ=environ, out=out) == 1
+    closed = json.loads(out.getvalue())
+    assert closed["outcome"] == "closed" and closed["report"] is None
+    assert keys(s3)
+
+    emulator.set_faults(FaultPlan())
+    out = io.StringIO()
+    assert main([*words, "--max-events-per-s", "5000"], environ=environ, out=out) == 0
+    drained = json.loads(out.getvalue())
+    assert drained["outcome"] == "drained"
+    assert drained["source"] == f"s3://{BUCKET}/{PREFIX}"
+    assert drained["counters"]["events_delivered"] == len(expected_ids())
+    assert keys(s3) == []
