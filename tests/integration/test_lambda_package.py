@@ -367,7 +367,7 @@ def test_templates_deploy_the_runtime_the_zip_targets() -> None:
                 assert set(parameters["Runtime"]["AllowedValues"]) == {"python3.12", "python3.13"}
                 assert parameters["Architecture"]["Default"] == packaging.DEFAULT_ARCHITECTURE
                 assert set(parameters["Architecture"]["AllowedValues"]) == set(LAMBDA_PLATFORMS)
-    assert functions == 2
+    assert functions == 4  # transform, push, and the drain in both Lambda templates
 
 
 def test_invalid_settings_file_is_refused_before_pip_runs(tmp_path: Path) -> None:
