@@ -1,4 +1,5 @@
-"""The daemon's own settings: the ``[daemon]`` and ``[source]`` tables of the TOML file.
+"""The daemon's own settings: the ``[daemon]`` and ``[source]`` tables of the TOML file (and
+``[drain]``, parsed by :mod:`config.drain`).
 
 HEC, acks, retries, batching and the backsplash come from ``config.loader.load_settings`` as
 for every other mode; this module only adds what a long-running process needs (where to read,
@@ -11,10 +12,12 @@ wins over the file. Every invalid value raises ``ConfigError`` naming the key
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Final, Literal, cast
 
+from config.drain import DrainSettings, load_drain_settings
 from config.errors import ConfigError
+from config.loader import replay_state_path
 from config.values import parse_bool
 
 SourceType = Literal["kinesis", "sqs-s3", "files", "stdin", "firehose-http"]
@@ -63,6 +66,8 @@ class DaemonSettings:
     """How the daemon runs (``[daemon]``) and what it reads (``[source]``)."""
 
     source: SourceSettings = SourceSettings()
+    #: The ``[drain]`` table (config.drain); enabled, its ``state`` defaults to replay's file.
+    drain: DrainSettings = field(default_factory=DrainSettings)
     checkpoint_store: CheckpointStore = "file"
     checkpoint_path: str = "forwarder-checkpoints.json"
     checkpoint_table: str | None = None
@@ -230,7 +235,10 @@ def load_daemon_settings(
     source_values = _table(document, "source", _SOURCE_KEYS, env)
     daemon_values = _table(document, "daemon", _DAEMON_KEYS, env)
     source = SourceSettings(**cast(Any, source_values))
-    settings = DaemonSettings(source=source, **cast(Any, daemon_values))
+    drain = load_drain_settings(document, env)
+    if drain.enabled and drain.state is None:  # the drainer's state: replay's default file
+        drain = replace(drain, state=str(replay_state_path(env)))
+    settings = DaemonSettings(source=source, drain=drain, **cast(Any, daemon_values))
     if source.type == "kinesis" and not source.stream_name:
         raise ConfigError("source.stream_name", "is required for a kinesis source")
     if source.type == "sqs-s3" and not source.queue_url:

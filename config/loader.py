@@ -209,8 +209,9 @@ KEYS: tuple[Key, ...] = (
 )  # fmt: skip
 
 KEYS_BY_ENV = {key.env: key for key in KEYS}
-#: Tables read elsewhere: [[routes]] here, [daemon] and [source] by config.daemon.
-_TABLES = ("routes", "daemon", "source", "destinations")
+#: Tables read elsewhere: [[routes]] here, [daemon] and [source] by config.daemon, [drain] by
+#: config.drain, [destinations.NAME] by config.destinations.
+_TABLES = ("routes", "daemon", "source", "destinations", "drain")
 _ROUTE_PATTERN_KEYS = ("log_group", "log_stream", "account", "origin")
 _ROUTE_VALUE_KEYS = ("sourcetype", "index", "source", "host", "destination")
 _ROUTE_KEYS = (

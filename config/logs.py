@@ -123,6 +123,19 @@ Replay (``forwarder.replay.engine``):
     replay_stopped                  interrupted; the state file lets the next run resume
     replay_summarized               the run's totals (also one delivery_summarized, replay=True)
 
+Drain (``forwarder.drain``: ``forwarder drain``, the daemon's [drain], the drain Lambda):
+    drain_gate_closed               HEC's health, token or ack probe failed: nothing replayed
+    drain_cycle_stopped             a cycle stopped at a sign of trouble (retry, ack timeout,
+                                    failed probe), a stop request or the deadline
+    drain_cycle_finished            a cycle's figures (outcome, objects, events, requeued,
+                                    abandoned, possible duplicates)
+    drain_paused                    the bounded wait before gating again
+    drain_started, drain_stopped    the daemon's drainer thread; the drain's end, with totals
+    drain_failed                    the daemon's drainer thread ended on an unexpected error
+    drain_backlog_measured          the drain Lambda's Embedded Metric Format line
+    events_abandoned                events failed their last automatic attempt: under
+                                    replay-failed/, for a person (key, events, max_attempts)
+
 HEC emulator (``forwarder.devtools.emulator``):
     hec_emulator_started            listening (url); hec_emulator_stopped at the end
     hec_emulator_stopped

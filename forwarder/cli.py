@@ -62,6 +62,15 @@ COMMANDS: Mapping[str, tuple[str, str, str]] = {
         "from S3 and deliver them with acknowledgment; a local state file makes a second "
         "run send nothing. Failures go to replay-failed/, never back into the source.",
     ),
+    "drain": (
+        "forwarder.commands.drain",
+        "empty the backsplash by itself while HEC is healthy, until SIGTERM",
+        "Replay the backsplash bucket in cycles while HEC's health, token and ack probes "
+        "pass, at a bounded rate; stop at the first busy answer, server error or ack "
+        "timeout and pause; delete what was delivered. Events that fail again go back with "
+        "replayAttempts + 1; after --max-attempts they go to replay-failed/, counted. "
+        "Settings: the [drain] table and DRAIN_* variables.",
+    ),
     "transform": (
         "forwarder.commands.transform",
         "show the HEC events the transform makes of a payload file",

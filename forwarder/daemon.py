@@ -3,51 +3,50 @@
 The loop, in cycles: poll the source, transform each record, hand the events to the
 :class:`~forwarder.delivery.deliverer.Deliverer`; every ``checkpoint_interval_s`` seconds or
 ``checkpoint_max_records`` records, :meth:`Deliverer.flush` (everything acknowledged or
-backsplashed) and only then commit the source (Kinesis checkpoint, SQS delete). So a
-checkpoint never passes a record with an event still in doubt, and a ``kill -9`` costs at most
-one cycle of duplicates.
+backsplashed) and only then commit the source (Kinesis checkpoint, SQS delete). So a checkpoint
+never passes a record with an event still in doubt, and a ``kill -9`` costs at most one cycle of
+duplicates.
 
-Signals (two stages): the first SIGTERM/SIGINT stops reading and gives the deliverer a
-deadline ``shutdown_grace_s`` away (:meth:`Deliverer.set_deadline`): sends, retries and ack
-waits go on until then, and what is still unacknowledged at the deadline is backsplashed
-(``Splunk.Deadline``); the source is committed and the exit status is 0. Records already
-polled but not yet handed to the deliverer are not taken in (:meth:`Source.release`): they are
-not committed, so Kinesis and SQS give them again after a restart. A second signal aborts
-(:meth:`Deliverer.abort`): everything pending is backsplashed at once (``Splunk.Shutdown``),
-committed, exit 130.
+Signals (two stages): the first SIGTERM/SIGINT stops reading and gives the deliverer a deadline
+``shutdown_grace_s`` away (:meth:`Deliverer.set_deadline`): sends, retries and ack waits go on until
+then, and what is still unacknowledged at the deadline is backsplashed (``Splunk.Deadline``); the
+source is committed and the exit status is 0. Records already polled but not yet handed to the
+deliverer are not taken in (:meth:`Source.release`): they are not committed, so Kinesis and SQS give
+them again after a restart. A second signal aborts (:meth:`Deliverer.abort`): everything pending is
+backsplashed at once (``Splunk.Shutdown``), committed, exit 130.
 
-A ``firehose-http`` source's answer waits for the checkpoint, and Firehose waits 3 minutes for
-an answer: the checkpoint's flush is bounded by the oldest request's arrival plus
-``answer_timeout_s`` (:meth:`FirehoseHttpSource.answer_deadline`): what is not acknowledged by
-then is backsplashed (``Splunk.Deadline``), so every request is answered 200 in time once its
-events are acknowledged or durably stored.
+A ``firehose-http`` source's answer waits for the checkpoint, and Firehose waits 3 minutes for an
+answer: the checkpoint's flush is bounded by the oldest request's arrival plus ``answer_timeout_s``
+(:meth:`FirehoseHttpSource.answer_deadline`): what is not acknowledged by then is backsplashed
+(``Splunk.Deadline``), so every request is answered 200 in time once its events are acknowledged or
+durably stored.
 
 Files and stdin keep no checkpoint. Reading is bounded (a poll is a few thousand lines), so the
-deliverer's backpressure (pending acks, retries while HEC is down) stops the reading and memory
-does not grow with the input. A run that reads its input to the end exits 0 when everything was
-acknowledged, 5 when something was backsplashed or dropped. A signal before the end exits 0 as
-above once what was taken in is acknowledged or backsplashed, and logs ``input_not_finished``
-(lines taken, where it stopped): the rest of the input is not read, and a later run reads the
-files from the start again (stdin: whatever is fed to it again).
+deliverer's backpressure (pending acks, retries while HEC is down) stops the reading and memory does
+not grow with the input. A run that reads its input to the end exits 0 when everything was
+acknowledged, 5 when something was backsplashed or dropped. A signal before the end exits 0 as above
+once what was taken in is acknowledged or backsplashed, and logs ``input_not_finished`` (lines
+taken, where it stopped): the rest of the input is not read, and a later run reads the files from
+the start again (stdin: whatever is fed to it again).
 
 Backsplash objects named by the ``sqs-s3`` source come as records already decoded
 (:class:`~forwarder.sources.base.SourceRecord` ``decoded``) and are dispatched by
-:class:`~forwarder.intake.dispatch.Intake` as in the push Lambda (DESIGN.md §6): to deliverers
-of their own, one per endpoint, whose failures go under ``replay-failed/``. Every deliverer
-shares the main deliverer's ledger (so health, metrics and the summary read one ledger), and
-the checkpoint flushes them all: an SQS message is deleted only once every event of its
-objects is acknowledged or stored.
+:class:`~forwarder.intake.dispatch.Intake` as in the push Lambda (DESIGN.md §6): to deliverers of
+their own, one per endpoint, whose failures go under ``replay-failed/``. Every deliverer shares the
+main deliverer's ledger (so health, metrics and the summary read one ledger), and the checkpoint
+flushes them all: an SQS message is deleted only once every event of its objects is acknowledged or
+stored.
 
-Source failures are supervised (:mod:`forwarder.sources.supervision`): retried with a capped
-backoff while the deliverers keep being serviced; a failed Kinesis poll re-attaches the source
-from its last checkpoint (duplicates, never a gap). A :class:`~config.loader.ConfigError` (a
-``files`` source naming a missing path) is not retried: the daemon logs ``daemon_stopped``
-with the problem and exits 2.
+Source failures are supervised (:mod:`forwarder.sources.supervision`): retried with a capped backoff
+while the deliverers keep being serviced; a failed Kinesis poll re-attaches the source from its last
+checkpoint (duplicates, never a gap). A :class:`~config.loader.ConfigError` (a ``files`` source
+naming a missing path) is not retried: the daemon logs ``daemon_stopped`` with the problem and exits
+2.
 
 The backsplash is S3 with the local spool behind it (``BACKSPLASH_SPOOL_DIR``): while S3 is
-unreachable objects go to the spool, which is drained to S3 every ``spool_drain_interval_s``
-and at start-up (so it survives restarts). If even the spool fails, the daemon stops without
-committing (exit 6): a restart resumes from the last checkpoint.
+unreachable objects go to the spool, which is drained to S3 every ``spool_drain_interval_s`` and at
+start-up (so it survives restarts). If even the spool fails, the daemon stops without committing
+(exit 6): a restart resumes from the last checkpoint.
 """
 
 from __future__ import annotations
@@ -74,6 +73,7 @@ from forwarder.delivery.deliverer import Deliverer
 from forwarder.delivery.destinations import Delivery, build_delivery, keeps_delivering
 from forwarder.delivery.ledger import Ledger
 from forwarder.delivery.metrics import DaemonState, MetricsServer
+from forwarder.drain.service import DrainService
 from forwarder.errors import BacksplashError, FatalHecError
 from forwarder.hec.client import HecClient
 from forwarder.intake.dispatch import Intake, Redeliverers
@@ -168,6 +168,9 @@ class Daemon:
             probe_ttl_s=daemon_settings.health_check_interval_s,
         )
         self.metrics: MetricsServer | None = None
+        self.drain = DrainService(
+            settings, daemon_settings.drain, client_factory=client_factory, stop=self.stop_event
+        )
         self._probe_session = requests.Session()
         self._next_drain = 0.0
         self.supervisor = SourceSupervisor(
@@ -269,9 +272,11 @@ class Daemon:
             self.metrics = MetricsServer(self.state, daemon.metrics_host, daemon.metrics_port)
             self.metrics.start()
             _log.info("metrics_started", url=self.metrics.url)
+        self.drain.start(self.metrics)  # [drain] enabled: drain the backsplash beside the source
         try:
             return self._run()
         finally:
+            self.drain.close()
             self.state.stopped = True
             self.source.close()
             if self.metrics is not None:

@@ -367,6 +367,12 @@ class ReplayFailedBacksplash:
         tracked: remember per chunk the keys written and the events failed per record
             (:attr:`keys`, :attr:`failed_records`, cleared by :meth:`next_chunk`), as replay
             needs to commit a chunk.
+
+    ``requeue_below`` (0: off; set by ``forwarder drain``, :mod:`forwarder.drain`): events
+    whose new ``replayAttempts`` is below it go back under ``splunk-failed/``, the pool the
+    drain reads again on its next cycle (:attr:`events_requeued`); the others go under
+    ``replay-failed/`` as usual, where automation gives up (:attr:`events_abandoned`,
+    logged ``events_abandoned``).
     """
 
     def __init__(
@@ -383,6 +389,9 @@ class ReplayFailedBacksplash:
         self.failed_records: dict[int, int] = {}  # record_no -> events failed, this chunk
         self.keys: list[str] = []  # written this chunk
         self.events_written = 0
+        self.requeue_below = 0
+        self.events_requeued = 0
+        self.events_abandoned = 0
 
     def __repr__(self) -> str:
         return f"ReplayFailedBacksplash({self.writer!r})"
@@ -422,8 +431,41 @@ class ReplayFailedBacksplash:
                     self.failed_records.get(origin.record_no, 0) + 1
                 )
             per_record.append(extra)
+        if not self.requeue_below:
+            return self._put(REPLAY_FAILED, events, failure, per_record, now)
+        groups: dict[str, tuple[list[EncodedEvent], list[dict[str, Any]]]] = {}
+        for event, extra in zip(events, per_record, strict=True):
+            kind = SPLUNK_FAILED if extra["replayAttempts"] < self.requeue_below else REPLAY_FAILED
+            group = groups.setdefault(kind, ([], []))
+            group[0].append(event)
+            group[1].append(extra)
+        key = ""
+        for kind, (group_events, group_extra) in groups.items():
+            key = self._put(kind, group_events, failure, group_extra, now)
+            if kind == SPLUNK_FAILED:
+                self.events_requeued += len(group_events)
+            else:
+                self.events_abandoned += len(group_events)
+                _log.warning(
+                    "events_abandoned",
+                    key=key,
+                    events=len(group_events),
+                    max_attempts=self.requeue_below,
+                    reason="failed again after the last automatic attempt; "
+                    "run forwarder replay on replay-failed/ by hand",
+                )
+        return key
+
+    def _put(
+        self,
+        kind: str,
+        events: Sequence[EncodedEvent],
+        failure: Failure,
+        per_record: list[dict[str, Any]],
+        now: float,
+    ) -> str:
         body = encode_records(events, failure, ending_ms=int(now * 1000), per_record=per_record)
-        key = put_under(self.writer, REPLAY_FAILED, body, now=datetime.fromtimestamp(now, UTC))
+        key = put_under(self.writer, kind, body, now=datetime.fromtimestamp(now, UTC))
         if self._tracked:
             self.keys.append(key)
         self.events_written += len(events)

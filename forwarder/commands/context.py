@@ -10,6 +10,7 @@ from typing import Any, TextIO
 import structlog
 
 from config.daemon import DaemonSettings, load_daemon_settings
+from config.drain import DrainSettings, load_drain_settings
 from config.loader import flag_overrides, load_settings, read_document, warnings_for
 from config.logs import configure_logging, register_secret
 from config.settings import Settings
@@ -72,6 +73,10 @@ class CommandContext:
         """The ``[daemon]`` and ``[source]`` tables (with their ``FORWARDER_*`` overrides)
         of the same settings file :meth:`settings` reads."""
         return load_daemon_settings(self._config_document(), self.environ)
+
+    def drain_settings(self, overrides: Mapping[str, object] | None = None) -> DrainSettings:
+        """The ``[drain]`` table (``DRAIN_*`` and then ``overrides`` win) of the same file."""
+        return load_drain_settings(self._config_document(), self.environ, overrides)
 
 
 def add_common_arguments(parser: argparse.ArgumentParser, *, hec: bool = True) -> None:

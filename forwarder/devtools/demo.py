@@ -3,7 +3,9 @@
 A local HEC emulator with acknowledgments and injected faults, a local S3-compatible server
 (moto) for the backsplash bucket, and generated VPC flow log batches. Each stage prints what
 was delivered, acknowledged and backsplashed, and the run ends by checking that every
-generated event is either indexed or in the backsplash bucket.
+generated event is either indexed or in the backsplash bucket. The last stage is an outage
+that heals by itself: the drain (:mod:`forwarder.drain`) empties what it backsplashed once
+HEC is back.
 """
 
 from __future__ import annotations
@@ -16,12 +18,15 @@ import logging
 import os
 import socket
 import tempfile
+import threading
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 from config.daemon import load_daemon_settings
+from config.drain import DrainSettings
 from config.loader import load_settings
 from config.logs import configure_logging, register_secret
 from config.settings import LogSettings, Settings
@@ -32,6 +37,7 @@ from forwarder.daemon import run_daemon_demo
 from forwarder.delivery.destinations import build_delivery, member
 from forwarder.devtools.emulator import FaultPlan, HecEmulator
 from forwarder.devtools.synthetic import control_payload, firehose_event, flow_log_payloads
+from forwarder.drain.drainer import Drainer
 from forwarder.replay.engine import replay
 from forwarder.replay.options import ReplayOptions
 from forwarder.sources.checkpoints import FileCheckpointStore
@@ -268,6 +274,78 @@ def stage_daemon(printer: Printer, hec_url: str, payloads: list[bytes], workdir:
     return expected
 
 
+#: Where stage 6's outage backsplashes (the drain empties this prefix).
+OUTAGE_PREFIX = "outage/"
+
+
+@dataclass
+class Healed:
+    """What stage 6 did: the outage's ledger, and what the drain then delivered."""
+
+    outage: dict[str, Any]
+    drained: int
+    left: int
+
+
+def _wait(predicate: Any, timeout_s: float) -> bool:
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return bool(predicate())
+
+
+def stage_outage(
+    printer: Printer, hec: HecEmulator, s3: Any, payloads: list[bytes], workdir: Path
+) -> Healed:
+    """Stage 6: HEC goes down while events arrive (they are backsplashed); the drain, running
+    all along, finds the gate shut, and once HEC is back empties the backsplash by itself."""
+    printer.heading(
+        "6. HEC goes down (connections reset, health 18), then comes back: "
+        "the drain heals the backsplash by itself, no manual replay"
+    )
+    settings = demo_settings(
+        hec.url, BACKSPLASH_PREFIX=OUTAGE_PREFIX, SPLUNK_HEC_RETRY_DURATION="1"
+    )
+    hec.set_faults(FaultPlan(down_for_s=3600))
+    outage = _deliver(settings, s3, payloads)
+    _print_ledger(printer, outage)
+    stop = threading.Event()
+    drain = DrainSettings(
+        pause_s=0.2, pause_max_s=1.0, interval_s=0.2, probe_interval_s=0.5, settle_s=5.0
+    )
+    drainer = Drainer(
+        demo_settings(hec.url, BACKSPLASH_PREFIX=OUTAGE_PREFIX),
+        drain,
+        s3_client=s3,
+        state=workdir / "drain.sqlite",
+        stop=stop,
+    )
+    thread = threading.Thread(target=drainer.run, name="demo-drain", daemon=True)
+    thread.start()
+
+    def left() -> int:
+        return len(list(Backsplash(s3, DEMO_BUCKET, OUTAGE_PREFIX).list_keys()))
+
+    try:
+        _wait(lambda: drainer.counters.snapshot()["gates_closed"] >= 1, 20)
+        printer.row("drain: HEC still down, gate shut", drainer.counters.snapshot()["gates_closed"])
+        hec.set_faults(FaultPlan())  # HEC is back
+        _wait(lambda: left() == 0, 60)
+    finally:
+        stop.set()
+        thread.join(drain.settle_s + 30)
+    counters = drainer.counters.snapshot()
+    printer.row("drain cycles after HEC came back", counters["cycles"])
+    printer.row("objects drained and deleted", counters["objects_deleted"])
+    printer.row("events re-delivered and acknowledged", f"{counters['events_delivered']:,}")
+    printer.row("given up (to replay-failed/)", counters["events_abandoned"])
+    remaining = left()
+    printer.row(f"objects left under s3://{DEMO_BUCKET}/{OUTAGE_PREFIX}", remaining)
+    return Healed(outage, counters["events_delivered"], remaining)
+
+
 def run(args: argparse.Namespace, ctx: CommandContext) -> ExitStatus:
     """``forwarder demo``: run every stage; 0 when every generated event is accounted for."""
     out = ctx.out
@@ -340,6 +418,14 @@ def run(args: argparse.Namespace, ctx: CommandContext) -> ExitStatus:
         tally.generated += delivered
         tally.acknowledged += delivered
 
+        healed = stage_outage(
+            printer, hec, s3, flow_log_payloads(4, args.lines, seed=23), Path(workdir)
+        )
+        tally.generated += healed.outage["events_in"]
+        tally.dropped += sum(healed.outage["dropped"].values())
+        tally.acknowledged += healed.outage["acknowledged"] + healed.drained
+        tally.backsplashed += healed.outage["backsplashed"] - healed.drained
+
         hec.flush()
         stats = hec.stats()
         printer.heading("Summary")
@@ -349,6 +435,10 @@ def run(args: argparse.Namespace, ctx: CommandContext) -> ExitStatus:
         printer.row("dropped by a shaping rule (counted)", f"{tally.dropped:,}")
         printer.row("indexed by the emulator (with dups)", f"{stats.events_indexed:,}")
         accounted = tally.acknowledged + tally.backsplashed + tally.dropped
-        ok = accounted == tally.generated and stats.events_indexed >= tally.acknowledged
+        ok = (
+            accounted == tally.generated
+            and stats.events_indexed >= tally.acknowledged
+            and healed.left == 0
+        )
         printer.row("every event accounted for", "yes" if ok else "NO")
     return status_for(RunOutcome(error=not ok))

@@ -62,8 +62,9 @@ PACKAGES: tuple[str, ...] = ("forwarder", "transforms", "config")
 #: Files copied from those packages (no tests, caches or data that the handlers do not read).
 PACKAGE_FILE_SUFFIXES: tuple[str, ...] = (".py",)
 PACKAGE_FILE_NAMES: tuple[str, ...] = ("py.typed",)
-#: Parts of those packages the handlers never import (``transforms.firehose.handler`` and
-#: ``forwarder.push.handler``, checked in a fresh interpreter by the tests): the command line
+#: Parts of those packages the handlers never import (``transforms.firehose.handler``,
+#: ``forwarder.push.handler`` and ``forwarder.drain.handler``, checked in a fresh interpreter
+#: by the tests): the command line
 #: and the developer tools stay out of the zip. Directories end with "/".
 EXCLUDED_FROM_ZIP: tuple[str, ...] = (
     "forwarder/devtools/",

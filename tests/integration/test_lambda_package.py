@@ -224,14 +224,16 @@ def test_zip_holds_our_packages_and_runtime_dependencies_only(package: PackageRe
     assert "forwarder/cli.py" not in names
     assert "forwarder/__main__.py" not in names
     assert "forwarder/push.py" in names  # the handlers' own modules are all there
+    assert "forwarder/drain/__init__.py" in names  # the drain Lambda (forwarder.drain.handler)
+    assert "forwarder/drain/drainer.py" in names and "forwarder/replay/engine.py" in names
 
 
 def test_the_handlers_import_nothing_the_zip_leaves_out() -> None:
-    """GIVEN a fresh interpreter WHEN both handlers are imported THEN no module the zip leaves
+    """GIVEN a fresh interpreter WHEN the handlers are imported THEN no module the zip leaves
     out (EXCLUDED_FROM_ZIP: the command line, the developer tools) was loaded."""
     script = (
         "import json, sys\n"
-        "import transforms.firehose, forwarder.push\n"
+        "import transforms.firehose, forwarder.push, forwarder.drain\n"
         "print(json.dumps(sorted(sys.modules)))\n"
     )
     proc = subprocess.run(
@@ -246,6 +248,7 @@ def test_the_handlers_import_nothing_the_zip_leaves_out() -> None:
     ]
     assert excluded == []
     assert "forwarder/push" in loaded
+    assert "forwarder/drain" in loaded
 
 
 def test_report_describes_the_zip(package: PackageReport) -> None:
@@ -364,7 +367,7 @@ def test_templates_deploy_the_runtime_the_zip_targets() -> None:
                 assert set(parameters["Runtime"]["AllowedValues"]) == {"python3.12", "python3.13"}
                 assert parameters["Architecture"]["Default"] == packaging.DEFAULT_ARCHITECTURE
                 assert set(parameters["Architecture"]["AllowedValues"]) == set(LAMBDA_PLATFORMS)
-    assert functions == 2
+    assert functions == 4  # transform, push, and the drain in both Lambda templates
 
 
 def test_invalid_settings_file_is_refused_before_pip_runs(tmp_path: Path) -> None:

@@ -38,6 +38,9 @@ LAYERS: dict[str, int] = {
     "forwarder.intake": 6,
     "forwarder.sources": 7,
     "forwarder.replay": 7,
+    # The drain runs the replay engine in cycles (no cycle back: replay never imports it)
+    # and is run by the daemon and commands above; its package holds the drain Lambda.
+    "forwarder.drain": 7,
     "forwarder.push": 8,
     "forwarder.daemon": 8,
     "forwarder.commands": 8,
@@ -76,6 +79,17 @@ CLI_ONLY = (
     "config.daemon",
 )
 HANDLERS = ("transforms.firehose", "forwarder.push")
+#: What the drain Lambda must not load: the CLI and daemon (it runs the replay engine, so
+#: replay and its SQLite state are its own).
+DRAIN_CLI_ONLY = (
+    "argparse",
+    "forwarder.cli",
+    "forwarder.commands",
+    "forwarder.daemon",
+    "forwarder.devtools",
+    "forwarder.sources",
+    "config.daemon",
+)
 
 
 @dataclass(frozen=True)
@@ -278,8 +292,7 @@ def test_the_layer_check_sees_function_level_imports(tmp_path: Path) -> None:
     assert found and _is_lazy(found[0], parents)
 
 
-@pytest.mark.parametrize("handler", HANDLERS)
-def test_lambda_handlers_load_nothing_cli_only(handler: str) -> None:
+def _loaded_by(handler: str) -> list[str]:
     """In a fresh interpreter: import the handler's module, then list what got loaded."""
     script = (
         "import importlib, json, sys\n"
@@ -289,7 +302,22 @@ def test_lambda_handlers_load_nothing_cli_only(handler: str) -> None:
     result = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=ROOT
     )
-    loaded = json.loads(result.stdout)
+    loaded: list[str] = json.loads(result.stdout)
     assert handler in loaded
+    return loaded
+
+
+@pytest.mark.parametrize("handler", HANDLERS)
+def test_lambda_handlers_load_nothing_cli_only(handler: str) -> None:
+    """In a fresh interpreter: import the handler's module, then list what got loaded."""
+    loaded = _loaded_by(handler)
     wrong = [m for m in loaded if any(m == p or m.startswith(p + ".") for p in CLI_ONLY)]
     assert not wrong, f"{handler} loads CLI-only modules: {wrong}"
+
+
+def test_the_drain_lambda_loads_nothing_cli_only() -> None:
+    """``forwarder.drain.handler`` runs the replay engine but none of the CLI or daemon."""
+    loaded = _loaded_by("forwarder.drain")
+    assert "forwarder.replay.engine" in loaded
+    wrong = [m for m in loaded if any(m == p or m.startswith(p + ".") for p in DRAIN_CLI_ONLY)]
+    assert not wrong, f"forwarder.drain loads CLI-only modules: {wrong}"

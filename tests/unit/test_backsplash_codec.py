@@ -21,7 +21,7 @@ from forwarder.backsplash.codec import (
     encode_records,
     iter_records,
 )
-from forwarder.backsplash.layout import REPLAY_FAILED, key_kind
+from forwarder.backsplash.layout import REPLAY_FAILED, SPLUNK_FAILED, key_kind
 from forwarder.backsplash.writers import (
     Backsplash,
     EventOrigin,
@@ -228,3 +228,23 @@ def test_writer_without_a_bucket_raises() -> None:
     with pytest.raises(BacksplashError):
         write(writer, [EncodedEvent(b"x", None)])
     assert writer.keys == [] and writer.events_written == 0
+
+
+def test_writer_requeues_below_max_attempts_and_parks_the_rest(tmp_path: Path) -> None:
+    """The drain's writer: an event whose new replayAttempts is below ``requeue_below``
+    goes back under splunk-failed/ (the drain's pool), the others under replay-failed/;
+    both are tracked for the chunk's commit and counted."""
+    spool = LocalSpool(tmp_path, "p/")
+    writer = ReplayFailedBacksplash(spool, clock=lambda: NOW, tracked=True)
+    writer.requeue_below = 3
+    young, old = EncodedEvent(b'{"event":1}', "e1"), EncodedEvent(b'{"event":2}', "e2")
+    writer.expect([young], EventOrigin(0, None, 1, "s3://b/p/splunk-failed/a.gz"))
+    writer.expect([old], EventOrigin(1, None, 2, "s3://b/p/splunk-failed/b.gz"))
+    write(writer, [young, old])
+    parked, requeued = sorted(writer.keys)
+    assert key_kind(requeued) == (SPLUNK_FAILED, "p/")
+    assert key_kind(parked) == (REPLAY_FAILED, "p/")
+    assert [r["replayAttempts"] for r in stored(spool, requeued)] == [2]
+    assert [r["replayAttempts"] for r in stored(spool, parked)] == [3]
+    assert writer.failed_records == {0: 1, 1: 1}
+    assert (writer.events_requeued, writer.events_abandoned, writer.events_written) == (1, 1, 2)

@@ -1,0 +1,160 @@
+"""The backsplash backlog: objects, bytes and the oldest object's age per kind, from one
+listing; and the CloudWatch Embedded Metric Format line the drain Lambda logs with them.
+
+The listing reads only keys, sizes and ``LastModified`` (no object is opened). Objects under
+``replayed/`` (archived) are not backlog. ``replay-failed/`` is counted apart: the drain never
+reads it (a person runs ``forwarder replay`` on it), so its figures are what needs a person.
+
+EMF (CloudWatch's "Embedded metric format specification"): one JSON object on one log line,
+with ``_aws.CloudWatchMetrics`` naming the metrics and dimensions; CloudWatch Logs extracts
+the metrics with no ``PutMetricData`` call. Namespace :data:`NAMESPACE`, dimension
+``Bucket``; metrics ``BacklogObjects``, ``BacklogBytes``, ``BacklogOldestAgeSeconds`` (what
+the drain will replay), ``ReplayFailedObjects``, ``ReplayFailedBytes`` (what needs a person),
+``DrainEventsDelivered`` and ``DrainEventsAbandoned`` (this invocation). The per-kind table
+rides along as a plain property (``backlog``), for Logs Insights.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Final
+
+from forwarder.backsplash.layout import KINDS, REPLAY_FAILED, REPLAYED, key_kind, source_root
+from forwarder.replay.options import parse_s3_uri
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+NAMESPACE: Final = "FirehoseSplunkForwarder"
+#: The kind of objects under no kind's folder (recognised by content when replayed).
+UNKNOWN_KIND: Final = "other"
+
+
+@dataclass
+class KindBacklog:
+    """One kind's backlog."""
+
+    objects: int = 0
+    bytes: int = 0
+    oldest_age_s: float = 0.0
+
+
+@dataclass
+class Backlog:
+    """The backlog under one source, by kind (:data:`~forwarder.backsplash.layout.KINDS`,
+    and ``other``)."""
+
+    bucket: str
+    by_kind: dict[str, KindBacklog] = field(default_factory=dict)
+
+    def _pending(self) -> list[KindBacklog]:
+        return [row for kind, row in self.by_kind.items() if kind != REPLAY_FAILED]
+
+    @property
+    def objects(self) -> int:
+        """Objects the drain will replay (every kind but replay-failed)."""
+        return sum(row.objects for row in self._pending())
+
+    @property
+    def bytes(self) -> int:
+        """Bytes the drain will replay."""
+        return sum(row.bytes for row in self._pending())
+
+    @property
+    def oldest_age_s(self) -> float:
+        """Age of the oldest object the drain will replay (0 when none)."""
+        return max((row.oldest_age_s for row in self._pending()), default=0.0)
+
+    @property
+    def replay_failed(self) -> KindBacklog:
+        """What the drain gave up on (and what push and the daemon parked): a person's."""
+        return self.by_kind.get(REPLAY_FAILED, KindBacklog())
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data: totals and the per-kind table."""
+        return {
+            "objects": self.objects,
+            "bytes": self.bytes,
+            "oldest_age_s": round(self.oldest_age_s, 3),
+            "by_kind": {
+                kind: {
+                    "objects": row.objects,
+                    "bytes": row.bytes,
+                    "oldest_age_s": round(row.oldest_age_s, 3),
+                }
+                for kind, row in sorted(self.by_kind.items())
+            },
+        }
+
+
+def measure_backlog(
+    s3: S3Client, source: str, *, wall_clock: Callable[[], float] = time.time
+) -> Backlog:
+    """List ``source`` (``s3://bucket/prefix``) once and sum the backlog by kind.
+
+    Raises:
+        ValueError: ``source`` is not an ``s3://`` URI.
+        botocore errors: S3 refused the listing.
+    """
+    bucket, prefix = parse_s3_uri(source)
+    root = source_root(prefix)
+    backlog = Backlog(bucket, {kind: KindBacklog() for kind in KINDS})
+    now = wall_clock()
+    paginator = s3.get_paginator("list_objects_v2")
+    for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
+        for item in page.get("Contents", []):
+            key = item["Key"]
+            if key.endswith("/"):
+                continue
+            rest = key[len(root) :] if key.startswith(root) else key
+            if rest.split("/", 1)[0] == REPLAYED:
+                continue  # archived: not backlog (as the engine skips it)
+            kind, _ = key_kind(key)
+            row = backlog.by_kind.setdefault(kind or UNKNOWN_KIND, KindBacklog())
+            row.objects += 1
+            row.bytes += int(item.get("Size", 0))
+            modified = item.get("LastModified")
+            if modified is not None:
+                row.oldest_age_s = max(row.oldest_age_s, now - modified.timestamp())
+    return backlog
+
+
+def emf_document(
+    backlog: Backlog,
+    *,
+    events_delivered: int,
+    events_abandoned: int,
+    wall_clock: Callable[[], float] = time.time,
+) -> dict[str, Any]:
+    """The one EMF log line of a drain invocation (a dict; ``json.dumps`` it on one line)."""
+    metrics = {
+        "BacklogObjects": ("Count", backlog.objects),
+        "BacklogBytes": ("Bytes", backlog.bytes),
+        "BacklogOldestAgeSeconds": ("Seconds", round(backlog.oldest_age_s, 3)),
+        "ReplayFailedObjects": ("Count", backlog.replay_failed.objects),
+        "ReplayFailedBytes": ("Bytes", backlog.replay_failed.bytes),
+        "DrainEventsDelivered": ("Count", events_delivered),
+        "DrainEventsAbandoned": ("Count", events_abandoned),
+    }
+    document: dict[str, Any] = {
+        "_aws": {
+            "Timestamp": int(wall_clock() * 1000),
+            "CloudWatchMetrics": [
+                {
+                    "Namespace": NAMESPACE,
+                    "Dimensions": [["Bucket"]],
+                    "Metrics": [
+                        {"Name": name, "Unit": unit} for name, (unit, _) in metrics.items()
+                    ],
+                }
+            ],
+        },
+        "Bucket": backlog.bucket,
+        "event": "drain_backlog_measured",
+        "backlog": backlog.to_dict(),
+    }
+    for name, (_, value) in metrics.items():
+        document[name] = value
+    return document
