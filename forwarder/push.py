@@ -61,8 +61,6 @@ Settings, the deliverer and boto3 clients are built once per container, on first
 
 from __future__ import annotations
 
-import base64
-import binascii
 import os
 import threading
 import time
@@ -83,6 +81,7 @@ from forwarder.delivery.destinations import Delivery, build_delivery
 from forwarder.delivery.ledger import Ledger
 from forwarder.errors import BacksplashError
 from forwarder.intake.dispatch import Intake, Redeliverers
+from forwarder.intake.events import deliver_encoded
 from forwarder.intake.lines import LongLine
 from forwarder.intake.notifications import S3Object, parse_s3_notification
 from forwarder.intake.objects import (
@@ -287,14 +286,6 @@ class _Invocation:
         remaining = self.remaining_s()
         return remaining is not None and remaining <= 2 * self.margin_s(remaining)
 
-    def payload(self, data: bytes) -> None:
-        """A CloudWatch Logs payload (awslogs, Kinesis record)."""
-        self.intake.payload(data)
-
-    def unprocessable(self, data: bytes, exc: Exception) -> None:
-        """Input that is no payload at all (bad base64): stored under processing-failed/."""
-        self.intake.unprocessable(data, exc)
-
     def s3_object(self, obj: S3Object) -> None:
         """Deliver one object's lines, or re-deliver its backsplash records.
 
@@ -380,10 +371,6 @@ def _reading(obj: S3Object, items: Iterator[_T]) -> Iterator[_T]:
         except OBJECT_READ_ERRORS as exc:
             raise ObjectReadError(obj, exc) from exc
         yield item
-
-
-def _decode_b64(text: str) -> bytes:
-    return base64.b64decode(text, validate=True)
 
 
 def handler(event: Any, context: Any) -> dict[str, Any]:
@@ -484,12 +471,7 @@ def _discard(container: _Container, deliverer: Delivery, exc: Exception) -> None
 def _run(invocation: _Invocation, shape: Shape, event: dict[str, Any]) -> list[str]:
     """Submit every item; returns the identifiers of items not handled."""
     if shape == "awslogs":
-        try:
-            data = _decode_b64(event["awslogs"]["data"])
-        except (binascii.Error, ValueError) as exc:
-            invocation.unprocessable(str(event["awslogs"]["data"]).encode(), exc)
-            return []
-        invocation.payload(data)
+        deliver_encoded(invocation.intake, event["awslogs"]["data"])
         return []
     failures: list[str] = []
     records: list[dict[str, Any]] = event["Records"]
@@ -510,12 +492,7 @@ def _run(invocation: _Invocation, shape: Shape, event: dict[str, Any]) -> list[s
             _log.warning("items_deferred", items=len(records) - index, reason="time short")
             break
         if shape == "kinesis":
-            try:
-                data = _decode_b64(record["kinesis"]["data"])
-            except (binascii.Error, ValueError, KeyError) as exc:
-                invocation.unprocessable(str(record["kinesis"].get("data", "")).encode(), exc)
-                continue
-            invocation.payload(data)
+            deliver_encoded(invocation.intake, record["kinesis"].get("data"))
             continue
         if not _sqs_item(invocation, record):
             failures.append(identifier)

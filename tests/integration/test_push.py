@@ -19,6 +19,7 @@ from forwarder.delivery.work import Work
 from forwarder.devtools.emulator import FaultPlan, HecEmulator
 from forwarder.devtools.synthetic import FlowLogGenerator, cloudwatch_payload, control_payload
 from forwarder.errors import BacksplashError
+from forwarder.intake.dispatch import Intake
 from forwarder.intake.lines import MAX_CHUNK_CHARS
 from forwarder.intake.objects import object_chunks
 from tests.conftest import boto_client
@@ -339,7 +340,7 @@ def test_unexpected_error_discards_the_container_deliverer(
     WHEN handled THEN the handler raises, and what the deliverer held is backsplashed
     (Splunk.Shutdown) and the deliverer dropped: nothing leaks into the next invocation."""
     configure(emulator, SPLUNK_HEC_BATCH_MAX_EVENTS="1000")
-    real = push._Invocation.payload
+    real = Intake.payload  # the push path's intake (forwarder.intake.events)
     calls: list[int] = []
 
     def payload(self: Any, data: bytes) -> None:
@@ -348,7 +349,7 @@ def test_unexpected_error_discards_the_container_deliverer(
             raise RuntimeError("boom")
         real(self, data)
 
-    monkeypatch.setattr(push._Invocation, "payload", payload)
+    monkeypatch.setattr(Intake, "payload", payload)
     payloads = [cloudwatch_payload([f"k{b}-{i}" for i in range(3)], first_id=b) for b in range(2)]
     container = push._get_container()
     with pytest.raises(RuntimeError, match="boom"):
@@ -357,7 +358,7 @@ def test_unexpected_error_discards_the_container_deliverer(
     records = backsplashed(s3)  # the first record's events, in a partial batch: not sent
     assert len(records) == 3 and not emulator.indexed_events()
     assert {r["errorCode"] for r in records} == {"Splunk.Shutdown"}
-    monkeypatch.setattr(push._Invocation, "payload", real)
+    monkeypatch.setattr(Intake, "payload", real)
     result = push.handler(kinesis_event(payloads[:1]), FakeContext())
     assert result == {"batchItemFailures": []}
     deliverer = push._get_container().deliverer
