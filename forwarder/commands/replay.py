@@ -12,6 +12,7 @@ import os
 import sys
 from collections.abc import Mapping
 from datetime import datetime
+from typing import Final
 
 import structlog
 
@@ -20,9 +21,15 @@ from config.loader import require_hec
 from config.settings import Settings
 from forwarder import aws
 from forwarder.backsplash.layout import KINDS
-from forwarder.backsplash.writers import ReplayFailedBacksplash
+from forwarder.backsplash.writers import ReplayFailedBacksplash, backsplash_from_settings
 from forwarder.commands.context import CommandContext, add_common_arguments
 from forwarder.replay.engine import replay
+from forwarder.replay.failure_queue import (
+    format_failure_queue_summary,
+    is_queue_uri,
+    parse_queue_uri,
+    replay_failure_queue,
+)
 from forwarder.replay.firehose import FirehoseSink
 from forwarder.replay.options import (
     DEFAULT_CHUNK_BYTES,
@@ -52,7 +59,12 @@ _log = structlog.get_logger("forwarder.commands.replay")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``forwarder replay`` flags, the shared ones (settings file, logging, HEC) included."""
-    parser.add_argument("uri", metavar="s3://BUCKET/PREFIX", help="backsplash objects to replay")
+    parser.add_argument(
+        "uri",
+        metavar="s3://BUCKET/PREFIX|sqs://QUEUE_URL",
+        help="backsplash objects to replay, or the push Lambda's on-failure queue (its "
+        "destination records' requestPayload, through the push path)",
+    )
     add_common_arguments(parser)
     select = parser.add_argument_group("selection")
     select.add_argument(
@@ -199,6 +211,8 @@ def _time_flag(flag: str, value: str | None) -> datetime | None:
 def run(args: argparse.Namespace, ctx: CommandContext) -> ExitStatus:
     """``forwarder replay``: replay once, print the summary (or ``--json``), exit with its
     status."""
+    if is_queue_uri(args.uri):
+        return run_failure_queue(args, ctx)
     try:
         options = options_from_args(args, ctx.environ)
         parse_s3_uri(args.uri)
@@ -240,6 +254,55 @@ def run(args: argparse.Namespace, ctx: CommandContext) -> ExitStatus:
         if reason is not None:
             verb = "would be sent" if options.dry_run else "was sent"
             ctx.out.write(f"  nothing {verb}: {reason}\n")
+    return report.exit_status
+
+
+#: Flags that select or dispose of backsplash objects: meaningless for a queue.
+_S3_ONLY_FLAGS: Final = (
+    ("--since", "since"),
+    ("--until", "until"),
+    ("--error-code", "error_code"),
+    ("--include", "include"),
+    ("--exclude", "exclude"),
+    ("--limit", "limit"),
+    ("--state", "state"),
+    ("--failed-to", "failed_to"),
+    ("--via-firehose", "via_firehose"),
+    ("--archive", "archive"),
+    ("--delete", "delete"),
+)
+
+
+def run_failure_queue(args: argparse.Namespace, ctx: CommandContext) -> ExitStatus:
+    """``forwarder replay sqs://QUEUE_URL``: the push Lambda's on-failure destination records,
+    delivered through the push path (:mod:`forwarder.replay.failure_queue`)."""
+    s3_only = [flag for flag, name in _S3_ONLY_FLAGS if getattr(args, name, None)]
+    try:
+        queue_url = parse_queue_uri(args.uri)
+    except ValueError as exc:
+        print(f"forwarder replay: {exc}", file=sys.stderr)
+        return ExitStatus.USAGE
+    if s3_only:
+        print(f"forwarder replay: {s3_only[0]} applies to s3:// sources only", file=sys.stderr)
+        return ExitStatus.USAGE
+    settings = ctx.settings()
+    if not args.dry_run:
+        require_hec(settings)
+    s3 = aws.client("s3") if settings.backsplash.bucket else None
+    with two_stage_stop(on_first=_stopping) as request:
+        report = replay_failure_queue(
+            settings,
+            queue_url,
+            sqs=aws.client("sqs"),
+            backsplash=backsplash_from_settings(settings.backsplash, s3_client=s3),
+            dry_run=args.dry_run,
+            stop=request.stop,
+            log=_log,
+        )
+    if args.json:
+        ctx.out.write(json.dumps(report.to_dict(), indent=2, sort_keys=True) + "\n")
+    else:
+        ctx.out.write(format_failure_queue_summary(report))
     return report.exit_status
 
 
