@@ -69,6 +69,9 @@ class DrainSettings:
         settle_s: after trouble, what is in flight gets this long to finish (retries, acks)
             before it is backsplashed (``Splunk.Deadline``) and goes back to the pool.
         chunk_mb: payload MB per flush-and-commit step.
+        failure_queue: the URL of the push Lambda's on-failure SQS queue; each cycle with
+            the gate open also replays its destination records through the push path
+            (``forwarder replay sqs://QUEUE_URL``). None: the queue is not read.
     """
 
     enabled: bool = False
@@ -84,6 +87,7 @@ class DrainSettings:
     probe_interval_s: float = 10.0
     settle_s: float = 30.0
     chunk_mb: float = 1.0
+    failure_queue: str | None = None
 
 
 def _str(key: str, value: object) -> str:
@@ -96,6 +100,15 @@ def _source(key: str, value: object) -> str:
     text = _str(key, value)
     if not text.startswith("s3://") or len(text) <= len("s3://"):
         raise ConfigError(key, f"expected s3://BUCKET/PREFIX, got {text!r}")
+    return text
+
+
+def _queue(key: str, value: object) -> str:
+    text = _str(key, value)
+    if text.startswith("sqs://"):
+        text = text[len("sqs://") :]
+    if not text.startswith(("https://", "http://")):
+        raise ConfigError(key, f"expected an SQS queue URL (https://...), got {text!r}")
     return text
 
 
@@ -146,6 +159,7 @@ KEYS: Final[Mapping[str, Callable[[str, object], object]]] = {
     "probe_interval_s": _num(float, 0.01, 3600),
     "settle_s": _num(float, 0.0, 3600),
     "chunk_mb": _num(float, 0.001, 1024),
+    "failure_queue": _queue,
 }
 
 

@@ -26,6 +26,12 @@ reads: the one place automation gives up (``events_abandoned``, logged and count
 Log events: ``drain_gate_closed``, ``drain_cycle_stopped`` (trouble, stop or deadline, with
 the reason), ``drain_cycle_finished`` (the cycle's figures), ``drain_paused`` (the wait before
 the next gate) and ``drain_stopped``; the engine's own (``replay_*``) come with them.
+
+With ``failure_queue`` set, a cycle whose bucket replay ended ``drained`` or ``empty`` (so the
+gate was open and nothing troubled it) then replays the push Lambda's on-failure queue
+(:func:`~forwarder.replay.failure_queue.replay_failure_queue`, logged
+``failure_queue_replayed``), stopping at the first retry or ack re-send (the cycle ends
+``troubled``) or ``settle_s`` before the deadline.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
 
@@ -42,10 +48,12 @@ import structlog
 from config.drain import DrainSettings
 from config.errors import ConfigError
 from config.settings import Settings
+from forwarder import aws
 from forwarder.backsplash.layout import REPLAY_FAILED
-from forwarder.backsplash.writers import ReplayFailedBacksplash
+from forwarder.backsplash.writers import ReplayFailedBacksplash, backsplash_from_settings
 from forwarder.drain.gate import Backoff, GateResult, HecGate
 from forwarder.replay.engine import replay
+from forwarder.replay.failure_queue import FailureQueueReport, replay_failure_queue
 from forwarder.replay.options import ReplayOptions, parse_state_spec
 from forwarder.replay.report import ReplayReport
 from forwarder.replay.worker import DelivererFactory, Sink, default_deliverer_factory
@@ -175,6 +183,7 @@ class Drainer:
         clock: monotonic clock (deadlines, the probe interval, the rate limit).
         sleep: the rate limit's sleep (default: the cycle's stop-aware wait).
         watch_interval_s: how often the watch looks at the deliverers.
+        sqs_client: a boto3 SQS client for ``failure_queue`` (default: built on first use).
     """
 
     def __init__(
@@ -190,6 +199,7 @@ class Drainer:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], object] | None = None,
         watch_interval_s: float = WATCH_INTERVAL_S,
+        sqs_client: Any = None,
     ) -> None:
         self.settings = settings
         self.drain = drain
@@ -213,6 +223,9 @@ class Drainer:
         self.backoff = Backoff(drain.pause_s, drain.pause_max_s)
         self.counters = DrainCounters()
         self.log = _log.bind(source=self.source)
+        self._sqs = sqs_client
+        #: The last cycle's run over ``failure_queue`` (None before the first).
+        self.failure_queue_report: FailureQueueReport | None = None
 
     # ------------------------------------------------------------------ the loop
 
@@ -296,6 +309,8 @@ class Drainer:
             watch.done.set()
             watcher.join()
         result = self._result(watch, report)
+        if self.drain.failure_queue and result.outcome in ("drained", "empty"):
+            result = self._failure_queue(result, deadline)
         self._count(result)
         self.log.info(
             "drain_cycle_finished",
@@ -312,6 +327,30 @@ class Drainer:
             duplicates_possible=result.duplicates_possible,
             records_exhausted=report.records_exhausted,
         )
+        return result
+
+    def _failure_queue(self, result: CycleResult, deadline: float | None) -> CycleResult:
+        """With the gate open and the bucket drained, the push Lambda's on-failure queue
+        (:mod:`forwarder.replay.failure_queue`), stopping at the first sign of trouble."""
+        assert self.drain.failure_queue is not None
+        if self._sqs is None:
+            self._sqs = aws.client("sqs")
+        queue = replay_failure_queue(
+            self.settings,
+            self.drain.failure_queue,
+            sqs=self._sqs,
+            backsplash=backsplash_from_settings(self.settings.backsplash, s3_client=self._s3),
+            stop=self.stop,
+            deadline=None if deadline is None else deadline - self.drain.settle_s,
+            stop_at_trouble=True,
+            log=self.log,
+        )
+        self.failure_queue_report = queue
+        if queue.fatal or queue.backsplash_error or queue.error:
+            reason = f"failure queue: {queue.fatal or queue.backsplash_error or queue.error}"
+            return replace(result, outcome="failed", reason=reason)
+        if queue.halted and queue.halted != "deadline":
+            return replace(result, outcome="troubled", reason=f"failure queue: {queue.halted}")
         return result
 
     def _tracking_factory(self, watch: _CycleWatch) -> DelivererFactory:

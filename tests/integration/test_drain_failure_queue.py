@@ -1,0 +1,105 @@
+"""The drain and the push Lambda's on-failure queue (``[drain] failure_queue``): behind the
+same health gate as the bucket, against SQS and S3 on the moto server and the HEC emulator."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from config.drain import DrainSettings
+from forwarder.devtools.emulator import FaultPlan, HecEmulator
+from forwarder.drain.drainer import Drainer
+from tests.conftest import boto_client
+from tests.integration.conftest import delivery_settings
+from tests.integration.test_failure_queue import fill, indexed_messages, messages_left
+
+
+def drain_settings(queue: str, **values: Any) -> DrainSettings:
+    base: dict[str, Any] = {
+        "pause_s": 0.05,
+        "pause_max_s": 0.4,
+        "interval_s": 0.05,
+        "probe_interval_s": 0.1,
+        "settle_s": 5.0,
+        "failure_queue": queue,
+    }
+    return DrainSettings(**{**base, **values})
+
+
+@pytest.fixture(name="sqs")
+def fixture_sqs(aws_endpoint: str) -> Any:
+    return boto_client("sqs", aws_endpoint)
+
+
+@pytest.fixture(name="queue")
+def fixture_queue(sqs: Any) -> str:
+    return str(sqs.create_queue(QueueName="push-failures")["QueueUrl"])
+
+
+def test_drainer_drains_the_failure_queue_once_the_gate_opens(
+    emulator: HecEmulator, s3: Any, sqs: Any, queue: str, tmp_path: Path
+) -> None:
+    """GIVEN destination records in the failure queue WHEN HEC is down THEN the gate is shut
+    and the queue is not read; WHEN HEC is back THEN one cycle delivers every event and
+    deletes every message."""
+    expected = fill(sqs, queue)
+    settings = delivery_settings(emulator.url)
+    drainer = Drainer(
+        settings, drain_settings(queue), s3_client=s3, state=tmp_path / "state", sqs_client=sqs
+    )
+    emulator.set_faults(FaultPlan(down_for_s=3600))
+    closed = drainer.cycle()
+    assert closed.outcome == "closed"
+    assert drainer.failure_queue_report is None and messages_left(sqs, queue) == 3
+
+    emulator.set_faults(FaultPlan())
+    result = drainer.cycle()
+    assert result.outcome == "empty", result.reason  # the bucket held nothing
+    report = drainer.failure_queue_report
+    assert report is not None and report.messages_deleted == 3
+    assert Counter(indexed_messages(emulator)) == Counter(expected)
+    assert messages_left(sqs, queue) == 0
+
+
+@pytest.fixture(name="drain_lambda")
+def fixture_drain_lambda(aws_endpoint: str) -> Iterator[Any]:
+    from forwarder import drain
+
+    yield drain
+    drain.reset()
+
+
+class FakeContext:
+    """A Lambda context with a minute left."""
+
+    def __init__(self) -> None:
+        self._end = time.monotonic() + 60
+
+    def get_remaining_time_in_millis(self) -> int:
+        return max(int((self._end - time.monotonic()) * 1000), 0)
+
+
+def test_drain_lambda_reads_drain_failure_queue(
+    emulator: HecEmulator, s3: Any, sqs: Any, queue: str, *, tmp_path: Path, drain_lambda: Any
+) -> None:
+    """GIVEN ``DRAIN_FAILURE_QUEUE`` (the template's setting) WHEN the drain Lambda runs THEN
+    the queue's events are delivered and its messages deleted."""
+    expected = fill(sqs, queue, records=2)
+    drain_lambda.configure(
+        delivery_settings(emulator.url),
+        environ={
+            "DRAIN_STATE": str(tmp_path / "state"),
+            "DRAIN_FAILURE_QUEUE": queue,
+            "DRAIN_SETTLE_S": "2",
+        },
+        client_factory=lambda service: boto_client(service, str(s3.meta.endpoint_url)),
+    )
+    answer = drain_lambda.handler({}, FakeContext())
+    assert answer["outcome"] == "empty", answer
+    assert Counter(indexed_messages(emulator)) == Counter(expected)
+    assert messages_left(sqs, queue) == 0
