@@ -8,17 +8,20 @@ import argparse
 import base64
 import io
 import json
+import threading
 from collections import Counter
 from typing import Any
 
 import pytest
+import structlog
 
 from forwarder.backsplash.writers import Backsplash
 from forwarder.commands.context import CommandContext
 from forwarder.commands.replay import add_arguments, run
+from forwarder.delivery.destinations import build_delivery
 from forwarder.devtools.emulator import HecEmulator
 from forwarder.devtools.synthetic import cloudwatch_payload
-from forwarder.replay.failure_queue import replay_failure_queue
+from forwarder.replay.failure_queue import FailureQueueReplay, replay_failure_queue
 from forwarder.status import ExitStatus
 from tests.conftest import boto_client, free_port
 from tests.integration.conftest import BUCKET, FAST, PREFIX, backsplashed, delivery_settings
@@ -235,3 +238,60 @@ def test_s3_only_flags_are_a_usage_error(sqs: Any, queue: str) -> None:
         assert run(args, CommandContext(args, {}, io.StringIO())) == ExitStatus.USAGE
     bad = parser.parse_args(["sqs://"])
     assert run(bad, CommandContext(bad, {}, io.StringIO())) == ExitStatus.USAGE
+
+
+class ExtensionsSeen:
+    """An SQS client that notes every visibility extension."""
+
+    def __init__(self, sqs: Any) -> None:
+        self._sqs = sqs
+        self.extended = threading.Event()
+        self.timeouts: list[int] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sqs, name)
+
+    def change_message_visibility_batch(self, **kwargs: Any) -> Any:
+        self.timeouts += [entry["VisibilityTimeout"] for entry in kwargs["Entries"]]
+        self.extended.set()
+        return self._sqs.change_message_visibility_batch(**kwargs)
+
+
+class FlushAfterExtension:
+    """A deliverer whose flush first waits (bounded) for a visibility extension: events in
+    flight for longer than a third of the visibility timeout."""
+
+    def __init__(self, delivery: Any, extended: threading.Event) -> None:
+        self._delivery = delivery
+        self._extended = extended
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._delivery, name)
+
+    def flush(self, deadline: float | None = None) -> None:
+        assert self._extended.wait(60), "no visibility extension while the events were in flight"
+        self._delivery.flush(deadline)
+
+
+def test_visibility_is_extended_while_events_are_in_flight(
+    emulator: HecEmulator, backsplash: Backsplash, sqs: Any, queue: str
+) -> None:
+    expected = fill(sqs, queue, records=2)
+    settings = delivery_settings(emulator.url)
+    client = ExtensionsSeen(sqs)
+    delivery = build_delivery(settings, backsplash=backsplash, log=structlog.get_logger())
+    try:
+        report = FailureQueueReplay(
+            settings,
+            queue,
+            client,
+            FlushAfterExtension(delivery, client.extended),  # type: ignore[arg-type]
+            backsplash,
+            visibility_timeout_s=3,
+        ).run()
+    finally:
+        delivery.release()
+    assert report.exit_status == ExitStatus.OK, report
+    assert client.timeouts and set(client.timeouts) == {3}
+    assert Counter(indexed_messages(emulator)) == Counter(expected)
+    assert messages_left(sqs, queue) == 0
