@@ -17,6 +17,7 @@ import threading
 import time
 import uuid
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -36,6 +37,7 @@ from forwarder.replay.dynamo_state import DynamoReplayState
 from forwarder.status import ExitStatus
 from tests.conftest import TEST_TOKEN, boto_client, create_replay_state_table
 from tests.integration.conftest import BUCKET, FAST, delivery_settings
+from tests.integration.test_drain import FakeContext
 from tests.integration.test_replay import (
     SOURCE,
     event_ids,
@@ -264,3 +266,40 @@ def test_replay_dry_run_json_reports_the_backlog(emulator: HecEmulator, s3: Any)
     assert backlog["by_kind"]["replay-failed"]["objects"] == 1
     assert (backlog["objects"], backlog["bytes"]) == (measured["objects"], measured["bytes"])
     assert backlog["objects"] == 3  # replay-failed/ is apart: what needs a person
+
+
+def test_the_drain_lambdas_emf_line_carries_the_failure_queue_depth(
+    emulator: HecEmulator,
+    s3: Any,
+    settings: Settings,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """GIVEN a failure queue holding three messages WHEN the drain Lambda runs THEN its EMF
+    line and its answer carry the queue's depth beside the (drained) backlog."""
+    from forwarder import drain
+
+    aws_endpoint = s3.meta.endpoint_url
+    sqs = boto_client("sqs", aws_endpoint)
+    url = sqs.create_queue(QueueName="push-failures")["QueueUrl"]
+    for n in range(3):
+        sqs.send_message(QueueUrl=url, MessageBody=f"destination record {n}")
+    put_events(s3, "waiting.gz", [["w0"], ["w1"]])
+    drain.configure(
+        settings,
+        environ={"DRAIN_STATE": str(tmp_path / "state"), "DRAIN_SOURCE": SOURCE},
+        client_factory=lambda service: boto_client(service, aws_endpoint),
+        failure_queue=url,
+    )
+    try:
+        answer = drain.handler({}, FakeContext(remaining_ms=120_000))
+    finally:
+        drain.reset()
+    assert answer["outcome"] == "empty", answer["reason"]
+    assert Counter(event_ids(emulator)) == Counter(["w0", "w1"])
+    assert (answer["backlog"]["objects"], answer["backlog"]["failure_queue_depth"]) == (0, 3)
+    (line,) = [line for line in capsys.readouterr().out.splitlines() if '"_aws"' in line]
+    document = json.loads(line)
+    metrics = document["_aws"]["CloudWatchMetrics"][0]["Metrics"]
+    assert {"Name": "FailureQueueDepth", "Unit": "Count"} in metrics
+    assert (document["FailureQueueDepth"], document["BacklogObjects"]) == (3, 0)
