@@ -12,9 +12,10 @@ import os
 import sys
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Final
+from typing import Any, Final
 
 import structlog
+from botocore.exceptions import BotoCoreError, ClientError
 
 from config.errors import ConfigError
 from config.loader import require_hec
@@ -23,6 +24,7 @@ from forwarder import aws
 from forwarder.backsplash.layout import KINDS
 from forwarder.backsplash.writers import ReplayFailedBacksplash, backsplash_from_settings
 from forwarder.commands.context import CommandContext, add_common_arguments
+from forwarder.drain.backlog import measure_backlog
 from forwarder.replay.engine import replay
 from forwarder.replay.failure_queue import (
     format_failure_queue_summary,
@@ -248,6 +250,8 @@ def run(args: argparse.Namespace, ctx: CommandContext) -> ExitStatus:
         document = report.to_dict()
         if reason is not None:
             document["nothing_sent_because"] = reason
+        if options.dry_run:
+            document["backlog"] = backlog_figures(s3, args.uri)
         ctx.out.write(json.dumps(document, indent=2, sort_keys=True) + "\n")
     else:
         ctx.out.write(format_summary(report))
@@ -304,6 +308,17 @@ def run_failure_queue(args: argparse.Namespace, ctx: CommandContext) -> ExitStat
     else:
         ctx.out.write(format_failure_queue_summary(report))
     return report.exit_status
+
+
+def backlog_figures(s3: Any, uri: str) -> dict[str, Any] | None:
+    """What waits under ``uri``, whatever the selection (objects, bytes, oldest age per kind:
+    the figures of the drain Lambda's EMF line and the daemon's gauges); None, logged as
+    ``backlog_unmeasured``, when S3 refuses the listing."""
+    try:
+        return measure_backlog(s3, uri).to_dict()
+    except (BotoCoreError, ClientError) as exc:
+        _log.warning("backlog_unmeasured", error=f"{type(exc).__name__}: {exc}")
+        return None
 
 
 def firehose_sink_factory(

@@ -19,7 +19,9 @@ tables: ``in``, ``acknowledged``, ``backsplashed`` per destination, ``default`` 
 ``forwarder_spool_objects``, ``forwarder_spool_bytes``, ``forwarder_ready``,
 ``forwarder_hec_concurrency`` (requests allowed on the wire: ``SPLUNK_HEC_CONCURRENCY``, or the
 adaptive limit as it stands),
-``forwarder_checkpoints_total`` (a counter).
+``forwarder_checkpoints_total`` (a counter). The drain service registers its own collectors on
+:attr:`MetricsServer.registry` (``forwarder_drain_*``, and the backlog gauges
+``forwarder_backlog_*{kind}`` and ``forwarder_failure_queue_depth``: :mod:`forwarder.drain.gauges`).
 """
 
 from __future__ import annotations

@@ -18,7 +18,8 @@ SQLite file under ``/tmp`` (one container's; the DynamoDB table is the shared on
 
 At the end it logs one CloudWatch Embedded Metric Format line
 (:func:`~forwarder.drain.backlog.emf_document`: backlog objects, bytes and oldest age, what
-needs a person, what this invocation delivered and gave up on) and answers the same figures.
+needs a person, what this invocation delivered and gave up on, and the failure queue's depth
+when one is configured) and answers the same figures.
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ class _Container:
     drain: DrainSettings
     client_factory: aws.ClientFactory
     state: str
+    failure_queue: str | None = None
 
 
 _container: _Container | None = None
@@ -74,9 +76,12 @@ def configure(
     *,
     environ: Mapping[str, str] | None = None,
     client_factory: aws.ClientFactory = aws.client,
+    failure_queue: str | None = None,
 ) -> None:
     """Build the container's settings once (the handler calls it on first use; tests pass
-    ready settings and an environment)."""
+    ready settings and an environment). ``failure_queue``: the push Lambda's on-failure SQS
+    queue URL, whose depth the EMF line carries (None: ``DRAIN_FAILURE_QUEUE``, or not
+    measured)."""
     global _container  # noqa: PLW0603 - one per Lambda container, by design
     env = os.environ if environ is None else environ
     if settings is None:
@@ -88,7 +93,9 @@ def configure(
         _log.warning("settings_warning", problem=warning)
     drain = load_drain_settings(None, env)
     state = state_option(drain.state, env, scratch=LAMBDA_STATE_HOME)
-    _container = _Container(settings, drain, client_factory, state)
+    _container = _Container(
+        settings, drain, client_factory, state, failure_queue or drain.failure_queue
+    )
 
 
 def reset() -> None:
@@ -134,7 +141,13 @@ def handler(event: Any, context: Any) -> dict[str, Any]:
     )
     result = drainer.run(deadline=deadline)
     counters = drainer.counters.snapshot()
-    backlog = measure_backlog(s3, drainer.source)
+    queue = container.failure_queue
+    backlog = measure_backlog(
+        s3,
+        drainer.source,
+        failure_queue=queue,
+        sqs=container.client_factory("sqs") if queue is not None else None,
+    )
     document = emf_document(
         backlog,
         events_delivered=counters["events_delivered"],

@@ -10,14 +10,20 @@ with ``_aws.CloudWatchMetrics`` naming the metrics and dimensions; CloudWatch Lo
 the metrics with no ``PutMetricData`` call. Namespace :data:`NAMESPACE`, dimension
 ``Bucket``; metrics ``BacklogObjects``, ``BacklogBytes``, ``BacklogOldestAgeSeconds`` (what
 the drain will replay), ``ReplayFailedObjects``, ``ReplayFailedBytes`` (what needs a person),
-``DrainEventsDelivered`` and ``DrainEventsAbandoned`` (this invocation). The per-kind table
-rides along as a plain property (``backlog``), for Logs Insights.
+``DrainEventsDelivered`` and ``DrainEventsAbandoned`` (this invocation), and
+``FailureQueueDepth`` when a failure queue is configured. The per-kind table rides along as a
+plain property (``backlog``), for Logs Insights.
+
+The failure queue (the push Lambda's on-failure SQS queue) is measured by its
+``ApproximateNumberOfMessages`` (one ``GetQueueAttributes`` call). :func:`measure_backlog` is
+the one measurement: the drain Lambda's EMF line, the daemon's ``/metrics`` gauges
+(:mod:`forwarder.drain.gauges`) and ``forwarder replay --dry-run --json`` all read it.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
@@ -26,6 +32,7 @@ from forwarder.replay.options import parse_s3_uri
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
+    from mypy_boto3_sqs import SQSClient
 
 NAMESPACE: Final = "FirehoseSplunkForwarder"
 #: The kind of objects under no kind's folder (recognised by content when replayed).
@@ -48,6 +55,8 @@ class Backlog:
 
     bucket: str
     by_kind: dict[str, KindBacklog] = field(default_factory=dict)
+    #: Messages in the failure queue (``ApproximateNumberOfMessages``); None: no queue.
+    failure_queue_depth: int | None = None
 
     def _pending(self) -> list[KindBacklog]:
         return [row for kind, row in self.by_kind.items() if kind != REPLAY_FAILED]
@@ -73,8 +82,9 @@ class Backlog:
         return self.by_kind.get(REPLAY_FAILED, KindBacklog())
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain data: totals and the per-kind table."""
-        return {
+        """Plain data: totals, the per-kind table, and the failure queue's depth (when
+        measured)."""
+        document: dict[str, Any] = {
             "objects": self.objects,
             "bytes": self.bytes,
             "oldest_age_s": round(self.oldest_age_s, 3),
@@ -87,38 +97,68 @@ class Backlog:
                 for kind, row in sorted(self.by_kind.items())
             },
         }
+        if self.failure_queue_depth is not None:
+            document["failure_queue_depth"] = self.failure_queue_depth
+        return document
 
 
 def measure_backlog(
-    s3: S3Client, source: str, *, wall_clock: Callable[[], float] = time.time
+    s3: S3Client,
+    source: str,
+    *,
+    failure_queue: str | None = None,
+    sqs: SQSClient | None = None,
+    wall_clock: Callable[[], float] = time.time,
 ) -> Backlog:
-    """List ``source`` (``s3://bucket/prefix``) once and sum the backlog by kind.
+    """List ``source`` (``s3://bucket/prefix``) once and sum the backlog by kind; with a
+    ``failure_queue`` (an SQS queue URL), also read its depth through ``sqs``.
 
     Raises:
-        ValueError: ``source`` is not an ``s3://`` URI.
-        botocore errors: S3 refused the listing.
+        ValueError: ``source`` is not an ``s3://`` URI, or a queue is given without ``sqs``.
+        botocore errors: S3 refused the listing, or SQS the attributes.
     """
     bucket, prefix = parse_s3_uri(source)
-    root = source_root(prefix)
-    backlog = Backlog(bucket, {kind: KindBacklog() for kind in KINDS})
+    if failure_queue is not None and sqs is None:
+        raise ValueError("a failure queue needs an SQS client")
     now = wall_clock()
     paginator = s3.get_paginator("list_objects_v2")
-    for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
-        for item in page.get("Contents", []):
-            key = item["Key"]
-            if key.endswith("/"):
-                continue
-            rest = key[len(root) :] if key.startswith(root) else key
-            if rest.split("/", 1)[0] == REPLAYED:
-                continue  # archived: not backlog (as the engine skips it)
-            kind, _ = key_kind(key)
-            row = backlog.by_kind.setdefault(kind or UNKNOWN_KIND, KindBacklog())
-            row.objects += 1
-            row.bytes += int(item.get("Size", 0))
-            modified = item.get("LastModified")
-            if modified is not None:
-                row.oldest_age_s = max(row.oldest_age_s, now - modified.timestamp())
+    pages = paginator.paginate(Bucket=bucket, Prefix=prefix)
+    items = (item for page in pages for item in page.get("Contents", []))
+    backlog = tally(bucket, prefix, items, now=now)
+    if failure_queue is not None:
+        assert sqs is not None
+        backlog.failure_queue_depth = queue_depth(sqs, failure_queue)
     return backlog
+
+
+def tally(bucket: str, prefix: str, items: Iterable[Mapping[str, Any]], *, now: float) -> Backlog:
+    """Sum listed objects (``list_objects_v2``'s ``Contents`` entries: ``Key``, ``Size``,
+    ``LastModified``) by kind; ages against ``now`` (epoch seconds). Pure."""
+    root = source_root(prefix)
+    backlog = Backlog(bucket, {kind: KindBacklog() for kind in KINDS})
+    for item in items:
+        key = item["Key"]
+        if key.endswith("/"):
+            continue
+        rest = key[len(root) :] if key.startswith(root) else key
+        if rest.split("/", 1)[0] == REPLAYED:
+            continue  # archived: not backlog (as the engine skips it)
+        kind, _ = key_kind(key)
+        row = backlog.by_kind.setdefault(kind or UNKNOWN_KIND, KindBacklog())
+        row.objects += 1
+        row.bytes += int(item.get("Size", 0))
+        modified = item.get("LastModified")
+        if modified is not None:
+            row.oldest_age_s = max(row.oldest_age_s, now - modified.timestamp())
+    return backlog
+
+
+def queue_depth(sqs: SQSClient, queue_url: str) -> int:
+    """The queue's ``ApproximateNumberOfMessages`` (visible messages; one API call)."""
+    answer = sqs.get_queue_attributes(
+        QueueUrl=queue_url, AttributeNames=["ApproximateNumberOfMessages"]
+    )
+    return int(answer.get("Attributes", {}).get("ApproximateNumberOfMessages", "0"))
 
 
 def emf_document(
@@ -138,6 +178,8 @@ def emf_document(
         "DrainEventsDelivered": ("Count", events_delivered),
         "DrainEventsAbandoned": ("Count", events_abandoned),
     }
+    if backlog.failure_queue_depth is not None:
+        metrics["FailureQueueDepth"] = ("Count", backlog.failure_queue_depth)
     document: dict[str, Any] = {
         "_aws": {
             "Timestamp": int(wall_clock() * 1000),

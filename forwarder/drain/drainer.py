@@ -80,6 +80,8 @@ COUNTERS: Final = {
     "events_requeued": "Events that failed again and went back to the pool (replayAttempts + 1).",
     "events_abandoned": "Events the drain gave up on after max_attempts (under replay-failed/).",
     "duplicates_possible": "Events the drain re-sent after an ack was lost (possible duplicates).",
+    "leases_taken_over": "Objects whose expired lease (a crashed owner's) the drain took over: "
+    "what that owner sent but did not record is sent again.",
 }
 
 
@@ -445,6 +447,7 @@ class Drainer:
             events_requeued=result.events_requeued,
             events_abandoned=result.events_abandoned,
             duplicates_possible=result.duplicates_possible,
+            leases_taken_over=report.leases_taken_over,
         )
 
 

@@ -88,7 +88,7 @@ def test_drain_lambda_reads_drain_failure_queue(
     emulator: HecEmulator, s3: Any, sqs: Any, queue: str, *, tmp_path: Path, drain_lambda: Any
 ) -> None:
     """GIVEN ``DRAIN_FAILURE_QUEUE`` (the template's setting) WHEN the drain Lambda runs THEN
-    the queue's events are delivered and its messages deleted."""
+    the queue's events are delivered, its messages deleted, and its depth reported."""
     expected = fill(sqs, queue, records=2)
     drain_lambda.configure(
         delivery_settings(emulator.url),
@@ -103,3 +103,5 @@ def test_drain_lambda_reads_drain_failure_queue(
     assert answer["outcome"] == "empty", answer
     assert Counter(indexed_messages(emulator)) == Counter(expected)
     assert messages_left(sqs, queue) == 0
+    # The same setting feeds the EMF line's depth, measured after the drain: empty.
+    assert answer["backlog"]["failure_queue_depth"] == 0
