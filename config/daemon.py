@@ -18,7 +18,7 @@ from typing import Any, Final, Literal, cast
 from config.drain import DrainSettings, load_drain_settings
 from config.errors import ConfigError
 from config.loader import replay_state_path
-from config.values import parse_bool
+from config.values import number_parser, parse_bool
 
 SourceType = Literal["kinesis", "sqs-s3", "files", "stdin", "firehose-http"]
 StartPosition = Literal["TRIM_HORIZON", "LATEST"]
@@ -111,25 +111,6 @@ def _list(key: str, value: object) -> tuple[str, ...]:
     return tuple(item for item in items if item)
 
 
-def _num(
-    kind: type[int] | type[float], low: float, high: float
-) -> Callable[[str, object], int | float]:
-    def parse(key: str, value: object) -> int | float:
-        if isinstance(value, bool):
-            raise ConfigError(key, f"expected a number, got {value!r}")
-        try:
-            number = kind(value.strip()) if isinstance(value, str) else kind(cast(Any, value))
-        except (TypeError, ValueError):
-            raise ConfigError(key, f"expected a number, got {value!r}") from None
-        if kind is int and isinstance(value, float) and not value.is_integer():
-            raise ConfigError(key, f"expected a whole number, got {value!r}")
-        if not low <= number <= high:
-            raise ConfigError(key, f"must be between {low:g} and {high:g}, got {number!r}")
-        return number
-
-    return parse
-
-
 def _choice(*allowed: str) -> Callable[[str, object], str]:
     def parse(key: str, value: object) -> str:
         if not isinstance(value, str) or value.strip() not in allowed:
@@ -152,27 +133,27 @@ _SOURCE_KEYS: Final[Mapping[str, Callable[[str, object], object]]] = {
     "stream_name": _str,
     "shard_ids": _list,
     "start_position": _choice("TRIM_HORIZON", "LATEST"),
-    "max_records": _num(int, 1, 10_000),
-    "poll_interval_s": _num(float, 0.0, 300),
-    "shard_refresh_interval_s": _num(float, 0.1, 3600),
-    "throttle_backoff_s": _num(float, 0.001, 60),
-    "throttle_backoff_max_s": _num(float, 0.001, 600),
+    "max_records": number_parser(int, 1, 10_000),
+    "poll_interval_s": number_parser(float, 0.0, 300),
+    "shard_refresh_interval_s": number_parser(float, 0.1, 3600),
+    "throttle_backoff_s": number_parser(float, 0.001, 60),
+    "throttle_backoff_max_s": number_parser(float, 0.001, 600),
     "queue_url": _str,
-    "visibility_timeout_s": _num(int, 2, 43_200),
-    "wait_time_s": _num(int, 0, 20),
-    "max_messages": _num(int, 1, 10),
-    "chunk_lines": _num(int, 1, 1_000_000),
+    "visibility_timeout_s": number_parser(int, 2, 43_200),
+    "wait_time_s": number_parser(int, 0, 20),
+    "max_messages": number_parser(int, 1, 10),
+    "chunk_lines": number_parser(int, 1, 1_000_000),
     "paths": _list,
     "log_group": _str,
     "host": _str,
-    "port": _num(int, 0, 65535),
+    "port": number_parser(int, 0, 65535),
     "access_key": _str,
-    "max_body_bytes": _num(int, 1024, 1 << 30),
-    "max_in_flight": _num(int, 1, 1000),
-    "max_connections": _num(int, 1, 100_000),
-    "request_timeout_s": _num(float, 0.1, 600),
+    "max_body_bytes": number_parser(int, 1024, 1 << 30),
+    "max_in_flight": number_parser(int, 1, 1000),
+    "max_connections": number_parser(int, 1, 100_000),
+    "request_timeout_s": number_parser(float, 0.1, 600),
     # Firehose waits 3 minutes for an answer; the receiver's last resort comes 15 s after this.
-    "answer_timeout_s": _num(float, 0.1, 160),
+    "answer_timeout_s": number_parser(float, 0.1, 160),
     "tls_cert_path": _str,
     "tls_key_path": _str,
 }
@@ -181,16 +162,16 @@ _DAEMON_KEYS: Final[Mapping[str, Callable[[str, object], object]]] = {
     "checkpoint_store": _choice("file", "dynamodb", "none"),
     "checkpoint_path": _str,
     "checkpoint_table": _str,
-    "checkpoint_interval_s": _num(float, 0.0, 3600),
-    "checkpoint_max_records": _num(int, 1, 1_000_000),
-    "shutdown_grace_s": _num(float, 0.0, 3600),
+    "checkpoint_interval_s": number_parser(float, 0.0, 3600),
+    "checkpoint_max_records": number_parser(int, 1, 1_000_000),
+    "shutdown_grace_s": number_parser(float, 0.0, 3600),
     "metrics_host": _str,
-    "metrics_port": _num(int, 0, 65535),
+    "metrics_port": number_parser(int, 0, 65535),
     "metrics_enabled": _bool,
-    "spool_drain_interval_s": _num(float, 0.01, 86_400),
-    "health_check_interval_s": _num(float, 0.01, 3600),
-    "source_retry_backoff_s": _num(float, 0.001, 600),
-    "source_retry_backoff_max_s": _num(float, 0.001, 3600),
+    "spool_drain_interval_s": number_parser(float, 0.01, 86_400),
+    "health_check_interval_s": number_parser(float, 0.01, 3600),
+    "source_retry_backoff_s": number_parser(float, 0.001, 600),
+    "source_retry_backoff_max_s": number_parser(float, 0.001, 3600),
 }
 
 

@@ -16,7 +16,7 @@ from typing import Any, Final, Literal, cast
 
 from config.errors import ConfigError
 from config.loader import replay_state_path
-from config.values import parse_bool
+from config.values import number_parser, parse_bool
 
 DrainAfterSuccess = Literal["delete", "archive"]
 
@@ -112,25 +112,6 @@ def _queue(key: str, value: object) -> str:
     return text
 
 
-def _num(
-    kind: type[int] | type[float], low: float, high: float
-) -> Callable[[str, object], int | float]:
-    def parse(key: str, value: object) -> int | float:
-        if isinstance(value, bool):
-            raise ConfigError(key, f"expected a number, got {value!r}")
-        try:
-            number = kind(value.strip()) if isinstance(value, str) else kind(cast(Any, value))
-        except (TypeError, ValueError):
-            raise ConfigError(key, f"expected a number, got {value!r}") from None
-        if kind is int and isinstance(value, float) and not value.is_integer():
-            raise ConfigError(key, f"expected a whole number, got {value!r}")
-        if not low <= number <= high:
-            raise ConfigError(key, f"must be between {low:g} and {high:g}, got {number!r}")
-        return number
-
-    return parse
-
-
 def _after(key: str, value: object) -> str:
     if not isinstance(value, str) or value.strip() not in ("delete", "archive"):
         raise ConfigError(key, f"expected delete or archive, got {value!r}")
@@ -149,16 +130,16 @@ KEYS: Final[Mapping[str, Callable[[str, object], object]]] = {
     "enabled": _bool,
     "source": _source,
     "state": _str,
-    "max_events_per_s": _num(float, 0.001, 10_000_000),
-    "max_attempts": _num(int, 1, 1000),
-    "interval_s": _num(float, 0.0, 86_400),
-    "concurrency": _num(int, 1, 64),
+    "max_events_per_s": number_parser(float, 0.001, 10_000_000),
+    "max_attempts": number_parser(int, 1, 1000),
+    "interval_s": number_parser(float, 0.0, 86_400),
+    "concurrency": number_parser(int, 1, 64),
     "after_success": _after,
-    "pause_s": _num(float, 0.001, 3600),
-    "pause_max_s": _num(float, 0.001, 86_400),
-    "probe_interval_s": _num(float, 0.01, 3600),
-    "settle_s": _num(float, 0.0, 3600),
-    "chunk_mb": _num(float, 0.001, 1024),
+    "pause_s": number_parser(float, 0.001, 3600),
+    "pause_max_s": number_parser(float, 0.001, 86_400),
+    "probe_interval_s": number_parser(float, 0.01, 3600),
+    "settle_s": number_parser(float, 0.0, 3600),
+    "chunk_mb": number_parser(float, 0.001, 1024),
     "failure_queue": _queue,
 }
 

@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 from config.errors import ConfigError
@@ -77,3 +79,26 @@ def parse_existing_file(key: str, raw: str) -> str:
     if not found:
         raise ConfigError(key, f"no such file: {shown(raw)}")
     return str(path)
+
+
+def number_parser(
+    kind: type[int] | type[float], low: float, high: float
+) -> Callable[[str, object], int | float]:
+    """A parser of a TOML or environment number of ``kind`` between ``low`` and ``high``
+    (inclusive); it raises ``ConfigError`` naming the key for anything else (a bool, a
+    fraction where a whole number is wanted, out of range)."""
+
+    def parse(key: str, value: object) -> int | float:
+        if isinstance(value, bool):
+            raise ConfigError(key, f"expected a number, got {value!r}")
+        try:
+            number = kind(value.strip()) if isinstance(value, str) else kind(cast(Any, value))
+        except (TypeError, ValueError):
+            raise ConfigError(key, f"expected a number, got {value!r}") from None
+        if kind is int and isinstance(value, float) and not value.is_integer():
+            raise ConfigError(key, f"expected a whole number, got {value!r}")
+        if not low <= number <= high:
+            raise ConfigError(key, f"must be between {low:g} and {high:g}, got {number!r}")
+        return number
+
+    return parse

@@ -361,6 +361,19 @@ class DecodedRecord:
     #: payload: its route's), ``default`` when it names none.
     destination: str = DEFAULT_DESTINATION
 
+    def unrouted(self, message: str) -> Failure:
+        """The failure that parks this record's events under ``replay-failed/``: its
+        destination is not in the settings (``Splunk.UnknownDestination``)."""
+        return Failure(
+            "Splunk.UnknownDestination",
+            message,
+            0,
+            self.endpoint,
+            self.raw_target,
+            self.arrival_ms,
+            self.destination,
+        )
+
 
 #: ``rawData`` that starts with this is base64 of gzip (``1f 8b 08``): an original CloudWatch
 #: Logs payload, never something sent to HEC.

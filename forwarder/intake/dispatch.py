@@ -232,16 +232,7 @@ class Intake:
         if not count:
             return
         message = f"no [destinations.{decoded.destination}] in the settings"
-        failure = Failure(
-            "Splunk.UnknownDestination",
-            message,
-            0,
-            decoded.endpoint,
-            decoded.raw_target,
-            decoded.arrival_ms,
-            decoded.destination,
-        )
-        ReplayFailedBacksplash(self.backsplash).write(decoded.events, failure)
+        ReplayFailedBacksplash(self.backsplash).write(decoded.events, decoded.unrouted(message))
         self.ledger.add(events_in=count, backsplashed=count, backsplash_objects=1)
         self.log.error("backsplash_record_unrouted", destination=decoded.destination, events=count)
 

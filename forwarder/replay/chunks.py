@@ -21,7 +21,6 @@ from forwarder.backsplash.codec import (
     CorruptLine,
     CorruptRecordError,
     DecodedRecord,
-    Failure,
     RawRecord,
     decode_record,
     iter_records,
@@ -390,16 +389,7 @@ def _unrouted(worker: Worker, decoded: DecodedRecord, message: str) -> None:
         BacksplashError: the object could not be stored.
     """
     count = len(decoded.events)
-    failure = Failure(
-        "Splunk.UnknownDestination",
-        message,
-        0,
-        decoded.endpoint,
-        decoded.raw_target,
-        decoded.arrival_ms,
-        decoded.destination,
-    )
-    worker.writer.write(decoded.events, failure)
+    worker.writer.write(decoded.events, decoded.unrouted(message))
     worker.shared.ledger.add(events_in=count, backsplashed=count, backsplash_objects=1)
     _log.error(
         "replay_record_unrouted", destination=decoded.destination, events=count, reason=message
