@@ -5,10 +5,14 @@ from __future__ import annotations
 import gzip
 from array import array
 from dataclasses import dataclass, field
+from operator import itemgetter
 
 from forwarder.delivery.batching import Batch
 from forwarder.delivery.retry import RetryBudget
 from transforms.records import EncodedEvent, RawTarget
+
+_PAYLOAD = itemgetter(0)
+_EVENT_ID = itemgetter(1)
 
 
 @dataclass(slots=True, eq=False)
@@ -27,6 +31,9 @@ class Work:
     arrival_ms: int
     budget: RetryBudget = field(default_factory=RetryBudget)
     wire: bytes | None = None  # the request body as sent (gzip-compressed when gzip is on)
+    #: The body before gzip, while the I/O thread that posts it has yet to compress it into
+    #: ``wire`` (N > 1, see ``Deliverer``); dropped once the answer is in.
+    plain: bytes | None = None
     lengths: array[int] | None = None  # parked: payload sizes, to cut the body into events
     ids: list[str | None] | None = None  # parked: the events' ids
     #: For one event re-addressed to the fallback index (code 7): the event as it was first
@@ -50,9 +57,10 @@ class Work:
         """Drop the events, keeping what restores them exactly (``wire`` must be set)."""
         if self.batch is not None and self.wire is not None:
             events = self.batch.events
-            self.lengths = array("I", [len(event[0]) for event in events])
-            self.ids = [event[1] for event in events]
+            self.lengths = array("I", map(len, map(_PAYLOAD, events)))
+            self.ids = list(map(_EVENT_ID, events))
             self.batch = None
+            self.plain = None
 
     def restore(self, gzipped: bool) -> Batch:
         """The batch, rebuilt from the parked body when it was parked."""

@@ -739,3 +739,15 @@ def test_payload_slices_raise_decoding_errors_before_any_slice() -> None:
         transform_payload_slices(gzip.compress(b"[1, 2]"), TransformOptions(), max_events=5)
     with pytest.raises(ValueError, match="max_events"):
         transform_payload_slices(make_control_payload(), TransformOptions(), max_events=0)
+
+
+@pytest.mark.parametrize("ids", [None, ["a", None, "c"]])
+def test_encoded_events_iterate_as_they_index(ids: list[str | None] | None) -> None:
+    """Iteration (what the deliverer lists) gives the same EncodedEvent values as indexing,
+    text that is not valid UTF-8 escaped alike."""
+    events = EncodedEvents(['{"event":"x"}', "plain", "bad \udc80 surrogate"], ids)
+    listed = list(events)
+    assert listed == [events[i] for i in range(3)]
+    assert all(type(event) is EncodedEvent for event in listed)
+    assert listed[2].payload == b"bad \\udc80 surrogate"
+    assert [event.event_id for event in listed] == (ids or [None, None, None])
