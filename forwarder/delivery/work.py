@@ -31,9 +31,6 @@ class Work:
     arrival_ms: int
     budget: RetryBudget = field(default_factory=RetryBudget)
     wire: bytes | None = None  # the request body as sent (gzip-compressed when gzip is on)
-    #: The body before gzip, while the I/O thread that posts it has yet to compress it into
-    #: ``wire`` (N > 1, see ``Deliverer``); dropped once the answer is in.
-    plain: bytes | None = None
     lengths: array[int] | None = None  # parked: payload sizes, to cut the body into events
     ids: list[str | None] | None = None  # parked: the events' ids
     #: For one event re-addressed to the fallback index (code 7): the event as it was first
@@ -60,7 +57,6 @@ class Work:
             self.lengths = array("I", map(len, map(_PAYLOAD, events)))
             self.ids = list(map(_EVENT_ID, events))
             self.batch = None
-            self.plain = None
 
     def restore(self, gzipped: bool) -> Batch:
         """The batch, rebuilt from the parked body when it was parked."""
