@@ -35,8 +35,13 @@ given to the ``forward`` and daemon processes (``default``: not set). A tree who
 does not read that variable ignores it. In-process, ``forward_stream`` against the wire floor
 is ``bench_delivery.py``'s figure.
 
+``--base-tree DIR`` (a source tree of another revision, e.g. ``git archive 184ea29 | tar -x
+-C DIR``) adds that tree's ``forward`` and daemon to the same rounds (``python -m forwarder``
+run from DIR imports DIR's code), so a change is measured against its base under the same load.
+
 Run: ``.venv/bin/python benchmarks/bench_processes.py [--quick] [--repeats N]
-[--concurrency LIST]`` (``make bench-delivery``).
+[--concurrency LIST] [--base-tree DIR] [--skip-check] [--skip-memory]``
+(``make bench-delivery``).
 """
 
 from __future__ import annotations
@@ -93,11 +98,12 @@ def child_env(concurrency: str = DEFAULT, **extra: str) -> dict[str, str]:
     return env
 
 
-def run_child(argv: list[str], env: dict[str, str]) -> str:
-    """Run one child to completion; its stdout. A failing child fails the benchmark."""
+def run_child(argv: list[str], env: dict[str, str], cwd: Path = ROOT) -> str:
+    """Run one child to completion (``python -m`` imports from ``cwd``, this tree by
+    default); its stdout. A failing child fails the benchmark."""
     done = subprocess.run(
         argv,
-        cwd=ROOT,
+        cwd=cwd,
         env=env,
         capture_output=True,
         text=True,
@@ -295,8 +301,10 @@ def throughput(
     config: Path,
     repeats: int,
     warmup: int,
+    base: Path | None = None,
 ) -> dict[str, Any]:
-    """Figures 1-3, every process of every concurrency interleaved in each round."""
+    """Figures 1-3, every process of every concurrency interleaved in each round; with
+    ``base`` (another source tree), its ``forward`` and daemon too, in the same rounds."""
     python = sys.executable
     forward = [python, "-m", "forwarder", "forward"]
     candidates: dict[str, Callable[[], object]] = {
@@ -323,9 +331,16 @@ def throughput(
                 [one],
             ),
         }
-        for name, (argv, env, emulators) in cases.items():
+        runs = {
+            name: (argv, env, emulators, ROOT) for name, (argv, env, emulators) in cases.items()
+        }
+        if base is not None:
+            for name in (f"forward[{n}]", f"daemon[{n}]"):
+                argv, env, emulators = cases[name]
+                runs[f"base {name}"] = (argv, env, emulators, base)
+        for name, (argv, env, emulators, cwd) in runs.items():
             candidates[name] = checked(
-                emulators, events, name, functools.partial(run_child, argv, env)
+                emulators, events, name, functools.partial(run_child, argv, env, cwd)
             )
     samples = interleaved(candidates, repeats, warmup)
     results: dict[str, Any] = {name: _rates(events, s, name) for name, s in samples.items()}
@@ -337,6 +352,13 @@ def throughput(
         }
         for n in concurrencies
     }
+    if base is not None:
+        for n in concurrencies:
+            results["ratios"][n] |= {
+                "base_forward_over_minimal": _ratios(samples, f"base forward[{n}]", "minimal"),
+                "forward_over_base": _ratios(samples, f"forward[{n}]", f"base forward[{n}]"),
+                "daemon_over_base": _ratios(samples, f"daemon[{n}]", f"base daemon[{n}]"),
+            }
     return results
 
 
@@ -358,6 +380,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--quick", action="store_true", help="smoke run: 20,000 events, one round, no warm-up"
     )
     parser.add_argument("--output", type=Path, help="also write the numbers to this JSON file")
+    parser.add_argument(
+        "--base-tree",
+        type=Path,
+        help="another source tree (e.g. `git archive REV | tar -x -C DIR`): its forward and "
+        "daemon run in the same rounds, as `base forward[N]` and `base daemon[N]`",
+    )
+    parser.add_argument(
+        "--skip-check", action="store_true", help="skip the wire-floor emulator check"
+    )
     args = parser.parse_args([] if argv is None else argv)
     events, repeats, warmup = args.events, args.repeats, 1
     memory_events = args.memory_events
@@ -379,10 +410,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         text, payload = write_inputs(tmp, events)
         results["payload_mb"] = round(payload.stat().st_size / 1e6, 1)
         results["text_mb"] = round(text.stat().st_size / 1e6, 1)
-        results["emulator_check"] = emulator_check(
-            text, events, one=one, two=two, repeats=repeats, warmup=warmup
-        )
-        _print_check(results)
+        if not args.skip_check:
+            results["emulator_check"] = emulator_check(
+                text, events, one=one, two=two, repeats=repeats, warmup=warmup
+            )
+            _print_check(results)
         results["throughput"] = throughput(
             text,
             payload,
@@ -394,6 +426,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             config=daemon_config(tmp, text),
             repeats=repeats,
             warmup=warmup,
+            base=args.base_tree.resolve() if args.base_tree else None,
         )
         _print_throughput(results)
         if not args.skip_memory:
@@ -442,7 +475,10 @@ def _print_throughput(results: dict[str, Any]) -> None:
         )
     for n, ratios in rows["ratios"].items():
         for key, values in ratios.items():
-            target = TARGETS[key]
+            target = TARGETS.get(key)
+            if target is None:  # the base tree's comparisons: no target
+                print(f"[{n}] {key}: {values} (median {statistics.median(values):.2f})")
+                continue
             met = "met" if statistics.median(values) >= target else "BELOW TARGET"
             print(f"[{n}] {key}: {values} (median {statistics.median(values):.2f}; "
                   f"target >= {target}: {met})")  # fmt: skip

@@ -16,7 +16,7 @@ from __future__ import annotations
 import gzip
 import json
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from itertools import repeat
 from operator import itemgetter
@@ -49,9 +49,17 @@ class EventIds(Sequence[str | None]):
 
     def _read(self) -> list[str | None]:
         if self._ids is None:
-            self._ids = [_id_of(event) for event in self._events or ()]
+            events = self._events or ()
+            ids: list[Any] = list(map(dict.get, events, repeat("id")))
+            if ids and set(map(type, ids)) != {str}:  # (rare) a missing or odd id: None
+                ids = [_id_of(event) for event in events]
+            self._ids = ids
             self._events = None
         return self._ids
+
+    def __iter__(self) -> Iterator[str | None]:
+        # Not Sequence's: one Python call per item (the deliverer reads every id).
+        return iter(self._read())
 
     def __len__(self) -> int:
         return len(self._events) if self._events is not None else len(self._read())

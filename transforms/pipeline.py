@@ -11,12 +11,17 @@ indexed field (``rules.with_dedup_keys``).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import replace
 from json.encoder import encode_basestring
-from typing import NamedTuple, Protocol
+from typing import Final, NamedTuple, Protocol
 
-from transforms.cloudwatch import GZIP_MAGIC, decode_record, read_subscription
+from transforms.cloudwatch import (
+    GZIP_MAGIC,
+    SubscriptionPayload,
+    decode_record,
+    read_subscription,
+)
 from transforms.hec_event import envelope
 from transforms.hec_event import envelope as envelope_of
 from transforms.options import DEFAULT_DESTINATION, Endpoint, TransformOptions
@@ -45,7 +50,13 @@ __all__ = [
     "transform_batch",
     "transform_lines",
     "transform_payload",
+    "transform_payload_slices",
 ]
+
+#: Events of a CloudWatch Logs payload shaped at once by :func:`transform_payload_slices`'s
+#: callers (``forward``, the daemon, the push Lambda): a payload of 100,000 events is decoded
+#: whole but shaped, and sent, a slice at a time, so requests go out while the rest is shaped.
+PAYLOAD_SLICE_EVENTS: Final = 5_000
 
 
 def transform_payload(data: bytes, options: TransformOptions) -> EncodedBatch:
@@ -70,6 +81,59 @@ def transform_payload(data: bytes, options: TransformOptions) -> EncodedBatch:
     return transform_batch(
         decode_record(data, max_decompressed_bytes=options.max_decompressed_bytes), options
     )
+
+
+def transform_payload_slices(
+    data: bytes, options: TransformOptions, *, max_events: int
+) -> Iterator[EncodedBatch]:
+    """:func:`transform_payload` in slices of at most ``max_events`` events, in order.
+
+    The payload is decoded here, whole (so its errors raise from this call, before any
+    slice); each slice is shaped when asked for, so a caller that sends each slice before
+    asking for the next overlaps the shaping with the sending. The slices together hold the
+    events of :func:`transform_payload`, in its order, and their counts (``unparsed``,
+    ``filtered``, ``sampled``, ``time_unparsed``) add up to its counts: every step of the
+    shaping is per event. A control message, or a payload of at most ``max_events``, is one
+    slice.
+
+    Raises:
+        PayloadTooLargeError: inflates past ``options.max_decompressed_bytes``.
+        DecodeError: gzip that is not a valid subscription payload.
+    """
+    if max_events < 1:
+        raise ValueError(f"max_events must be at least 1, not {max_events}")
+    if not data.startswith(GZIP_MAGIC):
+        return iter((transform_payload(data, options),))
+    payload = read_subscription(data, max_decompressed_bytes=options.max_decompressed_bytes)
+    if payload.is_control or len(payload.messages) <= max_events:
+        return iter(
+            (
+                _encode(
+                    options,
+                    payload,
+                    payload.messages,
+                    ids=payload.ids,
+                    timestamps=payload.timestamps,
+                ),
+            )
+        )
+    return _slices(options, payload, max_events)
+
+
+def _slices(
+    options: TransformOptions, payload: SubscriptionPayload, max_events: int
+) -> Iterator[EncodedBatch]:
+    """Shape ``payload`` ``max_events`` events at a time (see transform_payload_slices)."""
+    events, timestamps, messages = payload.events, payload.timestamps, payload.messages
+    for start in range(0, len(messages), max_events):
+        stop = start + max_events
+        part = replace(
+            payload,
+            events=events[start:stop],
+            timestamps=timestamps[start:stop],
+            messages=messages[start:stop],
+        )
+        yield _encode(options, part, part.messages, ids=part.ids, timestamps=part.timestamps)
 
 
 def transform_batch(batch: LogBatch, options: TransformOptions) -> EncodedBatch:

@@ -55,7 +55,9 @@ What HEC says, and what happens (DESIGN.md §4):
     token / channel / URL        fatal: backsplash everything pending and whatever is submitted
                                  later; ``hec_fatal`` logged with HEC's text and code
     ack disabled (code 14)       warn once, count, treat the 200 as delivery
-    ack timeout                  re-send (counted as a possible duplicate) within the duration
+    ack timeout                  re-send (counted as a possible duplicate) within the duration;
+                                 then backsplash (counted as a possible duplicate too, as is
+                                 any batch HEC took whose ack is given up at a cut-off)
 
 Bounding it in time: :meth:`Deliverer.set_deadline` (a clock time, kept until changed) and the
 ``deadline`` of :meth:`Deliverer.flush` (that flush only) are cut-offs: once past, no attempt,

@@ -54,8 +54,8 @@ class Ledger:
         retries: backoff sleeps scheduled.
         ack_polls: ack queries sent.
         resends: batches re-sent because their ack expired.
-        duplicates_possible: events re-sent although HEC may already have them (ack expired,
-            read timeout, events before a bad one).
+        duplicates_possible: events re-sent or backsplashed although HEC may already have them
+            (ack expired or never true, read timeout, events before a bad one).
         ack_unavailable: requests accepted without indexer acknowledgment (token has acks off).
         bytes_sent: request bytes on the wire (after gzip).
         batches_sent: requests HEC accepted.

@@ -184,7 +184,9 @@ class PendingWork:
             self._store_work(Work.of(batch), error_code, f"not sent: {why}")
         for route in self._routes:
             for work in route.acks.drain():
-                self._store_work(work, error_code, f"not acknowledged by {route.url}: {why}")
+                self._store_unacknowledged(
+                    work, error_code, f"not acknowledged by {route.url}: {why}"
+                )
 
     def _land(self, only: Callable[[Route], bool] | None = None) -> None:
         """Handle the answers to the requests on the wire (those on routes ``only`` accepts),
@@ -311,6 +313,8 @@ class PendingWork:
             work.budget.started_at = now  # the ack timeout is this batch's first failure
         message = f"{route.url}: {why}"
         if self._fatal is not None or self._aborted.is_set():
+            # HEC took the request (200 and an ackId): what is backsplashed may be indexed.
+            self.ledger.add(duplicates_possible=work.count)
             self._give_up(work, None)
             return
         exhausted = budget_exhausted(self._policy, work.budget, now)
@@ -327,7 +331,7 @@ class PendingWork:
             self.ledger.add(resends=1, duplicates_possible=work.count)
             self._queue.append(work)
         else:
-            self._store_work(
+            self._store_unacknowledged(
                 work, "Splunk.AckTimeout", f"{message} after {work.budget.attempts} attempts"
             )
 
@@ -393,11 +397,20 @@ class PendingWork:
             if len(route.acks):
                 self._poll(route)  # last chance: what is already acknowledged is not re-stored
             for work in route.acks.drain():
-                self._store_work(work, exc.error_code, message)
+                self._store_unacknowledged(work, exc.error_code, message)
         while self._queue:
             self._store_work(self._queue.popleft(), exc.error_code, message)
         for batch in self._batcher.drain():
             self._store_work(Work.of(batch), exc.error_code, message)
+
+    def _store_unacknowledged(self, work: Work, error_code: str, message: str) -> None:
+        """Backsplash a batch HEC took (200 and an ackId) whose ack never turned true.
+
+        HEC may have indexed it: a replay of these events is a possible duplicate, counted as
+        for a request cut off on the wire or an ack-timeout re-send.
+        """
+        self.ledger.add(duplicates_possible=work.count)
+        self._store_work(work, error_code, message)
 
     def _store_work(self, work: Work, error_code: str, message: str) -> None:
         batch = work.restore(self._gzip)

@@ -5,10 +5,14 @@ from __future__ import annotations
 import gzip
 from array import array
 from dataclasses import dataclass, field
+from operator import itemgetter
 
 from forwarder.delivery.batching import Batch
 from forwarder.delivery.retry import RetryBudget
 from transforms.records import EncodedEvent, RawTarget
+
+_PAYLOAD = itemgetter(0)
+_EVENT_ID = itemgetter(1)
 
 
 @dataclass(slots=True, eq=False)
@@ -50,8 +54,8 @@ class Work:
         """Drop the events, keeping what restores them exactly (``wire`` must be set)."""
         if self.batch is not None and self.wire is not None:
             events = self.batch.events
-            self.lengths = array("I", [len(event[0]) for event in events])
-            self.ids = [event[1] for event in events]
+            self.lengths = array("I", map(len, map(_PAYLOAD, events)))
+            self.ids = list(map(_EVENT_ID, events))
             self.batch = None
 
     def restore(self, gzipped: bool) -> Batch:

@@ -36,7 +36,12 @@ from forwarder.delivery.ledger import Ledger
 from forwarder.intake.lines import LINE_TOO_LONG
 from transforms.errors import TransformError
 from transforms.options import DEFAULT_DESTINATION, Endpoint
-from transforms.pipeline import EncodedBatch, transform_lines, transform_payload
+from transforms.pipeline import (
+    PAYLOAD_SLICE_EVENTS,
+    EncodedBatch,
+    transform_lines,
+    transform_payload_slices,
+)
 from transforms.records import EncodedEvent, Origin
 
 
@@ -176,11 +181,14 @@ class Intake:
             BacksplashError: refused by the transform and nowhere to store it.
         """
         try:
-            batch = transform_payload(data, self.settings.transform)
+            batches = transform_payload_slices(
+                data, self.settings.transform, max_events=PAYLOAD_SLICE_EVENTS
+            )
         except TransformError as exc:
             self.unprocessable(data, exc)
             return
-        self.deliver(batch)
+        for batch in batches:  # a big payload in slices: sent while the rest is shaped
+            self.deliver(batch)
 
     def lines(
         self,

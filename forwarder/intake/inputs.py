@@ -3,8 +3,10 @@ forward`` delivers and ``forwarder transform`` prints, the same units for the sa
 
 :func:`read_units` asks the one sniffer (:mod:`transforms.sniff`) what the input is, then:
 
-- a gzip CloudWatch Logs payload is transformed whole (bounded by
-  ``MAX_DECOMPRESSED_BYTES``);
+- a gzip CloudWatch Logs payload is decoded whole (bounded by ``MAX_DECOMPRESSED_BYTES``)
+  and shaped in slices of :data:`~transforms.pipeline.PAYLOAD_SLICE_EVENTS` events, one
+  unit each, so ``forward`` sends the first while the rest is shaped (the same events, in
+  order, as one unit would hold);
 - a push-Lambda, Firehose or Kinesis event (one JSON document) gives one batch per record;
 - JSON lines that are all ``{"message": "<line>"}`` are flow logs sent straight to Firehose
   (origin ``direct``);
@@ -35,7 +37,13 @@ from typing import IO, Any, Final, cast
 from forwarder.intake.lines import LINE_TOO_LONG, MAX_CHUNK_CHARS, LongLine, text_lines
 from transforms.errors import TransformError
 from transforms.options import TransformOptions
-from transforms.pipeline import transform_batch, transform_lines, transform_payload
+from transforms.pipeline import (
+    PAYLOAD_SLICE_EVENTS,
+    transform_batch,
+    transform_lines,
+    transform_payload,
+    transform_payload_slices,
+)
 from transforms.records import EncodedBatch, LogBatch, LogEvent
 from transforms.sniff import (
     SNIFF_BYTES,
@@ -198,9 +206,12 @@ def read_units(
     if sniffed.kind == "payload":
         data = buffered.read(limit + 1)
         try:
-            yield transform_payload(data, options)
+            slices = transform_payload_slices(data, options, max_events=PAYLOAD_SLICE_EVENTS)
         except TransformError as exc:
             yield Failure("undecodable_record", str(exc))
+            return
+        del data  # decoded: the slices hold what is left to shape
+        yield from slices
         return
     if sniffed.kind == "json":
         data = buffered.read(limit + 1)

@@ -162,6 +162,34 @@ def test_lost_acks_are_resent_after_the_ack_timeout(
     assert len(ids) - len(set(ids)) == summary["duplicates_possible"] > 0
 
 
+@pytest.mark.parametrize("concurrency", ["1", "4"])
+def test_ack_timeout_backsplash_counts_possible_duplicates(
+    emulator: HecEmulator, s3: Any, backsplash: Backsplash, concurrency: str
+) -> None:
+    """GIVEN acks that never turn true and no retry duration left WHEN delivering THEN every
+    batch HEC took is backsplashed as Splunk.AckTimeout and counted as a possible duplicate:
+    HEC indexed it, so replaying the backsplash sends it twice."""
+    emulator.set_faults(FaultPlan(lost_acks=1000))
+    events = flow_events(200)
+    settings = delivery_settings(
+        emulator.url,
+        SPLUNK_HEC_ACK_TIMEOUT="0.3",
+        SPLUNK_HEC_ACK_POLL_INTERVAL="0.05",
+        SPLUNK_HEC_RETRY_DURATION="0",
+        SPLUNK_HEC_CONCURRENCY=concurrency,
+    )
+    deliverer = Deliverer(settings, backsplash=backsplash)
+    with capture_logs() as logs:
+        summary = deliver(deliverer, events)
+    records = assert_accounted(events, emulator, s3, deliverer)
+    assert {record["errorCode"] for record in records} == {"Splunk.AckTimeout"}
+    assert summary["backsplashed"] == len(events) and summary["resends"] == 0
+    assert not any(entry["resend"] for entry in events_named(logs, "ack_expired"))
+    # Each backsplashed event is at HEC already: a replay duplicates exactly these.
+    assert sorted(indexed_ids(emulator)) == ids_of(events)
+    assert summary["duplicates_possible"] == len(events)
+
+
 def test_ack_disabled_on_the_token(s3: Any, backsplash: Backsplash) -> None:
     """No ackId in answers: warned once, counted, delivered on the 200 alone."""
     with HecEmulator(token=TEST_TOKEN, acks=False) as emulator:

@@ -552,3 +552,15 @@ def test_encode_writes_compact_utf8_json_in_a_deterministic_gzip() -> None:
             '"message":"caf\u00e9"}]}'
         ).encode()
     )
+
+
+def test_event_ids_iterated_first_read_missing_and_odd_ids_as_none() -> None:
+    """Iterating (the deliverer's read) gives what indexing gives: a missing or non-string
+    id is None."""
+    envelope = make_cwl_envelope(["a", "b", "c", "d"])
+    del envelope["logEvents"][1]["id"]
+    envelope["logEvents"][3]["id"] = 7
+    ids = read_subscription(gzip_json(envelope), max_decompressed_bytes=CEILING).ids
+    first, _, third, _ = (event.get("id") for event in envelope["logEvents"])
+    assert list(ids) == [first, None, third, None]
+    assert [ids[i] for i in range(4)] == list(ids)

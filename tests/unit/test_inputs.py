@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from forwarder.intake import inputs
 from forwarder.intake.inputs import INPUT_ERRORS, Failure, input_names, read_units
 from forwarder.push import shape_of
 from tests.conftest import make_settings
@@ -23,6 +24,7 @@ from tests.factories import (
     make_flow_lines,
 )
 from transforms.options import TransformOptions
+from transforms.pipeline import transform_payload
 from transforms.records import EncodedBatch
 from transforms.sniff import event_payloads, event_shape, sniff
 
@@ -305,3 +307,18 @@ def test_a_pipe_that_dribbles_is_sniffed_like_the_file(buffered: bool) -> None:
             for e in unit.events
         ]
         assert texts == expected
+
+
+def test_a_big_payload_is_read_in_slices_holding_its_events_in_order(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """GIVEN a payload of more events than a slice WHEN read THEN it comes as several units
+    whose events, joined, are the payload's (what forward sends and transform prints)."""
+    monkeypatch.setattr(inputs, "PAYLOAD_SLICE_EVENTS", 4)
+    payload = make_cwl_payload(make_flow_lines(10), log_group=FLOW_GROUP)
+    units = list(read_units(io.BytesIO(payload), options()))
+    assert [len(unit.events) for unit in units if isinstance(unit, EncodedBatch)] == [4, 4, 2]
+    whole = transform_payload(payload, options())
+    assert [e for unit in units if isinstance(unit, EncodedBatch) for e in unit.events] == list(
+        whole.events
+    )

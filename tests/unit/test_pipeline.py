@@ -29,13 +29,14 @@ from transforms import shaping
 from transforms.cloudwatch import decode_record, decode_subscription_batch
 from transforms.errors import DecodeError, FlowLogFormatError, TransformError
 from transforms.hec_event import flow_line_fits, to_hec_event
-from transforms.options import Route, TransformOptions
+from transforms.options import DropRule, Route, Shaping, TransformOptions
 from transforms.pipeline import (
     EncodedBatch,
     firehose_payload,
     transform_batch,
     transform_lines,
     transform_payload,
+    transform_payload_slices,
 )
 from transforms.records import EncodedEvent, EncodedEvents, LogBatch, RawTarget
 from transforms.routing import VPCFLOW_SOURCETYPE, Destination, resolve
@@ -653,3 +654,100 @@ def test_samples_are_current() -> None:
     """tests/samples/ is what `python -m tests.factories` writes (regenerate after changes)."""
     for name, content in sample_files().items():
         assert load_sample(name) == content, f"{name} is stale: run python -m tests.factories"
+
+
+# --- slices of a big payload ---------------------------------------------------------------
+
+
+def _summed(batches: list[EncodedBatch]) -> dict[str, Any]:
+    """What a caller adds up over slices (the ledger's counts), and the events in order."""
+    return {
+        "texts": [text for batch in batches for text in batch.events.texts],
+        "ids": [i for batch in batches for i in batch.events.ids],
+        "unparsed": sum(batch.unparsed for batch in batches),
+        "filtered": sum(batch.filtered for batch in batches),
+        "sampled": sum(batch.sampled for batch in batches),
+        "time_unparsed": sum(batch.time_unparsed for batch in batches),
+        "targets": {batch.raw_target for batch in batches},
+        "destinations": {batch.destination for batch in batches},
+    }
+
+
+@pytest.mark.parametrize(
+    ("options", "messages"),
+    [
+        # flow logs as raw lines, with lines that do not fit the format (unparsed)
+        (TransformOptions(), [*make_flow_lines(23), "not a flow line", *make_flow_lines(9)]),
+        # flow logs as JSON records, deduplicated by a key field
+        (
+            TransformOptions(
+                routes=(Route(log_group=VPC_LOG_GROUP, event_format="json"),),
+                dedup_field="dedup_key",
+            ),
+            make_flow_lines(31),
+        ),
+        # the raw endpoint
+        (TransformOptions(endpoint="raw"), make_flow_lines(17)),
+    ],
+)
+@pytest.mark.parametrize("max_events", [1, 5, 10, 1000])
+def test_payload_slices_hold_the_whole_payloads_events_and_counts(
+    options: TransformOptions, messages: list[str], max_events: int
+) -> None:
+    """GIVEN a payload WHEN shaped in slices THEN the slices, joined, are the whole payload's
+    events in order, and their counts add up to its counts."""
+    data = make_cwl_payload(messages, log_group=VPC_LOG_GROUP)
+    whole = transform_payload(data, options)
+    slices = list(transform_payload_slices(data, options, max_events=max_events))
+    assert len(slices) == -(-len(messages) // max_events)
+    assert all(len(batch.events) <= max_events for batch in slices)
+    assert _summed(slices) == _summed([whole])
+    assert {(b.origin, b.log_group, b.log_stream, b.owner, b.endpoint) for b in slices} == {
+        (whole.origin, whole.log_group, whole.log_stream, whole.owner, whole.endpoint)
+    }
+
+
+def test_payload_slices_with_shaping_rules_count_what_one_batch_counts() -> None:
+    """Drop, sample (a hash per event) and time from the message act per event: the same
+    events are kept and counted whatever the slices."""
+    shaping = Shaping(drop=(DropRule(message="*DEBUG*"),), sample=0.5, time_field="t")
+    options = TransformOptions(routes=(Route(log_group="/app/web", shaping=shaping),))
+    messages = [
+        json.dumps({"t": "2025-11-26T10:00:00Z" if i % 3 else "bad", "m": "DEBUG" * (i % 4 == 0)})
+        for i in range(60)
+    ]
+    data = make_cwl_payload(messages, log_group="/app/web", log_stream="web-1")
+    whole = transform_payload(data, options)
+    assert whole.filtered and whole.sampled and whole.time_unparsed  # every count is exercised
+    slices = list(transform_payload_slices(data, options, max_events=7))
+    assert _summed(slices) == _summed([whole])
+
+
+def test_a_control_message_or_a_small_payload_is_one_slice() -> None:
+    control = list(
+        transform_payload_slices(make_control_payload(), TransformOptions(), max_events=1)
+    )
+    assert len(control) == 1 and control[0].is_control and not control[0].events
+    data = make_cwl_payload(make_flow_lines(3), log_group=VPC_LOG_GROUP)
+    (one,) = transform_payload_slices(data, TransformOptions(), max_events=3)
+    assert _summed([one]) == _summed([transform_payload(data, TransformOptions())])
+
+
+def test_payload_slices_raise_decoding_errors_before_any_slice() -> None:
+    """A payload that does not decode fails the call itself, as transform_payload does."""
+    with pytest.raises(DecodeError):
+        transform_payload_slices(gzip.compress(b"[1, 2]"), TransformOptions(), max_events=5)
+    with pytest.raises(ValueError, match="max_events"):
+        transform_payload_slices(make_control_payload(), TransformOptions(), max_events=0)
+
+
+@pytest.mark.parametrize("ids", [None, ["a", None, "c"]])
+def test_encoded_events_iterate_as_they_index(ids: list[str | None] | None) -> None:
+    """Iteration (what the deliverer lists) gives the same EncodedEvent values as indexing,
+    text that is not valid UTF-8 escaped alike."""
+    events = EncodedEvents(['{"event":"x"}', "plain", "bad \udc80 surrogate"], ids)
+    listed = list(events)
+    assert listed == [events[i] for i in range(3)]
+    assert all(type(event) is EncodedEvent for event in listed)
+    assert listed[2].payload == b"bad \\udc80 surrogate"
+    assert [event.event_id for event in listed] == (ids or [None, None, None])
