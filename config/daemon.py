@@ -18,7 +18,7 @@ from typing import Any, Final, Literal, cast
 from config.drain import DrainSettings, load_drain_settings
 from config.errors import ConfigError
 from config.loader import replay_state_path
-from config.values import number_parser, parse_bool
+from config.values import number_parser, table_bool
 
 SourceType = Literal["kinesis", "sqs-s3", "files", "stdin", "firehose-http"]
 StartPosition = Literal["TRIM_HORIZON", "LATEST"]
@@ -120,14 +120,6 @@ def _choice(*allowed: str) -> Callable[[str, object], str]:
     return parse
 
 
-def _bool(key: str, value: object) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str):
-        return parse_bool(key, value)
-    raise ConfigError(key, f"expected true or false, got {value!r}")
-
-
 _SOURCE_KEYS: Final[Mapping[str, Callable[[str, object], object]]] = {
     "type": _choice("kinesis", "sqs-s3", "files", "stdin", "firehose-http"),
     "stream_name": _str,
@@ -167,7 +159,7 @@ _DAEMON_KEYS: Final[Mapping[str, Callable[[str, object], object]]] = {
     "shutdown_grace_s": number_parser(float, 0.0, 3600),
     "metrics_host": _str,
     "metrics_port": number_parser(int, 0, 65535),
-    "metrics_enabled": _bool,
+    "metrics_enabled": table_bool,
     "spool_drain_interval_s": number_parser(float, 0.01, 86_400),
     "health_check_interval_s": number_parser(float, 0.01, 3600),
     "source_retry_backoff_s": number_parser(float, 0.001, 600),

@@ -16,7 +16,7 @@ from typing import Any, Final, Literal, cast
 
 from config.errors import ConfigError
 from config.loader import replay_state_path
-from config.values import number_parser, parse_bool
+from config.values import number_parser, table_bool
 
 DrainAfterSuccess = Literal["delete", "archive"]
 
@@ -118,16 +118,8 @@ def _after(key: str, value: object) -> str:
     return value.strip()
 
 
-def _bool(key: str, value: object) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str):
-        return parse_bool(key, value)
-    raise ConfigError(key, f"expected true or false, got {value!r}")
-
-
 KEYS: Final[Mapping[str, Callable[[str, object], object]]] = {
-    "enabled": _bool,
+    "enabled": table_bool,
     "source": _source,
     "state": _str,
     "max_events_per_s": number_parser(float, 0.001, 10_000_000),

@@ -102,3 +102,16 @@ def number_parser(
         return number
 
     return parse
+
+
+def table_bool(key: str, value: object) -> bool:
+    """A TOML boolean, or a string as :func:`parse_bool` reads it (an environment value).
+
+    Raises:
+        ConfigError: anything else, naming ``key``.
+    """
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        return parse_bool(key, value)
+    raise ConfigError(key, f"expected true or false, got {value!r}")
