@@ -29,7 +29,7 @@ from forwarder.drain.drainer import CycleResult, Drainer
 from forwarder.replay.options import parse_s3_uri
 from forwarder.secrets import resolve_token
 from forwarder.signals import two_stage_stop
-from forwarder.status import ExitStatus
+from forwarder.status import ExitStatus, RunOutcome, status_for
 
 _log = structlog.get_logger("forwarder.commands.drain")
 
@@ -137,18 +137,18 @@ def run(args: argparse.Namespace, ctx: CommandContext) -> ExitStatus:
                 f"objects deleted {document['counters']['objects_deleted']}\n"
             )
         return status_of(result)
-    return ExitStatus.INTERRUPTED if request.signals > 1 else ExitStatus.OK
+    return status_for(RunOutcome(interrupted=request.signals > 1))
 
 
 def status_of(result: CycleResult) -> ExitStatus:
     """The exit status of one cycle (``--once``; the module notes list them)."""
-    if result.outcome == "closed":
-        return ExitStatus.FAILURE
-    if result.outcome == "troubled":
-        return ExitStatus.INCOMPLETE
-    if result.report is None:
-        return ExitStatus.OK
-    return result.report.exit_status
+    if result.report is not None and result.outcome not in ("closed", "troubled"):
+        return result.report.exit_status
+    # The gate shut (HEC unhealthy) is a failed run; a cycle stopped by trouble left events
+    # in the backsplash for the next one.
+    return status_for(
+        RunOutcome(error=result.outcome == "closed", incomplete=result.outcome == "troubled")
+    )
 
 
 def _document(result: CycleResult, drainer: Drainer) -> dict[str, Any]:
