@@ -38,6 +38,15 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 60.0, what: str = "
     raise AssertionError(f"timed out waiting for {what or predicate}")
 
 
+def scrape(url: str) -> dict[str, float]:
+    text = requests.get(url, timeout=5).text
+    return {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
 def event(n: int) -> EncodedEvent:
     body = {"time": 1764000000, "event": f"parked {n}", "fields": {"event_id": f"p{n}"}}
     return EncodedEvent(json.dumps(body).encode(), f"p{n}")
@@ -81,17 +90,18 @@ def test_daemon_drains_the_backsplash_beside_its_source(
         try:
             wait_for(lambda: not s3.list_objects_v2(Bucket=BUCKET).get("KeyCount"), what="drain")
             assert daemon.metrics is not None
-            text = requests.get(f"{daemon.metrics.url}/metrics", timeout=5).text
+            metrics_url = f"{daemon.metrics.url}/metrics"
+            # The drain's counters move when a cycle ends, a moment after its last delete.
+            wait_for(
+                lambda: scrape(metrics_url).get("forwarder_drain_cycles_total", 0) >= 1,
+                what="the first drain cycle to be counted",
+            )
+            samples = scrape(metrics_url)
         finally:
             os.close(write_end)  # stdin ends: the daemon stops, and its drainer with it
             thread.join(timeout=60)
     assert not thread.is_alive()
     assert status == [ExitStatus.OK]
-    samples = {
-        sample.name: sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
     assert samples["forwarder_drain_events_delivered_total"] == 15
     assert samples["forwarder_drain_objects_deleted_total"] == 3
     assert samples["forwarder_drain_events_abandoned_total"] == 0
