@@ -92,8 +92,9 @@ def forward_stream(
                     ledger.drop("control_message", 1)
                     continue
                 unparsed += unit.unparsed
-                ledger.shaped(unit.filtered, unit.sampled, unit.time_unparsed)
-                member(deliverer, unit.destination).submit(unit.events, unit.raw_target)
+                target = member(deliverer, unit.destination)
+                target.ledger.shaped(unit.filtered, unit.sampled, unit.time_unparsed)  # its row
+                target.submit(unit.events, unit.raw_target)
                 if stop.is_set():
                     break
         except INPUT_ERRORS as exc:

@@ -170,9 +170,10 @@ class Intake:
         if batch.is_control:
             self.ledger.drop("control_message")
             return
-        self.ledger.shaped(batch.filtered, batch.sampled, batch.time_unparsed)
+        deliverer = member(self.deliverer, batch.destination)
+        deliverer.ledger.shaped(batch.filtered, batch.sampled, batch.time_unparsed)  # its row
         if batch.events:
-            member(self.deliverer, batch.destination).submit(batch.events, batch.raw_target)
+            deliverer.submit(batch.events, batch.raw_target)
 
     def payload(self, data: bytes) -> None:
         """A CloudWatch Logs payload (awslogs, a Kinesis record).
@@ -220,7 +221,9 @@ class Intake:
 
     def backsplash_record(self, decoded: DecodedRecord) -> None:
         """A decoded backsplash record: to the re-delivery deliverer of its endpoint."""
-        self.ledger.shaped(decoded.filtered, decoded.sampled, 0)
+        known = decoded.destination in self.settings.destination_names
+        row = member(self.deliverer, decoded.destination).ledger if known else self.ledger
+        row.shaped(decoded.filtered, decoded.sampled, 0)
         if decoded.control:
             self.ledger.drop("control_message")
         elif decoded.destination not in self.settings.destination_names:

@@ -320,7 +320,10 @@ def _replay_record(
         return "skipped"
     count = len(decoded.events)
     if not options.dry_run:
-        shared.ledger.shaped(decoded.filtered, decoded.sampled, 0)
+        row, names = shared.ledger, shared.settings.destination_names
+        if shared.settings.destinations and decoded.destination in names:
+            row = row.destination(decoded.destination)  # as the worker's rows (adds up)
+        row.shaped(decoded.filtered, decoded.sampled, 0)
     if options.limit is not None:
         with shared.lock:
             if shared.events_reserved >= options.limit or (

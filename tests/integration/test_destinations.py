@@ -45,7 +45,7 @@ APP_LINES = [f"app line {i}" for i in range(30)]
 SEC_LINES = [f"sec line {i}" for i in range(20)]
 
 
-def config_file(tmp_path: Path, security_url: str, token: str) -> Path:
+def config_file(tmp_path: Path, security_url: str, token: str, route_rules: str = "") -> Path:
     """A settings file: the top level is ``default``; ``security`` is the second emulator."""
     path = tmp_path / f"forwarder-{token[:8]}.toml"
     path.write_text(
@@ -59,6 +59,7 @@ backsplash_prefix = "{SECURITY_PREFIX}"
 log_group = "/sec/*"
 sourcetype = "sec:audit"
 destination = "security"
+{route_rules}
 """
     )
     return path
@@ -177,6 +178,39 @@ def test_forward_with_both_tokens_good_acknowledges_everything_where_it_belongs(
     assert records_under(s3, SECURITY_PREFIX) == [] and records_under(s3, PREFIX) == []
 
 
+DROP_SEC_TENS = 'drop = [{ message = "re:^sec line 1[0-9]$" }]'  # ten of the twenty
+
+
+def check_filtered_rows(summary: Mapping[str, Any]) -> None:
+    """A security route dropping ten of its twenty lines: counted on its own row."""
+    assert summary["balanced"] and summary["events_in"] == 50, summary
+    assert summary["dropped"] == {"filtered": 10}
+    rows = summary["destinations"]
+    assert rows["security"]["dropped"] == {"filtered": 10}
+    assert (rows["security"]["events_in"], rows["security"]["acknowledged"]) == (20, 10)
+    assert rows["default"]["dropped"] == {} and rows["default"]["acknowledged"] == 30
+    assert rows["security"]["balanced"] and rows["default"]["balanced"]
+
+
+def test_a_routes_filtered_events_count_on_its_destinations_row(
+    main_hec: HecEmulator, security_hec: HecEmulator, s3: Any, aws_endpoint: str, tmp_path: Path
+) -> None:
+    source = tmp_path / "kinesis.json"
+    source.write_text(json.dumps(kinesis_event(payloads())))
+    config = config_file(tmp_path, security_hec.url, SECURITY_TOKEN, DROP_SEC_TENS)
+    out = io.StringIO()
+    status = main(
+        ["forward", str(source), "--json"],
+        environ=environ_for(main_hec.url, aws_endpoint, config),
+        out=out,
+    )
+    assert status == ExitStatus.OK, out.getvalue()
+    check_filtered_rows(json.loads(out.getvalue()))
+    assert sorted(e["event"] for e in security_hec.indexed_events()) == [
+        f"sec line {i}" for i in range(10)
+    ]
+
+
 @pytest.fixture(name="push_with")
 def fixture_push_with(s3: Any, aws_endpoint: str) -> Iterator[Any]:
     def factory(service: str) -> Any:
@@ -215,6 +249,24 @@ def test_push_keeps_delivering_to_one_destination_when_the_others_token_is_revok
     (summary,) = [e for e in logs if e["event"] == "push_invocation_summarized"]
     assert (summary["acknowledged"], summary["balanced"]) == (30, True)
     assert summary["destinations"]["default"]["acknowledged"] == 30
+
+
+def test_push_counts_a_routes_filtered_events_on_its_destinations_row(
+    main_hec: HecEmulator,
+    security_hec: HecEmulator,
+    s3: Any,
+    *,
+    aws_endpoint: str,
+    tmp_path: Path,
+    push_with: Any,
+) -> None:
+    config = config_file(tmp_path, security_hec.url, SECURITY_TOKEN, DROP_SEC_TENS)
+    push_with(load_settings(environ_for(main_hec.url, aws_endpoint, config)))
+    with capture_logs() as logs:
+        answer = push.handler(kinesis_event(payloads()), None)
+    assert answer == {"batchItemFailures": []}
+    (summary,) = [e for e in logs if e["event"] == "push_invocation_summarized"]
+    check_filtered_rows(summary)
 
 
 def test_replay_sends_each_record_back_to_its_destination(
