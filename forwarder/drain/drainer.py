@@ -420,7 +420,9 @@ class Drainer:
     def _result(self, watch: _CycleWatch, report: ReplayReport) -> CycleResult:
         requeued = sum(writer.events_requeued for writer in watch.writers)
         abandoned = sum(writer.events_abandoned for writer in watch.writers)
-        duplicates = sum(sink.ledger.duplicates_possible for sink in watch.deliverers)
+        duplicates = report.events_unrecorded + sum(
+            sink.ledger.duplicates_possible for sink in watch.deliverers
+        )
         outcome: Outcome
         if report.fatal or report.backsplash_error or report.error or report.refused:
             outcome = "failed"

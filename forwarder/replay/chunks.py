@@ -207,7 +207,7 @@ def _replay_claimed(
     # neither re-sends it nor skips the rest (after a crash, buffered events are dropped
     # unsent and their records stay unhandled).
     # A lost lease: buffered events are not handed over either (the new owner sends them).
-    _commit(worker, object_id, chunk, submit=crash is None and not worker.lease_lost())
+    _commit(worker, object_id, chunk, submit=crash is None and not worker.lease_lost(), last=True)
     _tick(shared, counter)
     if crash is not None:
         with shared.lock:
@@ -399,6 +399,21 @@ def _unrouted(worker: Worker, decoded: DecodedRecord, message: str) -> None:
     )
 
 
+def _unrecorded(worker: Worker, object_id: ObjectId, delivered: int, exc: Exception) -> None:
+    """HEC has ``delivered`` events whose records the state refused to record."""
+    shared = worker.shared
+    with shared.lock:
+        shared.report.events_unrecorded += delivered
+    shared.ledger.add(duplicates_possible=delivered)
+    _log.error(
+        "replay_state_commit_failed",
+        object_id=str(object_id),
+        events=delivered,
+        error=f"{type(exc).__name__}: {exc}",
+        reason="delivered but not recorded: a later run sends them again (possible duplicates)",
+    )
+
+
 def _submit(worker: Worker, chunk: _Chunk) -> None:
     """Hand the buffered events to the deliverers (full batches go out now)."""
     groups, rows, count = chunk.groups, chunk.pending_rows, chunk.pending_events
@@ -413,10 +428,20 @@ def _submit(worker: Worker, chunk: _Chunk) -> None:
 
 
 def _commit(
-    worker: Worker, object_id: ObjectId | None, chunk: _Chunk, *, submit: bool = True
+    worker: Worker,
+    object_id: ObjectId | None,
+    chunk: _Chunk,
+    *,
+    submit: bool = True,
+    last: bool = False,
 ) -> None:
     """Submit what is buffered, flush the deliverers, then record the records as handled
-    (unless another owner took the lease over: then nothing is recorded)."""
+    (unless another owner took the lease over: then nothing is recorded).
+
+    A state write that fails raises; the object's last commit (``last``) retries the same
+    records, and when that fails too, the delivered events are counted as possible
+    duplicates (``replay_state_commit_failed``): the next run sends them again.
+    """
     shared = worker.shared
     if shared.options.dry_run or object_id is None:
         return
@@ -441,6 +466,10 @@ def _commit(
         except LeaseLostError:
             if worker.lease is not None:
                 worker.lease.lost.set()
+        except Exception as exc:
+            if last:
+                _unrecorded(worker, object_id, max(chunk.events - failed, 0), exc)
+            raise
     with shared.lock:
         shared.report.records_handled += recorded
         shared.report.events_delivered += max(chunk.events - failed, 0)

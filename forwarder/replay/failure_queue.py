@@ -39,10 +39,12 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Final
 
 import structlog
+from botocore.exceptions import BotoCoreError, ClientError
 
 from config.settings import Settings
 from forwarder.backsplash.writers import BacksplashWriter
 from forwarder.delivery.destinations import Delivery, build_delivery
+from forwarder.delivery.ledger import Ledger
 from forwarder.errors import BacksplashError
 from forwarder.intake.dispatch import Intake, Redeliverers
 from forwarder.intake.events import PAYLOAD_SHAPES, deliver_event
@@ -415,12 +417,16 @@ class FailureQueueReplay:
         """Deliver a batch's events, flush, delete its messages once settled; False: stop."""
         delivery = intake.deliverer
         messages = [message for message, _ in readable]
+        events: dict[int, int] = {}  # by message: what a failed delete would send again
         try:
             with _Visibility(self.sqs, self.queue_url, self.visibility_timeout_s, log).held(
                 messages
             ):
-                for _, event in readable:
+                ledger = delivery.ledger
+                for message, event in readable:
+                    before = ledger.events_in - ledger.dropped_total
                     report.payloads += deliver_event(intake, event)
+                    events[id(message)] = ledger.events_in - ledger.dropped_total - before
                 for deliverer in (delivery, *redeliverers.all()):
                     deliverer.flush(self.deadline)
         except BacksplashError as exc:
@@ -441,30 +447,45 @@ class FailureQueueReplay:
             )
             log.critical("failure_queue_unsettled", messages=len(messages), reason=report.error)
             return False
-        self._delete(messages, report, log)
+        self._delete(messages, events, delivery.ledger, report, log)
         return True
 
     def _delete(
-        self, messages: Sequence[Mapping[str, Any]], report: FailureQueueReport, log: Any
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        events: Mapping[int, int],
+        ledger: Ledger,
+        report: FailureQueueReport,
+        log: Any,
     ) -> None:
+        """Delete settled messages. One that stays (a failed entry, or SQS down) comes back
+        and is delivered again: its events count as possible duplicates."""
         for start in range(0, len(messages), BATCH_MESSAGES):
             chunk = messages[start : start + BATCH_MESSAGES]
-            answer = self.sqs.delete_message_batch(
-                QueueUrl=self.queue_url,
-                Entries=[
-                    {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(chunk)
-                ],
-            )
+            try:
+                answer = self.sqs.delete_message_batch(
+                    QueueUrl=self.queue_url,
+                    Entries=[
+                        {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]}
+                        for i, m in enumerate(chunk)
+                    ],
+                )
+            except (BotoCoreError, ClientError) as exc:
+                reason = f"{type(exc).__name__}: {exc}"
+                answer = {"Failed": [{"Id": str(i), "Message": reason} for i in range(len(chunk))]}
             failed = answer.get("Failed", [])
             report.messages_deleted += len(chunk) - len(failed)
             report.messages_kept += len(failed)
             for entry in failed:
                 message = chunk[int(entry["Id"])]
-                # It comes back and is delivered again: a possible duplicate, counted.
+                again = events.get(id(message), 0)
+                ledger.add(duplicates_possible=again)
                 log.error(
                     "failure_record_delete_failed",
                     message_id=message.get("MessageId"),
+                    events=again,
                     reason=entry.get("Message") or entry.get("Code"),
+                    action="it comes back and is delivered again (possible duplicates)",
                 )
 
 

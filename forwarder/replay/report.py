@@ -62,6 +62,9 @@ class ReplayReport:
     events_delivered: int = 0
     events_failed: int = 0
     events_dropped: int = 0
+    #: Events HEC acknowledged whose records the state could not record (a failed SQLite or
+    #: DynamoDB write): the next run sends them again, so they count as possible duplicates.
+    events_unrecorded: int = 0
     payload_bytes: int = 0
     by_kind: dict[str, dict[str, int]] = field(default_factory=dict)
     by_error_code: dict[str, dict[str, int]] = field(default_factory=dict)
@@ -260,6 +263,11 @@ def format_summary(report: ReplayReport) -> str:
         notes.append(f"could not write replay-failed/: {report.backsplash_error}")
     if report.refused:
         notes.append(report.refused)
+    if report.events_unrecorded:
+        notes.append(
+            f"{report.events_unrecorded:,} delivered events not recorded in the state: "
+            "a later run sends them again (possible duplicates)"
+        )
     lines.append(
         f"  status   {int(report.exit_status)}  {report.elapsed_s:.1f}s"
         + (f"  ({'; '.join(notes)})" if notes else "")

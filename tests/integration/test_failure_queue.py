@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import structlog
+from botocore.exceptions import ClientError
 
 from forwarder.backsplash.writers import Backsplash
 from forwarder.commands.context import CommandContext
@@ -145,6 +146,70 @@ class DeleteAfterBacksplash:
         assert len(backsplashed(self._s3)) == self._events  # written before the delete
         self.deletes += 1
         return self._sqs.delete_message_batch(**kwargs)
+
+
+class FailingDeletes:
+    """An SQS client whose first ``delete_message_batch`` fails: the whole call (SQS down)
+    or one entry (``Failed``, the message not deleted). It keeps the receipt handles it did
+    not delete, so a test can make those messages visible again at once."""
+
+    def __init__(self, sqs: Any, *, whole_call: bool) -> None:
+        self._sqs = sqs
+        self._whole_call = whole_call
+        self.kept: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sqs, name)
+
+    def delete_message_batch(self, **kwargs: Any) -> Any:
+        entries = kwargs["Entries"]
+        if self.kept or not entries:
+            return self._sqs.delete_message_batch(**kwargs)
+        if self._whole_call:
+            self.kept = [entry["ReceiptHandle"] for entry in entries]
+            raise ClientError(
+                {"Error": {"Code": "InternalError", "Message": "try again"}}, "DeleteMessageBatch"
+            )
+        first, *rest = entries
+        self.kept = [first["ReceiptHandle"]]
+        answer = self._sqs.delete_message_batch(QueueUrl=kwargs["QueueUrl"], Entries=rest)
+        answer["Failed"] = [
+            {"Id": first["Id"], "SenderFault": False, "Code": "InternalError", "Message": "x"}
+        ]
+        return dict(answer)
+
+
+@pytest.mark.parametrize("whole_call", [True, False], ids=["sqs-down", "one-entry-failed"])
+def test_a_failed_delete_counts_the_events_that_come_back_as_possible_duplicates(
+    emulator: HecEmulator, s3: Any, sqs: Any, queue: str, *, whole_call: bool
+) -> None:
+    """GIVEN three records of four events, delivered and acknowledged, WHEN deleting them
+    fails (SQS down, or one entry refused) THEN the run says so (exit 1), and counts the
+    events of each message left in the queue as possible duplicates; once those messages
+    come back, the next run sends them again: exactly that many events are indexed twice."""
+    expected = fill(sqs, queue)
+    client = FailingDeletes(sqs, whole_call=whole_call)
+    settings = delivery_settings(emulator.url)
+    backsplash = Backsplash(s3, BUCKET, PREFIX, sleep=lambda seconds: None)
+    with structlog.testing.capture_logs() as logs:
+        report = replay_failure_queue(settings, queue, sqs=client, backsplash=backsplash)
+    kept = 3 if whole_call else 1
+    assert report.exit_status == ExitStatus.FAILURE, report
+    assert (report.messages_deleted, report.messages_kept) == (3 - kept, kept)
+    assert report.events_delivered == len(expected)
+    assert report.duplicates_possible == 4 * kept
+    failed = [entry for entry in logs if entry["event"] == "failure_record_delete_failed"]
+    assert [entry["events"] for entry in failed] == [4] * kept
+    assert messages_left(sqs, queue) == kept
+
+    for handle in client.kept:  # back now, not after the visibility timeout
+        sqs.change_message_visibility(QueueUrl=queue, ReceiptHandle=handle, VisibilityTimeout=0)
+    again = replay_failure_queue(settings, queue, sqs=sqs, backsplash=backsplash)
+    assert again.exit_status == ExitStatus.OK, again
+    indexed = Counter(indexed_messages(emulator))
+    assert set(indexed) == set(expected)
+    assert sum(count - 1 for count in indexed.values()) == report.duplicates_possible
+    assert messages_left(sqs, queue) == 0
 
 
 def test_hec_down_backsplashes_then_deletes(s3: Any, sqs: Any, queue: str) -> None:

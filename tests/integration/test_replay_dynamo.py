@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError
 from structlog.testing import capture_logs
 
 from config.settings import Settings
@@ -26,7 +27,7 @@ from forwarder.devtools.emulator import HecEmulator
 from forwarder.replay.dynamo_state import DynamoReplayState
 from forwarder.replay.engine import replay
 from forwarder.replay.options import DynamoStateSpec, ReplayOptions
-from forwarder.replay.report import ReplayReport
+from forwarder.replay.report import ReplayReport, format_summary
 from forwarder.replay.worker import Sink, default_deliverer_factory
 from forwarder.status import ExitStatus
 from tests.conftest import TEST_TOKEN, boto_client, create_replay_state_table
@@ -277,3 +278,46 @@ def test_a_missing_table_exits_2(emulator: HecEmulator, s3: Any, dynamodb_endpoi
     document = json.loads(out.getvalue())
     assert "dynamodb://missing-table" in document["refused"]
     assert event_ids(emulator) == []
+
+
+def test_acknowledged_events_the_state_could_not_record_count_as_possible_duplicates(
+    emulator: HecEmulator,
+    s3: Any,
+    dynamodb: Any,
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """GIVEN an object of three records and a DynamoDB state whose writes fail (an outage
+    past botocore's retries) WHEN replayed with a commit per record THEN the first record's
+    events are acknowledged but cannot be recorded: the run fails, logs
+    ``replay_state_commit_failed`` and counts them as possible duplicates; the next run (the
+    table back) sends them again, and exactly those are indexed twice."""
+    put_events(s3, "outage.gz", [["d0", "d0b"], ["d1"], ["d2"]])
+    outage = ClientError(
+        {"Error": {"Code": "InternalServerError", "Message": "table unavailable"}},
+        "TransactWriteItems",
+    )
+
+    def failing(*args: Any, **kwargs: Any) -> None:
+        raise outage
+
+    with monkeypatch.context() as patch:
+        patch.setattr(DynamoReplayState, "record_chunk", failing)
+        with capture_logs() as logs:
+            report = replay(
+                settings, SOURCE, ReplayOptions(state=STATE, chunk_bytes=1), s3_client=s3
+            )
+    assert report.exit_status != ExitStatus.OK
+    assert report.events_unrecorded == 2, report.to_dict()
+    (failed,) = [entry for entry in logs if entry["event"] == "replay_state_commit_failed"]
+    assert failed["events"] == 2 and "InternalServerError" in failed["error"]
+    (summary,) = [entry for entry in logs if entry["event"] == "delivery_summarized"]
+    assert summary["duplicates_possible"] == 2 and summary["acknowledged"] == 2
+    assert "possible duplicates" in format_summary(report)
+
+    again = replay(settings, SOURCE, ReplayOptions(state=STATE), s3_client=s3)
+    assert again.exit_status == ExitStatus.OK, again.to_dict()
+    indexed = Counter(event_ids(emulator))
+    assert indexed == Counter(["d0", "d0", "d0b", "d0b", "d1", "d2"])
+    twice = sum(count - 1 for count in indexed.values())
+    assert twice == report.events_unrecorded  # the count is the duplicates, no more
