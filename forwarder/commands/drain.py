@@ -78,6 +78,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"objects replayed at once (default: {defaults.concurrency})",
     )
     drain.add_argument(
+        "--failure-queue",
+        metavar="QUEUE_URL",
+        help="the push Lambda's on-failure SQS queue, replayed after each cycle that drained "
+        "the bucket (default: [drain] failure_queue, else none)",
+    )
+    drain.add_argument(
         "--archive",
         action="store_true",
         help="move replayed objects under replayed/ instead of deleting them",
@@ -102,6 +108,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
         "interval_s": args.interval_s,
         "concurrency": args.concurrency,
         "after_success": "archive" if args.archive else None,
+        "failure_queue": args.failure_queue,
     }
 
 

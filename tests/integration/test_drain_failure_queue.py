@@ -3,6 +3,8 @@ same health gate as the bucket, against SQS and S3 on the moto server and the HE
 
 from __future__ import annotations
 
+import io
+import json
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -12,10 +14,12 @@ from typing import Any
 import pytest
 
 from config.drain import DrainSettings
+from forwarder.cli import main
 from forwarder.devtools.emulator import FaultPlan, HecEmulator
 from forwarder.drain.drainer import Drainer
-from tests.conftest import boto_client
-from tests.integration.conftest import delivery_settings
+from forwarder.status import ExitStatus
+from tests.conftest import TEST_TOKEN, boto_client
+from tests.integration.conftest import BUCKET, PREFIX, delivery_settings
 from tests.integration.test_failure_queue import fill, indexed_messages, messages_left
 
 
@@ -105,3 +109,30 @@ def test_drain_lambda_reads_drain_failure_queue(
     assert messages_left(sqs, queue) == 0
     # The same setting feeds the EMF line's depth, measured after the drain: empty.
     assert answer["backlog"]["failure_queue_depth"] == 0
+
+
+def test_the_failure_queue_flag_drains_the_queue_from_the_command_line(
+    emulator: HecEmulator, s3: Any, sqs: Any, queue: str, tmp_path: Path
+) -> None:
+    """``forwarder drain --once --failure-queue QUEUE_URL`` (no ``[drain]`` table): the cycle
+    finds the bucket empty, then replays the queue; every event is delivered and every
+    message deleted, exit 0. A value that is not a queue URL is a configuration error."""
+    expected = fill(sqs, queue)
+    environ = {
+        "SPLUNK_HEC_URL": emulator.url,
+        "SPLUNK_HEC_TOKEN": TEST_TOKEN,
+        "SPLUNK_HEC_ACK_POLL_INTERVAL": "0.05",
+        "BACKSPLASH_BUCKET": BUCKET,
+        "BACKSPLASH_PREFIX": PREFIX,
+        "LOG_LEVEL": "ERROR",
+    }
+    words = ["drain", "--once", "--json", "--state", str(tmp_path / "state")]
+    out = io.StringIO()
+    status = main([*words, "--failure-queue", f"sqs://{queue}"], environ=environ, out=out)
+    assert status == ExitStatus.OK, out.getvalue()
+    assert json.loads(out.getvalue())["outcome"] == "empty"
+    assert Counter(indexed_messages(emulator)) == Counter(expected)
+    assert messages_left(sqs, queue) == 0
+
+    bad = main([*words, "--failure-queue", "push-failures"], environ=environ, out=io.StringIO())
+    assert bad == ExitStatus.USAGE

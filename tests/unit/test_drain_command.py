@@ -31,6 +31,8 @@ def test_flags_override_the_drain_table() -> None:
         "--concurrency",
         "2",
         "--archive",
+        "--failure-queue",
+        "sqs://https://sqs.eu-west-1.amazonaws.com/123456789012/push-failures",
         "--once",
     )
     settings = load_drain_settings(
@@ -47,6 +49,7 @@ def test_flags_override_the_drain_table() -> None:
         concurrency=2,
         after_success="archive",
         pause_s=1.0,
+        failure_queue="https://sqs.eu-west-1.amazonaws.com/123456789012/push-failures",
     )
 
 
