@@ -24,7 +24,7 @@ from forwarder import aws
 from forwarder.backsplash.layout import KINDS
 from forwarder.backsplash.writers import ReplayFailedBacksplash, backsplash_from_settings
 from forwarder.commands.context import CommandContext, add_common_arguments
-from forwarder.drain.backlog import measure_backlog
+from forwarder.drain.backlog import format_backlog, measure_backlog
 from forwarder.replay.engine import replay
 from forwarder.replay.failure_queue import (
     format_failure_queue_summary,
@@ -258,6 +258,9 @@ def run(args: argparse.Namespace, ctx: CommandContext) -> ExitStatus:
         if reason is not None:
             verb = "would be sent" if options.dry_run else "was sent"
             ctx.out.write(f"  nothing {verb}: {reason}\n")
+        backlog = backlog_figures(s3, args.uri) if options.dry_run else None
+        if backlog is not None:
+            ctx.out.write(format_backlog(backlog))
     return report.exit_status
 
 

@@ -102,6 +102,32 @@ class Backlog:
         return document
 
 
+def format_backlog(document: Mapping[str, Any]) -> str:
+    """The text form of :meth:`Backlog.to_dict` (``replay --dry-run``'s summary): totals,
+    then a line per kind."""
+    lines = [
+        f"  backlog  {document['objects']:,} objects  {document['bytes']:,} bytes  "
+        f"oldest {_age(document['oldest_age_s'])}"
+    ]
+    for kind, row in document["by_kind"].items():
+        lines.append(
+            f"    {kind:<30}{row['objects']:>10,} objects{row['bytes']:>14,} bytes  "
+            f"oldest {_age(row['oldest_age_s'])}"
+            + ("  (apart from the total: needs a person)" if kind == REPLAY_FAILED else "")
+        )
+    if "failure_queue_depth" in document:
+        lines.append(f"    failure queue depth {document['failure_queue_depth']:,}")
+    return "\n".join(lines) + "\n"
+
+
+def _age(seconds: float) -> str:
+    whole = int(seconds)
+    days, rest = divmod(whole, 86_400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    return (f"{days}d " if days else "") + f"{hours}:{minutes:02d}:{secs:02d}"
+
+
 def measure_backlog(
     s3: S3Client,
     source: str,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import re
 import threading
 import time
 import uuid
@@ -266,6 +267,16 @@ def test_replay_dry_run_json_reports_the_backlog(emulator: HecEmulator, s3: Any)
     assert backlog["by_kind"]["replay-failed"]["objects"] == 1
     assert (backlog["objects"], backlog["bytes"]) == (measured["objects"], measured["bytes"])
     assert backlog["objects"] == 3  # replay-failed/ is apart: what needs a person
+
+    # The text summary of the same dry run ends with the same figures.
+    args = parser.parse_args([SOURCE, "--hec-url", emulator.url, "--dry-run", "--no-progress"])
+    out = io.StringIO()
+    assert run(args, CommandContext(args, dict(FAST), out)) == ExitStatus.OK
+    text = out.getvalue()
+    total = f"backlog  3 objects  {measured['bytes']:,} bytes  oldest "
+    assert total in text, text
+    for kind, row in measured["by_kind"].items():
+        assert re.search(rf"\n    {re.escape(kind)}\s+{row['objects']} objects\s+", text), kind
 
 
 def test_the_drain_lambdas_emf_line_carries_the_failure_queue_depth(
