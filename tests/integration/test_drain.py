@@ -21,7 +21,7 @@ from forwarder import push
 from forwarder.devtools.emulator import FaultPlan, HecEmulator
 from forwarder.devtools.synthetic import cloudwatch_payload
 from forwarder.drain.drainer import Drainer
-from tests.conftest import boto_client
+from tests.conftest import TEST_TOKEN, boto_client
 from tests.integration.conftest import BUCKET, PREFIX, delivery_settings
 
 pytestmark = pytest.mark.integration
@@ -62,6 +62,19 @@ def drain_settings(**values: Any) -> DrainSettings:
         "max_attempts": 5,
     }
     return DrainSettings(**{**base, **values})
+
+
+def cli_environ(hec_url: str) -> dict[str, str]:
+    """The environment of a ``forwarder drain`` command line against the emulator and the
+    test bucket."""
+    return {
+        "SPLUNK_HEC_URL": hec_url,
+        "SPLUNK_HEC_TOKEN": TEST_TOKEN,
+        "SPLUNK_HEC_ACK_POLL_INTERVAL": "0.05",
+        "BACKSPLASH_BUCKET": BUCKET,
+        "BACKSPLASH_PREFIX": PREFIX,
+        "LOG_LEVEL": "ERROR",
+    }
 
 
 def expected_ids() -> set[str]:
@@ -239,16 +252,8 @@ def test_forwarder_drain_once_prints_its_cycle_and_exits_with_its_status(
     import io
 
     from forwarder.cli import main
-    from tests.conftest import TEST_TOKEN
 
-    environ = {
-        "SPLUNK_HEC_URL": emulator.url,
-        "SPLUNK_HEC_TOKEN": TEST_TOKEN,
-        "SPLUNK_HEC_ACK_POLL_INTERVAL": "0.05",
-        "BACKSPLASH_BUCKET": BUCKET,
-        "BACKSPLASH_PREFIX": PREFIX,
-        "LOG_LEVEL": "ERROR",
-    }
+    environ = cli_environ(emulator.url)
     words = ["drain", "--once", "--json", "--state", str(tmp_path / "state")]
     out = io.StringIO()
     assert main(words, environ=environ, out=out) == 1

@@ -18,8 +18,9 @@ from forwarder.cli import main
 from forwarder.devtools.emulator import FaultPlan, HecEmulator
 from forwarder.drain.drainer import Drainer
 from forwarder.status import ExitStatus
-from tests.conftest import TEST_TOKEN, boto_client
-from tests.integration.conftest import BUCKET, PREFIX, delivery_settings
+from tests.conftest import boto_client
+from tests.integration.conftest import delivery_settings
+from tests.integration.test_drain import cli_environ
 from tests.integration.test_failure_queue import fill, indexed_messages, messages_left
 
 
@@ -118,14 +119,7 @@ def test_the_failure_queue_flag_drains_the_queue_from_the_command_line(
     finds the bucket empty, then replays the queue; every event is delivered and every
     message deleted, exit 0. A value that is not a queue URL is a configuration error."""
     expected = fill(sqs, queue)
-    environ = {
-        "SPLUNK_HEC_URL": emulator.url,
-        "SPLUNK_HEC_TOKEN": TEST_TOKEN,
-        "SPLUNK_HEC_ACK_POLL_INTERVAL": "0.05",
-        "BACKSPLASH_BUCKET": BUCKET,
-        "BACKSPLASH_PREFIX": PREFIX,
-        "LOG_LEVEL": "ERROR",
-    }
+    environ = cli_environ(emulator.url)
     words = ["drain", "--once", "--json", "--state", str(tmp_path / "state")]
     out = io.StringIO()
     status = main([*words, "--failure-queue", f"sqs://{queue}"], environ=environ, out=out)
