@@ -254,13 +254,11 @@ def run(args: argparse.Namespace, ctx: CommandContext) -> ExitStatus:
             document["backlog"] = backlog_figures(s3, args.uri)
         ctx.out.write(json.dumps(document, indent=2, sort_keys=True) + "\n")
     else:
-        ctx.out.write(format_summary(report))
+        backlog = backlog_figures(s3, args.uri) if options.dry_run else None
+        ctx.out.write(format_summary(report, format_backlog(backlog) if backlog else ""))
         if reason is not None:
             verb = "would be sent" if options.dry_run else "was sent"
             ctx.out.write(f"  nothing {verb}: {reason}\n")
-        backlog = backlog_figures(s3, args.uri) if options.dry_run else None
-        if backlog is not None:
-            ctx.out.write(format_backlog(backlog))
     return report.exit_status
 
 

@@ -204,8 +204,9 @@ def _duration(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
-def format_summary(report: ReplayReport) -> str:
-    """The human summary table printed at the end."""
+def format_summary(report: ReplayReport, backlog: str = "") -> str:
+    """The human summary table printed at the end; ``backlog`` (lines, for a dry run) goes
+    just before the status line, which stays the last but for why nothing was sent."""
     lines = [
         f"replay {report.source}" + ("  (dry run: nothing sent)" if report.dry_run else ""),
         f"  objects  listed {report.objects_listed}  selected {report.objects_selected}  "
@@ -268,6 +269,8 @@ def format_summary(report: ReplayReport) -> str:
             f"{report.events_unrecorded:,} delivered events not recorded in the state: "
             "a later run sends them again (possible duplicates)"
         )
+    if backlog:
+        lines.extend(backlog.rstrip("\n").split("\n"))
     lines.append(
         f"  status   {int(report.exit_status)}  {report.elapsed_s:.1f}s"
         + (f"  ({'; '.join(notes)})" if notes else "")
