@@ -40,6 +40,8 @@ from typing import Literal, TypeVar
 
 from transforms.errors import RoutePatternError
 from transforms.event_time import TimeParser, batch_parser, time_parser
+from transforms.json_batch import MISSING as _MISSING
+from transforms.json_batch import parse_json, parse_messages
 from transforms.options import DropRule, FieldValue, RedactRule, Shaping
 
 #: How non-flow messages are sent: ``None`` as strings; ``json`` JSON objects and arrays as
@@ -50,83 +52,9 @@ _T = TypeVar("_T")
 
 MASK = "****"
 _SCRUB_ROUNDS = 8  # re-replace at most this often before replacing the whole message
-_MISSING = object()
 _SAMPLE_SCALE = float(2**64)
 
 Condition = Callable[[list[str], list[object] | None], list[bool]]
-
-
-def _reject_constant(name: str) -> object:
-    raise ValueError(f"{name} is not JSON")
-
-
-_scan: Callable[[str, int], tuple[object, int]] = json.JSONDecoder(
-    parse_constant=_reject_constant
-).scan_once  # type: ignore[attr-defined]  # set in JSONDecoder.__init__, not in the stubs
-
-
-def parse_json(text: str) -> object:
-    """The JSON object or array a message holds (surrounding whitespace allowed), else
-    ``_MISSING``. NaN and Infinity are not JSON; nesting too deep is not parsed."""
-    if text[:1] not in ("{", "["):
-        return _MISSING
-    try:
-        value, end = _scan(text, 0)
-    except (StopIteration, ValueError, RecursionError):
-        return _MISSING
-    if end != len(text) and not text[end:].isspace():
-        return _MISSING
-    return value
-
-
-#: A sequence only a message holding two top-level JSON values can show ``parse_messages``.
-_TWO_VALUES = re.compile(r"\][ \t\n\r]*,[ \t\n\r]*\[").search
-_decode = json.JSONDecoder(parse_constant=_reject_constant).decode
-
-
-def parse_messages(texts: list[str]) -> list[object]:
-    """``parse_json`` of each message, in one parse of the batch where that is provably the
-    same (``_parse_together``), else one by one."""
-    looks = [i for i, text in enumerate(texts) if text[:1] in ("{", "[")]
-    if not looks:
-        return [_MISSING] * len(texts)
-    chosen = texts if len(looks) == len(texts) else [texts[i] for i in looks]
-    parsed = _parse_together(chosen)
-    if parsed is None:
-        return list(map(parse_json, texts))
-    if chosen is texts:
-        return parsed
-    out: list[object] = [_MISSING] * len(texts)
-    for i, value in zip(looks, parsed, strict=True):
-        out[i] = value
-    return out
-
-
-def _parse_together(texts: list[str]) -> list[object] | None:
-    """Parse ``[[m1],\n[m2],\n...]`` at once (JSON keys are then shared across the batch);
-    None when that might not be each message's own value.
-
-    Why a success proves it: a raw newline cannot be inside a JSON string (strict parsing),
-    so each ``,\n`` separator is outside strings; if the parser saw a top-level comma inside
-    a message, the message would hold ``]``, ``,`` and ``[`` with only whitespace between
-    (every element is checked to be a list), which ``_TWO_VALUES`` excludes. So every
-    top-level comma is a separator, and with one element per message every separator is
-    one: element i is exactly ``[`` + message i + ``]``, holding a single value.
-    """
-    if _TWO_VALUES("\x00".join(texts)) is not None:
-        return None
-    try:
-        elements = _decode("[[" + "],\n[".join(texts) + "]]")
-    except (ValueError, RecursionError):
-        return None
-    if (
-        not isinstance(elements, list)
-        or len(elements) != len(texts)
-        or set(map(type, elements)) != {list}
-        or set(map(len, elements)) != {1}
-    ):
-        return None
-    return [element[0] for element in elements]
 
 
 def field_value(value: object, path: tuple[str, ...]) -> object:
