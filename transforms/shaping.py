@@ -66,11 +66,19 @@ def _cloudwatch_time(timestamp_ms: int | None) -> str | None:
 
 def _cloudwatch_times(timestamps: Sequence[int | None]) -> list[str | None]:
     """``_cloudwatch_time`` for each timestamp (C-level passes for the usual 13 digits)."""
-    if timestamps and set(map(type, timestamps)) == {int}:
-        ints = cast("Sequence[int]", timestamps)
-        if min(ints) >= _MS_13_DIGITS_MIN and max(ints) < _MS_13_DIGITS_END:
-            return [f"{text[:-3]}.{text[-3:]}" for text in map(str, ints)]
+    if timestamps and _usual_times(timestamps):
+        return [f"{text[:-3]}.{text[-3:]}" for text in map(str, cast("Sequence[int]", timestamps))]
     return list(map(_cloudwatch_time, timestamps))
+
+
+def _usual_times(timestamps: Sequence[int | None] | None) -> bool:
+    """Whether ``_cloudwatch_times`` takes its C-level path for these (so cannot fail)."""
+    if timestamps is None:
+        return True
+    if not timestamps or set(map(type, timestamps)) != {int}:
+        return False
+    ints = cast("Sequence[int]", timestamps)
+    return min(ints) >= _MS_13_DIGITS_MIN and max(ints) < _MS_13_DIGITS_END
 
 
 def _needs_escaping(text: str, escaped: tuple[str, ...] = _ESCAPED) -> bool:
@@ -121,6 +129,10 @@ def timed_events(
     """Event objects whose event is a JSON text (``bodies``), with the time read from the
     message where there is one (``times``), else the CloudWatch time."""
     count = len(bodies)
+    if times is not None and bodies and None not in times and _usual_times(timestamps):
+        # Every time read from its message: the CloudWatch times, which could not fail, are
+        # not needed.
+        return InterleavedTexts(('{"time":', f",{env}", "}"), [cast("list[str]", times), bodies])
     chosen = _cloudwatch_times(timestamps) if timestamps is not None else [None] * count
     if times is not None:
         chosen = [
