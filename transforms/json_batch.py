@@ -11,9 +11,13 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
+from itertools import repeat
 
 #: What a message that is no JSON object or array parses to (and a missing field's value).
 MISSING = object()
+
+
+_OPENERS = ("{", "[")
 
 
 def _reject_constant(name: str) -> object:
@@ -29,7 +33,7 @@ _decode = json.JSONDecoder(parse_constant=_reject_constant).decode
 def parse_json(text: str) -> object:
     """The JSON object or array a message holds (surrounding whitespace allowed), else
     ``MISSING``. NaN and Infinity are not JSON; nesting too deep is not parsed."""
-    if text[:1] not in ("{", "["):
+    if text[:1] not in _OPENERS:
         return MISSING
     try:
         value, end = _scan(text, 0)
@@ -43,10 +47,15 @@ def parse_json(text: str) -> object:
 def parse_messages(texts: list[str]) -> list[object]:
     """``parse_json`` of each message, in one parse of the batch where that is provably the
     same (``parse_joined``, else ``parse_wrapped``), else one by one."""
-    looks = [i for i, text in enumerate(texts) if text[:1] in ("{", "[")]
-    if not looks:
-        return [MISSING] * len(texts)
-    chosen = texts if len(looks) == len(texts) else [texts[i] for i in looks]
+    if not texts:
+        return []
+    if all(map(str.startswith, texts, repeat(_OPENERS))):  # the usual batch: one C-level pass
+        looks, chosen = [], texts
+    else:
+        looks = [i for i, text in enumerate(texts) if text[:1] in _OPENERS]
+        if not looks:
+            return [MISSING] * len(texts)
+        chosen = [texts[i] for i in looks]
     parsed = parse_joined(chosen)
     if parsed is None:
         parsed = parse_wrapped(chosen)

@@ -33,10 +33,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from hashlib import blake2b
-from itertools import accumulate
+from itertools import accumulate, compress, count, repeat
 from json.encoder import encode_basestring
-from operator import itemgetter
-from typing import Literal, TypeVar
+from operator import add, eq, itemgetter, not_, or_
+from typing import Literal, TypeVar, cast
 
 from transforms.errors import RoutePatternError
 from transforms.event_time import TimeParser, batch_parser, time_parser
@@ -72,6 +72,9 @@ def field_values(objects: list[object], path: tuple[str, ...]) -> list[object]:
     """``field_value`` of each parsed message (one comprehension for one-key paths)."""
     if len(path) == 1:
         key = path[0]
+        if set(map(type, objects)) == {dict}:  # every message an object: one C-level pass
+            dicts = cast("list[dict[str, object]]", objects)
+            return list(map(dict.get, dicts, repeat(key), repeat(_MISSING)))
         return [value.get(key, _MISSING) if type(value) is dict else _MISSING for value in objects]
     return [field_value(value, path) for value in objects]
 
@@ -115,8 +118,8 @@ def _drop_condition(rule: DropRule) -> tuple[Condition, ...]:
             if objects is None:
                 return [False] * len(messages)
             values = field_values(objects, path)
-            if isinstance(wanted, str):  # only a JSON string equals a str
-                return [value == wanted for value in values]
+            if isinstance(wanted, str):  # only a JSON string equals a str (JSON values' ==
+                return list(map(eq, values, repeat(wanted)))  # with a str is a bool)
             return [_equals(value, wanted) for value in values]
 
         conditions.append(field_equals)
@@ -188,7 +191,7 @@ def _candidates(source: str, compiled: re.Pattern[str]) -> Callable[[list[str]],
         found = [(match.start(), match.end()) for match in finditer(joined)]
         if not found:
             return []
-        ends = list(accumulate(len(text) + 1 for text in texts))  # past each line's "\n"
+        ends = list(map(add, accumulate(map(len, texts)), count(1)))  # past each line's "\n"
         lines: set[int] = set()
         for start, end in found:
             first = bisect_right(ends, start)
@@ -322,16 +325,16 @@ class Shaper:
         messages = shaped.messages
         keep: list[int] | None = None
         if self._drops:
-            dropped = [False] * len(messages)
+            dropped: list[bool] | None = None
             for conditions in self._drops:
                 hits = conditions[0](messages, objects)
                 for condition in conditions[1:]:
                     hits = [
                         a and b for a, b in zip(hits, condition(messages, objects), strict=True)
                     ]
-                dropped = [a or b for a, b in zip(dropped, hits, strict=True)]
-            if any(dropped):
-                keep = [i for i, gone in enumerate(dropped) if not gone]
+                dropped = hits if dropped is None else list(map(or_, dropped, hits))
+            if dropped is not None and any(dropped):
+                keep = list(compress(range(len(messages)), map(not_, dropped)))
                 shaped.filtered = len(messages) - len(keep)
         if self._sample is not None:
             rate = self._sample
@@ -474,14 +477,21 @@ def with_dedup_keys(
     ]
 
 
-@lru_cache(maxsize=256)
 def compile_shaper(shaping: Shaping, json_mode: JsonMode = None) -> Shaper:
     """The compiled rules for a destination (cached: equal inputs share one ``Shaper``).
+
+    ``equals = true`` and ``equals = 1`` are equal (and hash alike) as Python values but not
+    as JSON values, so the types of the ``equals`` values are part of the cache key.
 
     Raises:
         RoutePatternError: a pattern or ``time_format`` is invalid (``config`` checks them at
             start-up, naming the rule and key).
     """
+    return _compile_shaper(shaping, json_mode, tuple(type(rule.equals) for rule in shaping.drop))
+
+
+@lru_cache(maxsize=256)
+def _compile_shaper(shaping: Shaping, json_mode: JsonMode, _kinds: tuple[type, ...]) -> Shaper:
     try:
         return Shaper(shaping, json_mode)
     except re.error as exc:
