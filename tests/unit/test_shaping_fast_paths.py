@@ -8,6 +8,7 @@ including the cases that must leave it (odd timestamps, missing times).
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from hypothesis import given, settings
@@ -18,7 +19,7 @@ from transforms.errors import DecodeError
 from transforms.event_time import iso_batch, time_parser
 from transforms.options import DropRule, Shaping
 from transforms.rules import _equals, compile_shaper, field_value, field_values
-from transforms.shaping import _cloudwatch_time, timed_events
+from transforms.shaping import _cloudwatch_time, _dash_value, _leading_zero, timed_events
 
 ENV = '"source":"s","sourcetype":"t","event":'
 
@@ -170,3 +171,21 @@ def test_equals_true_and_equals_one_do_not_share_a_compiled_shaper() -> None:
     by_true = compile_shaper(Shaping(drop=(DropRule(field="level", equals=True),)))
     assert by_one.apply(messages, None, None).messages == ['{"level":true}']
     assert by_true.apply(messages, None, None).messages == ['{"level":1}']
+
+
+# --- the flow-log JSON batch's scans --------------------------------------------------------
+
+
+@given(text=st.text(alphabet=" -0a\0", max_size=30), start=st.integers(0, 31))
+@settings(max_examples=1000, deadline=None)
+def test_dash_value_finds_what_the_regular_expression_finds(text: str, start: int) -> None:
+    found = re.compile(r" -(?= |\Z)").search(text, start)
+    assert _dash_value(text, start) == (found.start() if found is not None else -1)
+
+
+@given(values=st.lists(st.text(alphabet="0123", min_size=1, max_size=4), max_size=6))
+@settings(max_examples=500, deadline=None)
+def test_leading_zero_is_what_the_regular_expression_finds(values: list[str]) -> None:
+    numbers = " ".join(values)
+    expected = any(len(value) > 1 and value[0] == "0" for value in values)
+    assert _leading_zero(numbers) == expected
