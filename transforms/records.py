@@ -202,115 +202,6 @@ class InterleavedTexts(Sequence[str]):
         return f"InterleavedTexts(<{self._count} texts>)"
 
 
-class RowTexts(Sequence[str]):
-    """Texts of one template over a flat, row-major list of values, some rows given whole.
-
-    Text ``i`` is ``pieces[0] + values[i * w] + pieces[1] + ... + values[i * w + w - 1] +
-    pieces[w]`` (``w``: the width, ``len(pieces) - 1``), or ``whole[i]`` where given (the
-    values of such a row are not read). A shaper that splits a whole batch into values at
-    once (``shaping._flow_json_batch``) returns this, so that the Firehose body is one
-    ``str.join`` over the values, with no string per text; texts are made only when read.
-
-    No text may hold a line break (they are JSON objects): reading them one by one splits the
-    texts joined with line breaks.
-    """
-
-    __slots__ = ("_count", "_pieces", "_texts", "_values", "_whole")
-
-    def __init__(self, pieces: Sequence[str], values: list[str], whole: dict[int, str]) -> None:
-        width = len(pieces) - 1
-        if width < 1 or len(values) % width:
-            raise ValueError(f"{len(values)} values for rows of {width}")
-        self._pieces = tuple(pieces)
-        self._values = values
-        self._count = len(values) // width
-        if any(not 0 <= row < self._count for row in whole):
-            raise ValueError("a whole row past the last row")
-        self._whole = whole
-        self._texts: list[str] | None = None
-
-    def joined(self, separator: str = "") -> str:
-        """All texts joined with ``separator``: the same string as ``separator.join(self)``."""
-        count = self._count
-        if not count:
-            return ""
-        pieces, width = self._pieces, len(self._pieces) - 1
-        pattern: list[str] = []
-        for piece in (*pieces[1:-1], pieces[-1] + separator + pieces[0]):
-            pattern += ("", piece)
-        parts = pattern * count
-        parts[::2] = self._values
-        head, last = pieces[0], pieces[-1]
-        parts[-1] = last
-        for row in sorted(self._whole):  # rare (flow lines with "-" values): fix their edges
-            low = 2 * width * row
-            parts[low : low + 2 * width - 1] = [""] * (2 * width - 1)
-            before = "" if row - 1 in self._whole else last
-            if row:
-                parts[low - 1] = before + separator + self._whole[row]
-            else:
-                head = self._whole[row]
-            # What opens the next row (replaced in turn if that row is whole), or the end.
-            parts[low + 2 * width - 1] = separator + pieces[0] if row + 1 < count else ""
-        return head + "".join(parts)
-
-    @classmethod
-    def concat(cls, parts: Sequence[RowTexts]) -> Sequence[str]:
-        """The texts of ``parts`` in order: still rows when every part has the same pieces,
-        else one list."""
-        if not parts or any(part._pieces != parts[0]._pieces for part in parts):
-            return [text for part in parts for text in part]
-        pieces = parts[0]._pieces
-        values: list[str] = []
-        whole: dict[int, str] = {}
-        for part in parts:
-            start = len(values) // (len(pieces) - 1)
-            whole.update((start + row, text) for row, text in part._whole.items())
-            values += part._values
-        return cls(pieces, values, whole)
-
-    def _all(self) -> list[str]:
-        if self._texts is None:
-            texts = self.joined("\n").split("\n") if self._count else []
-            if len(texts) != self._count:  # a line break in a text (not JSON): one by one
-                pieces, width = self._pieces, len(self._pieces) - 1
-                values = self._values
-                texts = [
-                    self._whole[row]
-                    if row in self._whole
-                    else "".join(
-                        chain.from_iterable(
-                            zip(
-                                pieces,
-                                [*values[row * width : row * width + width], ""],
-                                strict=True,
-                            )
-                        )
-                    )
-                    for row in range(self._count)
-                ]
-            self._texts = texts
-        return self._texts
-
-    def __len__(self) -> int:
-        return self._count
-
-    @overload
-    def __getitem__(self, index: int) -> str: ...
-
-    @overload
-    def __getitem__(self, index: slice) -> list[str]: ...
-
-    def __getitem__(self, index: int | slice) -> str | list[str]:
-        return self._all()[index]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._all())
-
-    def __repr__(self) -> str:
-        return f"RowTexts(<{self._count} texts>)"
-
-
 class EncodedEvents(Sequence[EncodedEvent]):
     """The events of an ``EncodedBatch``: one text per event, encoded to bytes on access.
 
@@ -368,7 +259,7 @@ class EncodedEvents(Sequence[EncodedEvent]):
             return b""
         joined = (
             texts.joined(separator)
-            if isinstance(texts, InterleavedTexts | RowTexts)
+            if isinstance(texts, InterleavedTexts)
             else separator.join(texts)
         )
         return (joined + terminator).encode("utf-8", WIRE_ERRORS)

@@ -27,7 +27,7 @@ from operator import itemgetter
 from typing import cast
 
 from transforms.errors import DecodeError
-from transforms.records import InterleavedTexts, RowTexts
+from transforms.records import InterleavedTexts
 from transforms.vpc_flow import FlowFormat, epoch_seconds, is_flow_int
 
 #: Characters JSON strings must escape, most likely first; a batch without any is copied as is.
@@ -224,8 +224,6 @@ def _in_chunks(encoder: _Encoder) -> _Encoder:
             chunk_texts, chunk_unparsed = encoder(env, fmt, part, messages[low:high])
             texts.append(chunk_texts)
             unparsed += chunk_unparsed
-        if all(isinstance(part, RowTexts) for part in texts):
-            return RowTexts.concat(cast("list[RowTexts]", texts)), unparsed
         return InterleavedTexts.concat(texts), unparsed
 
     return chunked
@@ -287,7 +285,7 @@ def flow_json_events(
 
 def _flow_json_sliced(
     env: str, fmt: FlowFormat, timestamps: Sequence[int | None] | None, messages: list[str]
-) -> tuple[Sequence[str], int] | None:
+) -> tuple[list[str], int] | None:
     """``_flow_json_batch`` over slices of ``_JSON_SLICE`` lines; None if any slice is refused.
 
     Refused or not, the chunk behaves as ``_flow_json_fast`` would: it is accepted only when
@@ -302,13 +300,13 @@ def _flow_json_sliced(
         return computed[0]
 
     times = cloudwatch_times if timestamps is not None else None
-    parts: list[RowTexts] = []
+    texts: list[str] = []
     for low in range(0, len(messages), _JSON_SLICE):
         part = _flow_json_batch(env, fmt, times, low, messages[low : low + _JSON_SLICE])
         if part is None:
             return None
-        parts.append(part)
-    return RowTexts.concat(parts), 0
+        texts += part
+    return texts, 0
 
 
 def _flow_json_batch(
@@ -317,7 +315,7 @@ def _flow_json_batch(
     times: Callable[[], list[str | None]] | None,
     offset: int,
     messages: list[str],
-) -> RowTexts | None:
+) -> list[str] | None:
     """``flow_json_events`` for a batch written the way AWS writes it, in C-level passes.
 
     Takes the lines ``_flow_json_fast`` takes (None leaves the batch to it) and gives the same
@@ -389,14 +387,27 @@ def _flow_json_batch(
         tokens[::stride] = [""] * count
         head = "{"
     body = fmt.json_template().template.split("%s")  # size + 1 pieces (no "%" in names)
-    pieces = [head, ("," if head != "{" else "") + env + body[0], *body[1:-1], body[-1] + "}"]
-    whole: dict[int, str] = {}
+    pattern: list[str | None] = [
+        body[-1] + "}\n" + head,
+        None,
+        ("," if head != "{" else "") + env + body[0],
+    ]
+    for piece in body[1:-1]:
+        pattern += (None, piece)
+    pattern.append(None)
+    joined = pattern * count
+    joined[0] = head
+    joined.append(body[-1] + "}")
+    joined[1::2] = tokens
+    texts = "".join(cast("list[str]", joined)).split("\n")
+    if len(texts) != count:
+        return None  # cannot happen (nothing joined holds a newline); the old way if it did
     for line, values, event in zip(dashed, rows, events, strict=True):
         time: str | None = values[start_index] if start_index is not None else "-"
         if time == "-":
             time = fallback[line] if fallback is not None else None
-        whole[line] = f'{{"time":{time},{env}{event}}}' if time is not None else f"{{{env}{event}}}"
-    return RowTexts(pieces, tokens, whole)
+        texts[line] = f'{{"time":{time},{env}{event}}}' if time is not None else f"{{{env}{event}}}"
+    return texts
 
 
 def _dashed_lines(text: str) -> list[int]:
