@@ -33,13 +33,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from hashlib import blake2b
-from itertools import accumulate
+from itertools import accumulate, compress, count, repeat
 from json.encoder import encode_basestring
-from operator import itemgetter
-from typing import Literal, TypeVar
+from operator import add, eq, itemgetter, not_, or_
+from typing import Literal, TypeVar, cast
 
 from transforms.errors import RoutePatternError
 from transforms.event_time import TimeParser, batch_parser, time_parser
+from transforms.json_batch import MISSING as _MISSING
+from transforms.json_batch import parse_json, parse_messages
 from transforms.options import DropRule, FieldValue, RedactRule, Shaping
 
 #: How non-flow messages are sent: ``None`` as strings; ``json`` JSON objects and arrays as
@@ -50,83 +52,9 @@ _T = TypeVar("_T")
 
 MASK = "****"
 _SCRUB_ROUNDS = 8  # re-replace at most this often before replacing the whole message
-_MISSING = object()
 _SAMPLE_SCALE = float(2**64)
 
 Condition = Callable[[list[str], list[object] | None], list[bool]]
-
-
-def _reject_constant(name: str) -> object:
-    raise ValueError(f"{name} is not JSON")
-
-
-_scan: Callable[[str, int], tuple[object, int]] = json.JSONDecoder(
-    parse_constant=_reject_constant
-).scan_once  # type: ignore[attr-defined]  # set in JSONDecoder.__init__, not in the stubs
-
-
-def parse_json(text: str) -> object:
-    """The JSON object or array a message holds (surrounding whitespace allowed), else
-    ``_MISSING``. NaN and Infinity are not JSON; nesting too deep is not parsed."""
-    if text[:1] not in ("{", "["):
-        return _MISSING
-    try:
-        value, end = _scan(text, 0)
-    except (StopIteration, ValueError, RecursionError):
-        return _MISSING
-    if end != len(text) and not text[end:].isspace():
-        return _MISSING
-    return value
-
-
-#: A sequence only a message holding two top-level JSON values can show ``parse_messages``.
-_TWO_VALUES = re.compile(r"\][ \t\n\r]*,[ \t\n\r]*\[").search
-_decode = json.JSONDecoder(parse_constant=_reject_constant).decode
-
-
-def parse_messages(texts: list[str]) -> list[object]:
-    """``parse_json`` of each message, in one parse of the batch where that is provably the
-    same (``_parse_together``), else one by one."""
-    looks = [i for i, text in enumerate(texts) if text[:1] in ("{", "[")]
-    if not looks:
-        return [_MISSING] * len(texts)
-    chosen = texts if len(looks) == len(texts) else [texts[i] for i in looks]
-    parsed = _parse_together(chosen)
-    if parsed is None:
-        return list(map(parse_json, texts))
-    if chosen is texts:
-        return parsed
-    out: list[object] = [_MISSING] * len(texts)
-    for i, value in zip(looks, parsed, strict=True):
-        out[i] = value
-    return out
-
-
-def _parse_together(texts: list[str]) -> list[object] | None:
-    """Parse ``[[m1],\n[m2],\n...]`` at once (JSON keys are then shared across the batch);
-    None when that might not be each message's own value.
-
-    Why a success proves it: a raw newline cannot be inside a JSON string (strict parsing),
-    so each ``,\n`` separator is outside strings; if the parser saw a top-level comma inside
-    a message, the message would hold ``]``, ``,`` and ``[`` with only whitespace between
-    (every element is checked to be a list), which ``_TWO_VALUES`` excludes. So every
-    top-level comma is a separator, and with one element per message every separator is
-    one: element i is exactly ``[`` + message i + ``]``, holding a single value.
-    """
-    if _TWO_VALUES("\x00".join(texts)) is not None:
-        return None
-    try:
-        elements = _decode("[[" + "],\n[".join(texts) + "]]")
-    except (ValueError, RecursionError):
-        return None
-    if (
-        not isinstance(elements, list)
-        or len(elements) != len(texts)
-        or set(map(type, elements)) != {list}
-        or set(map(len, elements)) != {1}
-    ):
-        return None
-    return [element[0] for element in elements]
 
 
 def field_value(value: object, path: tuple[str, ...]) -> object:
@@ -144,6 +72,9 @@ def field_values(objects: list[object], path: tuple[str, ...]) -> list[object]:
     """``field_value`` of each parsed message (one comprehension for one-key paths)."""
     if len(path) == 1:
         key = path[0]
+        if set(map(type, objects)) == {dict}:  # every message an object: one C-level pass
+            dicts = cast("list[dict[str, object]]", objects)
+            return list(map(dict.get, dicts, repeat(key), repeat(_MISSING)))
         return [value.get(key, _MISSING) if type(value) is dict else _MISSING for value in objects]
     return [field_value(value, path) for value in objects]
 
@@ -187,8 +118,8 @@ def _drop_condition(rule: DropRule) -> tuple[Condition, ...]:
             if objects is None:
                 return [False] * len(messages)
             values = field_values(objects, path)
-            if isinstance(wanted, str):  # only a JSON string equals a str
-                return [value == wanted for value in values]
+            if isinstance(wanted, str):  # only a JSON string equals a str (JSON values' ==
+                return list(map(eq, values, repeat(wanted)))  # with a str is a bool)
             return [_equals(value, wanted) for value in values]
 
         conditions.append(field_equals)
@@ -260,7 +191,7 @@ def _candidates(source: str, compiled: re.Pattern[str]) -> Callable[[list[str]],
         found = [(match.start(), match.end()) for match in finditer(joined)]
         if not found:
             return []
-        ends = list(accumulate(len(text) + 1 for text in texts))  # past each line's "\n"
+        ends = list(map(add, accumulate(map(len, texts)), count(1)))  # past each line's "\n"
         lines: set[int] = set()
         for start, end in found:
             first = bisect_right(ends, start)
@@ -394,16 +325,16 @@ class Shaper:
         messages = shaped.messages
         keep: list[int] | None = None
         if self._drops:
-            dropped = [False] * len(messages)
+            dropped: list[bool] | None = None
             for conditions in self._drops:
                 hits = conditions[0](messages, objects)
                 for condition in conditions[1:]:
                     hits = [
                         a and b for a, b in zip(hits, condition(messages, objects), strict=True)
                     ]
-                dropped = [a or b for a, b in zip(dropped, hits, strict=True)]
-            if any(dropped):
-                keep = [i for i, gone in enumerate(dropped) if not gone]
+                dropped = hits if dropped is None else list(map(or_, dropped, hits))
+            if dropped is not None and any(dropped):
+                keep = list(compress(range(len(messages)), map(not_, dropped)))
                 shaped.filtered = len(messages) - len(keep)
         if self._sample is not None:
             rate = self._sample
@@ -546,14 +477,21 @@ def with_dedup_keys(
     ]
 
 
-@lru_cache(maxsize=256)
 def compile_shaper(shaping: Shaping, json_mode: JsonMode = None) -> Shaper:
     """The compiled rules for a destination (cached: equal inputs share one ``Shaper``).
+
+    ``equals = true`` and ``equals = 1`` are equal (and hash alike) as Python values but not
+    as JSON values, so the types of the ``equals`` values are part of the cache key.
 
     Raises:
         RoutePatternError: a pattern or ``time_format`` is invalid (``config`` checks them at
             start-up, naming the rule and key).
     """
+    return _compile_shaper(shaping, json_mode, tuple(type(rule.equals) for rule in shaping.drop))
+
+
+@lru_cache(maxsize=256)
+def _compile_shaper(shaping: Shaping, json_mode: JsonMode, _kinds: tuple[type, ...]) -> Shaper:
     try:
         return Shaper(shaping, json_mode)
     except re.error as exc:

@@ -36,14 +36,13 @@ _ESCAPED = ("\n", *_ESCAPED_BUT_NEWLINE)
 _NEWLINE_FREE = ("\n", "\r")
 _CHUNK = 1024  # lines per batch-wide pass (see _in_chunks)
 _JSON_SLICE = 256  # lines per _flow_json_batch pass: its buffers are 4 times the lines'
-_LEADING_ZERO = re.compile(" 0[0-9]").search
+_LEADING_ZERO = re.compile(" 0[0-9]").search  # (on " " + values: see _leading_zero)
 _SECONDS_MAX_DIGITS = 11  # up to 1e11 a start/end is seconds (vpc_flow.epoch_seconds)
 _MS_13_DIGITS_MIN = 1_000_000_000_000  # 13-digit millisecond timestamps: seconds are 10 digits
 _MS_13_DIGITS_END = 10_000_000_000_000
 _MARK = "\0"  # marks where a line starts in _flow_json_batch (never in an unescaped batch)
 _MARK_SPACE = _MARK + " "
 _SPACE_MARK_SPACE = " " + _MARK + " "
-_DASH_VALUE = re.compile(r" -(?= |\Z)").search  # a "-" value in _flow_json_batch's text
 _PLAIN_VALUES = ["0"] * 256  # stand-ins for the values of a line with "-" values
 
 
@@ -66,11 +65,19 @@ def _cloudwatch_time(timestamp_ms: int | None) -> str | None:
 
 def _cloudwatch_times(timestamps: Sequence[int | None]) -> list[str | None]:
     """``_cloudwatch_time`` for each timestamp (C-level passes for the usual 13 digits)."""
-    if timestamps and set(map(type, timestamps)) == {int}:
-        ints = cast("Sequence[int]", timestamps)
-        if min(ints) >= _MS_13_DIGITS_MIN and max(ints) < _MS_13_DIGITS_END:
-            return [f"{text[:-3]}.{text[-3:]}" for text in map(str, ints)]
+    if timestamps and _usual_times(timestamps):
+        return [f"{text[:-3]}.{text[-3:]}" for text in map(str, cast("Sequence[int]", timestamps))]
     return list(map(_cloudwatch_time, timestamps))
+
+
+def _usual_times(timestamps: Sequence[int | None] | None) -> bool:
+    """Whether ``_cloudwatch_times`` takes its C-level path for these (so cannot fail)."""
+    if timestamps is None:
+        return True
+    if not timestamps or set(map(type, timestamps)) != {int}:
+        return False
+    ints = cast("Sequence[int]", timestamps)
+    return min(ints) >= _MS_13_DIGITS_MIN and max(ints) < _MS_13_DIGITS_END
 
 
 def _needs_escaping(text: str, escaped: tuple[str, ...] = _ESCAPED) -> bool:
@@ -121,6 +128,10 @@ def timed_events(
     """Event objects whose event is a JSON text (``bodies``), with the time read from the
     message where there is one (``times``), else the CloudWatch time."""
     count = len(bodies)
+    if times is not None and bodies and None not in times and _usual_times(timestamps):
+        # Every time read from its message: the CloudWatch times, which could not fail, are
+        # not needed.
+        return InterleavedTexts(('{"time":', f",{env}", "}"), [cast("list[str]", times), bodies])
     chosen = _cloudwatch_times(timestamps) if timestamps is not None else [None] * count
     if times is not None:
         chosen = [
@@ -342,7 +353,7 @@ def _flow_json_batch(
         integers += tokens[position + 1 :: stride]
     if integers:
         numbers = " ".join(integers)
-        if not numbers.encode().translate(None, b" ").isdigit() or _LEADING_ZERO(" " + numbers):
+        if not numbers.encode().translate(None, b" ").isdigit() or _leading_zero(numbers):
             return None  # not plain ASCII digits, or leading zeros: the per-line path decides
     for position in fmt.time_positions:
         if max(map(len, tokens[position + 1 :: stride])) > _SECONDS_MAX_DIGITS:
@@ -404,16 +415,31 @@ def _dashed_lines(text: str) -> list[int]:
     lines: list[int] = []
     marks = 0
     checked = 0
-    found = _DASH_VALUE(text)
-    while found is not None:
-        position = found.start()
+    position = _dash_value(text, 0)
+    while position >= 0:
         marks += text.count(_MARK, checked, position)
         lines.append(marks - 1)
         checked = text.find(_MARK, position)
         if checked < 0:
             break
-        found = _DASH_VALUE(text, checked)
+        position = _dash_value(text, checked)
     return lines
+
+
+def _dash_value(text: str, start: int) -> int:
+    r"""Where the first ``" -"`` from ``start`` that is a whole value (a space or the end
+    follows) is, or -1: what ``re.search(r" -(?= |\Z)")`` finds, with ``str.find``'s speed."""
+    position = text.find(" -", start)
+    while position >= 0 and text[position + 2 : position + 3] not in ("", " "):
+        position = text.find(" -", position + 1)
+    return position
+
+
+def _leading_zero(numbers: str) -> bool:
+    """Whether a value of space-separated ASCII digits has a leading zero (``0`` alone has
+    none); a ``str`` search rules most batches out before the regular expression runs."""
+    text = " " + numbers
+    return " 0" in text and _LEADING_ZERO(text) is not None
 
 
 def _flow_json_fast(

@@ -21,18 +21,11 @@ from forwarder.status import incomplete
 from tests.unit.test_firehose_handler import RecordingReingester
 from transforms.event_time import iso_batch, time_parser
 from transforms.firehose_invocation import transform_invocation
+from transforms.json_batch import MISSING, parse_json, parse_messages
 from transforms.options import DropRule, RedactRule, Route, Shaping, TransformOptions
 from transforms.pipeline import transform_lines, transform_payload
 from transforms.records import EncodedBatch
-from transforms.rules import (
-    _MISSING,
-    _batch_redactor,
-    _redactor,
-    compile_shaper,
-    dedup_key,
-    parse_json,
-    parse_messages,
-)
+from transforms.rules import _batch_redactor, _redactor, compile_shaper, dedup_key
 
 GROUP = "/app/web"
 
@@ -482,7 +475,7 @@ def test_batch_json_parse_equals_one_by_one(texts: list[str]) -> None:
 def test_batch_json_parse_refuses_a_message_that_splits() -> None:
     texts = ['["a"', '"b"]', '{"x":1}],[{"y":2}', '{"z":3}']
     assert parse_messages(texts) == [parse_json(text) for text in texts]
-    assert parse_json(texts[2]) is _MISSING
+    assert parse_json(texts[2]) is MISSING
 
 
 def test_a_replacement_the_pattern_matches_stays() -> None:
