@@ -84,6 +84,7 @@ from forwarder.delivery.batching import pack
 from forwarder.delivery.ledger import Ledger
 from forwarder.delivery.pending import FIRST_BLOCKED_POLL_S
 from forwarder.delivery.sending import BatchSending
+from forwarder.delivery.texts import batchable
 from forwarder.delivery.work import Work
 from forwarder.errors import FatalHecError
 from forwarder.hec.client import gzip_body
@@ -225,10 +226,9 @@ class Deliverer(BatchSending):
         if not count:
             return
         self._check_open()
-        if not isinstance(events, list):
-            # Transforms hand over lazy sequences that encode on every pass; batching, body
-            # building and parking each take one, so encode once here.
-            events = list(events)
+        # Transforms hand over lazy sequences that encode on every pass: keep their texts
+        # (encoded once per batch body), or list anything else once.
+        events = batchable(events)
         self.ledger.add(events_in=count)
         if self._endpoint == "event":
             raw_target = None
