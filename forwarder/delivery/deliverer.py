@@ -9,7 +9,9 @@ daemon spools, a Lambda fails its invocation).
 Design: one thread, the deliverer's, keeps all the state; up to ``SPLUNK_HEC_CONCURRENCY``
 requests are on the wire; between and during sends (backoff sleeps, backpressure waits) that
 thread polls acks for every channel. That keeps the bookkeeping simple and exact, and is fast
-enough because the per-event work is a length and a join (see ``forwarder.delivery.batching``).
+enough because that thread does no Python step per event: the transforms' events stay texts
+until a batch's body is one join and one encode (``forwarder.delivery.texts``), and batches
+are cut per batch (``forwarder.delivery.batching``).
 
 Requests in flight: the deliverer has one :class:`HecClient` (a channel) per *route*: one per URL
 at concurrency 1, else N routes (the adaptive ceiling for ``adaptive``) spread over the URLs in
