@@ -9,8 +9,11 @@ past ``MAX_OBJECT_INFLATED_BYTES`` fails the read like a broken stream.
 
 from __future__ import annotations
 
+import re
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import Any, Final
 
 import structlog
@@ -182,8 +185,36 @@ def _dropped_long_line(item: LongLine) -> None:
     _log.warning("line_dropped", reason=LINE_TOO_LONG, line=item.line, bytes=item.size)
 
 
+def fill_chunks(
+    chunk: list[str], chars: int, lines: list[str], chunk_lines: int, max_chars: int | None
+) -> tuple[list[list[str]], list[str], int]:
+    """Add ``lines`` to the open ``chunk`` (of ``chars`` characters): the chunks that fill
+    up, each ending at the line that brings it to ``chunk_lines`` lines or ``max_chars``
+    characters, then the chunk left open and its characters. Cut with ``accumulate`` and
+    ``bisect`` over the line lengths, not a step per line."""
+    full: list[list[str]] = []
+    running = list(accumulate(map(len, lines)))
+    count = len(lines)
+    start = 0
+    while start < count:
+        before = running[start - 1] if start else 0
+        end = start + chunk_lines - len(chunk)
+        if max_chars is not None:
+            end = min(end, bisect_left(running, max_chars - chars + before, start) + 1)
+        if end > count:
+            return full, chunk + lines[start:], chars + running[-1] - before
+        full.append(chunk + lines[start:end])
+        chunk, chars = [], 0
+        start = end
+    return full, chunk, chars
+
+
+#: A line that ``line_chunks`` skips (empty or only whitespace), in lines joined by ``\n``.
+_BLANK_LINE = re.compile(r"^[^\S\n]*$", re.MULTILINE)
+
+
 def line_chunks(
-    lines: Iterable[str | LongLine],
+    lines: Iterable[str | list[str] | LongLine],
     chunk_lines: int,
     max_chars: int | None = None,
     *,
@@ -193,7 +224,8 @@ def line_chunks(
     with every chunk as the fields of the whole object.
 
     Args:
-        lines: the text lines (:func:`text_lines`).
+        lines: the text lines (:func:`text_lines`), or lists of them
+            (:func:`text_line_blocks`: a list of plain lines is cut in one pass).
         chunk_lines: at most this many lines per chunk.
         max_chars: when set, a chunk also ends once its lines hold this many characters (so
             long lines cannot make a chunk of ``chunk_lines`` lines arbitrarily large).
@@ -208,30 +240,40 @@ def line_chunks(
     chunk: list[str] = []
     chars = 0
     first = True
-    for line in lines:
-        if isinstance(line, LongLine):
+    for item in lines:
+        if isinstance(item, LongLine):
             first = False  # a header is short: an over-long first line is data
-            (on_long_line or _dropped_long_line)(line)
+            (on_long_line or _dropped_long_line)(item)
             continue
-        stripped = line.rstrip("\r\n")
-        if not stripped.strip():
-            continue
-        if first:
-            first = False
-            if is_header_line(stripped):
-                fields = fields_from_header(stripped)
+        block = [item] if isinstance(item, str) else item
+        if not first and len(block) > 1:
+            joined = "\n".join(block)
+            if "\r" not in joined and _BLANK_LINE.search(joined) is None:
+                # Every line is kept as it is: cut the block in one pass.
+                full, chunk, chars = fill_chunks(chunk, chars, block, chunk_lines, max_chars)
+                for done in full:
+                    yield done, fields
                 continue
-        chunk.append(stripped)
-        if max_chars is not None:
-            chars += len(stripped)
-            if chars >= max_chars:
+        for line in block:
+            stripped = line.rstrip("\r\n")
+            if not stripped.strip():
+                continue
+            if first:
+                first = False
+                if is_header_line(stripped):
+                    fields = fields_from_header(stripped)
+                    continue
+            chunk.append(stripped)
+            if max_chars is not None:
+                chars += len(stripped)
+                if chars >= max_chars:
+                    yield chunk, fields
+                    chunk = []
+                    chars = 0
+                    continue
+            if len(chunk) >= chunk_lines:
                 yield chunk, fields
                 chunk = []
                 chars = 0
-                continue
-        if len(chunk) >= chunk_lines:
-            yield chunk, fields
-            chunk = []
-            chars = 0
     if chunk:
         yield chunk, fields

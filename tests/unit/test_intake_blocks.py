@@ -15,11 +15,18 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from forwarder.intake import inputs
-from forwarder.intake.lines import LongLine, bounded_lines, text_line_blocks, text_lines
+from forwarder.intake.lines import (
+    LongLine,
+    bounded_lines,
+    fill_chunks,
+    line_chunks,
+    text_line_blocks,
+    text_lines,
+)
 from transforms.options import TransformOptions
 from transforms.vpc_flow import fields_from_header, is_header_line
 
@@ -186,3 +193,63 @@ def test_a_stop_ends_the_text_after_the_chunk_it_was_set_in() -> None:
             )
         )
     assert units == [("a", "b")]
+
+
+# Lines that line_chunks keeps, strips or skips: whitespace of every kind str.strip knows.
+CHUNK_LINE = st.one_of(
+    st.sampled_from(["", " ", "\t", "\r", "a\r", "\x1c", "\xa0", "\u2028", "\u3000 ", HEADER]),
+    st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=9),
+    st.text(st.sampled_from(["a", " ", "\t", "\r", "\x0b", "\x85", "é"]), max_size=5),
+)
+
+
+@given(
+    st.lists(
+        st.one_of(
+            st.lists(CHUNK_LINE, min_size=1, max_size=12),
+            st.builds(LongLine, st.integers(1, 99), st.integers(1, 99)),
+        ),
+        max_size=6,
+    ),
+    st.integers(min_value=1, max_value=5),
+    st.one_of(st.none(), st.integers(min_value=1, max_value=20)),
+)
+@example([["x"], ["a\r", "b"]], 5, None)  # a line that loses its \r
+@example([["x"], ["a", " \u3000", "b"]], 5, 3)  # a blank line among others
+def test_line_chunks_of_blocks_are_line_chunks_of_their_lines(
+    blocks: list[list[str] | LongLine], chunk_lines: int, max_chars: int | None
+) -> None:
+    """A list of lines given at once is cut as its lines one by one would be."""
+    told: list[LongLine] = []
+    told_each: list[LongLine] = []
+    got = list(line_chunks(iter(blocks), chunk_lines, max_chars, on_long_line=told.append))
+    want = list(
+        line_chunks(iter(flatten(blocks)), chunk_lines, max_chars, on_long_line=told_each.append)
+    )
+    assert got == want
+    assert told == told_each
+
+
+@given(
+    st.lists(st.text(max_size=6), max_size=20),
+    st.lists(st.text(max_size=6), max_size=4),
+    st.integers(min_value=1, max_value=5),
+    st.one_of(st.none(), st.integers(min_value=1, max_value=20)),
+)
+def test_fill_chunks_ends_each_chunk_at_the_line_that_fills_it(
+    lines: list[str], open_lines: list[str], chunk_lines: int, max_chars: int | None
+) -> None:
+    open_lines = open_lines[: chunk_lines - 1]
+    chars = sum(map(len, open_lines))
+    if max_chars is not None and chars >= max_chars:
+        open_lines, chars = [], 0
+    full, rest, rest_chars = fill_chunks(list(open_lines), chars, lines, chunk_lines, max_chars)
+    expected: list[list[str]] = []
+    chunk, count = list(open_lines), chars
+    for line in lines:
+        chunk.append(line)
+        count += len(line)
+        if len(chunk) >= chunk_lines or (max_chars is not None and count >= max_chars):
+            expected.append(chunk)
+            chunk, count = [], 0
+    assert (full, rest, rest_chars) == (expected, chunk, count)
