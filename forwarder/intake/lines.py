@@ -9,7 +9,6 @@ past ``MAX_OBJECT_INFLATED_BYTES`` fails the read like a broken stream.
 
 from __future__ import annotations
 
-import re
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -209,10 +208,6 @@ def fill_chunks(
     return full, chunk, chars
 
 
-#: A line that ``line_chunks`` skips (empty or only whitespace), in lines joined by ``\n``.
-_BLANK_LINE = re.compile(r"^[^\S\n]*$", re.MULTILINE)
-
-
 def line_chunks(
     lines: Iterable[str | list[str] | LongLine],
     chunk_lines: int,
@@ -246,14 +241,17 @@ def line_chunks(
             (on_long_line or _dropped_long_line)(item)
             continue
         block = [item] if isinstance(item, str) else item
-        if not first and len(block) > 1:
-            joined = "\n".join(block)
-            if "\r" not in joined and _BLANK_LINE.search(joined) is None:
-                # Every line is kept as it is: cut the block in one pass.
-                full, chunk, chars = fill_chunks(chunk, chars, block, chunk_lines, max_chars)
-                for done in full:
-                    yield done, fields
-                continue
+        # A list whose lines are all kept as they are (none blank, no \r) is cut in one pass.
+        if (
+            not first
+            and len(block) > 1
+            and all(map(str.strip, block))
+            and "\r" not in "".join(block)
+        ):
+            full, chunk, chars = fill_chunks(chunk, chars, block, chunk_lines, max_chars)
+            for done in full:
+                yield done, fields
+            continue
         for line in block:
             stripped = line.rstrip("\r\n")
             if not stripped.strip():
