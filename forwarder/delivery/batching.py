@@ -5,14 +5,24 @@ Sizes are counted before compression and exactly: a body is the events' payloads
 the raw endpoint takes one event per line), so a batch's size is the sum of its payloads plus
 one separator between each two. No body is ever empty, and an event larger than ``max_bytes``
 travels alone (HEC may answer 413; the deliverer then backsplashes it).
+
+No Python step per event: the payload sizes are read at C speed (``TextEvents`` keeps them;
+see :mod:`forwarder.delivery.texts`), their running sum is one ``itertools.accumulate``, and
+each batch's end is one ``bisect`` in it, so the work in Python is per batch. The batches are
+the ones the greedy per-event rule gives (add each event to the open batch while it fits,
+else start a new batch with it); ``tests/unit/test_batching_cuts.py`` checks both agree.
 """
 
 from __future__ import annotations
 
 import time
+from bisect import bisect_right
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from itertools import accumulate, pairwise, repeat
+from operator import add
 
+from forwarder.delivery.texts import joined, merged, sizes_of
 from transforms.records import EncodedEvent, RawTarget
 
 
@@ -41,7 +51,7 @@ class Batch:
 
     def body(self) -> bytes:
         """The request body before compression."""
-        return b"\n".join([event[0] for event in self.events])
+        return joined(self.events)
 
     def derive(self, events: Sequence[EncodedEvent]) -> Batch:
         """A batch of some of these events, keeping the metadata."""
@@ -50,7 +60,54 @@ class Batch:
 
 def body_size(events: Sequence[EncodedEvent]) -> int:
     """Bytes of the body these events make (payloads plus separators)."""
-    return sum([len(event[0]) for event in events]) + max(len(events) - 1, 0)
+    return sum(sizes_of(events)) + max(len(events) - 1, 0)
+
+
+def marks(sizes: Sequence[int]) -> list[int]:
+    """``marks[j]``: the bytes of the first ``j`` payloads, each with one separator."""
+    return list(accumulate(map(add, sizes, repeat(1)), initial=0))
+
+
+def ends(
+    marks: Sequence[int],
+    max_bytes: int,
+    max_events: int,
+    open_bytes: int = 0,
+    open_count: int = 0,
+) -> list[int]:
+    """Where the full batches end among events whose running sizes are ``marks``.
+
+    The greedy rule, one batch at a time: an event joins the open batch when the batch is
+    empty, or when the body stays within ``max_bytes`` and the count within ``max_events``;
+    else the open batch is full and the event starts the next one.
+
+    Args:
+        marks: :func:`marks` of the events' payload sizes.
+        max_bytes: body size limit before compression.
+        max_events: events per batch.
+        open_bytes: the batch already open before these events: its payload bytes plus one
+            separator per event (below ``max_bytes + 1``).
+        open_count: that batch's events (below ``max_events``).
+
+    Returns:
+        Increasing indices ``e1 < e2 < ...``: the first full batch is the open one's
+        events and ``events[:e1]`` (``e1`` is 0 when the first event does not fit with
+        them), the next ``events[e1:e2]``, and so on; ``events[e_last:]`` (never empty)
+        make the batch left open.
+    """
+    limit = max_bytes + 1  # marks count one separator per event, one more than a body has
+    last = len(marks) - 1
+    found: list[int] = []
+    start, size, count = 0, open_bytes, open_count
+    while True:
+        end = bisect_right(marks, marks[start] + limit - size, start) - 1
+        end = max(min(end, start + max_events - count), start)
+        if end == start and not count:
+            end = start + 1  # an event above max_bytes travels alone
+        if end >= last:
+            return found
+        found.append(end)
+        start, size, count = end, 0, 0
 
 
 def pack(
@@ -73,21 +130,14 @@ def pack(
     Returns:
         The batches; none is empty; an empty input gives an empty list.
     """
-    batches: list[Batch] = []
-    limit = max_bytes + 1  # sizes below count one separator per event, one too many
-    start = 0
-    size = 0
-    count = 0
-    for index, event in enumerate(events):
-        n = len(event[0]) + 1
-        if count and (size + n > limit or count >= max_events):
-            batches.append(Batch(events[start:index], size - 1, raw_target, arrival_ms))
-            start, size, count = index, 0, 0
-        size += n
-        count += 1
-    if count:
-        batches.append(Batch(events[start:], size - 1, raw_target, arrival_ms))
-    return batches
+    if not events:
+        return []
+    running = marks(sizes_of(events))
+    bounds = [0, *ends(running, max_bytes, max_events), len(events)]
+    return [
+        Batch(events[low:high], running[high] - running[low] - 1, raw_target, arrival_ms)
+        for low, high in pairwise(bounds)
+    ]
 
 
 def halve(batch: Batch) -> tuple[Batch, Batch]:
@@ -121,7 +171,8 @@ def isolate(batch: Batch, index: int) -> tuple[Batch | None, EncodedEvent, Batch
 
 @dataclass(slots=True)
 class _Open:
-    events: list[EncodedEvent] = field(default_factory=list)
+    parts: list[Sequence[EncodedEvent]] = field(default_factory=list)  # joined when taken
+    count: int = 0
     size: int = 0  # payload bytes + one separator per event
     opened_at: float = 0.0
     arrival_ms: int = 0
@@ -162,7 +213,7 @@ class Batcher:
     @property
     def pending_events(self) -> int:
         """Events waiting in partial batches."""
-        return sum(len(o.events) for o in self._open.values())
+        return sum(o.count for o in self._open.values())
 
     def add(
         self, events: Sequence[EncodedEvent], raw_target: RawTarget | None = None
@@ -183,33 +234,24 @@ class Batcher:
         if opened is None:
             now_ms = self._wall_ms()
             opened = self._open[raw_target] = _Open(opened_at=self._clock(), arrival_ms=now_ms)
-        buffer = opened.events
-        size = opened.size
-        count = len(buffer)
-        limit = self.max_bytes + 1
-        max_events = self.max_events
+        running = marks(sizes_of(events))
         out: list[Batch] = []
         start = 0
-        for index, event in enumerate(events):
-            n = len(event[0]) + 1
-            if count and (size + n > limit or count >= max_events):
-                chunk = events[start:index]
-                if buffer:
-                    buffer.extend(chunk)
-                    chunk = buffer
-                    buffer = []
-                out.append(Batch(chunk, size - 1, raw_target, opened.arrival_ms))
-                if now_ms < 0:
-                    now_ms = self._wall_ms()
-                opened.opened_at = self._clock()
-                opened.arrival_ms = now_ms
-                start, size, count = index, 0, 0
-            size += n
-            count += 1
-        buffer.extend(events[start:])
-        opened.events = buffer
-        opened.size = size
-        if count >= max_events or size >= limit:
+        for end in ends(running, self.max_bytes, self.max_events, opened.size, opened.count):
+            if end > start:
+                opened.parts.append(events[start:end])
+            size = opened.size + running[end] - running[start]
+            out.append(Batch(merged(opened.parts), size - 1, raw_target, opened.arrival_ms))
+            if now_ms < 0:
+                now_ms = self._wall_ms()
+            opened.parts, opened.count, opened.size = [], 0, 0
+            opened.opened_at = self._clock()
+            opened.arrival_ms = now_ms
+            start = end
+        opened.parts.append(events[start:])
+        opened.count += len(events) - start
+        opened.size += running[-1] - running[start]
+        if opened.count >= self.max_events or opened.size > self.max_bytes:
             out.append(self._take(raw_target))  # already full: no reason to wait
         return out
 
@@ -240,4 +282,4 @@ class Batcher:
 
     def _take(self, key: RawTarget | None) -> Batch:
         opened = self._open.pop(key)
-        return Batch(opened.events, opened.size - 1, key, opened.arrival_ms)
+        return Batch(merged(opened.parts), opened.size - 1, key, opened.arrival_ms)

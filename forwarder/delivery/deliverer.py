@@ -9,7 +9,9 @@ daemon spools, a Lambda fails its invocation).
 Design: one thread, the deliverer's, keeps all the state; up to ``SPLUNK_HEC_CONCURRENCY``
 requests are on the wire; between and during sends (backoff sleeps, backpressure waits) that
 thread polls acks for every channel. That keeps the bookkeeping simple and exact, and is fast
-enough because the per-event work is a length and a join (see ``forwarder.delivery.batching``).
+enough because that thread does no Python step per event: the transforms' events stay texts
+until a batch's body is one join and one encode (``forwarder.delivery.texts``), and batches
+are cut per batch (``forwarder.delivery.batching``).
 
 Requests in flight: the deliverer has one :class:`HecClient` (a channel) per *route*: one per URL
 at concurrency 1, else N routes (the adaptive ceiling for ``adaptive``) spread over the URLs in
@@ -84,6 +86,7 @@ from forwarder.delivery.batching import pack
 from forwarder.delivery.ledger import Ledger
 from forwarder.delivery.pending import FIRST_BLOCKED_POLL_S
 from forwarder.delivery.sending import BatchSending
+from forwarder.delivery.texts import batchable
 from forwarder.delivery.work import Work
 from forwarder.errors import FatalHecError
 from forwarder.hec.client import gzip_body
@@ -225,10 +228,9 @@ class Deliverer(BatchSending):
         if not count:
             return
         self._check_open()
-        if not isinstance(events, list):
-            # Transforms hand over lazy sequences that encode on every pass; batching, body
-            # building and parking each take one, so encode once here.
-            events = list(events)
+        # Transforms hand over lazy sequences that encode on every pass: keep their texts
+        # (encoded once per batch body), or list anything else once.
+        events = batchable(events)
         self.ledger.add(events_in=count)
         if self._endpoint == "event":
             raw_target = None

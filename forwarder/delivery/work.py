@@ -5,14 +5,11 @@ from __future__ import annotations
 import gzip
 from array import array
 from dataclasses import dataclass, field
-from operator import itemgetter
 
 from forwarder.delivery.batching import Batch
 from forwarder.delivery.retry import RetryBudget
+from forwarder.delivery.texts import ids_of, sizes_of
 from transforms.records import EncodedEvent, RawTarget
-
-_PAYLOAD = itemgetter(0)
-_EVENT_ID = itemgetter(1)
 
 
 @dataclass(slots=True, eq=False)
@@ -54,8 +51,8 @@ class Work:
         """Drop the events, keeping what restores them exactly (``wire`` must be set)."""
         if self.batch is not None and self.wire is not None:
             events = self.batch.events
-            self.lengths = array("I", map(len, map(_PAYLOAD, events)))
-            self.ids = list(map(_EVENT_ID, events))
+            self.lengths = array("I", sizes_of(events))
+            self.ids = ids_of(events)
             self.batch = None
 
     def restore(self, gzipped: bool) -> Batch:

@@ -29,12 +29,13 @@ import binascii
 import io
 import threading
 import zlib
+from bisect import bisect_left
 from collections.abc import Iterator
 from dataclasses import dataclass
-from itertools import repeat
+from itertools import accumulate, repeat
 from typing import IO, Any, Final, cast
 
-from forwarder.intake.lines import LINE_TOO_LONG, MAX_CHUNK_CHARS, LongLine, text_lines
+from forwarder.intake.lines import LINE_TOO_LONG, MAX_CHUNK_CHARS, LongLine, text_line_blocks
 from transforms.errors import TransformError
 from transforms.options import TransformOptions
 from transforms.pipeline import (
@@ -98,15 +99,20 @@ def input_names(
 
 
 def _text_units(
-    lines: Iterator[str | LongLine],
+    blocks: Iterator[list[str] | LongLine],
     options: TransformOptions,
     *,
     log_group: str | None,
     log_stream: str | None,
     stop: threading.Event,
 ) -> Iterator[Unit]:
+    """Lines in chunks of ``CHUNK_LINES`` lines or ``MAX_CHUNK_CHARS`` characters (the line
+    that reaches either ends its chunk), transformed; the first line that is not blank is
+    taken as the flow-log header when it is one. A block of lines is cut with ``accumulate``
+    and ``bisect`` over its line lengths, not a step per line."""
     flow_fields: tuple[str, ...] | None = None
     chunk: list[str] = []
+    chars = 0
     first = True
 
     def encode(lines: list[str]) -> EncodedBatch:
@@ -119,30 +125,55 @@ def _text_units(
             flow_fields=flow_fields,
         )
 
-    chars = 0
     try:
-        for line in lines:
-            if isinstance(line, LongLine):
+        for block in blocks:
+            if isinstance(block, LongLine):
                 first = False  # a header is short: an over-long first line is data
                 yield Failure(
                     LINE_TOO_LONG,
-                    f"line {line.line}: {line.size} bytes, skipped",
+                    f"line {block.line}: {block.size} bytes, skipped",
                     event="line_dropped",
                 )
                 continue
-            if first and line.strip():
-                first = False
-                if is_header_line(line.strip()):
-                    flow_fields = fields_from_header(line.strip())
+            lines = block
+            if first:  # a line at a time up to the first that is not blank
+                rest: list[str] | None = None
+                for index, line in enumerate(lines):
+                    if line.strip():
+                        first = False
+                        header = is_header_line(line.strip())
+                        if header:
+                            flow_fields = fields_from_header(line.strip())
+                        rest = lines[index + 1 :] if header else lines[index:]
+                        break
+                    chunk.append(line)
+                    chars += len(line)
+                    if len(chunk) >= CHUNK_LINES or chars >= MAX_CHUNK_CHARS:
+                        yield encode(chunk)
+                        chunk, chars = [], 0
+                        if stop.is_set():
+                            return
+                if rest is None:
                     continue
-            chunk.append(line)
-            chars += len(line)
-            if len(chunk) >= CHUNK_LINES or chars >= MAX_CHUNK_CHARS:
+                lines = rest
+            running = list(accumulate(map(len, lines)))
+            count = len(lines)
+            start = 0
+            while start < count:
+                before = running[start - 1] if start else 0
+                by_lines = start + CHUNK_LINES - len(chunk)
+                by_chars = bisect_left(running, MAX_CHUNK_CHARS - chars + before, start) + 1
+                end = min(by_lines, by_chars)
+                if end > count:
+                    chunk += lines[start:]
+                    chars += running[-1] - before
+                    break
+                chunk += lines[start:end]
                 yield encode(chunk)
-                chunk = []
-                chars = 0
+                chunk, chars = [], 0
                 if stop.is_set():
                     return
+                start = end
     except INPUT_ERRORS:
         if chunk:  # deliver the lines read before the input broke, then say it broke
             yield encode(chunk)
@@ -235,7 +266,7 @@ def read_units(
         # Lines of text after all: put the bytes already read back in front of the rest.
         buffered = io.BufferedReader(_Prefixed(data, buffered))
     yield from _text_units(
-        text_lines(buffered, max_inflated=None),
+        text_line_blocks(buffered, max_inflated=None),
         options,
         log_group=log_group,
         log_stream=log_stream,

@@ -24,7 +24,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from forwarder.backsplash.codec import CorruptLine, DecodedRecord
 from forwarder.backsplash.layout import REPLAY_FAILED, Kind, kind_from_key
 from forwarder.backsplash.objects import PeekedBody, body_chunks, decode_object, sniff
-from forwarder.intake.lines import MAX_CHUNK_CHARS, LongLine, line_chunks, text_lines
+from forwarder.intake.lines import MAX_CHUNK_CHARS, LongLine, line_chunks, text_line_blocks
 from forwarder.intake.notifications import (
     REPLAY_FAILED_CONTENT_HINT,
     S3Object,
@@ -107,7 +107,8 @@ def object_chunks(
         ClientError, BotoCoreError, OSError: S3 broke off the read.
     """
     try:
-        yield from line_chunks(text_lines(body), chunk_lines, max_chars, on_long_line=on_long_line)
+        blocks = text_line_blocks(body)
+        yield from line_chunks(blocks, chunk_lines, max_chars, on_long_line=on_long_line)
     finally:
         body.close()
 

@@ -18,7 +18,7 @@ import structlog
 
 from config.daemon import SourceSettings
 from config.errors import ConfigError
-from forwarder.intake.lines import MAX_CHUNK_CHARS, line_chunks, text_lines
+from forwarder.intake.lines import MAX_CHUNK_CHARS, line_chunks, text_line_blocks
 from forwarder.sources.base import SourceRecord, poll_wait
 from transforms.cloudwatch import GZIP_MAGIC
 from transforms.vpc_flow import fields_from_header, is_header_line
@@ -338,7 +338,7 @@ class FileSource:
             else:
                 with open(path, "rb") as handle:
                     for lines, fields in line_chunks(
-                        text_lines(handle), self._chunk_lines, MAX_CHUNK_CHARS
+                        text_line_blocks(handle), self._chunk_lines, MAX_CHUNK_CHARS
                     ):
                         yield self._record(lines, fields, path)
 
