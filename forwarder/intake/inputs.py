@@ -29,13 +29,18 @@ import binascii
 import io
 import threading
 import zlib
-from bisect import bisect_left
 from collections.abc import Iterator
 from dataclasses import dataclass
-from itertools import accumulate, repeat
+from itertools import repeat
 from typing import IO, Any, Final, cast
 
-from forwarder.intake.lines import LINE_TOO_LONG, MAX_CHUNK_CHARS, LongLine, text_line_blocks
+from forwarder.intake.lines import (
+    LINE_TOO_LONG,
+    MAX_CHUNK_CHARS,
+    LongLine,
+    fill_chunks,
+    text_line_blocks,
+)
 from transforms.errors import TransformError
 from transforms.options import TransformOptions
 from transforms.pipeline import (
@@ -109,7 +114,7 @@ def _text_units(
     """Lines in chunks of ``CHUNK_LINES`` lines or ``MAX_CHUNK_CHARS`` characters (the line
     that reaches either ends its chunk), transformed; the first line that is not blank is
     taken as the flow-log header when it is one. A block of lines is cut with ``accumulate``
-    and ``bisect`` over its line lengths, not a step per line."""
+    and ``bisect`` over its line lengths (``fill_chunks``), not a step per line."""
     flow_fields: tuple[str, ...] | None = None
     chunk: list[str] = []
     chars = 0
@@ -156,24 +161,11 @@ def _text_units(
                 if rest is None:
                     continue
                 lines = rest
-            running = list(accumulate(map(len, lines)))
-            count = len(lines)
-            start = 0
-            while start < count:
-                before = running[start - 1] if start else 0
-                by_lines = start + CHUNK_LINES - len(chunk)
-                by_chars = bisect_left(running, MAX_CHUNK_CHARS - chars + before, start) + 1
-                end = min(by_lines, by_chars)
-                if end > count:
-                    chunk += lines[start:]
-                    chars += running[-1] - before
-                    break
-                chunk += lines[start:end]
-                yield encode(chunk)
-                chunk, chars = [], 0
+            full, chunk, chars = fill_chunks(chunk, chars, lines, CHUNK_LINES, MAX_CHUNK_CHARS)
+            for filled in full:
+                yield encode(filled)
                 if stop.is_set():
                     return
-                start = end
     except INPUT_ERRORS:
         if chunk:  # deliver the lines read before the input broke, then say it broke
             yield encode(chunk)
