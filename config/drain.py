@@ -20,7 +20,7 @@ from config.values import number_parser, table_bool
 
 DrainAfterSuccess = Literal["delete", "archive"]
 
-#: Attempts before the drain gives up on an event (``replay-failed/``), as ``replay``'s.
+#: Attempts before an event goes to ``replay-failed/``: the drain's and ``replay``'s default.
 DEFAULT_MAX_ATTEMPTS: Final = 3
 #: Where the drain Lambda keeps a state file when ``DRAIN_STATE`` names none: Lambda's only
 #: writable directory.

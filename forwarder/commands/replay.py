@@ -17,6 +17,7 @@ from typing import Any, Final
 import structlog
 from botocore.exceptions import BotoCoreError, ClientError
 
+from config.drain import DEFAULT_MAX_ATTEMPTS
 from config.errors import ConfigError
 from config.loader import require_hec
 from config.settings import Settings
@@ -36,7 +37,6 @@ from forwarder.replay.firehose import FirehoseSink
 from forwarder.replay.options import (
     DEFAULT_CHUNK_BYTES,
     DEFAULT_LEASE_S,
-    DEFAULT_MAX_ATTEMPTS,
     AfterSuccess,
     ReplayOptions,
     SqliteStateSpec,

@@ -23,6 +23,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Final, Literal
 
+from config.drain import DEFAULT_MAX_ATTEMPTS
 from config.errors import ConfigError
 from config.loader import replay_state_path
 from forwarder.backsplash.layout import KINDS, key_hour, key_kind
@@ -33,7 +34,6 @@ AfterSuccess = Literal["keep", "archive", "delete"]
 #: arrived before ``until`` (Firehose retries up to 7200 s, then buffers up to 900 s).
 UNTIL_SLACK_S: Final = 3 * 3600
 DEFAULT_CHUNK_BYTES: Final = 8 * 1024 * 1024
-DEFAULT_MAX_ATTEMPTS: Final = 3
 #: How long a DynamoDB lease on an object lasts unless renewed (``--lease-s``).
 DEFAULT_LEASE_S: Final = 120.0
 #: The scheme of a shared state table: ``dynamodb://TABLE``.
