@@ -16,6 +16,7 @@ from cfnlint.api import ManualArgs, lint_file  # type: ignore[import-untyped]
 from tests.integration.cfn_providers import fixture_moto_cfn  # noqa: F401 - the fixture
 from tests.integration.cfn_stacks import (  # the fixtures and helpers
     ACCOUNT,
+    CFN_MARKS,
     CODE_BUCKET,
     HEC_URL,
     REGION,
@@ -33,14 +34,7 @@ from tests.integration.cfn_stacks import (  # the fixtures and helpers
     role_statements,
 )
 
-pytestmark = [
-    pytest.mark.integration,
-    # moto's Firehose stores a Splunk destination as given but warns that it does not deliver
-    # to it; the warning is raised in moto's server thread while a stack is created.
-    pytest.mark.filterwarnings(
-        "ignore:A Splunk destination delivery stream is not yet implemented:UserWarning"
-    ),
-]
+pytestmark = CFN_MARKS
 
 
 # --------------------------------------------------------------------------------------------

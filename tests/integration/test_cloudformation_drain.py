@@ -7,10 +7,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import pytest
-
 from tests.integration.cfn_providers import fixture_moto_cfn  # noqa: F401 - the fixture
 from tests.integration.cfn_stacks import (  # the fixtures and helpers
+    CFN_MARKS,
     CODE_BUCKET,
     HEC_URL,
     Stack,
@@ -22,12 +21,7 @@ from tests.integration.cfn_stacks import (  # the fixtures and helpers
     role_statements,
 )
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.filterwarnings(
-        "ignore:A Splunk destination delivery stream is not yet implemented:UserWarning"
-    ),
-]
+pytestmark = CFN_MARKS
 
 SCHEDULE = "rate(15 minutes)"
 

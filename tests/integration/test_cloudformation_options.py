@@ -20,6 +20,7 @@ import pytest
 
 from tests.integration.cfn_providers import fixture_moto_cfn  # noqa: F401 - the fixture
 from tests.integration.cfn_stacks import (  # the fixtures and helpers
+    CFN_MARKS,
     CODE_BUCKET,
     HEC_URL,
     Stack,
@@ -31,12 +32,7 @@ from tests.integration.cfn_stacks import (  # the fixtures and helpers
     role_statements,
 )
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.filterwarnings(
-        "ignore:A Splunk destination delivery stream is not yet implemented:UserWarning"
-    ),
-]
+pytestmark = CFN_MARKS
 
 ACCESS_LOG_BUCKET = "access-logs-bucket"
 KMS_PAIR = {"kms:GenerateDataKey", "kms:Decrypt"}

@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import os
 import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,18 +22,10 @@ from forwarder.devtools.emulator import HecEmulator
 from forwarder.status import ExitStatus
 from tests.conftest import boto_client
 from tests.integration.conftest import BUCKET, PREFIX, delivery_settings
+from tests.integration.test_daemon import wait_for
 from transforms.records import EncodedEvent
 
 pytestmark = pytest.mark.integration
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 60.0, what: str = "") -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what or predicate}")
 
 
 def scrape(url: str) -> dict[str, float]:
@@ -88,12 +78,17 @@ def test_daemon_drains_the_backsplash_beside_its_source(
         thread = threading.Thread(target=lambda: status.append(daemon.run()), daemon=True)
         thread.start()
         try:
-            wait_for(lambda: not s3.list_objects_v2(Bucket=BUCKET).get("KeyCount"), what="drain")
+            wait_for(
+                lambda: not s3.list_objects_v2(Bucket=BUCKET).get("KeyCount"),
+                timeout=60,
+                what="drain",
+            )
             assert daemon.metrics is not None
             metrics_url = f"{daemon.metrics.url}/metrics"
             # The drain's counters move when a cycle ends, a moment after its last delete.
             wait_for(
                 lambda: scrape(metrics_url).get("forwarder_drain_cycles_total", 0) >= 1,
+                timeout=60,
                 what="the first drain cycle to be counted",
             )
             samples = scrape(metrics_url)

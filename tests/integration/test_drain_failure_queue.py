@@ -13,37 +13,26 @@ from typing import Any
 
 import pytest
 
-from config.drain import DrainSettings
+from config.drain import DEFAULT_MAX_ATTEMPTS, DrainSettings
 from forwarder.cli import main
 from forwarder.devtools.emulator import FaultPlan, HecEmulator
 from forwarder.drain.drainer import Drainer
 from forwarder.status import ExitStatus
 from tests.conftest import boto_client
+from tests.integration import test_drain
 from tests.integration.conftest import delivery_settings
 from tests.integration.test_drain import cli_environ
-from tests.integration.test_failure_queue import fill, indexed_messages, messages_left
+from tests.integration.test_failure_queue import (  # the fixtures and helpers
+    fill,
+    fixture_queue,  # noqa: F401 - the fixture
+    fixture_sqs,  # noqa: F401 - the fixture
+    indexed_messages,
+    messages_left,
+)
 
 
-def drain_settings(queue: str, **values: Any) -> DrainSettings:
-    base: dict[str, Any] = {
-        "pause_s": 0.05,
-        "pause_max_s": 0.4,
-        "interval_s": 0.05,
-        "probe_interval_s": 0.1,
-        "settle_s": 5.0,
-        "failure_queue": queue,
-    }
-    return DrainSettings(**{**base, **values})
-
-
-@pytest.fixture(name="sqs")
-def fixture_sqs(aws_endpoint: str) -> Any:
-    return boto_client("sqs", aws_endpoint)
-
-
-@pytest.fixture(name="queue")
-def fixture_queue(sqs: Any) -> str:
-    return str(sqs.create_queue(QueueName="push-failures")["QueueUrl"])
+def drain_settings(queue: str) -> DrainSettings:
+    return test_drain.drain_settings(failure_queue=queue, max_attempts=DEFAULT_MAX_ATTEMPTS)
 
 
 def test_drainer_drains_the_failure_queue_once_the_gate_opens(

@@ -47,6 +47,7 @@ from tests.integration.test_replay import (
     hour_key,
     put_object,
 )
+from tests.integration.test_replay_dynamo import put_events
 
 pytestmark = pytest.mark.integration
 
@@ -81,20 +82,6 @@ def drain_settings() -> DrainSettings:
         probe_interval_s=0.5,
         settle_s=5.0,
     )
-
-
-def put_events(s3: Any, name: str, records: list[list[str]]) -> str:
-    """An object of Firehose splunk-failed records, each holding the named events."""
-    key = hour_key("splunk-failed", name)
-    put_object(
-        s3,
-        key,
-        [
-            firehose_record(b"".join(hec_event(event) for event in names), n)
-            for n, names in enumerate(records)
-        ],
-    )
-    return key
 
 
 def left_in(s3: Any) -> list[str]:
